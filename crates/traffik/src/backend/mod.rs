@@ -1,0 +1,130 @@
+//! Backends store strategy state and apply each decision atomically.
+//!
+//! | backend | crate | atomicity |
+//! |---|---|---|
+//! | [`InMemoryBackend`] | `traffik` | per-key shard lock, in process |
+//! | `RedisBackend` | `traffik-redis` | one Lua script per decision |
+//! | `MemcachedBackend` | `traffik-memcached` | `gets`/`cas` with bounded retries |
+//!
+//! The contract: [`Backend::decide`] runs the strategy on the key's current state and stores
+//! the result as one atomic step, so concurrent hits on one key never over-admit, without
+//! distributed locks. Built-in strategies ([`StrategyHandle::builtin`]) may use native
+//! implementations; any other strategy must work through [`StrategyHandle::decide_bytes`].
+
+mod memory;
+
+pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::policy::ErrorPolicy;
+use crate::strategy::{Input, Metadata, StrategyHandle, Verdict};
+
+/// A boxed, `Send` future, the return type of [`Backend`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whether a decision consumes quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Apply the decision (a hit).
+    Consume,
+    /// Only compute what a hit would get (a check); nothing is written.
+    Peek,
+}
+
+/// One decision to make.
+#[derive(Clone, Copy, Debug)]
+pub struct Operation<'a> {
+    /// The key, without the backend's namespace.
+    pub key: &'a Key,
+    /// The strategy to run.
+    pub strategy: &'a StrategyHandle,
+    /// Time, rate and cost. Backends that use their own time source (Redis' `TIME`) replace
+    /// `input.now_us`.
+    pub input: Input,
+    /// Consume or peek.
+    pub mode: Mode,
+}
+
+/// Storage for throttle state. See the [module docs](self).
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and errors (`"memory"`, `"redis"`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// The prefix that isolates this backend's keys.
+    fn namespace(&self) -> &str;
+
+    /// Runs the strategy on the key's state atomically and returns its verdict.
+    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>>;
+
+    /// Decides without awaiting, for backends that never block (the in-memory one). The
+    /// throttle tries this first and skips the future when it returns `Some`.
+    fn decide_now(&self, _op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
+        None
+    }
+
+    /// What a hit would get now, plus strategy metadata; writes nothing.
+    fn stat<'a>(
+        &'a self,
+        op: Operation<'a>,
+    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
+
+    /// Deletes every key under this backend's namespace.
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Checks that the backend can serve decisions (connects if needed).
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Releases connections; later calls fail with [`BackendError::Closed`] or reconnect.
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The error policy for throttles on this backend that set none themselves.
+    fn error_policy(&self) -> Option<ErrorPolicy> {
+        None
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn namespace(&self) -> &str {
+        (**self).namespace()
+    }
+    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        (**self).decide(op)
+    }
+    fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
+        (**self).decide_now(op)
+    }
+    fn stat<'a>(
+        &'a self,
+        op: Operation<'a>,
+    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        (**self).stat(op)
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).reset()
+    }
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).ready()
+    }
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).close()
+    }
+    fn error_policy(&self) -> Option<ErrorPolicy> {
+        (**self).error_policy()
+    }
+}
+
+/// A shared, type-erased backend.
+pub type SharedBackend = Arc<dyn Backend>;

@@ -1,0 +1,179 @@
+//! What a throttle decided, and `Stat` snapshots for dashboards.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Rate;
+use crate::key::Key;
+use crate::strategy::{Metadata, Verdict, VerdictKind};
+
+/// Why a throttle let a request through without asking its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    /// The throttle (or its registry) is disabled.
+    Disabled,
+    /// The identifier returned [`Identity::Exempted`](crate::Identity::Exempted).
+    Exempted,
+    /// The rate is unlimited.
+    Unlimited,
+    /// The cost is zero.
+    ZeroCost,
+    /// A gating rule did not match, or a bypass rule did.
+    Rules,
+}
+
+/// The outcome of a hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "reason")]
+pub enum Outcome {
+    /// Admitted.
+    Allowed,
+    /// Admitted after [`Decision::wait`]: hold the request that long, then serve it.
+    Delayed,
+    /// Not admitted; retry after [`Decision::wait`].
+    Throttled,
+    /// The cost can never be admitted at this rate; retrying is pointless.
+    Never,
+    /// Not limited at all.
+    Skipped(Skip),
+}
+
+/// Where a decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The throttle's backend.
+    Backend,
+    /// A fallback backend, after the primary failed or while its circuit breaker is open.
+    Fallback,
+    /// The error policy, because the backend failed.
+    ErrorPolicy,
+    /// No backend was asked.
+    None,
+}
+
+/// A throttle's decision for one hit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The storage key (None when skipped before the key was built).
+    pub key: Option<Key>,
+    /// The rate applied (None when skipped before it was resolved).
+    pub rate: Option<Rate>,
+    /// The cost charged (or that would have been).
+    pub cost: u64,
+    /// Unit-cost hits left right after this decision (None when unknown).
+    pub remaining: Option<u64>,
+    /// Throttled: time until a retry passes. Delayed: how long to hold the request.
+    #[serde(with = "millis")]
+    pub wait: Duration,
+    /// Time until the quota is fully restored (or the window ends).
+    #[serde(with = "millis")]
+    pub reset: Duration,
+    /// Where the decision came from.
+    pub source: Source,
+}
+
+impl Decision {
+    pub(crate) fn skipped(skip: Skip) -> Self {
+        Decision {
+            outcome: Outcome::Skipped(skip),
+            key: None,
+            rate: None,
+            cost: 0,
+            remaining: None,
+            wait: Duration::ZERO,
+            reset: Duration::ZERO,
+            source: Source::None,
+        }
+    }
+
+    pub(crate) fn from_verdict(
+        v: Verdict,
+        key: Key,
+        rate: Rate,
+        cost: u64,
+        source: Source,
+    ) -> Self {
+        let outcome = match v.kind {
+            VerdictKind::Admit => Outcome::Allowed,
+            VerdictKind::Delay => Outcome::Delayed,
+            VerdictKind::Deny => Outcome::Throttled,
+            VerdictKind::Never => Outcome::Never,
+        };
+        Decision {
+            outcome,
+            key: Some(key),
+            rate: Some(rate),
+            cost,
+            remaining: Some(v.remaining),
+            wait: Duration::from_micros(v.wait_us),
+            reset: Duration::from_micros(v.reset_us),
+            source,
+        }
+    }
+
+    /// Whether the request may proceed (possibly after [`Decision::wait`], when delayed).
+    pub fn is_allowed(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_)
+        )
+    }
+
+    /// Whether the request was rejected (throttled or never admissible).
+    pub fn is_throttled(&self) -> bool {
+        !self.is_allowed()
+    }
+
+    /// Seconds to put in `Retry-After`: the wait rounded up (at least 1) when throttled; `None`
+    /// when allowed or when the cost can never fit (a retry would not help).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self.outcome {
+            Outcome::Throttled => Some(ceil_secs(self.wait).max(1)),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A read-only snapshot of a client's quota under one throttle (the seed's `StrategyStat`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    /// The storage key.
+    pub key: Key,
+    /// The rate applied.
+    pub rate: Rate,
+    /// Unit-cost hits that would be admitted now.
+    pub hits_remaining: u64,
+    /// Time until a hit of the asked cost would be admitted (0 if it would be now).
+    #[serde(with = "millis")]
+    pub wait: Duration,
+    /// Time until the quota is fully restored.
+    #[serde(with = "millis")]
+    pub reset: Duration,
+    /// Whether a hit of the asked cost can ever be admitted.
+    pub admissible: bool,
+    /// Strategy details.
+    pub metadata: Metadata,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

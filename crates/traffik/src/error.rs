@@ -1,0 +1,131 @@
+//! Errors. Being throttled is not an error (it is a [`Decision`](crate::Decision)); these are.
+
+use std::time::Duration;
+
+use crate::RateError;
+use crate::strategy::StateError;
+
+/// A boxed error from a backend's client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A backend could not make a decision.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend could not be reached.
+    #[error("{backend} backend is unreachable: {message}")]
+    Connection {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The backend did not answer in time.
+    #[error("{backend} backend did not answer within {after:?}")]
+    Timeout {
+        /// Which backend.
+        backend: &'static str,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The backend answered with an error (script error, protocol error, bad reply).
+    #[error("{backend} backend failed: {message}")]
+    Command {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Compare-and-swap kept losing to concurrent writers.
+    #[error(
+        "{backend} backend gave up after {attempts} compare-and-swap attempts under contention"
+    )]
+    Contention {
+        /// Which backend.
+        backend: &'static str,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The in-memory backend is at its key cap and is configured to refuse new keys.
+    #[error("in-memory backend is full ({max_keys} keys) and refuses new keys")]
+    Full {
+        /// The configured cap.
+        max_keys: usize,
+    },
+    /// Stored state could not be decoded or encoded.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The backend was closed.
+    #[error("{backend} backend is closed")]
+    Closed {
+        /// Which backend.
+        backend: &'static str,
+    },
+}
+
+impl BackendError {
+    /// Whether retrying the same call may succeed (connection problems, timeouts, contention).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Connection { .. }
+                | BackendError::Timeout { .. }
+                | BackendError::Contention { .. }
+        )
+    }
+
+    /// Shorthand for a [`BackendError::Connection`].
+    pub fn connection(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        BackendError::Connection {
+            backend,
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+
+    /// Shorthand for a [`BackendError::Command`].
+    pub fn command(backend: &'static str, message: impl Into<String>) -> Self {
+        BackendError::Command {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+/// Everything that can go wrong in traffik.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A rate string or value is invalid.
+    #[error(transparent)]
+    Rate(#[from] RateError),
+    /// A configuration value is invalid (empty uid, bad glob, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A registry already holds a live throttle with this uid.
+    #[error("a throttle with uid `{0}` is already registered")]
+    DuplicateUid(String),
+    /// No throttle with this uid is registered.
+    #[error("no throttle with uid `{0}` is registered")]
+    UnknownUid(String),
+    /// The throttle takes its backend from the context, and none was set.
+    #[error("throttle `{0}` resolves its backend from the context, but no backend is in scope")]
+    NoBackendInContext(String),
+    /// The backend failed and the error policy chose to raise.
+    #[error("throttle `{uid}`: {source}")]
+    Backend {
+        /// The throttle.
+        uid: String,
+        /// What went wrong.
+        #[source]
+        source: BackendError,
+    },
+}

@@ -1,0 +1,397 @@
+//! Rate-limit response headers.
+//!
+//! A [`Header`] has a value (a static string or a resolver over the request and the decision)
+//! and a condition ([`When`]). [`Headers`] is an ordered collection, merged with `|`.
+//!
+//! | builder | header | value |
+//! |---|---|---|
+//! | [`Header::limit`] | `X-RateLimit-Limit` | the rate's limit |
+//! | [`Header::remaining`] | `X-RateLimit-Remaining` | unit-cost hits left (an integer) |
+//! | [`Header::reset_seconds`] | `Retry-After` | wait in whole seconds, rounded up |
+//! | [`Header::reset_milliseconds`] | `X-RateLimit-Reset-Ms` | wait in milliseconds, rounded up |
+//!
+//! [`Headers::ietf_draft10`] emits the `RateLimit` and `RateLimit-Policy` structured fields of
+//! draft-ietf-httpapi-ratelimit-headers-10. A header whose value is unknown for a decision (for
+//! example `Retry-After` when the cost can never fit) is omitted rather than invented.
+
+use std::fmt;
+use std::ops::BitOr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::decision::{Decision, Outcome, ceil_secs};
+use crate::identity::RequestView;
+
+type Resolver = Arc<dyn Fn(&RequestView<'_>, &Decision) -> Option<HeaderValue> + Send + Sync>;
+type Condition = Arc<dyn Fn(&RequestView<'_>, &Decision) -> bool + Send + Sync>;
+
+/// When a header is sent.
+#[derive(Clone)]
+pub enum When {
+    /// On every response of a request the throttle decided.
+    Always,
+    /// Only on throttled (429) responses.
+    Throttled,
+    /// When the predicate holds.
+    If(Condition),
+}
+
+impl When {
+    /// A custom condition.
+    pub fn predicate(
+        f: impl Fn(&RequestView<'_>, &Decision) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        When::If(Arc::new(f))
+    }
+
+    fn holds(&self, req: &RequestView<'_>, d: &Decision) -> bool {
+        match self {
+            When::Always => true,
+            When::Throttled => d.is_throttled(),
+            When::If(f) => f(req, d),
+        }
+    }
+}
+
+impl fmt::Debug for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            When::Always => f.write_str("Always"),
+            When::Throttled => f.write_str("Throttled"),
+            When::If(_) => f.write_str("If(..)"),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Value {
+    Static(HeaderValue),
+    Resolve(Resolver),
+}
+
+/// One response header: a value and when to send it.
+#[derive(Clone)]
+pub struct Header {
+    value: Value,
+    when: When,
+}
+
+fn int(v: u64) -> Option<HeaderValue> {
+    Some(HeaderValue::from(v))
+}
+
+fn ceil_millis(d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    ms + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+}
+
+impl Header {
+    /// A static value.
+    pub fn fixed(value: HeaderValue, when: When) -> Self {
+        Header {
+            value: Value::Static(value),
+            when,
+        }
+    }
+
+    /// A value computed per response; `None` omits the header.
+    pub fn resolver(
+        f: impl Fn(&RequestView<'_>, &Decision) -> Option<HeaderValue> + Send + Sync + 'static,
+        when: When,
+    ) -> Self {
+        Header {
+            value: Value::Resolve(Arc::new(f)),
+            when,
+        }
+    }
+
+    /// The rate's limit.
+    pub fn limit(when: When) -> Self {
+        Header::resolver(|_, d| d.rate.and_then(|r| int(r.limit())), when)
+    }
+
+    /// Unit-cost hits left, as an integer.
+    pub fn remaining(when: When) -> Self {
+        Header::resolver(|_, d| d.remaining.and_then(int), when)
+    }
+
+    /// Seconds until a retry passes, rounded up (`0` when allowed); omitted when the cost can
+    /// never fit.
+    pub fn reset_seconds(when: When) -> Self {
+        Header::resolver(
+            |_, d| match d.outcome {
+                Outcome::Never => None,
+                Outcome::Throttled => int(d.retry_after_secs().unwrap_or(1)),
+                _ => int(ceil_secs(d.wait)),
+            },
+            when,
+        )
+    }
+
+    /// Milliseconds until a retry passes, rounded up; omitted when the cost can never fit.
+    pub fn reset_milliseconds(when: When) -> Self {
+        Header::resolver(
+            |_, d| match d.outcome {
+                Outcome::Never => None,
+                _ => int(ceil_millis(d.wait)),
+            },
+            when,
+        )
+    }
+
+    fn resolve(&self, req: &RequestView<'_>, d: &Decision) -> Option<HeaderValue> {
+        if !self.when.holds(req, d) {
+            return None;
+        }
+        match &self.value {
+            Value::Static(v) => Some(v.clone()),
+            Value::Resolve(f) => f(req, d),
+        }
+    }
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = match &self.value {
+            Value::Static(v) => format!("{v:?}"),
+            Value::Resolve(_) => "<resolver>".into(),
+        };
+        f.debug_struct("Header")
+            .field("value", &value)
+            .field("when", &self.when)
+            .finish()
+    }
+}
+
+/// An ordered set of headers; a later entry with the same name replaces an earlier one.
+#[derive(Clone, Debug, Default)]
+pub struct Headers {
+    entries: Arc<Vec<(HeaderName, Header)>>,
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `Retry-After` on every response.
+pub static DEFAULT_HEADERS_ALWAYS: LazyLock<Headers> =
+    LazyLock::new(|| Headers::defaults(|| When::Always));
+
+/// The same three headers on throttled responses only.
+pub static DEFAULT_HEADERS_THROTTLED: LazyLock<Headers> =
+    LazyLock::new(|| Headers::defaults(|| When::Throttled));
+
+/// Per-call header overrides: replace a header, or disable it for this response.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOverrides {
+    entries: Vec<(HeaderName, Option<Header>)>,
+}
+
+impl HeaderOverrides {
+    /// No overrides.
+    pub fn new() -> Self {
+        HeaderOverrides::default()
+    }
+
+    /// Suppresses `name` for this call (the seed's `Header.DISABLE`).
+    #[must_use]
+    pub fn disable(mut self, name: HeaderName) -> Self {
+        self.entries.push((name, None));
+        self
+    }
+
+    /// Replaces or adds `name` for this call.
+    #[must_use]
+    pub fn set(mut self, name: HeaderName, header: Header) -> Self {
+        self.entries.push((name, Some(header)));
+        self
+    }
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Headers::default()
+    }
+
+    fn defaults(when: impl Fn() -> When) -> Self {
+        Headers::new()
+            .with(
+                HeaderName::from_static("x-ratelimit-limit"),
+                Header::limit(when()),
+            )
+            .with(
+                HeaderName::from_static("x-ratelimit-remaining"),
+                Header::remaining(when()),
+            )
+            .with(http::header::RETRY_AFTER, Header::reset_seconds(when()))
+    }
+
+    /// `RateLimit-Policy: "<policy>";q=<limit>;w=<window s>` and
+    /// `RateLimit: "<policy>";r=<remaining>;t=<seconds to reset>` (draft-ietf-httpapi-ratelimit-headers-10)
+    /// on every response, plus `Retry-After` when throttled. `policy` must be a token of
+    /// letters, digits, `_`, `-` or `.`; other characters are dropped.
+    pub fn ietf_draft10(policy: &str) -> Self {
+        let name: Arc<str> = policy
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c))
+            .collect::<String>()
+            .into();
+        let p1 = Arc::clone(&name);
+        let policy_header = Header::resolver(
+            move |_, d| {
+                let r = d.rate?;
+                let w = r.period().as_secs().max(1);
+                HeaderValue::from_str(&format!("\"{p1}\";q={};w={w}", r.limit())).ok()
+            },
+            When::Always,
+        );
+        let p2 = Arc::clone(&name);
+        let state_header = Header::resolver(
+            move |_, d| {
+                let r = d.remaining?;
+                let t = if d.is_throttled() {
+                    d.retry_after_secs().unwrap_or(0)
+                } else {
+                    ceil_secs(d.reset)
+                };
+                HeaderValue::from_str(&format!("\"{p2}\";r={r};t={t}")).ok()
+            },
+            When::Always,
+        );
+        Headers::new()
+            .with(HeaderName::from_static("ratelimit-policy"), policy_header)
+            .with(HeaderName::from_static("ratelimit"), state_header)
+            .with(
+                http::header::RETRY_AFTER,
+                Header::reset_seconds(When::Throttled),
+            )
+    }
+
+    /// Adds (or replaces) a header.
+    #[must_use]
+    pub fn with(mut self, name: HeaderName, header: Header) -> Self {
+        let entries = Arc::make_mut(&mut self.entries);
+        entries.retain(|(n, _)| n != name);
+        entries.push((name, header));
+        self
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Header names in order.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.entries.iter().map(|(n, _)| n)
+    }
+
+    /// Resolves every header for a response into `out` (replacing existing values).
+    /// Requests the throttle skipped (exempted, disabled, ...) get no headers.
+    pub fn apply(
+        &self,
+        req: &RequestView<'_>,
+        decision: &Decision,
+        overrides: Option<&HeaderOverrides>,
+        out: &mut HeaderMap,
+    ) {
+        if matches!(decision.outcome, Outcome::Skipped(_)) {
+            return;
+        }
+        for (name, header) in self.entries.iter() {
+            if overrides.is_some_and(|o| o.entries.iter().any(|(n, _)| n == name)) {
+                continue;
+            }
+            if let Some(v) = header.resolve(req, decision) {
+                out.insert(name.clone(), v);
+            }
+        }
+        if let Some(o) = overrides {
+            for (name, header) in &o.entries {
+                if let Some(v) = header.as_ref().and_then(|h| h.resolve(req, decision)) {
+                    out.insert(name.clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Resolves every header into a new map.
+    pub fn resolve(&self, req: &RequestView<'_>, decision: &Decision) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        self.apply(req, decision, None, &mut out);
+        out
+    }
+}
+
+impl BitOr for Headers {
+    type Output = Headers;
+    /// Merges; headers on the right replace same-named ones on the left.
+    fn bitor(self, rhs: Headers) -> Headers {
+        rhs.entries
+            .iter()
+            .fold(self, |acc, (n, h)| acc.with(n.clone(), h.clone()))
+    }
+}
+
+impl BitOr for &Headers {
+    type Output = Headers;
+    fn bitor(self, rhs: &Headers) -> Headers {
+        self.clone() | rhs.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Skip, Source};
+    use crate::key::Key;
+    use crate::rate;
+
+    fn decision(outcome: Outcome, remaining: u64, wait_ms: u64) -> Decision {
+        Decision {
+            outcome,
+            key: Some(Key::builder("t").build()),
+            rate: Some(rate!("100/min")),
+            cost: 1,
+            remaining: Some(remaining),
+            wait: Duration::from_micros(wait_ms * 1000 + 1),
+            reset: Duration::from_secs(30),
+            source: Source::Backend,
+        }
+    }
+
+    #[test]
+    fn defaults_render_integers_and_round_up() {
+        let req = RequestView::empty();
+        let h = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(Outcome::Throttled, 0, 1500));
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert_eq!(h["retry-after"], "2");
+        let ok = DEFAULT_HEADERS_THROTTLED.resolve(&req, &decision(Outcome::Allowed, 4, 0));
+        assert!(ok.is_empty());
+        let never = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(Outcome::Never, 0, 0));
+        assert!(!never.contains_key("retry-after"));
+        let skipped = DEFAULT_HEADERS_ALWAYS.resolve(&req, &Decision::skipped(Skip::Exempted));
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn merge_override_and_ietf() {
+        let req = RequestView::empty();
+        let d = decision(Outcome::Allowed, 7, 0);
+        let custom = Headers::new().with(
+            HeaderName::from_static("x-ratelimit-limit"),
+            Header::fixed(HeaderValue::from_static("lots"), When::Always),
+        );
+        let merged = &*DEFAULT_HEADERS_ALWAYS | &custom;
+        assert_eq!(merged.resolve(&req, &d)["x-ratelimit-limit"], "lots");
+        let mut out = HeaderMap::new();
+        let o = HeaderOverrides::new().disable(HeaderName::from_static("x-ratelimit-remaining"));
+        DEFAULT_HEADERS_ALWAYS.apply(&req, &d, Some(&o), &mut out);
+        assert!(
+            !out.contains_key("x-ratelimit-remaining") && out.contains_key("x-ratelimit-limit")
+        );
+        let ietf = Headers::ietf_draft10("default").resolve(&req, &d);
+        assert_eq!(ietf["ratelimit-policy"], "\"default\";q=100;w=60");
+        assert_eq!(ietf["ratelimit"], "\"default\";r=7;t=30");
+    }
+}

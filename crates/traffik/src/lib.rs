@@ -1,0 +1,95 @@
+//! # traffik
+//!
+//! Asynchronous, distributed rate limiting for Rust web services. This is the
+//! framework-neutral core: rates, strategies, backends, throttles, identity, rules, headers and
+//! error policies. `traffik-poem` and `traffik-salvo` plug it into those frameworks;
+//! `traffik-redis` and `traffik-memcached` add shared backends.
+//!
+//! ```
+//! use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::Gcra};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let throttle = Throttle::builder()
+//!     .uid("quick-start")
+//!     .rate(rate!("100/min"))
+//!     .backend(InMemoryBackend::new())
+//!     .strategy(Gcra::new())
+//!     .build()?;
+//!
+//! let request = RequestView::empty().peer(Some("198.51.100.4:40000".parse().unwrap()));
+//! let decision = throttle.hit(&request).await?;
+//! assert!(decision.is_allowed());
+//! # Ok::<(), traffik::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! | concept | type |
+//! |---|---|
+//! | how much, how often | [`Rate`], [`rate!`] |
+//! | the algorithm | [`strategy::Strategy`] and the eight built-ins in [`strategy`] |
+//! | where state lives | [`Backend`], [`InMemoryBackend`] |
+//! | who is limited | [`Identity`], [`ClientIp`], [`TrustedProxies`], [`Identifier`] |
+//! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
+//! | when it applies | [`Rule`], [`ThrottleRegistry`] |
+//! | what the client sees | [`Decision`], [`Headers`] |
+//! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
+//! | dashboards | [`Stat`], [`BreakerInfo`], [`IncidentCounts`] |
+//!
+//! # Rate strings
+//!
+//! `"<limit>/<unit>"` (`"5/m"`), `"<limit>/<n><unit>"` (`"2/5s"`, `"1000/500ms"`),
+//! `"<limit>/<n> <unit>"` (`"10/30 seconds"`), `"<limit> per <n> <unit>"` (`"20 per 2 mins"`),
+//! `"<limit> per<unit>"` (`"2 persecond"`), and `"0/0"` for unlimited. Units: `ms`,
+//! `millisecond(s)`, `s`, `sec(s)`, `second(s)`, `m`, `min(s)`, `minute(s)`, `h`, `hr(s)`,
+//! `hour(s)`, `d`, `day(s)`; case-insensitive; surrounding spaces allowed. Errors say what is
+//! wrong and at which byte ([`RateError`]).
+//!
+//! # Decisions are values
+//!
+//! [`Throttle::hit`] returns `Ok(Decision)` whether or not the client is throttled; `Err` means
+//! the backend failed *and* the error policy chose to raise. A cost that can never fit the rate
+//! is [`Outcome::Never`], which integrations answer with a 429 that says so and no
+//! `Retry-After`.
+
+pub mod backend;
+mod clock;
+mod context;
+mod decision;
+mod error;
+mod functions;
+pub mod headers;
+mod identity;
+mod key;
+pub mod policy;
+mod rate;
+mod registry;
+pub mod rules;
+pub mod strategy;
+mod throttle;
+
+pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation, SharedBackend};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::Context;
+pub use decision::{Decision, Outcome, Skip, Source, Stat};
+pub use error::{BackendError, BoxError, Error};
+pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
+pub use headers::{
+    DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, Header, HeaderOverrides, Headers, When,
+};
+pub use identity::{
+    AsyncIdentifier, ClientIp, Identifier, Identity, IpNet, RequestView, TrustedProxies,
+};
+pub use key::{Key, KeyBuilder};
+pub use policy::{
+    AsyncHandler, BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker, ErrorPolicy, Failover,
+    Failure, IncidentCounts, Recovery, Retry,
+};
+pub use rate::{Rate, RateError, RateErrorKind};
+pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
+pub use rules::{AsyncPredicate, PathPattern, Rule};
+pub use strategy::StrategyHandle;
+pub use throttle::{
+    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate,
+    NoStrategy, NoUid,
+};
+pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

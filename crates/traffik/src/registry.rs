@@ -1,0 +1,123 @@
+//! Registries of throttles by uid: lookup, rules and group enable/disable.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Weak};
+
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::rules::Rule;
+use crate::throttle::{Throttle, ThrottleInner};
+
+/// The registry throttles join unless built with `.registry(..)` or `.no_registry()`.
+pub static GLOBAL_REGISTRY: LazyLock<ThrottleRegistry> = LazyLock::new(ThrottleRegistry::new);
+
+/// Throttles by uid. Holds weak references: a dropped throttle disappears. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ThrottleRegistry {
+    throttles: Arc<Mutex<HashMap<String, Weak<ThrottleInner>>>>,
+}
+
+impl ThrottleRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        ThrottleRegistry::default()
+    }
+
+    pub(crate) fn register(&self, throttle: &Throttle) -> Result<(), Error> {
+        let mut map = self.throttles.lock();
+        let uid = throttle.uid();
+        if map.get(uid).is_some_and(|w| w.strong_count() > 0) {
+            return Err(Error::DuplicateUid(uid.to_owned()));
+        }
+        map.insert(uid.to_owned(), throttle.downgrade());
+        Ok(())
+    }
+
+    /// Drops the entry for `uid` if its throttle is gone.
+    pub(crate) fn forget_dead(&self, uid: &str) {
+        let mut map = self.throttles.lock();
+        if map.get(uid).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(uid);
+        }
+    }
+
+    /// The live throttle registered as `uid`.
+    pub fn get(&self, uid: &str) -> Option<Throttle> {
+        let inner = self.throttles.lock().get(uid)?.upgrade()?;
+        Some(Throttle { inner })
+    }
+
+    /// Whether a live throttle is registered as `uid`.
+    pub fn exists(&self, uid: &str) -> bool {
+        self.get(uid).is_some()
+    }
+
+    /// Uids of live throttles.
+    pub fn uids(&self) -> Vec<String> {
+        let map = self.throttles.lock();
+        let mut uids: Vec<String> = map
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        uids.sort();
+        uids
+    }
+
+    /// Adds rules to the throttle `uid`.
+    pub fn add_rules(&self, uid: &str, rules: impl IntoIterator<Item = Rule>) -> Result<(), Error> {
+        let throttle = self
+            .get(uid)
+            .ok_or_else(|| Error::UnknownUid(uid.to_owned()))?;
+        throttle.add_rules(rules);
+        Ok(())
+    }
+
+    /// The rules of throttle `uid` (empty if unknown).
+    pub fn get_rules(&self, uid: &str) -> Vec<Rule> {
+        self.get(uid).map(|t| t.rules()).unwrap_or_default()
+    }
+
+    /// Disables throttle `uid`; returns whether it was found.
+    pub fn disable(&self, uid: &str) -> bool {
+        self.get(uid).map(|t| t.disable()).is_some()
+    }
+
+    /// Enables throttle `uid`; returns whether it was found.
+    pub fn enable(&self, uid: &str) -> bool {
+        self.get(uid).map(|t| t.enable()).is_some()
+    }
+
+    fn live(&self) -> Vec<Throttle> {
+        self.throttles
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Throttle { inner })
+            .collect()
+    }
+
+    /// Disables every live throttle.
+    pub fn disable_all(&self) {
+        self.live().iter().for_each(Throttle::disable);
+    }
+
+    /// Enables every live throttle.
+    pub fn enable_all(&self) {
+        self.live().iter().for_each(Throttle::enable);
+    }
+
+    /// Forgets every throttle (they keep working; they are just no longer listed).
+    pub fn clear(&self) {
+        self.throttles.lock().clear();
+    }
+}
+
+impl std::fmt::Debug for ThrottleRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleRegistry")
+            .field("uids", &self.uids())
+            .finish()
+    }
+}

@@ -1,0 +1,478 @@
+//! The meter family: token buckets, leaky buckets and GCRA, all run by one virtual-scheduling
+//! state machine.
+//!
+//! A meter stores one timestamp, the theoretical arrival time `tat`. Its fill level is
+//! `max(tat - now, 0)` microseconds; every unit of cost adds the emission interval
+//! `T = ceil(W / L)` (rounded up so rounding never admits more than the rate). A hit fits while
+//! `level + cost·T <= capacity`. The variants differ only in their capacity and queue:
+//!
+//! | variant | capacity | queue |
+//! |---|---|---|
+//! | `TokenBucket { burst: B }` | B·T | 0 |
+//! | `TokenBucketWithDebt { burst: B, max_debt: D }` | (B + D)·T | 0 |
+//! | `LeakyBucket` | L·T | 0 |
+//! | `LeakyBucketWithQueue { queue: Q }` | L·T | Q·T |
+//! | `Gcra { tolerance: τ }` | τ + T | 0 |
+//!
+//! Capacities and queues are capped at 2^50 µs (about 35 years), which keeps every value exact
+//! in the doubles of Redis' Lua.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64};
+use crate::Rate;
+use crate::clock::to_us;
+
+/// Largest capacity or queue, in microseconds.
+pub const MAX_SPAN_US: u64 = 1 << 50;
+
+/// A meter variant and its parameters; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeterSpec {
+    /// Token bucket with this burst (`None` = the rate's limit).
+    TokenBucket {
+        /// Bucket size in cost units.
+        burst: Option<u32>,
+    },
+    /// Token bucket that may go `max_debt` tokens below empty.
+    TokenBucketWithDebt {
+        /// Bucket size in cost units (`None` = the rate's limit).
+        burst: Option<u32>,
+        /// How far below empty the bucket may go.
+        max_debt: u32,
+    },
+    /// Leaky bucket meter of capacity L.
+    LeakyBucket,
+    /// Leaky bucket of capacity L that delays up to `queue` units of overflow.
+    LeakyBucketWithQueue {
+        /// Cost units that may wait for a slot.
+        queue: u32,
+    },
+    /// GCRA with a burst tolerance in microseconds.
+    Gcra {
+        /// Burst tolerance τ in microseconds.
+        tolerance_us: u64,
+    },
+}
+
+/// A [`MeterSpec`] resolved against a rate: what the state machine (and the Lua script) needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterParams {
+    /// Emission interval `T`, microseconds per unit of cost.
+    pub interval_us: u64,
+    /// Capacity in microseconds.
+    pub capacity_us: u64,
+    /// Queue length in microseconds (0 unless shaping).
+    pub queue_us: u64,
+}
+
+fn span(units: u64, t: u64) -> u64 {
+    units.saturating_mul(t).min(MAX_SPAN_US)
+}
+
+impl MeterSpec {
+    /// Resolves the spec for `rate` (which must not be unlimited).
+    pub fn params(&self, rate: &Rate) -> MeterParams {
+        let t = rate.emission_interval_us().max(1);
+        let l = rate.limit();
+        let (capacity_us, queue_us) = match *self {
+            MeterSpec::TokenBucket { burst } => (span(burst.map_or(l, u64::from), t), 0),
+            MeterSpec::TokenBucketWithDebt { burst, max_debt } => (
+                span(
+                    burst
+                        .map_or(l, u64::from)
+                        .saturating_add(u64::from(max_debt)),
+                    t,
+                ),
+                0,
+            ),
+            MeterSpec::LeakyBucket => (span(l, t), 0),
+            MeterSpec::LeakyBucketWithQueue { queue } => (span(l, t), span(u64::from(queue), t)),
+            MeterSpec::Gcra { tolerance_us } => {
+                (tolerance_us.saturating_add(t).min(MAX_SPAN_US), 0)
+            }
+        };
+        MeterParams {
+            interval_us: t,
+            capacity_us,
+            queue_us,
+        }
+    }
+}
+
+/// Stored state of every meter: the theoretical arrival time in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterState {
+    /// Theoretical arrival time.
+    pub tat: u64,
+}
+
+/// The one meter state machine.
+pub(crate) fn decide(
+    p: MeterParams,
+    state: Option<&MeterState>,
+    now: u64,
+    cost: u64,
+) -> Step<MeterState> {
+    let t = p.interval_us;
+    let inc = cost.saturating_mul(t);
+    if inc > p.capacity_us {
+        return Step::unchanged(Verdict::never());
+    }
+    let tat = state.map_or(0, |s| s.tat);
+    let level = tat.saturating_sub(now);
+    let fill = level + inc;
+    if fill <= p.capacity_us.saturating_add(p.queue_us) {
+        let next = tat.max(now) + inc;
+        let ttl = next - now;
+        let verdict = if fill <= p.capacity_us {
+            Verdict::admit((p.capacity_us - fill) / t, ttl)
+        } else {
+            Verdict::delay(fill - p.capacity_us, ttl)
+        };
+        return Step::write(verdict, MeterState { tat: next }, ttl);
+    }
+    let wait = fill - p.capacity_us - p.queue_us;
+    Step::unchanged(Verdict::deny(
+        p.capacity_us.saturating_sub(level) / t,
+        wait,
+        level,
+    ))
+}
+
+fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
+    let tat = state.map_or(0, |s| s.tat);
+    let level = tat.saturating_sub(now);
+    let mut m = Metadata::new();
+    m.insert("strategy".into(), name.into());
+    m.insert("tat_us".into(), json_u64(tat.max(now)));
+    m.insert("level_us".into(), json_u64(level));
+    m.insert("capacity_us".into(), json_u64(p.capacity_us));
+    m.insert("interval_us".into(), json_u64(p.interval_us));
+    m
+}
+
+macro_rules! meter_strategy {
+    ($ty:ident, $name:literal, $label:literal) => {
+        impl Strategy for $ty {
+            type State = MeterState;
+
+            fn name(&self) -> &str {
+                $name
+            }
+
+            fn decide(&self, state: Option<&MeterState>, input: &Input) -> Step<MeterState> {
+                decide(
+                    self.spec().params(&input.rate),
+                    state,
+                    input.now_us,
+                    input.cost,
+                )
+            }
+
+            fn metadata(&self, state: Option<&MeterState>, input: &Input) -> Metadata {
+                let p = self.spec().params(&input.rate);
+                let mut m = meter_metadata($label, p, state, input.now_us);
+                self.extra_metadata(&mut m, p, state, input);
+                m
+            }
+
+            fn builtin(&self) -> Option<Builtin> {
+                Some(Builtin::Meter(self.spec()))
+            }
+
+            fn pack(&self, s: &MeterState) -> Option<Packed> {
+                Some(Packed([s.tat, 0]))
+            }
+
+            fn unpack(&self, p: Packed) -> Option<MeterState> {
+                Some(MeterState { tat: p.0[0] })
+            }
+        }
+    };
+}
+
+/// Tokens refill at the rate's pace up to `burst`; a hit needs `cost` tokens.
+/// Any interval of length t admits at most `burst + r·t`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    burst: Option<u32>,
+}
+
+impl TokenBucket {
+    /// A bucket as large as the rate's limit.
+    pub const fn new() -> Self {
+        TokenBucket { burst: None }
+    }
+
+    /// A bucket of `burst` tokens.
+    pub const fn with_burst(burst: u32) -> Self {
+        TokenBucket { burst: Some(burst) }
+    }
+
+    fn spec(&self) -> MeterSpec {
+        MeterSpec::TokenBucket { burst: self.burst }
+    }
+
+    fn extra_metadata(
+        &self,
+        m: &mut Metadata,
+        p: MeterParams,
+        state: Option<&MeterState>,
+        input: &Input,
+    ) {
+        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let tokens = (p.capacity_us - level.min(p.capacity_us)) as f64 / p.interval_us as f64;
+        m.insert("tokens".into(), tokens.into());
+        m.insert("burst".into(), json_u64(p.capacity_us / p.interval_us));
+    }
+}
+meter_strategy!(TokenBucket, "tb", "token_bucket");
+
+/// A token bucket that lends up to `max_debt` tokens: admits iff `tokens - cost >= -max_debt`.
+/// Any interval of length t admits at most `burst + max_debt + r·t`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucketWithDebt {
+    burst: Option<u32>,
+    max_debt: u32,
+}
+
+impl TokenBucketWithDebt {
+    /// A bucket as large as the rate's limit that may owe `max_debt` tokens.
+    pub const fn new(max_debt: u32) -> Self {
+        TokenBucketWithDebt {
+            burst: None,
+            max_debt,
+        }
+    }
+
+    /// A bucket of `burst` tokens that may owe `max_debt` tokens.
+    pub const fn with_burst(burst: u32, max_debt: u32) -> Self {
+        TokenBucketWithDebt {
+            burst: Some(burst),
+            max_debt,
+        }
+    }
+
+    fn spec(&self) -> MeterSpec {
+        MeterSpec::TokenBucketWithDebt {
+            burst: self.burst,
+            max_debt: self.max_debt,
+        }
+    }
+
+    fn extra_metadata(
+        &self,
+        m: &mut Metadata,
+        p: MeterParams,
+        state: Option<&MeterState>,
+        input: &Input,
+    ) {
+        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let burst_us = p
+            .capacity_us
+            .saturating_sub(span(u64::from(self.max_debt), p.interval_us));
+        let tokens = (burst_us as f64 - level as f64) / p.interval_us as f64;
+        m.insert("tokens".into(), tokens.into());
+        m.insert("debt".into(), (-tokens).max(0.0).into());
+        m.insert("max_debt".into(), json_u64(u64::from(self.max_debt)));
+    }
+}
+meter_strategy!(TokenBucketWithDebt, "tbd", "token_bucket_with_debt");
+
+/// A meter of capacity L leaking at the rate's pace; a hit adds its cost. Smooths traffic to
+/// the rate after an initial burst of at most L.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeakyBucket;
+
+impl LeakyBucket {
+    fn spec(&self) -> MeterSpec {
+        MeterSpec::LeakyBucket
+    }
+
+    fn extra_metadata(
+        &self,
+        m: &mut Metadata,
+        p: MeterParams,
+        state: Option<&MeterState>,
+        input: &Input,
+    ) {
+        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
+    }
+}
+meter_strategy!(LeakyBucket, "lb", "leaky_bucket");
+
+/// Traffic shaping: a leaky bucket of capacity L whose overflow waits in a queue of `queue`
+/// cost units. A hit that finds the bucket full but the queue open is admitted with a delay
+/// ([`VerdictKind::Delay`](super::VerdictKind::Delay)): the integration holds it until its
+/// slot, so releases are spaced by `cost / r`. Beyond the queue, hits are denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakyBucketWithQueue {
+    queue: u32,
+}
+
+impl LeakyBucketWithQueue {
+    /// A bucket whose overflow queue holds `queue` cost units.
+    pub const fn new(queue: u32) -> Self {
+        LeakyBucketWithQueue { queue }
+    }
+
+    fn spec(&self) -> MeterSpec {
+        MeterSpec::LeakyBucketWithQueue { queue: self.queue }
+    }
+
+    fn extra_metadata(
+        &self,
+        m: &mut Metadata,
+        p: MeterParams,
+        state: Option<&MeterState>,
+        input: &Input,
+    ) {
+        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
+        m.insert(
+            "queued".into(),
+            (level.saturating_sub(p.capacity_us) as f64 / p.interval_us as f64).into(),
+        );
+        m.insert("queue".into(), json_u64(u64::from(self.queue)));
+    }
+}
+meter_strategy!(LeakyBucketWithQueue, "lbq", "leaky_bucket_with_queue");
+
+/// Generic cell rate algorithm: one timestamp per key, hits spaced by `T = W / L` with a burst
+/// tolerance τ. A hit of cost c is admitted iff all its c cells conform, i.e.
+/// `level + c·T <= τ + T`; the wait of a denial excludes the tolerance (it is the time until the
+/// last cell conforms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gcra {
+    tolerance_us: u64,
+}
+
+impl Gcra {
+    /// Perfectly smooth: one unit of cost per emission interval.
+    pub const fn new() -> Self {
+        Gcra { tolerance_us: 0 }
+    }
+
+    /// With a burst tolerance.
+    pub fn with_tolerance(tolerance: Duration) -> Self {
+        Gcra {
+            tolerance_us: to_us(tolerance),
+        }
+    }
+
+    fn spec(&self) -> MeterSpec {
+        MeterSpec::Gcra {
+            tolerance_us: self.tolerance_us,
+        }
+    }
+
+    fn extra_metadata(
+        &self,
+        m: &mut Metadata,
+        _p: MeterParams,
+        _s: Option<&MeterState>,
+        _i: &Input,
+    ) {
+        m.insert("tolerance_us".into(), json_u64(self.tolerance_us));
+    }
+}
+meter_strategy!(Gcra, "gcra", "gcra");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate;
+    use crate::strategy::VerdictKind;
+
+    fn p(spec: MeterSpec, r: Rate) -> MeterParams {
+        spec.params(&r)
+    }
+
+    #[test]
+    fn token_bucket_bursts_then_refills_one_interval_per_token() {
+        let params = p(MeterSpec::TokenBucket { burst: Some(2) }, rate!("4/s"));
+        let mut s = None;
+        let mut hit = |now| {
+            let step = decide(params, s.as_ref(), now, 1);
+            if let Some(w) = step.write {
+                s = Some(w.state);
+            }
+            step.verdict
+        };
+        assert_eq!(hit(0).kind, VerdictKind::Admit);
+        assert_eq!(hit(0).kind, VerdictKind::Admit);
+        let v = hit(0);
+        assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 250_000));
+        assert_eq!(hit(249_999).kind, VerdictKind::Deny);
+        assert_eq!(hit(250_000).kind, VerdictKind::Admit);
+    }
+
+    #[test]
+    fn gcra_without_tolerance_is_perfectly_spaced_and_wait_excludes_tolerance() {
+        let params = p(MeterSpec::Gcra { tolerance_us: 0 }, rate!("10/s"));
+        let s1 = decide(params, None, 0, 1).write.unwrap().state;
+        let v = decide(params, Some(&s1), 30_000, 1).verdict;
+        assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 70_000));
+        let tol = p(
+            MeterSpec::Gcra {
+                tolerance_us: 150_000,
+            },
+            rate!("10/s"),
+        );
+        assert_eq!(
+            decide(tol, Some(&s1), 30_000, 1).verdict.kind,
+            VerdictKind::Admit
+        );
+        let v = decide(tol, Some(&s1), 30_000, 2).verdict;
+        // level 70 ms + 2 cells (200 ms) must fit τ + T = 250 ms: wait 20 ms, not 20 + τ.
+        assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 20_000));
+        assert_eq!(
+            decide(tol, Some(&s1), 50_000, 2).verdict.kind,
+            VerdictKind::Admit
+        );
+        assert_eq!(decide(tol, None, 0, 3).verdict.kind, VerdictKind::Never);
+    }
+
+    #[test]
+    fn queue_delays_overflow_then_denies() {
+        let params = p(MeterSpec::LeakyBucketWithQueue { queue: 2 }, rate!("2/s"));
+        let mut s = None;
+        let mut kinds = vec![];
+        for _ in 0..5 {
+            let step = decide(params, s.as_ref(), 0, 1);
+            if let Some(w) = step.write {
+                s = Some(w.state);
+            }
+            kinds.push((step.verdict.kind, step.verdict.wait_us));
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                (VerdictKind::Admit, 0),
+                (VerdictKind::Admit, 0),
+                (VerdictKind::Delay, 500_000),
+                (VerdictKind::Delay, 1_000_000),
+                (VerdictKind::Deny, 500_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn debt_extends_the_bucket() {
+        let params = p(
+            MeterSpec::TokenBucketWithDebt {
+                burst: Some(2),
+                max_debt: 3,
+            },
+            rate!("1/s"),
+        );
+        assert_eq!(params.capacity_us, 5_000_000);
+        assert_eq!(decide(params, None, 0, 5).verdict.kind, VerdictKind::Admit);
+        assert_eq!(decide(params, None, 0, 6).verdict.kind, VerdictKind::Never);
+    }
+}

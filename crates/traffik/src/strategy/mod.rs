@@ -1,0 +1,475 @@
+//! Strategies: pure state machines that decide whether a hit is admitted.
+//!
+//! | strategy | state | bound on admitted cost |
+//! |---|---|---|
+//! | [`FixedWindow`] | window index, cost used | any epoch-aligned window <= L |
+//! | [`SlidingWindowCounter`] | window index, previous and current cost | any aligned window <= L (estimate) |
+//! | [`SlidingWindowLog`] | (time, cost) log | any sliding window <= L |
+//! | [`TokenBucket`] | theoretical arrival time | any interval t: <= B + r·t |
+//! | [`TokenBucketWithDebt`] | theoretical arrival time | any interval t: <= B + D + r·t |
+//! | [`LeakyBucket`] | theoretical arrival time | any interval t: <= L + r·t |
+//! | [`LeakyBucketWithQueue`] | theoretical arrival time | releases in any interval t: <= L + r·t |
+//! | [`Gcra`] | theoretical arrival time | any interval t: <= 1 + τ/T + r·t |
+//!
+//! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
+//! [`Verdict`] plus, when the state changes, the new state and how long it must be kept. It does
+//! no I/O and reads no clock, so every backend can run it and every property can be tested with a
+//! manual clock. Denied hits never change state.
+//!
+//! # Writing your own
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use traffik::strategy::{Input, Step, Strategy, Verdict};
+//!
+//! /// Admits at most `limit` hits, ever (a quota that never refills).
+//! #[derive(Debug)]
+//! struct Lifetime;
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! struct Used(u64);
+//!
+//! impl Strategy for Lifetime {
+//!     type State = Used;
+//!     fn name(&self) -> &str { "lifetime" }
+//!     fn decide(&self, state: Option<&Used>, input: &Input) -> Step<Used> {
+//!         let limit = input.rate.limit();
+//!         if input.cost > limit {
+//!             return Step::unchanged(Verdict::never());
+//!         }
+//!         let used = state.map_or(0, |s| s.0);
+//!         if used + input.cost > limit {
+//!             return Step::unchanged(Verdict::deny(limit - used, u64::MAX, u64::MAX));
+//!         }
+//!         let used = used + input.cost;
+//!         Step::write(Verdict::admit(limit - used, u64::MAX), Used(used), u64::MAX)
+//!     }
+//! }
+//! ```
+
+mod fixed_window;
+mod meter;
+mod sliding_counter;
+mod sliding_log;
+
+pub use fixed_window::FixedWindow;
+pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, TokenBucket, TokenBucketWithDebt};
+pub use sliding_counter::SlidingWindowCounter;
+pub use sliding_log::SlidingWindowLog;
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Rate;
+
+/// Strategy-specific details reported by `stat` (e.g. tokens left, window start).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Everything a strategy needs to decide one hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// Current time, microseconds since the Unix epoch.
+    pub now_us: u64,
+    /// The limit being enforced (never unlimited: unlimited rates never reach a strategy).
+    pub rate: Rate,
+    /// Cost of this hit (never 0: zero-cost hits never reach a strategy).
+    pub cost: u64,
+}
+
+/// What a strategy decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// Admitted now; quota consumed.
+    Admit,
+    /// Admitted, but the caller must hold the request for [`Verdict::wait_us`] before releasing
+    /// it (traffic shaping); quota consumed.
+    Delay,
+    /// Not admitted; nothing consumed. Retrying after [`Verdict::wait_us`] succeeds if no other
+    /// traffic intervenes.
+    Deny,
+    /// The cost exceeds what the strategy can ever admit at this rate; nothing consumed.
+    Never,
+}
+
+/// A strategy's decision for one hit, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Verdict {
+    /// The decision.
+    pub kind: VerdictKind,
+    /// Unit-cost hits that would still be admitted right after this decision.
+    pub remaining: u64,
+    /// `Deny`: exact time until this hit would be admitted. `Delay`: how long to hold the
+    /// request. Otherwise 0.
+    pub wait_us: u64,
+    /// Time until the key is back to its full quota (or its current window ends).
+    pub reset_us: u64,
+}
+
+impl Verdict {
+    /// An admission.
+    pub const fn admit(remaining: u64, reset_us: u64) -> Self {
+        Verdict {
+            kind: VerdictKind::Admit,
+            remaining,
+            wait_us: 0,
+            reset_us,
+        }
+    }
+
+    /// An admission that must wait `delay_us` before it is released.
+    pub const fn delay(delay_us: u64, reset_us: u64) -> Self {
+        Verdict {
+            kind: VerdictKind::Delay,
+            remaining: 0,
+            wait_us: delay_us,
+            reset_us,
+        }
+    }
+
+    /// A denial that a retry after `wait_us` would pass.
+    pub const fn deny(remaining: u64, wait_us: u64, reset_us: u64) -> Self {
+        Verdict {
+            kind: VerdictKind::Deny,
+            remaining,
+            wait_us,
+            reset_us,
+        }
+    }
+
+    /// The cost can never be admitted.
+    pub const fn never() -> Self {
+        Verdict {
+            kind: VerdictKind::Never,
+            remaining: 0,
+            wait_us: 0,
+            reset_us: 0,
+        }
+    }
+
+    /// Whether the hit goes through (now or after a delay).
+    pub const fn is_admitted(&self) -> bool {
+        matches!(self.kind, VerdictKind::Admit | VerdictKind::Delay)
+    }
+}
+
+/// A strategy's answer: the verdict and, if the state changed, what to store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step<S> {
+    /// The decision.
+    pub verdict: Verdict,
+    /// New state and how long it must live, or `None` to leave storage untouched.
+    pub write: Option<Write<S>>,
+}
+
+/// State to store after a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write<S> {
+    /// The new state.
+    pub state: S,
+    /// Microseconds the state must be kept; after that it is equivalent to no state at all.
+    pub ttl_us: u64,
+}
+
+impl<S> Step<S> {
+    /// A step that stores nothing.
+    pub const fn unchanged(verdict: Verdict) -> Self {
+        Step {
+            verdict,
+            write: None,
+        }
+    }
+
+    /// A step that stores `state` for `ttl_us` microseconds.
+    pub const fn write(verdict: Verdict, state: S, ttl_us: u64) -> Self {
+        Step {
+            verdict,
+            write: Some(Write { state, ttl_us }),
+        }
+    }
+}
+
+/// Two machine words of state, stored inline by the in-memory backend (no allocation per key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packed(pub [u64; 2]);
+
+/// The built-in strategies and their parameters, so backends can run native implementations
+/// (Redis runs each as one Lua script). Only the built-in strategies return this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Builtin {
+    /// [`FixedWindow`].
+    FixedWindow,
+    /// [`SlidingWindowCounter`].
+    SlidingWindowCounter,
+    /// [`SlidingWindowLog`].
+    SlidingWindowLog,
+    /// Any of the meter family (token buckets, leaky buckets, GCRA), reduced to its capacity and
+    /// queue, both in units of the rate's emission interval or microseconds.
+    Meter(meter::MeterSpec),
+}
+
+pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
+
+/// A rate-limiting algorithm as a pure state machine. See the [module docs](self).
+pub trait Strategy: Send + Sync + fmt::Debug + 'static {
+    /// What the strategy stores per key. Serializable so that every backend can store it.
+    type State: Clone + Serialize + DeserializeOwned + Send + Sync + fmt::Debug + 'static;
+
+    /// A short, stable name; part of every storage key, so changing strategy starts fresh state.
+    /// Use `[a-z0-9_-]`.
+    fn name(&self) -> &str;
+
+    /// Decides one hit. Must be deterministic in its arguments.
+    fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State>;
+
+    /// Strategy-specific details for `stat` snapshots.
+    fn metadata(&self, _state: Option<&Self::State>, _input: &Input) -> Metadata {
+        Metadata::new()
+    }
+
+    /// The built-in this is, for backends with native implementations. Leave as `None`.
+    fn builtin(&self) -> Option<Builtin> {
+        None
+    }
+
+    /// Packs the state into two words for inline storage, if it fits.
+    fn pack(&self, _state: &Self::State) -> Option<Packed> {
+        None
+    }
+
+    /// The inverse of [`Strategy::pack`].
+    fn unpack(&self, _packed: Packed) -> Option<Self::State> {
+        None
+    }
+}
+
+/// How an in-memory entry holds strategy state.
+pub(crate) enum Slot {
+    Packed(Packed),
+    Boxed(Box<dyn Any + Send + Sync>),
+}
+
+/// Object-safe face of every [`Strategy`], used through [`StrategyHandle`].
+trait Erased: Send + Sync + fmt::Debug {
+    fn name(&self) -> &str;
+    fn builtin(&self) -> Option<Builtin>;
+    fn decide_slot(
+        &self,
+        slot: &mut Option<Slot>,
+        input: &Input,
+        write: bool,
+    ) -> (Verdict, Option<u64>);
+    fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata;
+    fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError>;
+    fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError>;
+}
+
+/// The result of a decision over serialized state (the generic compare-and-swap path).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BytesStep {
+    /// The decision.
+    pub verdict: Verdict,
+    /// Serialized new state and its time to live in microseconds, if the state changed.
+    pub write: Option<(Vec<u8>, u64)>,
+}
+
+/// Stored state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("strategy `{strategy}` could not {action} its stored state: {source}")]
+pub struct StateError {
+    strategy: String,
+    action: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl<S: Strategy> Erased for S {
+    fn name(&self) -> &str {
+        Strategy::name(self)
+    }
+
+    fn builtin(&self) -> Option<Builtin> {
+        Strategy::builtin(self)
+    }
+
+    fn decide_slot(
+        &self,
+        slot: &mut Option<Slot>,
+        input: &Input,
+        write: bool,
+    ) -> (Verdict, Option<u64>) {
+        match slot {
+            Some(Slot::Boxed(any)) => {
+                if let Some(state) = any.downcast_mut::<S::State>() {
+                    let step = self.decide(Some(state), input);
+                    return match step.write {
+                        Some(w) if write => {
+                            *state = w.state;
+                            (step.verdict, Some(w.ttl_us))
+                        }
+                        _ => (step.verdict, None),
+                    };
+                }
+                // A different strategy's state under this key cannot happen (the strategy name
+                // is part of the key); treat it as absent rather than fail.
+                self.store(slot, self.decide(None, input), write)
+            }
+            Some(Slot::Packed(p)) => {
+                let state = self.unpack(*p);
+                let step = self.decide(state.as_ref(), input);
+                self.store(slot, step, write)
+            }
+            None => {
+                let step = self.decide(None, input);
+                self.store(slot, step, write)
+            }
+        }
+    }
+
+    fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata {
+        match slot {
+            Some(Slot::Boxed(any)) => self.metadata(any.downcast_ref::<S::State>(), input),
+            Some(Slot::Packed(p)) => self.metadata(self.unpack(*p).as_ref(), input),
+            None => self.metadata(None, input),
+        }
+    }
+
+    fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError> {
+        let state = self.read_state(state)?;
+        let step = self.decide(state.as_ref(), input);
+        let write = match step.write {
+            Some(w) => Some((
+                serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?,
+                w.ttl_us,
+            )),
+            None => None,
+        };
+        Ok(BytesStep {
+            verdict: step.verdict,
+            write,
+        })
+    }
+
+    fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
+        let state = self.read_state(state)?;
+        Ok(self.metadata(state.as_ref(), input))
+    }
+}
+
+trait StoreExt: Strategy {
+    fn store(
+        &self,
+        slot: &mut Option<Slot>,
+        step: Step<Self::State>,
+        write: bool,
+    ) -> (Verdict, Option<u64>) {
+        match step.write {
+            Some(w) if write => {
+                *slot = Some(match self.pack(&w.state) {
+                    Some(p) => Slot::Packed(p),
+                    None => Slot::Boxed(Box::new(w.state)),
+                });
+                (step.verdict, Some(w.ttl_us))
+            }
+            _ => (step.verdict, None),
+        }
+    }
+
+    fn read_state(&self, bytes: Option<&[u8]>) -> Result<Option<Self::State>, StateError> {
+        match bytes {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(b)
+                .map(Some)
+                .map_err(|e| self.state_error("decode", e)),
+        }
+    }
+
+    fn state_error(&self, action: &'static str, source: serde_json::Error) -> StateError {
+        StateError {
+            strategy: self.name().to_owned(),
+            action,
+            source,
+        }
+    }
+}
+
+impl<S: Strategy> StoreExt for S {}
+
+/// A type-erased, cheaply clonable strategy: what throttles hold and backends receive.
+#[derive(Clone)]
+pub struct StrategyHandle {
+    inner: Arc<dyn Erased>,
+}
+
+impl StrategyHandle {
+    /// Wraps a strategy.
+    pub fn new<S: Strategy>(strategy: S) -> Self {
+        StrategyHandle {
+            inner: Arc::new(strategy),
+        }
+    }
+
+    /// The strategy's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The built-in this is, if any.
+    pub fn builtin(&self) -> Option<Builtin> {
+        self.inner.builtin()
+    }
+
+    /// Decides over serialized state (JSON), for backends that store bytes and apply the result
+    /// with compare-and-swap.
+    pub fn decide_bytes(
+        &self,
+        state: Option<&[u8]>,
+        input: &Input,
+    ) -> Result<BytesStep, StateError> {
+        self.inner.decide_bytes(state, input)
+    }
+
+    /// Metadata over serialized state.
+    pub fn metadata_bytes(
+        &self,
+        state: Option<&[u8]>,
+        input: &Input,
+    ) -> Result<Metadata, StateError> {
+        self.inner.metadata_bytes(state, input)
+    }
+
+    pub(crate) fn decide_slot(
+        &self,
+        slot: &mut Option<Slot>,
+        input: &Input,
+        write: bool,
+    ) -> (Verdict, Option<u64>) {
+        self.inner.decide_slot(slot, input, write)
+    }
+
+    pub(crate) fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata {
+        self.inner.metadata_slot(slot, input)
+    }
+}
+
+impl fmt::Debug for StrategyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<S: Strategy> From<S> for StrategyHandle {
+    fn from(s: S) -> Self {
+        StrategyHandle::new(s)
+    }
+}
+
+/// Saturating conversion used by metadata.
+pub(crate) fn json_u64(v: u64) -> serde_json::Value {
+    serde_json::Value::from(v)
+}

@@ -1,0 +1,133 @@
+//! Sliding window log: every admitted hit is remembered for one period.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, json_u64};
+
+/// Exact sliding window: admits iff the cost admitted in `(now - W, now]` plus this cost is at
+/// most L. Stores one `(time, cost)` entry per distinct admission instant, so memory is
+/// O(limit) per key. The wait of a denial is the instant enough old entries leave the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlidingWindowLog;
+
+/// Stored state of [`SlidingWindowLog`]: `(time_us, cost)` pairs, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlidingWindowLogState {
+    /// Admissions still inside the window, oldest first.
+    pub entries: Vec<(u64, u64)>,
+}
+
+/// Entries still inside the window ending at `now` (those with `t + w > now`).
+fn live(state: Option<&SlidingWindowLogState>, now: u64, w: u64) -> &[(u64, u64)] {
+    let entries = state.map_or(&[][..], |s| &s.entries[..]);
+    let first = entries.partition_point(|&(t, _)| t.saturating_add(w) <= now);
+    &entries[first..]
+}
+
+impl Strategy for SlidingWindowLog {
+    type State = SlidingWindowLogState;
+
+    fn name(&self) -> &str {
+        "swl"
+    }
+
+    fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State> {
+        let (limit, w, c, now) = (
+            input.rate.limit(),
+            input.rate.period_us(),
+            input.cost,
+            input.now_us,
+        );
+        if c > limit {
+            return Step::unchanged(Verdict::never());
+        }
+        let entries = live(state, now, w);
+        let used: u64 = entries.iter().fold(0u64, |a, &(_, k)| a.saturating_add(k));
+        if used.saturating_add(c) <= limit {
+            let mut next = Vec::with_capacity(entries.len() + 1);
+            next.extend_from_slice(entries);
+            // Keep the log sorted even if a lagging clock reports an earlier time.
+            let at = next.partition_point(|&(t, _)| t <= now);
+            if at > 0 && next[at - 1].0 == now {
+                next[at - 1].1 += c;
+            } else {
+                next.insert(at, (now, c));
+            }
+            let newest = next.last().map_or(now, |&(t, _)| t);
+            let ttl = newest.saturating_add(w).saturating_sub(now);
+            return Step::write(
+                Verdict::admit(limit - used - c, ttl),
+                SlidingWindowLogState { entries: next },
+                ttl,
+            );
+        }
+        // Free the oldest entries until the hit fits; it fits once the last of them expires.
+        let need = used + c - limit;
+        let mut freed = 0u64;
+        let mut target = now;
+        for &(t, k) in entries {
+            freed = freed.saturating_add(k);
+            if freed >= need {
+                target = t.saturating_add(w);
+                break;
+            }
+        }
+        let reset = entries.last().map_or(now, |&(t, _)| t.saturating_add(w));
+        Step::unchanged(Verdict::deny(
+            limit.saturating_sub(used),
+            target.saturating_sub(now),
+            reset.saturating_sub(now),
+        ))
+    }
+
+    fn metadata(&self, state: Option<&Self::State>, input: &Input) -> Metadata {
+        let entries = live(state, input.now_us, input.rate.period_us());
+        let mut m = Metadata::new();
+        m.insert("strategy".into(), "sliding_window_log".into());
+        m.insert("entries".into(), json_u64(entries.len() as u64));
+        m.insert("used".into(), json_u64(entries.iter().map(|e| e.1).sum()));
+        if let Some(&(t, _)) = entries.first() {
+            m.insert("oldest_us".into(), json_u64(t));
+        }
+        m
+    }
+
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::SlidingWindowLog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate;
+    use crate::strategy::VerdictKind;
+
+    #[test]
+    fn waits_until_enough_old_cost_leaves_the_window() {
+        let r = rate!("3/s");
+        let mut s: Option<SlidingWindowLogState> = None;
+        let mut hit = |now: u64, cost: u64| {
+            let step = SlidingWindowLog.decide(
+                s.as_ref(),
+                &Input {
+                    now_us: now,
+                    rate: r,
+                    cost,
+                },
+            );
+            if let Some(w) = step.write {
+                s = Some(w.state);
+            }
+            step.verdict
+        };
+        assert!(hit(0, 1).is_admitted());
+        assert!(hit(200_000, 2).is_admitted());
+        let v = hit(500_000, 2);
+        assert_eq!(v.kind, VerdictKind::Deny);
+        // Needs 2 freed: the entry at 0 frees 1, the one at 200 ms frees 2 more.
+        assert_eq!(v.wait_us, 700_000);
+        assert_eq!(hit(1_199_999, 2).kind, VerdictKind::Deny);
+        assert_eq!(hit(1_200_000, 2).kind, VerdictKind::Admit);
+    }
+}

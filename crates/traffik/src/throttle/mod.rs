@@ -1,0 +1,642 @@
+//! [`Throttle`]: identity → key → rate, cost → backend decision → error policy.
+
+mod builder;
+
+pub use builder::{
+    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate,
+    NoStrategy, NoUid, ThrottleBuilder,
+};
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::Rate;
+use crate::backend::{Backend, Mode, Operation, SharedBackend};
+use crate::clock::{Clock, us};
+use crate::context::Context;
+use crate::decision::{Decision, Outcome, Skip, Source, Stat};
+use crate::error::{BackendError, Error};
+use crate::functions::{Cost, RateSource};
+use crate::headers::Headers;
+use crate::identity::{Identifier, Identity, RequestView};
+use crate::key::Key;
+use crate::policy::{
+    ErrorPolicy, Failure, Incident, IncidentCounts, Incidents, PolicyKind, Recovery,
+};
+use crate::registry::ThrottleRegistry;
+use crate::rules::{Rule, RuleSet};
+use crate::strategy::{Input, StrategyHandle, Verdict, VerdictKind};
+
+tokio::task_local! {
+    static CONTEXT_BACKEND: SharedBackend;
+}
+
+/// Runs `fut` with `backend` as the backend of every throttle built with
+/// [`backend_from_context`](ThrottleBuilder::backend_from_context) (multi-tenant apps set it in
+/// a middleware).
+pub async fn with_backend<F: Future>(backend: SharedBackend, fut: F) -> F::Output {
+    CONTEXT_BACKEND.scope(backend, fut).await
+}
+
+/// The backend set by [`with_backend`] for the current task, if any.
+pub fn context_backend() -> Option<SharedBackend> {
+    CONTEXT_BACKEND.try_with(Arc::clone).ok()
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) rate: RateSource,
+    pub(crate) strategy: StrategyHandle,
+    pub(crate) backend: BackendChoice,
+    pub(crate) cost: Cost,
+    pub(crate) identifier: Arc<dyn Identifier>,
+    pub(crate) min_wait: Duration,
+    pub(crate) headers: Headers,
+    pub(crate) on_error: Option<ErrorPolicy>,
+    pub(crate) throttled_handler: Option<Arc<dyn Any + Send + Sync>>,
+    pub(crate) scope: Vec<Arc<str>>,
+    pub(crate) hash_identities: bool,
+    pub(crate) timeout: Duration,
+}
+
+pub(crate) struct ThrottleInner {
+    pub(crate) uid: String,
+    pub(crate) config: ArcSwap<Config>,
+    pub(crate) rules: ArcSwap<RuleSet>,
+    pub(crate) disabled: AtomicBool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) incidents: Incidents,
+    pub(crate) registry: Option<ThrottleRegistry>,
+}
+
+impl Drop for ThrottleInner {
+    fn drop(&mut self) {
+        if let Some(registry) = &self.registry {
+            registry.forget_dead(&self.uid);
+        }
+    }
+}
+
+/// A rate limiter: one uid, rate, strategy and backend, applied per client identity.
+///
+/// Cheap to clone (clones share configuration and state); every setting can be swapped at
+/// runtime without locks on the hit path.
+///
+/// ```
+/// use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::FixedWindow};
+///
+/// # tokio_test_block_on(async {
+/// let throttle = Throttle::builder()
+///     .uid("doc-example")
+///     .rate(rate!("2/min"))
+///     .backend(InMemoryBackend::new())
+///     .strategy(FixedWindow)
+///     .no_registry()
+///     .build()?;
+/// let req = RequestView::empty().peer(Some("192.0.2.1:5000".parse().unwrap()));
+/// assert!(throttle.hit(&req).await?.is_allowed());
+/// assert!(throttle.hit(&req).await?.is_allowed());
+/// let third = throttle.hit(&req).await?;
+/// assert!(third.is_throttled());
+/// assert!(third.retry_after_secs().unwrap() <= 60);
+/// # Ok::<(), traffik::Error>(())
+/// # }).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+///
+/// A throttle cannot be built before its uid, rate, backend and strategy are set:
+///
+/// ```compile_fail
+/// use traffik::{rate, InMemoryBackend, Throttle};
+/// let t = Throttle::builder().uid("x").rate(rate!("1/s")).backend(InMemoryBackend::new()).build();
+/// ```
+#[derive(Clone)]
+pub struct Throttle {
+    pub(crate) inner: Arc<ThrottleInner>,
+}
+
+static NO_CONTEXT: std::sync::LazyLock<Context> = std::sync::LazyLock::new(Context::new);
+
+impl Throttle {
+    /// Starts a builder.
+    pub fn builder() -> ThrottleBuilder {
+        ThrottleBuilder::new()
+    }
+
+    /// The throttle's uid.
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    /// Checks and consumes quota for `req`.
+    pub async fn hit(&self, req: &RequestView<'_>) -> Result<Decision, Error> {
+        self.run(req, &NO_CONTEXT, Mode::Consume).await
+    }
+
+    /// Checks and consumes quota with per-hit options (cost override, scope, values).
+    pub async fn hit_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Decision, Error> {
+        self.run(req, ctx, Mode::Consume).await
+    }
+
+    /// What a hit would get, without consuming anything.
+    pub async fn check(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Decision, Error> {
+        self.run(req, ctx, Mode::Peek).await
+    }
+
+    /// A snapshot of `req`'s quota (`None` when the request is not limited at all: disabled,
+    /// exempted, unlimited, zero cost or not matched by the rules).
+    pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
+        let config = self.inner.config.load_full();
+        let prepared = match self.prepare(&config, req, ctx).await? {
+            Prepared::Skip(_) => return Ok(None),
+            Prepared::Go(p) => p,
+        };
+        let backend = self.backend(&config)?;
+        let op = Operation {
+            key: &prepared.key,
+            strategy: &config.strategy,
+            input: prepared.input,
+            mode: Mode::Peek,
+        };
+        let fut = backend.stat(op);
+        let (verdict, metadata) = match tokio::time::timeout(config.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                backend: backend.kind(),
+                after: config.timeout,
+            }),
+        }
+        .map_err(|source| Error::Backend {
+            uid: self.inner.uid.clone(),
+            source,
+        })?;
+        Ok(Some(Stat {
+            key: prepared.key,
+            rate: prepared.input.rate,
+            hits_remaining: verdict.remaining,
+            wait: if verdict.kind == VerdictKind::Deny {
+                us(verdict.wait_us)
+            } else {
+                Duration::ZERO
+            },
+            reset: us(verdict.reset_us),
+            admissible: verdict.kind != VerdictKind::Never,
+            metadata,
+        }))
+    }
+
+    async fn run(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &Context,
+        mode: Mode,
+    ) -> Result<Decision, Error> {
+        let config = self.inner.config.load();
+        let prepared = match self.prepare(&config, req, ctx).await? {
+            Prepared::Skip(skip) => return Ok(Decision::skipped(skip)),
+            Prepared::Go(p) => p,
+        };
+        let primary = self.backend(&config)?;
+        let op = Operation {
+            key: &prepared.key,
+            strategy: &config.strategy,
+            input: prepared.input,
+            mode,
+        };
+        let (verdict, source) = match self.decide(&config, &primary, op, req).await? {
+            Resolved::Verdict(v, source) => (v, source),
+            Resolved::Allow => {
+                let mut d = Decision::skipped(Skip::Disabled);
+                d.outcome = Outcome::Allowed;
+                d.source = Source::ErrorPolicy;
+                d.key = Some(prepared.key);
+                d.rate = Some(prepared.input.rate);
+                d.cost = prepared.input.cost;
+                return Ok(d);
+            }
+            Resolved::Throttle(wait) => {
+                let v = Verdict::deny(0, crate::clock::to_us(wait.max(config.min_wait)), 0);
+                (v, Source::ErrorPolicy)
+            }
+        };
+        let mut decision = Decision::from_verdict(
+            verdict,
+            prepared.key,
+            prepared.input.rate,
+            prepared.input.cost,
+            source,
+        );
+        if decision.outcome == Outcome::Throttled && decision.wait < config.min_wait {
+            decision.wait = config.min_wait;
+        }
+        Ok(decision)
+    }
+
+    async fn prepare(
+        &self,
+        config: &Config,
+        req: &RequestView<'_>,
+        ctx: &Context,
+    ) -> Result<Prepared, Error> {
+        if self.inner.disabled.load(Ordering::Relaxed) {
+            return Ok(Prepared::Skip(Skip::Disabled));
+        }
+        let rules = self.inner.rules.load();
+        if !rules.is_empty() && !rules.allows(req, ctx).await {
+            return Ok(Prepared::Skip(Skip::Rules));
+        }
+        let identity = match config.identifier.identify_now(req) {
+            Some(id) => id,
+            None => config.identifier.identify(req).await,
+        };
+        if identity == Identity::Exempted {
+            return Ok(Prepared::Skip(Skip::Exempted));
+        }
+        let rate = config.rate.resolve(req, ctx).await;
+        if rate.is_unlimited() {
+            return Ok(Prepared::Skip(Skip::Unlimited));
+        }
+        let cost = config.cost.resolve(req, ctx).await;
+        if cost == 0 {
+            return Ok(Prepared::Skip(Skip::ZeroCost));
+        }
+        let mut key = identity.write_key(Key::builder(&self.inner.uid), config.hash_identities);
+        for part in config.scope.iter().chain(ctx.scope_parts()) {
+            key = key.part(part.as_bytes());
+        }
+        let input = Input {
+            now_us: self.inner.clock.now_us(),
+            rate,
+            cost,
+        };
+        Ok(Prepared::Go(Ready {
+            key: key.build(),
+            input,
+        }))
+    }
+
+    fn backend(&self, config: &Config) -> Result<SharedBackend, Error> {
+        match &config.backend {
+            BackendChoice::Fixed(b) => Ok(Arc::clone(b)),
+            BackendChoice::Context => {
+                context_backend().ok_or_else(|| Error::NoBackendInContext(self.inner.uid.clone()))
+            }
+        }
+    }
+
+    /// Asks the backend, applying the error policy.
+    async fn decide(
+        &self,
+        config: &Config,
+        primary: &SharedBackend,
+        op: Operation<'_>,
+        req: &RequestView<'_>,
+    ) -> Result<Resolved, Error> {
+        let policy = config
+            .on_error
+            .clone()
+            .or_else(|| primary.error_policy())
+            .unwrap_or_else(ErrorPolicy::throttle);
+        let timeout = config.timeout;
+        if let Some(breaker) = policy.breaker() {
+            if !breaker.allow() {
+                // Open circuit: the primary is not called at all.
+                return Ok(match policy.failover_backend() {
+                    Some(fallback) => match call(fallback.as_ref(), op, timeout).await {
+                        Ok(v) => Resolved::Verdict(v, Source::Fallback),
+                        Err(_) => Resolved::Throttle(self.fail_wait(config)),
+                    },
+                    None => match &policy.kind {
+                        PolicyKind::Breaker { wait, .. } => Resolved::Throttle(*wait),
+                        _ => Resolved::Throttle(self.fail_wait(config)),
+                    },
+                });
+            }
+        }
+        match call(primary.as_ref(), op, timeout).await {
+            Ok(v) => {
+                if let Some(b) = policy.breaker() {
+                    b.record_success();
+                }
+                Ok(Resolved::Verdict(v, Source::Backend))
+            }
+            Err(e) => self.recover(&policy, config, primary, op, req, e).await,
+        }
+    }
+
+    fn fail_wait(&self, config: &Config) -> Duration {
+        if config.min_wait.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            config.min_wait
+        }
+    }
+
+    async fn recover(
+        &self,
+        policy: &ErrorPolicy,
+        config: &Config,
+        primary: &SharedBackend,
+        op: Operation<'_>,
+        req: &RequestView<'_>,
+        mut error: BackendError,
+    ) -> Result<Resolved, Error> {
+        let now = op.input.now_us;
+        let note =
+            |e: &BackendError, what| self.inner.incidents.record(&self.inner.uid, e, what, now);
+        let timeout = config.timeout;
+        let mut policy = policy;
+        loop {
+            return match &policy.kind {
+                PolicyKind::Allow => {
+                    note(&error, Incident::FailedOpen);
+                    Ok(Resolved::Allow)
+                }
+                PolicyKind::Throttle => {
+                    note(&error, Incident::FailedClosed);
+                    Ok(Resolved::Throttle(self.fail_wait(config)))
+                }
+                PolicyKind::Raise => {
+                    note(&error, Incident::Raised);
+                    Err(Error::Backend {
+                        uid: self.inner.uid.clone(),
+                        source: error,
+                    })
+                }
+                PolicyKind::Custom(handler) => {
+                    let failure = Failure {
+                        error: &error,
+                        uid: &self.inner.uid,
+                        key: op.key,
+                        rate: op.input.rate,
+                        cost: op.input.cost,
+                        backend: primary.kind(),
+                        request: req,
+                    };
+                    match handler.handle(&failure).await {
+                        Recovery::Allow => {
+                            note(&error, Incident::FailedOpen);
+                            Ok(Resolved::Allow)
+                        }
+                        Recovery::Throttle(wait) => {
+                            note(&error, Incident::FailedClosed);
+                            Ok(Resolved::Throttle(wait))
+                        }
+                        Recovery::Raise => {
+                            note(&error, Incident::Raised);
+                            Err(Error::Backend {
+                                uid: self.inner.uid.clone(),
+                                source: error,
+                            })
+                        }
+                    }
+                }
+                PolicyKind::Fallback { backend, when } => {
+                    if when.as_ref().is_some_and(|f| !f(&error)) {
+                        note(&error, Incident::FailedClosed);
+                        return Ok(Resolved::Throttle(self.fail_wait(config)));
+                    }
+                    Ok(self.fall_back(backend, op, timeout, &error, config).await)
+                }
+                PolicyKind::Retry { retry, then } => {
+                    let mut attempt = 0;
+                    while attempt < retry.max_retries_count() && retry.accepts(&error) {
+                        tokio::time::sleep(retry.delay_for(attempt)).await;
+                        attempt += 1;
+                        match call(primary.as_ref(), op, timeout).await {
+                            Ok(v) => return Ok(Resolved::Verdict(v, Source::Backend)),
+                            Err(e) => error = e,
+                        }
+                    }
+                    policy = then;
+                    continue;
+                }
+                PolicyKind::Failover(f) => {
+                    let mut attempt = 0;
+                    while attempt < f.max_retries_count() && error.is_transient() {
+                        tokio::time::sleep(f.delay()).await;
+                        attempt += 1;
+                        match call(primary.as_ref(), op, timeout).await {
+                            Ok(v) => {
+                                f.breaker_ref().record_success();
+                                return Ok(Resolved::Verdict(v, Source::Backend));
+                            }
+                            Err(e) => error = e,
+                        }
+                    }
+                    f.breaker_ref().record_failure();
+                    Ok(self
+                        .fall_back(f.backend_ref(), op, timeout, &error, config)
+                        .await)
+                }
+                PolicyKind::Breaker { breaker, wait } => {
+                    breaker.record_failure();
+                    note(&error, Incident::FailedClosed);
+                    Ok(Resolved::Throttle(*wait))
+                }
+            };
+        }
+    }
+
+    async fn fall_back(
+        &self,
+        backend: &SharedBackend,
+        op: Operation<'_>,
+        timeout: Duration,
+        error: &BackendError,
+        config: &Config,
+    ) -> Resolved {
+        let now = op.input.now_us;
+        match call(backend.as_ref(), op, timeout).await {
+            Ok(v) => {
+                self.inner
+                    .incidents
+                    .record(&self.inner.uid, error, Incident::Fallback, now);
+                Resolved::Verdict(v, Source::Fallback)
+            }
+            Err(second) => {
+                self.inner
+                    .incidents
+                    .record(&self.inner.uid, &second, Incident::FailedClosed, now);
+                Resolved::Throttle(self.fail_wait(config))
+            }
+        }
+    }
+
+    /// Disables the throttle: hits are skipped until [`enable`](Self::enable).
+    pub fn disable(&self) {
+        self.inner.disabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Re-enables the throttle.
+    pub fn enable(&self) {
+        self.inner.disabled.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the throttle is disabled.
+    pub fn is_disabled(&self) -> bool {
+        self.inner.disabled.load(Ordering::Relaxed)
+    }
+
+    fn update(&self, f: impl Fn(&mut Config)) {
+        self.inner.config.rcu(|current| {
+            let mut next = Config::clone(current);
+            f(&mut next);
+            next
+        });
+    }
+
+    /// Swaps the rate.
+    pub fn update_rate(&self, rate: Rate) {
+        self.update(|c| c.rate = RateSource::Fixed(rate));
+    }
+
+    /// Swaps the rate source (e.g. a rate function).
+    pub fn update_rate_source(&self, rate: RateSource) {
+        self.update(|c| c.rate = rate.clone());
+    }
+
+    /// Swaps the strategy (state starts fresh: the strategy name is part of the key).
+    pub fn update_strategy(&self, strategy: impl Into<StrategyHandle>) {
+        let strategy = strategy.into();
+        self.update(|c| c.strategy = strategy.clone());
+    }
+
+    /// Swaps the backend.
+    pub fn update_backend(&self, backend: impl Backend) {
+        let backend: SharedBackend = Arc::new(backend);
+        self.update(|c| c.backend = BackendChoice::Fixed(Arc::clone(&backend)));
+    }
+
+    /// Swaps the cost.
+    pub fn update_cost(&self, cost: Cost) {
+        self.update(|c| c.cost = cost.clone());
+    }
+
+    /// Swaps the identifier.
+    pub fn update_identifier(&self, identifier: impl Identifier) {
+        let identifier: Arc<dyn Identifier> = Arc::new(identifier);
+        self.update(|c| c.identifier = Arc::clone(&identifier));
+    }
+
+    /// Swaps the response headers.
+    pub fn update_headers(&self, headers: Headers) {
+        self.update(|c| c.headers = headers.clone());
+    }
+
+    /// Swaps the floor on the wait of denied hits.
+    pub fn update_min_wait(&self, min_wait: Duration) {
+        self.update(|c| c.min_wait = min_wait);
+    }
+
+    /// Swaps the error policy.
+    pub fn update_error_policy(&self, policy: Option<ErrorPolicy>) {
+        self.update(|c| c.on_error = policy.clone());
+    }
+
+    /// Swaps the throttled handler (a value of the integration's handler type).
+    pub fn update_throttled_handler<H: Any + Send + Sync>(&self, handler: H) {
+        let handler: Arc<dyn Any + Send + Sync> = Arc::new(handler);
+        self.update(|c| c.throttled_handler = Some(Arc::clone(&handler)));
+    }
+
+    /// The throttled handler, if one of type `H` is set.
+    pub fn throttled_handler<H: Any + Send + Sync>(&self) -> Option<Arc<H>> {
+        let handler = self.inner.config.load().throttled_handler.clone()?;
+        handler.downcast::<H>().ok()
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> Headers {
+        self.inner.config.load().headers.clone()
+    }
+
+    /// The current fixed rate, if the rate is not a function.
+    pub fn rate(&self) -> Option<Rate> {
+        match &self.inner.config.load().rate {
+            RateSource::Fixed(r) => Some(*r),
+            RateSource::Dynamic(_) => None,
+        }
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> StrategyHandle {
+        self.inner.config.load().strategy.clone()
+    }
+
+    /// The gating and bypass rules.
+    pub fn rules(&self) -> Vec<Rule> {
+        self.inner.rules.load().to_vec()
+    }
+
+    /// Adds gating or bypass rules.
+    pub fn add_rules(&self, rules: impl IntoIterator<Item = Rule>) {
+        let rules: Vec<Rule> = rules.into_iter().collect();
+        self.inner
+            .rules
+            .rcu(|current| current.with(rules.iter().cloned()));
+    }
+
+    /// How this throttle handled backend failures so far.
+    pub fn incidents(&self) -> IncidentCounts {
+        self.inner.incidents.counts()
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<ThrottleInner> {
+        Arc::downgrade(&self.inner)
+    }
+}
+
+impl fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.inner.config.load();
+        f.debug_struct("Throttle")
+            .field("uid", &self.inner.uid)
+            .field("rate", &c.rate)
+            .field("strategy", &c.strategy)
+            .field("disabled", &self.is_disabled())
+            .finish()
+    }
+}
+
+struct Ready {
+    key: Key,
+    input: Input,
+}
+
+enum Prepared {
+    Skip(Skip),
+    Go(Ready),
+}
+
+enum Resolved {
+    Verdict(Verdict, Source),
+    Allow,
+    Throttle(Duration),
+}
+
+/// One backend call, synchronous when the backend allows, otherwise bounded by `timeout`.
+async fn call(
+    backend: &dyn Backend,
+    op: Operation<'_>,
+    timeout: Duration,
+) -> Result<Verdict, BackendError> {
+    if let Some(result) = backend.decide_now(&op) {
+        return result;
+    }
+    match tokio::time::timeout(timeout, backend.decide(op)).await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::Timeout {
+            backend: backend.kind(),
+            after: timeout,
+        }),
+    }
+}
