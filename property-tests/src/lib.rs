@@ -1,1 +1,658 @@
-//! placeholder
+//! Reusable property-test suites for traffik strategies and backends.
+//!
+//! Each [`Suite`] pairs a strategy with the accuracy [`Bound`] it promises and, for the exact
+//! strategies, a naive reference model. [`check_backend`] drives every built-in suite through
+//! any [`Backend`] with random schedules (time advances, costs, keys) on explicit timestamps and
+//! checks, for every step:
+//!
+//! * the decisions of exact strategies equal the reference model's;
+//! * admitted cost never exceeds the bound, per key;
+//! * denied hits consume nothing (a peek right after a denial gets the same answer);
+//! * `wait` is exact: a peek at `now + wait` is admitted, one at `now + wait - 1` is not;
+//! * `remaining` never exceeds the full quota, admissions carry a reset in the future;
+//! * costs above the full quota are `Never` and consume nothing;
+//! * after a long idle period every key is back to its full quota.
+//!
+//! [`check_concurrency`] hammers one key from many tasks at one frozen instant: every
+//! strategy must admit exactly its capacity.
+//!
+//! Your own strategy gets the same treatment with [`check_suite`]:
+//!
+//! ```
+//! use traffik::{InMemoryBackend, SharedBackend, StrategyHandle};
+//! use traffik_property_tests::{check_suite, custom::PlainFixedWindow, Bound, Suite, SuiteConfig};
+//! use std::sync::Arc;
+//!
+//! let suite = Suite::new("plain_fixed_window", StrategyHandle::new(PlainFixedWindow), Bound::FixedWindows)
+//!     .with_fixed_window_model();
+//! check_suite(|| Arc::new(InMemoryBackend::new()) as SharedBackend, &suite, &SuiteConfig::quick());
+//! ```
+//!
+//! Backends that read time from elsewhere (Redis' `TIME`) must be configured to use the
+//! timestamp in [`traffik::Operation`] for these suites.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod custom;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use traffik::strategy::Input;
+use traffik::strategy::{
+    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter,
+    SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
+};
+use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
+
+/// How hard to try.
+#[derive(Clone, Debug)]
+pub struct SuiteConfig {
+    /// Random schedules per suite.
+    pub cases: u32,
+    /// Longest schedule.
+    pub max_steps: usize,
+}
+
+impl SuiteConfig {
+    /// A fast configuration for remote backends (24 cases of up to 40 steps).
+    pub fn quick() -> Self {
+        SuiteConfig {
+            cases: 24,
+            max_steps: 40,
+        }
+    }
+
+    /// The default for the in-memory backend (256 cases of up to 80 steps).
+    pub fn thorough() -> Self {
+        SuiteConfig {
+            cases: 256,
+            max_steps: 80,
+        }
+    }
+}
+
+impl Default for SuiteConfig {
+    fn default() -> Self {
+        SuiteConfig::quick()
+    }
+}
+
+/// The accuracy a strategy promises, checked over every admitted hit of a schedule.
+#[derive(Clone)]
+pub enum Bound {
+    /// Any epoch-aligned window of the rate's period admits at most `limit`.
+    FixedWindows,
+    /// Any sliding window `(t - W, t]` admits at most `limit`.
+    SlidingWindows,
+    /// A meter: releases in any interval `[t1, t2]` total at most
+    /// `capacity / T + limit · (t2 - t1) / W` (burst plus the rate).
+    Meter(MeterSpec),
+    /// Your own check over `(release_time_us, cost)` pairs sorted by time.
+    Custom(Arc<dyn Fn(&Rate, &[(u64, u64)]) -> Result<(), String> + Send + Sync>),
+}
+
+impl fmt::Debug for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::FixedWindows => f.write_str("FixedWindows"),
+            Bound::SlidingWindows => f.write_str("SlidingWindows"),
+            Bound::Meter(s) => write!(f, "Meter({s:?})"),
+            Bound::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Model {
+    FixedWindow,
+    SlidingLog,
+}
+
+/// A strategy under test.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    /// Name used in failure messages and keys.
+    pub name: String,
+    /// The strategy.
+    pub strategy: StrategyHandle,
+    /// What it promises.
+    pub bound: Bound,
+    model: Option<Model>,
+    queue: u32,
+}
+
+impl Suite {
+    /// A suite with no reference model.
+    pub fn new(name: impl Into<String>, strategy: StrategyHandle, bound: Bound) -> Self {
+        Suite {
+            name: name.into(),
+            strategy,
+            bound,
+            model: None,
+            queue: 0,
+        }
+    }
+
+    /// Also compare every decision with a naive fixed-window model.
+    pub fn with_fixed_window_model(mut self) -> Self {
+        self.model = Some(Model::FixedWindow);
+        self
+    }
+
+    /// Also compare every decision with a naive sliding-log model.
+    pub fn with_sliding_log_model(mut self) -> Self {
+        self.model = Some(Model::SlidingLog);
+        self
+    }
+
+    fn with_queue(mut self, queue: u32) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Unit-cost hits admitted from an empty state at one instant (without queueing).
+    pub fn full_quota(&self, rate: &Rate) -> u64 {
+        match &self.bound {
+            Bound::Meter(spec) => {
+                let p = spec.params(rate);
+                p.capacity_us / p.interval_us
+            }
+            _ => rate.limit(),
+        }
+    }
+}
+
+/// The eight built-in strategies with their bounds and models.
+pub fn builtin_suites() -> Vec<Suite> {
+    let gcra_tol = std::time::Duration::from_millis(300);
+    vec![
+        Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows)
+            .with_fixed_window_model(),
+        Suite::new(
+            "sliding_window_log",
+            SlidingWindowLog.into(),
+            Bound::SlidingWindows,
+        )
+        .with_sliding_log_model(),
+        Suite::new(
+            "sliding_window_counter",
+            SlidingWindowCounter.into(),
+            Bound::FixedWindows,
+        ),
+        Suite::new(
+            "token_bucket",
+            TokenBucket::new().into(),
+            Bound::Meter(MeterSpec::TokenBucket { burst: None }),
+        ),
+        Suite::new(
+            "token_bucket_burst",
+            TokenBucket::with_burst(3).into(),
+            Bound::Meter(MeterSpec::TokenBucket { burst: Some(3) }),
+        ),
+        Suite::new(
+            "token_bucket_with_debt",
+            TokenBucketWithDebt::with_burst(2, 2).into(),
+            Bound::Meter(MeterSpec::TokenBucketWithDebt {
+                burst: Some(2),
+                max_debt: 2,
+            }),
+        ),
+        Suite::new(
+            "leaky_bucket",
+            LeakyBucket.into(),
+            Bound::Meter(MeterSpec::LeakyBucket),
+        ),
+        Suite::new(
+            "leaky_bucket_with_queue",
+            LeakyBucketWithQueue::new(3).into(),
+            Bound::Meter(MeterSpec::LeakyBucket),
+        )
+        .with_queue(3),
+        Suite::new(
+            "gcra",
+            Gcra::new().into(),
+            Bound::Meter(MeterSpec::Gcra { tolerance_us: 0 }),
+        ),
+        Suite::new(
+            "gcra_tolerance",
+            Gcra::with_tolerance(gcra_tol).into(),
+            Bound::Meter(MeterSpec::Gcra {
+                tolerance_us: 300_000,
+            }),
+        ),
+        Suite::new(
+            "custom_fixed_window",
+            custom::PlainFixedWindow.into(),
+            Bound::FixedWindows,
+        )
+        .with_fixed_window_model(),
+    ]
+}
+
+/// One step of a schedule.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Time advance before the hit, in thousandths of the rate's period.
+    pub advance_permille: u64,
+    /// Extra microseconds (to leave window alignment).
+    pub jitter_us: u64,
+    /// Cost (may exceed the quota, to exercise `Never`).
+    pub cost: u64,
+    /// Which of a few keys.
+    pub key: u8,
+}
+
+/// A random case: rate, start time and steps.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The rate.
+    pub rate: Rate,
+    /// First timestamp.
+    pub start_us: u64,
+    /// The hits.
+    pub steps: Vec<Step>,
+}
+
+fn rates() -> impl proptest::strategy::Strategy<Value = Rate> {
+    (
+        1u32..=6,
+        prop::sample::select(vec![100u64, 1_000, 2_500, 60_000]),
+    )
+        .prop_map(|(l, ms)| Rate::per_millis(l, ms).expect("valid rate"))
+}
+
+fn steps(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+    let step = (
+        prop_oneof![4 => Just(0u64), 4 => 0u64..150, 2 => 0u64..1_000, 1 => 0u64..3_000],
+        prop_oneof![3 => Just(0u64), 1 => 0u64..1_000],
+        prop_oneof![6 => Just(1u64), 3 => 1u64..=4, 1 => 1u64..=8],
+        0u8..3,
+    )
+        .prop_map(|(advance_permille, jitter_us, cost, key)| Step {
+            advance_permille,
+            jitter_us,
+            cost,
+            key,
+        });
+    prop::collection::vec(step, 1..=max.max(1))
+}
+
+/// The schedule generator used by every suite.
+pub fn cases(max_steps: usize) -> impl proptest::strategy::Strategy<Value = Case> {
+    (
+        rates(),
+        1_600_000_000_000_000u64..1_900_000_000_000_000,
+        steps(max_steps),
+    )
+        .prop_map(|(rate, start_us, steps)| Case {
+            rate,
+            start_us,
+            steps,
+        })
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
+    })
+}
+
+/// A fresh key for one case, unique across runs (so an external server needs no reset).
+pub fn fresh_key(suite: &str, key: u8) -> Key {
+    let n = RUN.fetch_add(1, Ordering::Relaxed);
+    Key::builder(&format!("prop-{suite}-{:x}-{n}", run_id()))
+        .part(&[key])
+        .build()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs every built-in suite against the backend that `make` returns. Call from a plain
+/// `#[test]`, not from inside a runtime: the suites build their own and call `make` in it.
+pub fn check_backend(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig) {
+    for suite in builtin_suites() {
+        check_suite(&make, &suite, cfg);
+    }
+}
+
+/// Runs one suite (see the [crate docs](crate)).
+pub fn check_suite(make: impl Fn() -> SharedBackend, suite: &Suite, cfg: &SuiteConfig) {
+    let rt = runtime();
+    let backend = {
+        let _guard = rt.enter();
+        make()
+    };
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: cfg.cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&cases(cfg.max_steps), |case| {
+        rt.block_on(run_case(backend.as_ref(), suite, &case))
+    });
+    if let Err(e) = result {
+        panic!(
+            "suite `{}` failed on backend `{}`: {e}",
+            suite.name,
+            backend.kind()
+        );
+    }
+}
+
+async fn decide(
+    backend: &dyn Backend,
+    key: &Key,
+    suite: &Suite,
+    now: u64,
+    rate: Rate,
+    cost: u64,
+    mode: Mode,
+) -> Result<Verdict, TestCaseError> {
+    let op = Operation {
+        key,
+        strategy: &suite.strategy,
+        input: Input {
+            now_us: now,
+            rate,
+            cost,
+        },
+        mode,
+    };
+    backend
+        .decide(op)
+        .await
+        .map_err(|e| TestCaseError::fail(format!("backend error: {e}")))
+}
+
+/// Runs one case against a backend; public so backends can build their own proptests on it.
+pub async fn run_case(
+    backend: &dyn Backend,
+    suite: &Suite,
+    case: &Case,
+) -> Result<(), TestCaseError> {
+    let rate = case.rate;
+    let w = rate.period_us();
+    let full = suite.full_quota(&rate);
+    let keys: Vec<Key> = (0..3).map(|k| fresh_key(&suite.name, k)).collect();
+    let mut logs: HashMap<u8, Vec<(u64, u64)>> = HashMap::new();
+    let mut model_fw: HashMap<(u8, u64), u64> = HashMap::new();
+    let mut model_log: HashMap<u8, Vec<(u64, u64)>> = HashMap::new();
+    let mut now = case.start_us;
+    for (i, step) in case.steps.iter().enumerate() {
+        now += w * step.advance_permille / 1000 + step.jitter_us;
+        let key = &keys[usize::from(step.key)];
+        let cost = step.cost;
+        let v = decide(backend, key, suite, now, rate, cost, Mode::Consume).await?;
+        let ctx = || {
+            format!(
+                "step {i} at +{}us, cost {cost}, key {}: {v:?}",
+                now - case.start_us,
+                step.key
+            )
+        };
+
+        // Shape of the verdict.
+        prop_assert!(
+            v.remaining <= full,
+            "remaining above full quota {full}; {}",
+            ctx()
+        );
+        match v.kind {
+            VerdictKind::Admit => {
+                prop_assert!(v.wait_us == 0 && v.reset_us > 0, "admit shape; {}", ctx())
+            }
+            VerdictKind::Delay => {
+                prop_assert!(v.wait_us > 0 && suite.queue > 0, "delay shape; {}", ctx())
+            }
+            VerdictKind::Deny => prop_assert!(v.wait_us > 0, "a denial must wait; {}", ctx()),
+            VerdictKind::Never => {
+                prop_assert!(cost > full, "never for an admissible cost; {}", ctx())
+            }
+        }
+        if cost > full {
+            prop_assert_eq!(
+                v.kind,
+                VerdictKind::Never,
+                "cost above quota must be never; {}",
+                ctx()
+            );
+        }
+
+        // Reference models.
+        if let Some(model) = suite.model {
+            let admit = match model {
+                Model::FixedWindow => {
+                    let used = model_fw.entry((step.key, now / w)).or_insert(0);
+                    let ok = cost <= rate.limit() && *used + cost <= rate.limit();
+                    if ok {
+                        *used += cost;
+                    }
+                    ok
+                }
+                Model::SlidingLog => {
+                    let log = model_log.entry(step.key).or_default();
+                    let used: u64 = log
+                        .iter()
+                        .filter(|(t, _)| t + w > now)
+                        .map(|(_, c)| c)
+                        .sum();
+                    let ok = cost <= rate.limit() && used + cost <= rate.limit();
+                    if ok {
+                        log.push((now, cost));
+                    }
+                    ok
+                }
+            };
+            prop_assert_eq!(v.is_admitted(), admit, "model disagrees; {}", ctx());
+        }
+
+        match v.kind {
+            VerdictKind::Admit => logs.entry(step.key).or_default().push((now, cost)),
+            VerdictKind::Delay => logs
+                .entry(step.key)
+                .or_default()
+                .push((now + v.wait_us, cost)),
+            VerdictKind::Deny | VerdictKind::Never => {
+                // Nothing was consumed: asking again gives the same answer.
+                let again = decide(backend, key, suite, now, rate, cost, Mode::Peek).await?;
+                prop_assert_eq!(again.kind, v.kind, "denial consumed something; {}", ctx());
+                prop_assert_eq!(
+                    again.wait_us,
+                    v.wait_us,
+                    "denial consumed something; {}",
+                    ctx()
+                );
+            }
+        }
+        if v.kind == VerdictKind::Deny {
+            // Wait is exact.
+            let at = decide(backend, key, suite, now + v.wait_us, rate, cost, Mode::Peek).await?;
+            prop_assert!(
+                at.is_admitted(),
+                "retry after wait not admitted ({at:?}); {}",
+                ctx()
+            );
+            let before = decide(
+                backend,
+                key,
+                suite,
+                now + v.wait_us - 1,
+                rate,
+                cost,
+                Mode::Peek,
+            )
+            .await?;
+            prop_assert!(
+                !before.is_admitted(),
+                "retry 1us before wait admitted ({before:?}); {}",
+                ctx()
+            );
+        }
+    }
+    for (k, log) in logs.iter_mut() {
+        log.sort_unstable();
+        check_bound(&suite.bound, &rate, log)
+            .map_err(|e| TestCaseError::fail(format!("key {k}: {e}")))?;
+    }
+    // Idle keys return to full quota.
+    let idle =
+        now + 4 * w + 4 * rate.emission_interval_us() * (full + u64::from(suite.queue)) + 1_000_000;
+    for key in &keys {
+        let v = decide(backend, key, suite, idle, rate, full, Mode::Peek).await?;
+        prop_assert_eq!(
+            v.kind,
+            VerdictKind::Admit,
+            "idle key not back to full quota {}: {:?}",
+            full,
+            v
+        );
+        let v = decide(backend, key, suite, idle, rate, 1, Mode::Peek).await?;
+        prop_assert_eq!(v.remaining, full - 1, "idle key remaining: {:?}", v);
+    }
+    Ok(())
+}
+
+/// Checks a bound over `(time_us, cost)` pairs sorted by time.
+pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(), String> {
+    let l = rate.limit();
+    let w = rate.period_us();
+    match bound {
+        Bound::FixedWindows => {
+            let mut per: HashMap<u64, u64> = HashMap::new();
+            for &(t, c) in log {
+                *per.entry(t / w).or_default() += c;
+            }
+            match per.iter().find(|(_, used)| **used > l) {
+                Some((win, used)) => Err(format!("window {win} admitted {used} > {l}")),
+                None => Ok(()),
+            }
+        }
+        Bound::SlidingWindows => {
+            for (i, &(t, _)) in log.iter().enumerate() {
+                let used: u64 = log[..=i]
+                    .iter()
+                    .filter(|(s, _)| s + w > t)
+                    .map(|(_, c)| c)
+                    .sum();
+                if used > l {
+                    return Err(format!(
+                        "sliding window ending at {t} admitted {used} > {l}"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Bound::Meter(spec) => {
+            let p = spec.params(rate);
+            // sum <= C/T + L·span/W  <=>  sum·T·W <= C·W + L·span·T
+            for i in 0..log.len() {
+                let mut sum = 0u128;
+                for j in i..log.len() {
+                    sum += u128::from(log[j].1);
+                    let span = u128::from(log[j].0 - log[i].0);
+                    let lhs = sum * u128::from(p.interval_us) * u128::from(w);
+                    let rhs = u128::from(p.capacity_us) * u128::from(w)
+                        + u128::from(l) * span * u128::from(p.interval_us);
+                    if lhs > rhs {
+                        return Err(format!(
+                            "interval [{}, {}] released {sum} > burst {} + rate·{span}us",
+                            log[i].0,
+                            log[j].0,
+                            p.capacity_us as f64 / p.interval_us as f64
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Bound::Custom(f) => f(rate, log),
+    }
+}
+
+/// Many tasks on a multi-threaded runtime hit one key at one frozen instant; each built-in
+/// strategy must admit exactly its capacity (plus its queue, as delays). `tasks` tasks make
+/// four unit-cost hits each.
+pub fn check_concurrency(make: impl Fn() -> SharedBackend, tasks: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = {
+        let _guard = rt.enter();
+        make()
+    };
+    let rate = Rate::per_millis(50, 1_000).expect("rate");
+    for suite in builtin_suites() {
+        let key = fresh_key(&suite.name, 0);
+        let now = 1_700_000_000_123_456u64;
+        let (admitted, delayed) = rt.block_on(async {
+            let mut handles = Vec::new();
+            for _ in 0..tasks {
+                let backend = Arc::clone(&backend);
+                let key = key.clone();
+                let strategy = suite.strategy.clone();
+                handles.push(tokio::spawn(async move {
+                    let (mut a, mut d) = (0u64, 0u64);
+                    for _ in 0..4 {
+                        let op = Operation {
+                            key: &key,
+                            strategy: &strategy,
+                            input: Input {
+                                now_us: now,
+                                rate,
+                                cost: 1,
+                            },
+                            mode: Mode::Consume,
+                        };
+                        match backend
+                            .decide(op)
+                            .await
+                            .expect("backend error under concurrency")
+                            .kind
+                        {
+                            VerdictKind::Admit => a += 1,
+                            VerdictKind::Delay => d += 1,
+                            _ => {}
+                        }
+                    }
+                    (a, d)
+                }));
+            }
+            let mut total = (0, 0);
+            for h in handles {
+                let (a, d) = h.await.expect("task");
+                total.0 += a;
+                total.1 += d;
+            }
+            total
+        });
+        let expected = suite.full_quota(&rate).min(4 * tasks as u64);
+        let expected_delayed = u64::from(suite.queue).min(4 * tasks as u64 - expected);
+        assert_eq!(
+            (admitted, delayed),
+            (expected, expected_delayed),
+            "suite `{}` on `{}`: {tasks} tasks x 4 hits at one instant",
+            suite.name,
+            backend.kind()
+        );
+    }
+}

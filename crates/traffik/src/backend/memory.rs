@@ -200,11 +200,19 @@ impl InMemoryBackend {
         let shard_index = ((key.0 >> 64) as usize) % inner.shards.len();
         let mut shard = inner.shards[shard_index].0.lock();
         let now = input.now_us;
-        shard.observe(now);
-        let hash = key.0 as u64;
         let write = mode == Mode::Consume;
+        // Peeks may look into the future (a dashboard asking "when can I"); only real hits move
+        // the sweep clock.
+        if write {
+            shard.observe(now);
+        }
+        let hash = key.0 as u64;
         if let Some(entry) = shard.table.find_mut(hash, |e| e.key == key.0) {
             if entry.expires_at <= now {
+                if !write {
+                    // Expired state is absent; a peek must not destroy it (it may look ahead).
+                    return Ok(strategy.decide_slot(&mut None, input, false).0);
+                }
                 entry.slot = None;
             }
             let (verdict, ttl) = strategy.decide_slot(&mut entry.slot, input, write);
@@ -434,11 +442,15 @@ mod tests {
             b.prepare(&Key::builder("t").part(b"b").build(), &s),
             &s,
             &input(1_000_000),
-            Mode::Peek,
+            Mode::Consume,
         )
         .ok();
         b.sweep();
-        assert_eq!(b.len(), 0);
+        assert_eq!(
+            b.len(),
+            1,
+            "only the second key, written at 1 s, is still live"
+        );
     }
 
     #[test]

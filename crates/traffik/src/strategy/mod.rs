@@ -52,10 +52,12 @@ mod meter;
 mod sliding_counter;
 mod sliding_log;
 
-pub use fixed_window::FixedWindow;
-pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, TokenBucket, TokenBucketWithDebt};
-pub use sliding_counter::SlidingWindowCounter;
-pub use sliding_log::SlidingWindowLog;
+pub use fixed_window::{FixedWindow, FixedWindowState};
+pub use meter::{
+    Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt,
+};
+pub use sliding_counter::{SlidingWindowCounter, SlidingWindowCounterState};
+pub use sliding_log::{SlidingWindowLog, SlidingWindowLogState};
 
 use std::any::Any;
 use std::fmt;

@@ -1,0 +1,70 @@
+//! `memcached` for tests.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use crate::{ProcessGuard, free_port, require_binary, wait_for_port};
+
+/// A memcached server for one test (or the one named by `TRAFFIK_MEMCACHED`, `host:port`).
+#[derive(Debug)]
+pub struct MemcachedServer {
+    /// `127.0.0.1:<port>`
+    pub addr: String,
+    guard: Option<ProcessGuard>,
+}
+
+impl MemcachedServer {
+    /// Stops the server (no-op for an external one).
+    pub fn stop(&mut self) {
+        if let Some(g) = self.guard.as_mut() {
+            g.stop();
+        }
+    }
+
+    /// Whether this server was started by the test.
+    pub fn is_owned(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+/// Starts `memcached` on a free loopback port (as `nobody` when running as root, which
+/// memcached requires), or returns the server at `TRAFFIK_MEMCACHED`.
+pub fn memcached_server() -> MemcachedServer {
+    if let Ok(addr) = std::env::var("TRAFFIK_MEMCACHED") {
+        return MemcachedServer { addr, guard: None };
+    }
+    let bin = require_binary("memcached", "memcached");
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "64",
+    ]);
+    if is_root() {
+        cmd.args(["-u", "nobody"]);
+    }
+    let mut guard = ProcessGuard::spawn(cmd, "memcached");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_port(addr, guard.child(), "memcached");
+    MemcachedServer {
+        addr: format!("127.0.0.1:{port}"),
+        guard: Some(guard),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,38 @@
+//! Every strategy suite against the in-memory backend.
+
+use std::sync::Arc;
+
+use traffik::{InMemoryBackend, SharedBackend};
+use traffik_property_tests::{SuiteConfig, builtin_suites, check_concurrency, check_suite};
+
+fn memory() -> SharedBackend {
+    Arc::new(InMemoryBackend::new())
+}
+
+#[test]
+fn every_strategy_stays_within_its_bound_on_the_in_memory_backend() {
+    for suite in builtin_suites() {
+        check_suite(memory, &suite, &SuiteConfig::thorough());
+    }
+}
+
+#[test]
+fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity() {
+    check_concurrency(memory, 64);
+}
+
+#[test]
+fn tiny_shards_and_caps_do_not_change_decisions() {
+    // One shard and a cap far above the keys used: same suites, different storage layout.
+    let make = || {
+        Arc::new(
+            InMemoryBackend::builder()
+                .shards(1)
+                .max_keys(1 << 20)
+                .build(),
+        ) as SharedBackend
+    };
+    for suite in builtin_suites() {
+        check_suite(make, &suite, &SuiteConfig::quick());
+    }
+}
