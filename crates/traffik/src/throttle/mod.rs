@@ -181,7 +181,12 @@ impl Throttle {
         Ok(Some(Stat {
             key: prepared.key,
             rate: prepared.input.rate,
-            hits_remaining: verdict.remaining,
+            // A peek reports what is left after the asked cost; a snapshot reports what is left now.
+            hits_remaining: if verdict.kind == VerdictKind::Admit {
+                verdict.remaining.saturating_add(prepared.input.cost)
+            } else {
+                verdict.remaining
+            },
             wait: if verdict.kind == VerdictKind::Deny {
                 us(verdict.wait_us)
             } else {

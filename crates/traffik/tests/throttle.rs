@@ -1,0 +1,621 @@
+//! The throttle pipeline end to end on the in-memory backend: builder, identity, cost and rate,
+//! registry and rules, headers, runtime updates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket};
+use traffik::{
+    ClientIp, Context, DEFAULT_HEADERS_ALWAYS, Error, Identity, InMemoryBackend, ManualClock,
+    Outcome, RequestView, Rule, Skip, Throttle, ThrottleRegistry, TrustedProxies, rate,
+    with_backend,
+};
+
+fn peer(ip: &str) -> Option<SocketAddr> {
+    Some(format!("{ip}:40000").parse().unwrap())
+}
+
+fn view(ip: &str) -> RequestView<'static> {
+    RequestView::empty().peer(peer(ip))
+}
+
+fn clock() -> ManualClock {
+    ManualClock::new(1_700_000_000_000_000)
+}
+
+#[tokio::test]
+async fn admits_the_limit_then_throttles_with_an_exact_retry_after() {
+    let clock = clock();
+    let t = Throttle::builder()
+        .uid("basic")
+        .rate("3/10s")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.1");
+    for left in [2, 1, 0] {
+        let d = t.hit(&req).await.unwrap();
+        assert_eq!((d.outcome, d.remaining), (Outcome::Allowed, Some(left)));
+    }
+    let d = t.hit(&req).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Throttled);
+    assert_eq!(d.retry_after_secs(), Some(10));
+    clock.advance(d.wait);
+    assert!(t.hit(&req).await.unwrap().is_allowed());
+    // Another client has its own bucket.
+    assert!(t.hit(&view("192.0.2.2")).await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn invalid_settings_are_typed_errors() {
+    let bad_rate = Throttle::builder()
+        .uid("r")
+        .rate("5/fortnight")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build();
+    assert!(matches!(bad_rate, Err(Error::Rate(_))), "{bad_rate:?}");
+    let bad_uid = Throttle::builder()
+        .uid("")
+        .rate(rate!("1/s"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build();
+    assert!(matches!(bad_uid, Err(Error::Config(_))));
+}
+
+#[tokio::test]
+async fn spoofed_forwarding_headers_do_not_change_an_untrusted_clients_bucket() {
+    let t = Throttle::builder()
+        .uid("spoof")
+        .rate(rate!("2/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/");
+    let mut allowed = 0;
+    for i in 0..10 {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(&format!("10.9.9.{i}")).unwrap(),
+        );
+        headers.insert(
+            "x-real-ip",
+            HeaderValue::from_str(&format!("10.8.8.{i}")).unwrap(),
+        );
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_str(&format!("for=10.7.7.{i}")).unwrap(),
+        );
+        let req = RequestView::new(&Method::GET, &uri, &headers).peer(peer("203.0.113.9"));
+        if t.hit(&req).await.unwrap().is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 2, "forged headers must not mint fresh buckets");
+}
+
+#[tokio::test]
+async fn trusted_proxies_forward_distinct_clients() {
+    let t = Throttle::builder()
+        .uid("proxied")
+        .rate(rate!("1/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .identifier(ClientIp::new().trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap()))
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/");
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(client).unwrap());
+        let req = RequestView::new(&Method::GET, &uri, &headers).peer(peer("127.0.0.1"));
+        assert!(
+            t.hit(&req).await.unwrap().is_allowed(),
+            "{client} first hit"
+        );
+        assert!(
+            t.hit(&req).await.unwrap().is_throttled(),
+            "{client} second hit"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exempted_identities_and_anonymous_clients() {
+    let backend = InMemoryBackend::new();
+    let t = Throttle::builder()
+        .uid("exempt")
+        .rate(rate!("1/min"))
+        .backend(backend.clone())
+        .strategy(FixedWindow)
+        .identifier(|req: &RequestView<'_>| {
+            match req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
+                Some("admin") => Identity::Exempted,
+                Some(user) => Identity::named(user),
+                None => Identity::Anonymous,
+            }
+        })
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/");
+    let mut admin = HeaderMap::new();
+    admin.insert("x-user", HeaderValue::from_static("admin"));
+    for _ in 0..5 {
+        let d = t
+            .hit(&RequestView::new(&Method::GET, &uri, &admin))
+            .await
+            .unwrap();
+        assert_eq!(d.outcome, Outcome::Skipped(Skip::Exempted));
+    }
+    assert!(backend.is_empty(), "exempted hits never touch the backend");
+    // All anonymous requests share one bucket.
+    assert!(t.hit(&RequestView::empty()).await.unwrap().is_allowed());
+    assert!(t.hit(&RequestView::empty()).await.unwrap().is_throttled());
+}
+
+#[tokio::test]
+async fn cost_functions_overrides_and_never() {
+    let t = Throttle::builder()
+        .uid("cost")
+        .rate(rate!("10/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(SlidingWindowLog)
+        .cost_fn(
+            |req: &RequestView<'_>, _: &Context| if req.method() == Method::POST { 4 } else { 1 },
+        )
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/upload");
+    let headers = HeaderMap::new();
+    let post = RequestView::new(&Method::POST, &uri, &headers).peer(peer("192.0.2.7"));
+    assert_eq!(t.hit(&post).await.unwrap().remaining, Some(6));
+    assert_eq!(
+        t.hit_with(&post, &Context::new().cost(5))
+            .await
+            .unwrap()
+            .remaining,
+        Some(1)
+    );
+    let zero = t.hit_with(&post, &Context::new().cost(0)).await.unwrap();
+    assert_eq!(zero.outcome, Outcome::Skipped(Skip::ZeroCost));
+    let never = t.hit_with(&post, &Context::new().cost(11)).await.unwrap();
+    assert_eq!(never.outcome, Outcome::Never);
+    assert_eq!(
+        never.retry_after_secs(),
+        None,
+        "no bogus Retry-After for a cost that cannot fit"
+    );
+    assert_eq!(t.hit(&post).await.unwrap().outcome, Outcome::Throttled);
+}
+
+#[tokio::test]
+async fn async_rate_function_by_tenant_tier() {
+    let t = Throttle::builder()
+        .uid("tiers")
+        .rate_async(|req: &RequestView<'_>, _: &Context| {
+            let premium = req.headers().contains_key("x-premium");
+            async move {
+                if premium {
+                    rate!("5/min")
+                } else {
+                    rate!("1/min")
+                }
+            }
+        })
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/");
+    let mut premium = HeaderMap::new();
+    premium.insert("x-premium", HeaderValue::from_static("1"));
+    let p = RequestView::new(&Method::GET, &uri, &premium).peer(peer("192.0.2.10"));
+    let free = view("192.0.2.11");
+    let mut n = 0;
+    while t.hit(&p).await.unwrap().is_allowed() {
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    assert!(t.hit(&free).await.unwrap().is_allowed());
+    assert!(t.hit(&free).await.unwrap().is_throttled());
+}
+
+#[tokio::test]
+async fn min_wait_floors_only_denied_hits() {
+    let t = Throttle::builder()
+        .uid("minwait")
+        .rate(rate!("1/s"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .min_wait(Duration::from_secs(30))
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.12");
+    assert_eq!(t.hit(&req).await.unwrap().wait, Duration::ZERO);
+    assert_eq!(t.hit(&req).await.unwrap().wait, Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn shaping_delays_then_rejects() {
+    let t = Throttle::builder()
+        .uid("shape")
+        .rate(rate!("2/s"))
+        .backend(InMemoryBackend::new())
+        .strategy(LeakyBucketWithQueue::new(1))
+        .clock(clock())
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.13");
+    let outcomes: Vec<_> = [(); 4].iter().map(|_| ()).collect();
+    let mut seen = Vec::new();
+    for _ in outcomes {
+        let d = t.hit(&req).await.unwrap();
+        seen.push((d.outcome, d.wait));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (Outcome::Allowed, Duration::ZERO),
+            (Outcome::Allowed, Duration::ZERO),
+            (Outcome::Delayed, Duration::from_millis(500)),
+            (Outcome::Throttled, Duration::from_millis(500)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn registry_rejects_duplicates_forgets_dropped_and_toggles() {
+    let registry = ThrottleRegistry::new();
+    let make = |uid: &str| {
+        Throttle::builder()
+            .uid(uid)
+            .rate(rate!("1/min"))
+            .backend(InMemoryBackend::new())
+            .strategy(Gcra::new())
+            .registry(&registry)
+            .build()
+    };
+    let a = make("a").unwrap();
+    assert!(matches!(make("a"), Err(Error::DuplicateUid(uid)) if uid == "a"));
+    assert!(registry.exists("a"));
+    drop(a);
+    assert!(
+        !registry.exists("a"),
+        "dropped throttles leave the registry"
+    );
+    let a = make("a").unwrap();
+    let b = make("b").unwrap();
+    assert_eq!(registry.uids(), vec!["a".to_owned(), "b".to_owned()]);
+    registry.disable_all();
+    assert!(a.is_disabled() && b.is_disabled());
+    let d = a.hit(&view("192.0.2.20")).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Skipped(Skip::Disabled));
+    registry.enable_all();
+    assert!(registry.disable("b"));
+    assert!(!a.is_disabled() && b.is_disabled());
+    assert!(!registry.enable("missing"));
+    assert!(matches!(
+        registry.add_rules("missing", []),
+        Err(Error::UnknownUid(_))
+    ));
+    registry
+        .add_rules("a", [Rule::bypass().path("/health").unwrap()])
+        .unwrap();
+    assert_eq!(registry.get_rules("a").len(), 1);
+    registry.clear();
+    assert!(!registry.exists("a"));
+}
+
+#[tokio::test]
+async fn rules_gate_and_bypass() {
+    let t = Throttle::builder()
+        .uid("rules")
+        .rate(rate!("1/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .rules([
+            Rule::gate()
+                .path("/api/*/users")
+                .unwrap()
+                .methods([Method::GET]),
+            Rule::bypass().predicate(|r: &RequestView<'_>, _: &Context| {
+                r.headers().contains_key("x-internal")
+            }),
+        ])
+        .no_registry()
+        .build()
+        .unwrap();
+    let headers = HeaderMap::new();
+    let hit = |path: &'static str, method: Method| {
+        let t = t.clone();
+        let headers = headers.clone();
+        async move {
+            let uri = Uri::from_static(path);
+            let req = RequestView::new(&method, &uri, &headers).peer(peer("192.0.2.30"));
+            t.hit(&req).await.unwrap().outcome
+        }
+    };
+    assert_eq!(
+        hit("/api/v1/users/9", Method::GET).await,
+        Outcome::Skipped(Skip::Rules)
+    );
+    assert_eq!(
+        hit("/api/v1/users", Method::POST).await,
+        Outcome::Skipped(Skip::Rules)
+    );
+    assert_eq!(hit("/api/v1/users", Method::GET).await, Outcome::Allowed);
+    assert_eq!(hit("/api/v2/users", Method::GET).await, Outcome::Throttled);
+    let mut internal = HeaderMap::new();
+    internal.insert("x-internal", HeaderValue::from_static("1"));
+    let uri = Uri::from_static("/api/v1/users");
+    let req = RequestView::new(&Method::GET, &uri, &internal).peer(peer("192.0.2.30"));
+    assert_eq!(
+        t.hit(&req).await.unwrap().outcome,
+        Outcome::Skipped(Skip::Rules)
+    );
+}
+
+#[tokio::test]
+async fn runtime_updates_take_effect_on_the_next_hit() {
+    let t = Throttle::builder()
+        .uid("updates")
+        .rate(rate!("1/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.40");
+    assert!(t.hit(&req).await.unwrap().is_allowed());
+    assert!(t.hit(&req).await.unwrap().is_throttled());
+    t.update_rate(rate!("3/min"));
+    assert_eq!(t.rate(), Some(rate!("3/min")));
+    assert!(t.hit(&req).await.unwrap().is_allowed());
+    t.update_strategy(TokenBucket::with_burst(1));
+    assert!(
+        t.hit(&req).await.unwrap().is_allowed(),
+        "a new strategy starts from fresh state"
+    );
+    t.update_backend(InMemoryBackend::new());
+    t.update_cost(traffik::Cost::Fixed(2));
+    assert_eq!(
+        t.hit(&req).await.unwrap().outcome,
+        Outcome::Never,
+        "cost 2 never fits a burst of 1"
+    );
+    t.update_identifier(|_: &RequestView<'_>| Identity::Exempted);
+    assert_eq!(
+        t.hit(&req).await.unwrap().outcome,
+        Outcome::Skipped(Skip::Exempted)
+    );
+    t.update_headers(DEFAULT_HEADERS_ALWAYS.clone());
+    assert_eq!(t.headers().names().count(), 3);
+    t.update_throttled_handler(String::from("custom"));
+    assert_eq!(
+        t.throttled_handler::<String>()
+            .as_deref()
+            .map(String::as_str),
+        Some("custom")
+    );
+    assert!(t.throttled_handler::<u32>().is_none());
+}
+
+#[tokio::test]
+async fn stat_reads_without_consuming_and_serializes() {
+    let t = Throttle::builder()
+        .uid("stat")
+        .rate(rate!("4/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(TokenBucket::new())
+        .clock(clock())
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.50");
+    t.hit_with(&req, &Context::new().cost(3)).await.unwrap();
+    for _ in 0..3 {
+        let s = t.stat(&req, &Context::new()).await.unwrap().unwrap();
+        assert_eq!(s.hits_remaining, 1);
+        assert_eq!(s.wait, Duration::ZERO);
+        assert!(s.admissible);
+    }
+    let s = t
+        .stat(&req, &Context::new().cost(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.wait,
+        Duration::from_secs(30),
+        "two more tokens at 15 s each"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["rate"], "4/min");
+    assert_eq!(json["hits_remaining"], 1);
+    assert_eq!(json["metadata"]["strategy"], "token_bucket");
+    let back: traffik::Stat = serde_json::from_value(json).unwrap();
+    assert_eq!(back.key, s.key);
+    assert!(
+        !t.check(&req, &Context::new().cost(2))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        t.check(&req, &Context::new().cost(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        t.check(&req, &Context::new().cost(1))
+            .await
+            .unwrap()
+            .is_allowed(),
+        "check consumes nothing"
+    );
+}
+
+#[tokio::test]
+async fn context_resolved_backend_per_tenant() {
+    let t = Throttle::builder()
+        .uid("tenant")
+        .rate(rate!("1/min"))
+        .backend_from_context()
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.60");
+    assert!(matches!(
+        t.hit(&req).await,
+        Err(Error::NoBackendInContext(_))
+    ));
+    let tenant_a: traffik::SharedBackend = Arc::new(InMemoryBackend::new());
+    let tenant_b: traffik::SharedBackend = Arc::new(InMemoryBackend::new());
+    assert!(
+        with_backend(tenant_a.clone(), t.hit(&req))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        with_backend(tenant_a, t.hit(&req))
+            .await
+            .unwrap()
+            .is_throttled()
+    );
+    assert!(
+        with_backend(tenant_b, t.hit(&req))
+            .await
+            .unwrap()
+            .is_allowed(),
+        "each tenant has its own state"
+    );
+}
+
+#[tokio::test]
+async fn scopes_and_hashed_identities_make_safe_distinct_keys() {
+    let t = Throttle::builder()
+        .uid("ws")
+        .rate(rate!("1/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .identifier(|req: &RequestView<'_>| {
+            Identity::Bytes(
+                req.headers()
+                    .get("x-id")
+                    .map(|v| v.as_bytes().to_vec())
+                    .unwrap_or_default(),
+            )
+        })
+        .hash_identities(true)
+        .no_registry()
+        .build()
+        .unwrap();
+    let uri = Uri::from_static("/");
+    let weird = [
+        "{tag}".to_owned(),
+        "with space".into(),
+        "x".repeat(10_000),
+        "ünïcødé".into(),
+        "a:b:c".into(),
+    ];
+    for id in &weird {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-id", HeaderValue::from_bytes(id.as_bytes()).unwrap());
+        let req = RequestView::new(&Method::GET, &uri, &headers);
+        let d = t
+            .hit_with(&req, &Context::new().scope("room 1"))
+            .await
+            .unwrap();
+        assert!(d.is_allowed(), "{id:.20}");
+        let key = d.key.unwrap();
+        assert!(key.as_str().len() < 100, "{key}");
+        assert!(!key.as_str().contains(['{', '}', ' ', '\n']), "{key}");
+        assert!(
+            !key.as_str().contains(id.as_str()),
+            "raw identity stored: {key}"
+        );
+        assert!(
+            t.hit_with(&req, &Context::new().scope("room 2"))
+                .await
+                .unwrap()
+                .is_allowed(),
+            "scopes are separate"
+        );
+        assert!(
+            t.hit_with(&req, &Context::new().scope("room 1"))
+                .await
+                .unwrap()
+                .is_throttled()
+        );
+    }
+}
+
+#[test]
+fn sixty_four_tasks_through_the_throttle_admit_exactly_the_limit() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, strategy) in [
+        ("fw", traffik::StrategyHandle::new(FixedWindow)),
+        ("swl", SlidingWindowLog.into()),
+        ("gcra", Gcra::with_tolerance(Duration::from_secs(1)).into()),
+    ] {
+        let t = Throttle::builder()
+            .uid(format!("concurrency-{name}"))
+            .rate(rate!("100/min"))
+            .backend(InMemoryBackend::new())
+            .strategy(strategy)
+            .clock(clock())
+            .no_registry()
+            .build()
+            .unwrap();
+        let admitted = Arc::new(AtomicU64::new(0));
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let t = t.clone();
+                    let admitted = Arc::clone(&admitted);
+                    tokio::spawn(async move {
+                        for _ in 0..5 {
+                            if t.hit(&view("192.0.2.70")).await.unwrap().is_allowed() {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let expected = if name == "gcra" {
+            1 + 1_000_000 / 600_000
+        } else {
+            100
+        };
+        assert_eq!(admitted.load(Ordering::Relaxed), expected, "{name}");
+    }
+}
