@@ -44,8 +44,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter,
-    SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
+    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter, SlidingWindowLog,
+    TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
 
@@ -61,18 +61,12 @@ pub struct SuiteConfig {
 impl SuiteConfig {
     /// A fast configuration for remote backends (24 cases of up to 40 steps).
     pub fn quick() -> Self {
-        SuiteConfig {
-            cases: 24,
-            max_steps: 40,
-        }
+        SuiteConfig { cases: 24, max_steps: 40 }
     }
 
     /// The default for the in-memory backend (256 cases of up to 80 steps).
     pub fn thorough() -> Self {
-        SuiteConfig {
-            cases: 256,
-            max_steps: 80,
-        }
+        SuiteConfig { cases: 256, max_steps: 80 }
     }
 }
 
@@ -81,6 +75,9 @@ impl Default for SuiteConfig {
         SuiteConfig::quick()
     }
 }
+
+/// A custom bound: checks `(release_time_us, cost)` pairs sorted by time.
+pub type BoundCheck = Arc<dyn Fn(&Rate, &[(u64, u64)]) -> Result<(), String> + Send + Sync>;
 
 /// The accuracy a strategy promises, checked over every admitted hit of a schedule.
 #[derive(Clone)]
@@ -93,7 +90,7 @@ pub enum Bound {
     /// `capacity / T + limit · (t2 - t1) / W` (burst plus the rate).
     Meter(MeterSpec),
     /// Your own check over `(release_time_us, cost)` pairs sorted by time.
-    Custom(Arc<dyn Fn(&Rate, &[(u64, u64)]) -> Result<(), String> + Send + Sync>),
+    Custom(BoundCheck),
 }
 
 impl fmt::Debug for Bound {
@@ -129,13 +126,7 @@ pub struct Suite {
 impl Suite {
     /// A suite with no reference model.
     pub fn new(name: impl Into<String>, strategy: StrategyHandle, bound: Bound) -> Self {
-        Suite {
-            name: name.into(),
-            strategy,
-            bound,
-            model: None,
-            queue: 0,
-        }
+        Suite { name: name.into(), strategy, bound, model: None, queue: 0 }
     }
 
     /// Also compare every decision with a naive fixed-window model.
@@ -171,24 +162,10 @@ impl Suite {
 pub fn builtin_suites() -> Vec<Suite> {
     let gcra_tol = std::time::Duration::from_millis(300);
     vec![
-        Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows)
-            .with_fixed_window_model(),
-        Suite::new(
-            "sliding_window_log",
-            SlidingWindowLog.into(),
-            Bound::SlidingWindows,
-        )
-        .with_sliding_log_model(),
-        Suite::new(
-            "sliding_window_counter",
-            SlidingWindowCounter.into(),
-            Bound::FixedWindows,
-        ),
-        Suite::new(
-            "token_bucket",
-            TokenBucket::new().into(),
-            Bound::Meter(MeterSpec::TokenBucket { burst: None }),
-        ),
+        Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows).with_fixed_window_model(),
+        Suite::new("sliding_window_log", SlidingWindowLog.into(), Bound::SlidingWindows).with_sliding_log_model(),
+        Suite::new("sliding_window_counter", SlidingWindowCounter.into(), Bound::FixedWindows),
+        Suite::new("token_bucket", TokenBucket::new().into(), Bound::Meter(MeterSpec::TokenBucket { burst: None })),
         Suite::new(
             "token_bucket_burst",
             TokenBucket::with_burst(3).into(),
@@ -197,40 +174,23 @@ pub fn builtin_suites() -> Vec<Suite> {
         Suite::new(
             "token_bucket_with_debt",
             TokenBucketWithDebt::with_burst(2, 2).into(),
-            Bound::Meter(MeterSpec::TokenBucketWithDebt {
-                burst: Some(2),
-                max_debt: 2,
-            }),
+            Bound::Meter(MeterSpec::TokenBucketWithDebt { burst: Some(2), max_debt: 2 }),
         ),
-        Suite::new(
-            "leaky_bucket",
-            LeakyBucket.into(),
-            Bound::Meter(MeterSpec::LeakyBucket),
-        ),
+        Suite::new("leaky_bucket", LeakyBucket.into(), Bound::Meter(MeterSpec::LeakyBucket)),
         Suite::new(
             "leaky_bucket_with_queue",
             LeakyBucketWithQueue::new(3).into(),
             Bound::Meter(MeterSpec::LeakyBucket),
         )
         .with_queue(3),
-        Suite::new(
-            "gcra",
-            Gcra::new().into(),
-            Bound::Meter(MeterSpec::Gcra { tolerance_us: 0 }),
-        ),
+        Suite::new("gcra", Gcra::new().into(), Bound::Meter(MeterSpec::Gcra { tolerance_us: 0 })),
         Suite::new(
             "gcra_tolerance",
             Gcra::with_tolerance(gcra_tol).into(),
-            Bound::Meter(MeterSpec::Gcra {
-                tolerance_us: 300_000,
-            }),
+            Bound::Meter(MeterSpec::Gcra { tolerance_us: 300_000 }),
         ),
-        Suite::new(
-            "custom_fixed_window",
-            custom::PlainFixedWindow.into(),
-            Bound::FixedWindows,
-        )
-        .with_fixed_window_model(),
+        Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
+            .with_fixed_window_model(),
     ]
 }
 
@@ -259,10 +219,7 @@ pub struct Case {
 }
 
 fn rates() -> impl proptest::strategy::Strategy<Value = Rate> {
-    (
-        1u32..=6,
-        prop::sample::select(vec![100u64, 1_000, 2_500, 60_000]),
-    )
+    (1u32..=6, prop::sample::select(vec![100u64, 1_000, 2_500, 60_000]))
         .prop_map(|(l, ms)| Rate::per_millis(l, ms).expect("valid rate"))
 }
 
@@ -273,27 +230,14 @@ fn steps(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
         prop_oneof![6 => Just(1u64), 3 => 1u64..=4, 1 => 1u64..=8],
         0u8..3,
     )
-        .prop_map(|(advance_permille, jitter_us, cost, key)| Step {
-            advance_permille,
-            jitter_us,
-            cost,
-            key,
-        });
+        .prop_map(|(advance_permille, jitter_us, cost, key)| Step { advance_permille, jitter_us, cost, key });
     prop::collection::vec(step, 1..=max.max(1))
 }
 
 /// The schedule generator used by every suite.
 pub fn cases(max_steps: usize) -> impl proptest::strategy::Strategy<Value = Case> {
-    (
-        rates(),
-        1_600_000_000_000_000u64..1_900_000_000_000_000,
-        steps(max_steps),
-    )
-        .prop_map(|(rate, start_us, steps)| Case {
-            rate,
-            start_us,
-            steps,
-        })
+    (rates(), 1_600_000_000_000_000u64..1_900_000_000_000_000, steps(max_steps))
+        .prop_map(|(rate, start_us, steps)| Case { rate, start_us, steps })
 }
 
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -301,10 +245,7 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 fn run_id() -> u64 {
     static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *ID.get_or_init(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
     })
 }
@@ -312,16 +253,11 @@ fn run_id() -> u64 {
 /// A fresh key for one case, unique across runs (so an external server needs no reset).
 pub fn fresh_key(suite: &str, key: u8) -> Key {
     let n = RUN.fetch_add(1, Ordering::Relaxed);
-    Key::builder(&format!("prop-{suite}-{:x}-{n}", run_id()))
-        .part(&[key])
-        .build()
+    Key::builder(&format!("prop-{suite}-{:x}-{n}", run_id())).part(&[key]).build()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// Runs every built-in suite against the backend that `make` returns. Call from a plain
@@ -345,15 +281,9 @@ pub fn check_suite(make: impl Fn() -> SharedBackend, suite: &Suite, cfg: &SuiteC
         max_shrink_iters: 256,
         ..ProptestConfig::default()
     });
-    let result = runner.run(&cases(cfg.max_steps), |case| {
-        rt.block_on(run_case(backend.as_ref(), suite, &case))
-    });
+    let result = runner.run(&cases(cfg.max_steps), |case| rt.block_on(run_case(backend.as_ref(), suite, &case)));
     if let Err(e) = result {
-        panic!(
-            "suite `{}` failed on backend `{}`: {e}",
-            suite.name,
-            backend.kind()
-        );
+        panic!("suite `{}` failed on backend `{}`: {e}", suite.name, backend.kind());
     }
 }
 
@@ -366,28 +296,12 @@ async fn decide(
     cost: u64,
     mode: Mode,
 ) -> Result<Verdict, TestCaseError> {
-    let op = Operation {
-        key,
-        strategy: &suite.strategy,
-        input: Input {
-            now_us: now,
-            rate,
-            cost,
-        },
-        mode,
-    };
-    backend
-        .decide(op)
-        .await
-        .map_err(|e| TestCaseError::fail(format!("backend error: {e}")))
+    let op = Operation { key, strategy: &suite.strategy, input: Input { now_us: now, rate, cost }, mode };
+    backend.decide(op).await.map_err(|e| TestCaseError::fail(format!("backend error: {e}")))
 }
 
 /// Runs one case against a backend; public so backends can build their own proptests on it.
-pub async fn run_case(
-    backend: &dyn Backend,
-    suite: &Suite,
-    case: &Case,
-) -> Result<(), TestCaseError> {
+pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Result<(), TestCaseError> {
     let rate = case.rate;
     let w = rate.period_us();
     let full = suite.full_quota(&rate);
@@ -401,20 +315,10 @@ pub async fn run_case(
         let key = &keys[usize::from(step.key)];
         let cost = step.cost;
         let v = decide(backend, key, suite, now, rate, cost, Mode::Consume).await?;
-        let ctx = || {
-            format!(
-                "step {i} at +{}us, cost {cost}, key {}: {v:?}",
-                now - case.start_us,
-                step.key
-            )
-        };
+        let ctx = || format!("step {i} at +{}us, cost {cost}, key {}: {v:?}", now - case.start_us, step.key);
 
         // Shape of the verdict.
-        prop_assert!(
-            v.remaining <= full,
-            "remaining above full quota {full}; {}",
-            ctx()
-        );
+        prop_assert!(v.remaining <= full, "remaining above full quota {full}; {}", ctx());
         match v.kind {
             VerdictKind::Admit => {
                 prop_assert!(v.wait_us == 0 && v.reset_us > 0, "admit shape; {}", ctx())
@@ -428,12 +332,7 @@ pub async fn run_case(
             }
         }
         if cost > full {
-            prop_assert_eq!(
-                v.kind,
-                VerdictKind::Never,
-                "cost above quota must be never; {}",
-                ctx()
-            );
+            prop_assert_eq!(v.kind, VerdictKind::Never, "cost above quota must be never; {}", ctx());
         }
 
         // Reference models.
@@ -449,11 +348,7 @@ pub async fn run_case(
                 }
                 Model::SlidingLog => {
                     let log = model_log.entry(step.key).or_default();
-                    let used: u64 = log
-                        .iter()
-                        .filter(|(t, _)| t + w > now)
-                        .map(|(_, c)| c)
-                        .sum();
+                    let used: u64 = log.iter().filter(|(t, _)| t + w > now).map(|(_, c)| c).sum();
                     let ok = cost <= rate.limit() && used + cost <= rate.limit();
                     if ok {
                         log.push((now, cost));
@@ -466,64 +361,31 @@ pub async fn run_case(
 
         match v.kind {
             VerdictKind::Admit => logs.entry(step.key).or_default().push((now, cost)),
-            VerdictKind::Delay => logs
-                .entry(step.key)
-                .or_default()
-                .push((now + v.wait_us, cost)),
+            VerdictKind::Delay => logs.entry(step.key).or_default().push((now + v.wait_us, cost)),
             VerdictKind::Deny | VerdictKind::Never => {
                 // Nothing was consumed: asking again gives the same answer.
                 let again = decide(backend, key, suite, now, rate, cost, Mode::Peek).await?;
                 prop_assert_eq!(again.kind, v.kind, "denial consumed something; {}", ctx());
-                prop_assert_eq!(
-                    again.wait_us,
-                    v.wait_us,
-                    "denial consumed something; {}",
-                    ctx()
-                );
+                prop_assert_eq!(again.wait_us, v.wait_us, "denial consumed something; {}", ctx());
             }
         }
         if v.kind == VerdictKind::Deny {
             // Wait is exact.
             let at = decide(backend, key, suite, now + v.wait_us, rate, cost, Mode::Peek).await?;
-            prop_assert!(
-                at.is_admitted(),
-                "retry after wait not admitted ({at:?}); {}",
-                ctx()
-            );
-            let before = decide(
-                backend,
-                key,
-                suite,
-                now + v.wait_us - 1,
-                rate,
-                cost,
-                Mode::Peek,
-            )
-            .await?;
-            prop_assert!(
-                !before.is_admitted(),
-                "retry 1us before wait admitted ({before:?}); {}",
-                ctx()
-            );
+            prop_assert!(at.is_admitted(), "retry after wait not admitted ({at:?}); {}", ctx());
+            let before = decide(backend, key, suite, now + v.wait_us - 1, rate, cost, Mode::Peek).await?;
+            prop_assert!(!before.is_admitted(), "retry 1us before wait admitted ({before:?}); {}", ctx());
         }
     }
     for (k, log) in logs.iter_mut() {
         log.sort_unstable();
-        check_bound(&suite.bound, &rate, log)
-            .map_err(|e| TestCaseError::fail(format!("key {k}: {e}")))?;
+        check_bound(&suite.bound, &rate, log).map_err(|e| TestCaseError::fail(format!("key {k}: {e}")))?;
     }
     // Idle keys return to full quota.
-    let idle =
-        now + 4 * w + 4 * rate.emission_interval_us() * (full + u64::from(suite.queue)) + 1_000_000;
+    let idle = now + 4 * w + 4 * rate.emission_interval_us() * (full + u64::from(suite.queue)) + 1_000_000;
     for key in &keys {
         let v = decide(backend, key, suite, idle, rate, full, Mode::Peek).await?;
-        prop_assert_eq!(
-            v.kind,
-            VerdictKind::Admit,
-            "idle key not back to full quota {}: {:?}",
-            full,
-            v
-        );
+        prop_assert_eq!(v.kind, VerdictKind::Admit, "idle key not back to full quota {}: {:?}", full, v);
         let v = decide(backend, key, suite, idle, rate, 1, Mode::Peek).await?;
         prop_assert_eq!(v.remaining, full - 1, "idle key remaining: {:?}", v);
     }
@@ -547,15 +409,9 @@ pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(),
         }
         Bound::SlidingWindows => {
             for (i, &(t, _)) in log.iter().enumerate() {
-                let used: u64 = log[..=i]
-                    .iter()
-                    .filter(|(s, _)| s + w > t)
-                    .map(|(_, c)| c)
-                    .sum();
+                let used: u64 = log[..=i].iter().filter(|(s, _)| s + w > t).map(|(_, c)| c).sum();
                 if used > l {
-                    return Err(format!(
-                        "sliding window ending at {t} admitted {used} > {l}"
-                    ));
+                    return Err(format!("sliding window ending at {t} admitted {used} > {l}"));
                 }
             }
             Ok(())
@@ -569,8 +425,8 @@ pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(),
                     sum += u128::from(log[j].1);
                     let span = u128::from(log[j].0 - log[i].0);
                     let lhs = sum * u128::from(p.interval_us) * u128::from(w);
-                    let rhs = u128::from(p.capacity_us) * u128::from(w)
-                        + u128::from(l) * span * u128::from(p.interval_us);
+                    let rhs =
+                        u128::from(p.capacity_us) * u128::from(w) + u128::from(l) * span * u128::from(p.interval_us);
                     if lhs > rhs {
                         return Err(format!(
                             "interval [{}, {}] released {sum} > burst {} + rate·{span}us",
@@ -591,11 +447,7 @@ pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(),
 /// strategy must admit exactly its capacity (plus its queue, as delays). `tasks` tasks make
 /// four unit-cost hits each.
 pub fn check_concurrency(make: impl Fn() -> SharedBackend, tasks: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
     let backend = {
         let _guard = rt.enter();
         make()
@@ -616,19 +468,10 @@ pub fn check_concurrency(make: impl Fn() -> SharedBackend, tasks: usize) {
                         let op = Operation {
                             key: &key,
                             strategy: &strategy,
-                            input: Input {
-                                now_us: now,
-                                rate,
-                                cost: 1,
-                            },
+                            input: Input { now_us: now, rate, cost: 1 },
                             mode: Mode::Consume,
                         };
-                        match backend
-                            .decide(op)
-                            .await
-                            .expect("backend error under concurrency")
-                            .kind
-                        {
+                        match backend.decide(op).await.expect("backend error under concurrency").kind {
                             VerdictKind::Admit => a += 1,
                             VerdictKind::Delay => d += 1,
                             _ => {}

@@ -1,5 +1,7 @@
 //! Every strategy suite against the in-memory backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
@@ -24,14 +26,7 @@ fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity() {
 #[test]
 fn tiny_shards_and_caps_do_not_change_decisions() {
     // One shard and a cap far above the keys used: same suites, different storage layout.
-    let make = || {
-        Arc::new(
-            InMemoryBackend::builder()
-                .shards(1)
-                .max_keys(1 << 20)
-                .build(),
-        ) as SharedBackend
-    };
+    let make = || Arc::new(InMemoryBackend::builder().shards(1).max_keys(1 << 20).build()) as SharedBackend;
     for suite in builtin_suites() {
         check_suite(make, &suite, &SuiteConfig::quick());
     }

@@ -24,9 +24,8 @@ pub fn free_port() -> u16 {
 
 /// Finds `name` on PATH or in the usual system directories, or panics saying how to install it.
 pub fn require_binary(name: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"].map(PathBuf::from));
     for dir in dirs {
         let candidate = dir.join(name);
@@ -68,12 +67,9 @@ pub struct ProcessGuard {
 impl ProcessGuard {
     /// Spawns `cmd` with output discarded.
     pub fn spawn(mut cmd: Command, what: &str) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {what}: {e}"));
+        // Output is discarded: an unread pipe could fill up and stall the server.
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {what}: {e}"));
         ProcessGuard { child: Some(child) }
     }
 

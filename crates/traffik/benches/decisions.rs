@@ -1,1 +1,194 @@
-fn main() {}
+//! In-memory decision cost next to `governor`'s keyed limiter, measured in one run.
+//!
+//! `cargo bench -p traffik --bench decisions` prints, for 1 key and 10,000 keys on 1 and 2
+//! threads: ns per decision for governor's `check_key` (the baseline), for
+//! `InMemoryBackend::decide_prepared` with each strategy, and for a whole `Throttle::hit`
+//! (identity, key, decision); then bytes per key with 1,000,000 keys. Ratios are against the
+//! governor row of the same workload. Every configuration takes the median of 5 runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Instant;
+
+use governor::{Quota, RateLimiter};
+use traffik::backend::PreparedKey;
+use traffik::strategy::{
+    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+    TokenBucketWithDebt,
+};
+use traffik::{Clock, InMemoryBackend, Key, Mode, Rate, RequestView, StrategyHandle, SystemClock, Throttle};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const OPS: usize = 1_000_000;
+const RUNS: usize = 5;
+
+/// Polls a future that never waits (the in-memory path) to completion.
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("in-memory hit unexpectedly waited"),
+    }
+}
+
+/// Median ns per operation of `op(thread, i)` over `threads` threads doing OPS each
+/// (wall time / total operations).
+fn measure(threads: usize, op: &(dyn Fn(usize, usize) + Sync)) -> f64 {
+    let mut samples: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    s.spawn(move || {
+                        for i in 0..OPS {
+                            op(t, i);
+                        }
+                    });
+                }
+            });
+            start.elapsed().as_nanos() as f64 / (OPS * threads) as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[RUNS / 2]
+}
+
+fn strategies() -> Vec<(&'static str, StrategyHandle)> {
+    vec![
+        ("fixed_window", FixedWindow.into()),
+        ("sliding_window_counter", SlidingWindowCounter.into()),
+        ("sliding_window_log", SlidingWindowLog.into()),
+        ("token_bucket", TokenBucket::new().into()),
+        ("token_bucket_with_debt", TokenBucketWithDebt::new(10).into()),
+        ("leaky_bucket", LeakyBucket.into()),
+        ("leaky_bucket_with_queue", LeakyBucketWithQueue::new(10).into()),
+        ("gcra", Gcra::new().into()),
+    ]
+}
+
+fn main() {
+    // A rate that is never reached, like the governor quota below.
+    let rate = Rate::per_millis(u32::MAX, 1_000).unwrap();
+    let quota = Quota::per_second(NonZeroU32::new(u32::MAX).unwrap());
+    let clock = SystemClock;
+    println!(
+        "traffik in-memory decisions vs governor keyed check_key; ns per decision (median of {RUNS} x {OPS} ops/thread)"
+    );
+    println!("{:<34} {:>6} {:>7} {:>9} {:>7}", "workload", "keys", "threads", "ns/op", "ratio");
+    let mut summary = Vec::new();
+    for keys in [1usize, 10_000] {
+        for threads in [1usize, 2] {
+            let governor = RateLimiter::keyed(quota);
+            let gov_ns = measure(threads, &|t, i| {
+                let k = ((i + t * 7919) % keys) as u64;
+                black_box(governor.check_key(&k).is_ok());
+            });
+            println!(
+                "{:<34} {:>6} {:>7} {:>9.1} {:>7}",
+                "governor check_key (baseline)", keys, threads, gov_ns, "1.00"
+            );
+
+            let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
+            for (name, strategy) in strategies() {
+                if name == "sliding_window_log" && keys == 1 {
+                    // One key with an unreachable limit would log millions of entries: not a
+                    // meaningful per-decision cost. Measured with 10k keys only.
+                    continue;
+                }
+                let prepared: Vec<PreparedKey> = (0..keys)
+                    .map(|k| backend.prepare(&Key::builder("bench").part(&(k as u64).to_be_bytes()).build(), &strategy))
+                    .collect();
+                let ns = measure(threads, &|t, i| {
+                    let k = prepared[(i + t * 7919) % keys];
+                    let input = Input { now_us: clock.now_us(), rate, cost: 1 };
+                    black_box(backend.decide_prepared(k, &strategy, &input, Mode::Consume).unwrap());
+                });
+                let label = format!("backend {name}");
+                println!("{:<34} {:>6} {:>7} {:>9.1} {:>7.2}", label, keys, threads, ns, ns / gov_ns);
+                if name == "fixed_window" || name == "gcra" {
+                    summary.push((format!("backend {name}, {keys} keys, {threads} thr"), ns / gov_ns, 1.0));
+                }
+                backend.clear();
+            }
+
+            for (name, strategy) in [("fixed_window", StrategyHandle::new(FixedWindow)), ("gcra", Gcra::new().into())] {
+                let throttle = Throttle::builder()
+                    .uid(format!("bench-{name}-{keys}-{threads}"))
+                    .rate(rate)
+                    .backend(InMemoryBackend::builder().max_keys(2_000_000).build())
+                    .strategy(strategy)
+                    .no_registry()
+                    .build()
+                    .unwrap();
+                let peers: Vec<std::net::SocketAddr> = (0..keys)
+                    .map(|k| std::net::SocketAddr::from(([10, (k >> 16) as u8, (k >> 8) as u8, k as u8], 40_000)))
+                    .collect();
+                let ns = measure(threads, &|t, i| {
+                    let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
+                    black_box(now_or_never(throttle.hit(&req)).unwrap());
+                });
+                let label = format!("Throttle::hit {name}");
+                println!("{:<34} {:>6} {:>7} {:>9.1} {:>7.2}", label, keys, threads, ns, ns / gov_ns);
+                summary.push((format!("Throttle::hit {name}, {keys} keys, {threads} thr"), ns / gov_ns, 2.0));
+            }
+        }
+    }
+
+    println!();
+    println!("memory with 1,000,000 live keys at 100/min (bytes allocated / keys; keys are stored as 16-byte hashes)");
+    let rate = Rate::per_millis(100, 60_000).unwrap();
+    for (name, strategy) in [("fixed_window", StrategyHandle::new(FixedWindow)), ("gcra", Gcra::new().into())] {
+        let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
+        let before = LIVE.load(Ordering::Relaxed);
+        for k in 0..1_000_000u64 {
+            let pk = backend.prepare(&Key::builder("mem").part(&k.to_be_bytes()).build(), &strategy);
+            let input = Input { now_us: clock.now_us(), rate, cost: 1 };
+            backend.decide_prepared(pk, &strategy, &input, Mode::Consume).unwrap();
+        }
+        let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / 1e6;
+        println!("  traffik {name:<13} {bytes:>6.1} bytes/key ({} keys)", backend.len());
+        summary.push((format!("memory {name} (bytes/key incl. the 16-byte key hash)"), bytes, 64.0 + 16.0));
+        drop(backend);
+    }
+    let governor = RateLimiter::keyed(quota);
+    let before = LIVE.load(Ordering::Relaxed);
+    for k in 0..1_000_000u64 {
+        let _ = governor.check_key(&k);
+    }
+    let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / 1e6;
+    println!("  governor (u64 keys)   {bytes:>6.1} bytes/key");
+
+    println!();
+    println!("targets");
+    for (what, value, target) in summary {
+        let verdict = if value <= target { "meets" } else { "MISSES" };
+        println!("  {what:<58} {value:>6.2} (target <= {target:.2}) {verdict}");
+    }
+}

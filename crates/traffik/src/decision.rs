@@ -91,13 +91,7 @@ impl Decision {
         }
     }
 
-    pub(crate) fn from_verdict(
-        v: Verdict,
-        key: Key,
-        rate: Rate,
-        cost: u64,
-        source: Source,
-    ) -> Self {
+    pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Self {
         let outcome = match v.kind {
             VerdictKind::Admit => Outcome::Allowed,
             VerdictKind::Delay => Outcome::Delayed,
@@ -118,10 +112,7 @@ impl Decision {
 
     /// Whether the request may proceed (possibly after [`Decision::wait`], when delayed).
     pub fn is_allowed(&self) -> bool {
-        matches!(
-            self.outcome,
-            Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_)
-        )
+        matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
     }
 
     /// Whether the request was rejected (throttled or never admissible).

@@ -43,9 +43,7 @@ pub enum BackendError {
         source: Option<BoxError>,
     },
     /// Compare-and-swap kept losing to concurrent writers.
-    #[error(
-        "{backend} backend gave up after {attempts} compare-and-swap attempts under contention"
-    )]
+    #[error("{backend} backend gave up after {attempts} compare-and-swap attempts under contention")]
     Contention {
         /// Which backend.
         backend: &'static str,
@@ -72,31 +70,18 @@ pub enum BackendError {
 impl BackendError {
     /// Whether retrying the same call may succeed (connection problems, timeouts, contention).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Connection { .. }
-                | BackendError::Timeout { .. }
-                | BackendError::Contention { .. }
-        )
+        matches!(self, BackendError::Connection { .. } | BackendError::Timeout { .. } | BackendError::Contention { .. })
     }
 
     /// Shorthand for a [`BackendError::Connection`].
     pub fn connection(backend: &'static str, source: impl Into<BoxError>) -> Self {
         let source = source.into();
-        BackendError::Connection {
-            backend,
-            message: source.to_string(),
-            source: Some(source),
-        }
+        BackendError::Connection { backend, message: source.to_string(), source: Some(source) }
     }
 
     /// Shorthand for a [`BackendError::Command`].
     pub fn command(backend: &'static str, message: impl Into<String>) -> Self {
-        BackendError::Command {
-            backend,
-            message: message.into(),
-            source: None,
-        }
+        BackendError::Command { backend, message: message.into(), source: None }
     }
 }
 

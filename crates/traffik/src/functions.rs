@@ -42,11 +42,7 @@ macro_rules! adapters {
         where
             F: Fn(&RequestView<'_>, &Context) -> $out + Send + Sync + 'static,
         {
-            fn $method<'a>(
-                &'a self,
-                req: &'a RequestView<'a>,
-                ctx: &'a Context,
-            ) -> BoxFuture<'a, $out> {
+            fn $method<'a>(&'a self, req: &'a RequestView<'a>, ctx: &'a Context) -> BoxFuture<'a, $out> {
                 let v = (self.0)(req, ctx);
                 Box::pin(async move { v })
             }
@@ -60,11 +56,7 @@ macro_rules! adapters {
             F: Fn(&RequestView<'_>, &Context) -> Fut + Send + Sync + 'static,
             Fut: Future<Output = $out> + Send + 'static,
         {
-            fn $method<'a>(
-                &'a self,
-                req: &'a RequestView<'a>,
-                ctx: &'a Context,
-            ) -> BoxFuture<'a, $out> {
+            fn $method<'a>(&'a self, req: &'a RequestView<'a>, ctx: &'a Context) -> BoxFuture<'a, $out> {
                 Box::pin((self.0)(req, ctx))
             }
         }
@@ -107,7 +99,26 @@ impl Cost {
     }
 }
 
+impl Cost {
+    pub(crate) fn resolve_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<u64> {
+        if let Some(c) = ctx.cost_override() {
+            return Some(c);
+        }
+        match self {
+            Cost::Fixed(c) => Some(*c),
+            Cost::Dynamic(f) => f.cost_now(req, ctx),
+        }
+    }
+}
+
 impl RateSource {
+    pub(crate) fn resolve_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<Rate> {
+        match self {
+            RateSource::Fixed(r) => Some(*r),
+            RateSource::Dynamic(f) => f.rate_now(req, ctx),
+        }
+    }
+
     pub(crate) async fn resolve(&self, req: &RequestView<'_>, ctx: &Context) -> Rate {
         match self {
             RateSource::Fixed(r) => *r,

@@ -40,9 +40,7 @@ pub enum When {
 
 impl When {
     /// A custom condition.
-    pub fn predicate(
-        f: impl Fn(&RequestView<'_>, &Decision) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    pub fn predicate(f: impl Fn(&RequestView<'_>, &Decision) -> bool + Send + Sync + 'static) -> Self {
         When::If(Arc::new(f))
     }
 
@@ -84,16 +82,13 @@ fn int(v: u64) -> Option<HeaderValue> {
 
 fn ceil_millis(d: Duration) -> u64 {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    ms + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+    ms + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
 }
 
 impl Header {
     /// A static value.
     pub fn fixed(value: HeaderValue, when: When) -> Self {
-        Header {
-            value: Value::Static(value),
-            when,
-        }
+        Header { value: Value::Static(value), when }
     }
 
     /// A value computed per response; `None` omits the header.
@@ -101,10 +96,7 @@ impl Header {
         f: impl Fn(&RequestView<'_>, &Decision) -> Option<HeaderValue> + Send + Sync + 'static,
         when: When,
     ) -> Self {
-        Header {
-            value: Value::Resolve(Arc::new(f)),
-            when,
-        }
+        Header { value: Value::Resolve(Arc::new(f)), when }
     }
 
     /// The rate's limit.
@@ -158,10 +150,7 @@ impl fmt::Debug for Header {
             Value::Static(v) => format!("{v:?}"),
             Value::Resolve(_) => "<resolver>".into(),
         };
-        f.debug_struct("Header")
-            .field("value", &value)
-            .field("when", &self.when)
-            .finish()
+        f.debug_struct("Header").field("value", &value).field("when", &self.when).finish()
     }
 }
 
@@ -172,12 +161,10 @@ pub struct Headers {
 }
 
 /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `Retry-After` on every response.
-pub static DEFAULT_HEADERS_ALWAYS: LazyLock<Headers> =
-    LazyLock::new(|| Headers::defaults(|| When::Always));
+pub static DEFAULT_HEADERS_ALWAYS: LazyLock<Headers> = LazyLock::new(|| Headers::defaults(|| When::Always));
 
 /// The same three headers on throttled responses only.
-pub static DEFAULT_HEADERS_THROTTLED: LazyLock<Headers> =
-    LazyLock::new(|| Headers::defaults(|| When::Throttled));
+pub static DEFAULT_HEADERS_THROTTLED: LazyLock<Headers> = LazyLock::new(|| Headers::defaults(|| When::Throttled));
 
 /// Per-call header overrides: replace a header, or disable it for this response.
 #[derive(Clone, Debug, Default)]
@@ -214,14 +201,8 @@ impl Headers {
 
     fn defaults(when: impl Fn() -> When) -> Self {
         Headers::new()
-            .with(
-                HeaderName::from_static("x-ratelimit-limit"),
-                Header::limit(when()),
-            )
-            .with(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                Header::remaining(when()),
-            )
+            .with(HeaderName::from_static("x-ratelimit-limit"), Header::limit(when()))
+            .with(HeaderName::from_static("x-ratelimit-remaining"), Header::remaining(when()))
             .with(http::header::RETRY_AFTER, Header::reset_seconds(when()))
     }
 
@@ -230,11 +211,8 @@ impl Headers {
     /// on every response, plus `Retry-After` when throttled. `policy` must be a token of
     /// letters, digits, `_`, `-` or `.`; other characters are dropped.
     pub fn ietf_draft10(policy: &str) -> Self {
-        let name: Arc<str> = policy
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c))
-            .collect::<String>()
-            .into();
+        let name: Arc<str> =
+            policy.chars().filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c)).collect::<String>().into();
         let p1 = Arc::clone(&name);
         let policy_header = Header::resolver(
             move |_, d| {
@@ -248,11 +226,7 @@ impl Headers {
         let state_header = Header::resolver(
             move |_, d| {
                 let r = d.remaining?;
-                let t = if d.is_throttled() {
-                    d.retry_after_secs().unwrap_or(0)
-                } else {
-                    ceil_secs(d.reset)
-                };
+                let t = if d.is_throttled() { d.retry_after_secs().unwrap_or(0) } else { ceil_secs(d.reset) };
                 HeaderValue::from_str(&format!("\"{p2}\";r={r};t={t}")).ok()
             },
             When::Always,
@@ -260,10 +234,7 @@ impl Headers {
         Headers::new()
             .with(HeaderName::from_static("ratelimit-policy"), policy_header)
             .with(HeaderName::from_static("ratelimit"), state_header)
-            .with(
-                http::header::RETRY_AFTER,
-                Header::reset_seconds(When::Throttled),
-            )
+            .with(http::header::RETRY_AFTER, Header::reset_seconds(When::Throttled))
     }
 
     /// Adds (or replaces) a header.
@@ -326,9 +297,7 @@ impl BitOr for Headers {
     type Output = Headers;
     /// Merges; headers on the right replace same-named ones on the left.
     fn bitor(self, rhs: Headers) -> Headers {
-        rhs.entries
-            .iter()
-            .fold(self, |acc, (n, h)| acc.with(n.clone(), h.clone()))
+        rhs.entries.iter().fold(self, |acc, (n, h)| acc.with(n.clone(), h.clone()))
     }
 }
 
@@ -387,9 +356,7 @@ mod tests {
         let mut out = HeaderMap::new();
         let o = HeaderOverrides::new().disable(HeaderName::from_static("x-ratelimit-remaining"));
         DEFAULT_HEADERS_ALWAYS.apply(&req, &d, Some(&o), &mut out);
-        assert!(
-            !out.contains_key("x-ratelimit-remaining") && out.contains_key("x-ratelimit-limit")
-        );
+        assert!(!out.contains_key("x-ratelimit-remaining") && out.contains_key("x-ratelimit-limit"));
         let ietf = Headers::ietf_draft10("default").resolve(&req, &d);
         assert_eq!(ietf["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(ietf["ratelimit"], "\"default\";r=7;t=30");

@@ -42,14 +42,7 @@ impl Default for RequestView<'_> {
 impl<'a> RequestView<'a> {
     /// A view of a request.
     pub fn new(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
-        RequestView {
-            peer: None,
-            method,
-            uri,
-            headers,
-            route: None,
-            extensions: None,
-        }
+        RequestView { peer: None, method, uri, headers, route: None, extensions: None }
     }
 
     /// A `GET /` with no headers and no peer (for direct use outside HTTP, and tests).
@@ -282,10 +275,7 @@ impl IpNet {
         let text = text.trim();
         let bad = || Error::Config(format!("`{text}` is not an IP address or CIDR network"));
         let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (
-                a.parse::<IpAddr>().map_err(|_| bad())?,
-                Some(p.parse::<u8>().map_err(|_| bad())?),
-            ),
+            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| bad())?, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (text.parse::<IpAddr>().map_err(|_| bad())?, None),
         };
         let addr = canonical(addr);
@@ -294,10 +284,7 @@ impl IpNet {
         if prefix > max {
             return Err(bad());
         }
-        Ok(IpNet {
-            addr: mask(addr, prefix),
-            prefix,
-        })
+        Ok(IpNet { addr: mask(addr, prefix), prefix })
     }
 
     /// Whether `ip` is inside this network.
@@ -323,20 +310,12 @@ pub(crate) fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix.min(32)))
-            };
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
             IpAddr::V4(Ipv4Addr::from(bits & m))
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix.min(128)))
-            };
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
             IpAddr::V6(Ipv6Addr::from(bits & m))
         }
     }
@@ -360,26 +339,16 @@ impl TrustedProxies {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let nets = nets
-            .into_iter()
-            .map(|s| IpNet::parse(s.as_ref()))
-            .collect::<Result<_, _>>()?;
+        let nets = nets.into_iter().map(|s| IpNet::parse(s.as_ref())).collect::<Result<_, _>>()?;
         Ok(TrustedProxies { nets })
     }
 
     /// Loopback and private networks: for apps that only ever sit behind their own proxy.
     pub fn private_networks() -> Self {
-        let nets = [
-            "127.0.0.0/8",
-            "::1",
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "fc00::/7",
-        ]
-        .iter()
-        .filter_map(|s| IpNet::parse(s).ok())
-        .collect();
+        let nets = ["127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+            .iter()
+            .filter_map(|s| IpNet::parse(s).ok())
+            .collect();
         TrustedProxies { nets }
     }
 
@@ -491,11 +460,7 @@ pub struct ClientIp {
 
 impl Default for ClientIp {
     fn default() -> Self {
-        ClientIp {
-            proxies: Arc::new(TrustedProxies::none()),
-            ipv6_prefix: 64,
-            ipv4_prefix: 32,
-        }
+        ClientIp { proxies: Arc::new(TrustedProxies::none()), ipv6_prefix: 64, ipv4_prefix: 32 }
     }
 }
 
@@ -533,11 +498,7 @@ impl ClientIp {
             Some(ip @ IpAddr::V4(_)) if self.ipv4_prefix == 32 => Identity::Ip(ip),
             Some(ip @ IpAddr::V6(_)) if self.ipv6_prefix == 128 => Identity::Ip(ip),
             Some(ip) => {
-                let prefix = if ip.is_ipv4() {
-                    self.ipv4_prefix
-                } else {
-                    self.ipv6_prefix
-                };
+                let prefix = if ip.is_ipv4() { self.ipv4_prefix } else { self.ipv6_prefix };
                 Identity::Network(mask(ip, prefix), prefix)
             }
         }
@@ -561,9 +522,7 @@ mod tests {
     use http::HeaderValue;
 
     fn view_with<'a>(peer: &str, headers: &'a HeaderMap) -> RequestView<'a> {
-        RequestView::empty()
-            .peer(Some(peer.parse().unwrap()))
-            .with_headers(headers)
+        RequestView::empty().peer(Some(peer.parse().unwrap())).with_headers(headers)
     }
 
     impl<'a> RequestView<'a> {
@@ -583,11 +542,7 @@ mod tests {
 
     #[test]
     fn untrusted_peer_keeps_its_own_bucket_whatever_it_sends() {
-        let h = headers(&[
-            ("x-forwarded-for", "9.9.9.9"),
-            ("x-real-ip", "8.8.8.8"),
-            ("forwarded", "for=7.7.7.7"),
-        ]);
+        let h = headers(&[("x-forwarded-for", "9.9.9.9"), ("x-real-ip", "8.8.8.8"), ("forwarded", "for=7.7.7.7")]);
         let id = ClientIp::new().identity(&view_with("203.0.113.5:1234", &h));
         assert_eq!(id, Identity::Ip("203.0.113.5".parse().unwrap()));
     }
@@ -598,28 +553,13 @@ mod tests {
         let ip = ClientIp::new().trusted_proxies(proxies);
         // The client forged the leftmost entry; the first untrusted hop from the right wins.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(
-            ip.identity(&view_with("10.0.0.2:80", &h)),
-            Identity::Ip("198.51.100.7".parse().unwrap())
-        );
-        let h = headers(&[(
-            "forwarded",
-            "for=6.6.6.6, for=\"[2001:db8::5]:4711\";proto=https, for=10.2.2.2",
-        )]);
-        assert_eq!(
-            ip.identity(&view_with("10.0.0.2:80", &h)),
-            Identity::Network("2001:db8::".parse().unwrap(), 64)
-        );
+        assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Ip("198.51.100.7".parse().unwrap()));
+        let h = headers(&[("forwarded", "for=6.6.6.6, for=\"[2001:db8::5]:4711\";proto=https, for=10.2.2.2")]);
+        assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Network("2001:db8::".parse().unwrap(), 64));
         let h = headers(&[("x-real-ip", "198.51.100.9")]);
-        assert_eq!(
-            ip.identity(&view_with("10.0.0.2:80", &h)),
-            Identity::Ip("198.51.100.9".parse().unwrap())
-        );
+        assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Ip("198.51.100.9".parse().unwrap()));
         let h = headers(&[("forwarded", "for=_hidden, for=10.3.3.3")]);
-        assert_eq!(
-            ip.identity(&view_with("10.0.0.2:80", &h)),
-            Identity::Ip("10.3.3.3".parse().unwrap())
-        );
+        assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Ip("10.3.3.3".parse().unwrap()));
     }
 
     #[test]
@@ -630,29 +570,14 @@ mod tests {
         assert_eq!(a, b);
         let m = ClientIp::new().identity(&view_with("[::ffff:192.0.2.1]:1", &h));
         assert_eq!(m, Identity::Ip("192.0.2.1".parse().unwrap()));
-        assert_eq!(
-            ClientIp::new().identity(&RequestView::empty()),
-            Identity::Anonymous
-        );
+        assert_eq!(ClientIp::new().identity(&RequestView::empty()), Identity::Anonymous);
     }
 
     #[test]
     fn cidr_parsing() {
-        assert!(
-            IpNet::parse("10.0.0.0/8")
-                .unwrap()
-                .contains("10.200.1.1".parse().unwrap())
-        );
-        assert!(
-            !IpNet::parse("10.0.0.0/8")
-                .unwrap()
-                .contains("11.0.0.1".parse().unwrap())
-        );
-        assert!(
-            IpNet::parse("::1")
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
+        assert!(IpNet::parse("10.0.0.0/8").unwrap().contains("10.200.1.1".parse().unwrap()));
+        assert!(!IpNet::parse("10.0.0.0/8").unwrap().contains("11.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(IpNet::parse("10.0.0.0/33").is_err());
         assert!(IpNet::parse("nope").is_err());
     }

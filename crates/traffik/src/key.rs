@@ -28,11 +28,16 @@ impl Key {
 
     /// Starts a key for the throttle `uid`.
     pub fn builder(uid: &str) -> KeyBuilder {
-        let mut b = KeyBuilder {
-            text: String::with_capacity(uid.len() + 48),
-        };
+        let mut b = KeyBuilder { text: String::with_capacity(uid.len() + 48) };
         push_part(&mut b.text, uid.as_bytes());
         b
+    }
+
+    /// Continues from an already encoded prefix (a throttle encodes its uid once).
+    pub(crate) fn from_encoded(prefix: &Key) -> KeyBuilder {
+        let mut text = String::with_capacity(prefix.0.len() + 48);
+        text.push_str(&prefix.0);
+        KeyBuilder { text }
     }
 }
 
@@ -104,15 +109,19 @@ pub(crate) fn push_part(out: &mut String, raw: &[u8]) {
         push_digest(out, raw);
         return;
     }
-    for &b in raw {
+    // Runs of plain bytes are appended in one go.
+    let mut start = 0;
+    for (i, &b) in raw.iter().enumerate() {
         if is_plain(b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
+            continue;
         }
+        out.push_str(std::str::from_utf8(&raw[start..i]).unwrap_or_default());
+        out.push('%');
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+        start = i + 1;
     }
+    out.push_str(std::str::from_utf8(&raw[start..]).unwrap_or_default());
 }
 
 /// Writes `~` and the first 128 bits of SHA-256 of `raw` in hex.
@@ -124,24 +133,50 @@ pub(crate) fn push_digest(out: &mut String, raw: &[u8]) {
     }
 }
 
-/// Writes an IP address in key form (IPv6 colons are encoded).
+/// Appends `v` in decimal.
+fn push_u8(out: &mut String, v: u8) {
+    if v >= 100 {
+        out.push(char::from(b'0' + v / 100));
+    }
+    if v >= 10 {
+        out.push(char::from(b'0' + (v / 10) % 10));
+    }
+    out.push(char::from(b'0' + v % 10));
+}
+
+/// Writes an IP address in key form (IPv6 colons become '-'). Runs on every hit, so it avoids
+/// the formatting machinery.
 pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            let _ = write!(out, "{}.{}.{}.{}", o[0], o[1], o[2], o[3]);
+            out.reserve(15);
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u8(out, o);
+            }
         }
         IpAddr::V6(v6) => {
-            // Eight hex groups joined by '-' keep the key readable without ':'.
-            for (i, g) in v6.segments().iter().enumerate() {
+            out.reserve(39);
+            for (i, g) in v6.segments().into_iter().enumerate() {
                 if i > 0 {
                     out.push('-');
                 }
-                let _ = write!(out, "{g:x}");
+                let mut started = false;
+                for shift in [12u16, 8, 4, 0] {
+                    let nibble = usize::from((g >> shift) & 15);
+                    if nibble != 0 || started || shift == 0 {
+                        started = true;
+                        out.push(char::from(HEX_LOWER[nibble]));
+                    }
+                }
             }
         }
     }
 }
+
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
@@ -156,10 +191,7 @@ mod tests {
         assert_eq!(key("api", b"a:b"), "api:a%3Ab");
         assert_ne!(key("a:b", b"c"), key("a", b"b:c"));
         let k = key("api", b"{tag} x\n\r\0\xff");
-        assert!(
-            k.bytes().all(|b| is_plain(b) || b == b'%' || b == b':'),
-            "{k}"
-        );
+        assert!(k.bytes().all(|b| is_plain(b) || b == b'%' || b == b':'), "{k}");
         assert!(!k.contains('{') && !k.contains(' '));
     }
 
@@ -174,9 +206,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_is_dotted_decimal() {
+        for ip in ["0.0.0.0", "1.20.255.100", "192.168.0.9"] {
+            let mut s = String::new();
+            push_ip(&mut s, ip.parse().unwrap());
+            assert_eq!(s, ip);
+        }
+    }
+
+    #[test]
     fn ipv6_has_no_colons() {
         let mut s = String::new();
         push_ip(&mut s, "2001:db8::1".parse().unwrap());
         assert_eq!(s, "2001-db8-0-0-0-0-0-1");
+        let mut s = String::new();
+        push_ip(&mut s, "ffff:a0b:c00d:1::".parse().unwrap());
+        assert_eq!(s, "ffff-a0b-c00d-1-0-0-0-0");
+    }
+
+    #[test]
+    fn plain_runs_and_escapes_mix() {
+        assert_eq!(key("u", b"ab c/d"), "u:ab%20c%2Fd");
+        assert_eq!(key("u", b"%"), "u:%25");
     }
 }

@@ -73,23 +73,18 @@ pub use context::Context;
 pub use decision::{Decision, Outcome, Skip, Source, Stat};
 pub use error::{BackendError, BoxError, Error};
 pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
-pub use headers::{
-    DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, Header, HeaderOverrides, Headers, When,
-};
-pub use identity::{
-    AsyncIdentifier, ClientIp, Identifier, Identity, IpNet, RequestView, TrustedProxies,
-};
+pub use headers::{DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, Header, HeaderOverrides, Headers, When};
+pub use identity::{AsyncIdentifier, ClientIp, Identifier, Identity, IpNet, RequestView, TrustedProxies};
 pub use key::{Key, KeyBuilder};
 pub use policy::{
-    AsyncHandler, BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker, ErrorPolicy, Failover,
-    Failure, IncidentCounts, Recovery, Retry,
+    AsyncHandler, BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker, ErrorPolicy, Failover, Failure,
+    IncidentCounts, Recovery, Retry,
 };
 pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
 pub use strategy::StrategyHandle;
 pub use throttle::{
-    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate,
-    NoStrategy, NoUid,
+    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
 };
 pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

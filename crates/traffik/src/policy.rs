@@ -122,10 +122,7 @@ impl Default for Retry {
 impl Retry {
     /// `max_retries` retries with the default backoff (100 ms, doubling, ±20 % jitter).
     pub fn new(max_retries: u32) -> Self {
-        Retry {
-            max_retries,
-            ..Retry::default()
-        }
+        Retry { max_retries, ..Retry::default() }
     }
 
     /// First delay.
@@ -136,11 +133,7 @@ impl Retry {
 
     /// Backoff multiplier (at least 1).
     pub fn backoff(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() {
-            multiplier.max(1.0)
-        } else {
-            1.0
-        };
+        self.multiplier = if multiplier.is_finite() { multiplier.max(1.0) } else { 1.0 };
         self
     }
 
@@ -152,19 +145,12 @@ impl Retry {
 
     /// Relative jitter in `[0, 1]`.
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        self.jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
         self
     }
 
     /// Which errors to retry.
-    pub fn retry_on(
-        mut self,
-        filter: impl Fn(&BackendError) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    pub fn retry_on(mut self, filter: impl Fn(&BackendError) -> bool + Send + Sync + 'static) -> Self {
         self.retry_on = Some(Arc::new(filter));
         self
     }
@@ -203,11 +189,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            recovery_timeout: Duration::from_secs(30),
-            success_threshold: 2,
-        }
+        BreakerConfig { failure_threshold: 5, recovery_timeout: Duration::from_secs(30), success_threshold: 2 }
     }
 }
 
@@ -399,12 +381,7 @@ pub struct Failover {
 impl Failover {
     /// Falls back to `backend`, guarded by `breaker`, with no retries.
     pub fn new(backend: impl Backend, breaker: CircuitBreaker) -> Self {
-        Failover {
-            backend: Arc::new(backend),
-            breaker,
-            max_retries: 0,
-            retry_delay: Duration::from_millis(20),
-        }
+        Failover { backend: Arc::new(backend), breaker, max_retries: 0, retry_delay: Duration::from_millis(20) }
     }
 
     /// Retries of the primary before falling back.
@@ -424,8 +401,7 @@ impl Failover {
     }
 
     pub(crate) fn delay(&self) -> Duration {
-        self.retry_delay
-            .mul_f64(1.0 + 0.2 * (fastrand::f64() * 2.0 - 1.0))
+        self.retry_delay.mul_f64(1.0 + 0.2 * (fastrand::f64() * 2.0 - 1.0))
     }
 
     pub(crate) fn breaker_ref(&self) -> &CircuitBreaker {
@@ -443,19 +419,10 @@ pub(crate) enum PolicyKind {
     Throttle,
     Raise,
     Custom(Arc<dyn ErrorHandler>),
-    Fallback {
-        backend: SharedBackend,
-        when: Option<ErrorFilter>,
-    },
-    Retry {
-        retry: Retry,
-        then: Box<ErrorPolicy>,
-    },
+    Fallback { backend: SharedBackend, when: Option<ErrorFilter> },
+    Retry { retry: Retry, then: Box<ErrorPolicy> },
     Failover(Failover),
-    Breaker {
-        breaker: CircuitBreaker,
-        wait: Duration,
-    },
+    Breaker { breaker: CircuitBreaker, wait: Duration },
 }
 
 /// What to do when a backend fails. See the [module docs](self).
@@ -467,78 +434,48 @@ pub struct ErrorPolicy {
 impl ErrorPolicy {
     /// Fail open.
     pub fn allow() -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Allow,
-        }
+        ErrorPolicy { kind: PolicyKind::Allow }
     }
 
     /// Fail closed, with the throttle's min wait or 1 s.
     pub fn throttle() -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Throttle,
-        }
+        ErrorPolicy { kind: PolicyKind::Throttle }
     }
 
     /// Return the error.
     pub fn raise() -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Raise,
-        }
+        ErrorPolicy { kind: PolicyKind::Raise }
     }
 
     /// A custom handler (a closure `Fn(&Failure) -> Recovery`, or [`AsyncHandler`]).
     pub fn custom(handler: impl ErrorHandler) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Custom(Arc::new(handler)),
-        }
+        ErrorPolicy { kind: PolicyKind::Custom(Arc::new(handler)) }
     }
 
     /// Decide on `backend` instead; if it fails too, throttle.
     pub fn fallback(backend: impl Backend) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Fallback {
-                backend: Arc::new(backend),
-                when: None,
-            },
-        }
+        ErrorPolicy { kind: PolicyKind::Fallback { backend: Arc::new(backend), when: None } }
     }
 
     /// Like [`fallback`](Self::fallback), only for errors `when` accepts (others throttle).
-    pub fn fallback_on(
-        backend: impl Backend,
-        when: impl Fn(&BackendError) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Fallback {
-                backend: Arc::new(backend),
-                when: Some(Arc::new(when)),
-            },
-        }
+    pub fn fallback_on(backend: impl Backend, when: impl Fn(&BackendError) -> bool + Send + Sync + 'static) -> Self {
+        ErrorPolicy { kind: PolicyKind::Fallback { backend: Arc::new(backend), when: Some(Arc::new(when)) } }
     }
 
     /// Retry, then apply `then`.
     pub fn retry(retry: Retry, then: ErrorPolicy) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Retry {
-                retry,
-                then: Box::new(then),
-            },
-        }
+        ErrorPolicy { kind: PolicyKind::Retry { retry, then: Box::new(then) } }
     }
 
     /// Circuit breaker + retries + fallback backend.
     pub fn failover(failover: Failover) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Failover(failover),
-        }
+        ErrorPolicy { kind: PolicyKind::Failover(failover) }
     }
 
     /// Counts failures in `breaker`; on failure, and without calling the backend while the
     /// circuit is open, throttles with `wait`.
     pub fn circuit_breaker(breaker: CircuitBreaker, wait: Duration) -> Self {
-        ErrorPolicy {
-            kind: PolicyKind::Breaker { breaker, wait },
-        }
+        ErrorPolicy { kind: PolicyKind::Breaker { breaker, wait } }
     }
 
     /// The breaker this policy consults before calling the backend, if any.
@@ -624,10 +561,7 @@ impl Incidents {
         counter.fetch_add(1, Ordering::Relaxed);
         let last = self.last_log_us.load(Ordering::Relaxed);
         if now_us.saturating_sub(last) >= 1_000_000
-            && self
-                .last_log_us
-                .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_log_us.compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             let total = self.errors.load(Ordering::Relaxed);
             let since = total - self.logged_errors.swap(total, Ordering::Relaxed);
@@ -670,11 +604,7 @@ mod tests {
     fn breaker_walks_its_states_on_a_manual_clock() {
         let clock = ManualClock::new(0);
         let b = CircuitBreaker::with_clock(
-            BreakerConfig {
-                failure_threshold: 3,
-                recovery_timeout: Duration::from_secs(10),
-                success_threshold: 2,
-            },
+            BreakerConfig { failure_threshold: 3, recovery_timeout: Duration::from_secs(10), success_threshold: 2 },
             Arc::new(clock.clone()),
         );
         assert!(b.allow());
@@ -720,10 +650,7 @@ mod tests {
         let j = Retry::new(1).delay(Duration::from_millis(100)).jitter(0.5);
         for _ in 0..100 {
             let d = j.delay_for(0);
-            assert!(
-                d >= Duration::from_millis(50) && d <= Duration::from_millis(150),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150), "{d:?}");
         }
     }
 }

@@ -42,42 +42,27 @@ impl Rate {
 
     /// A rate that admits everything (`"0/0"`).
     pub const fn unlimited() -> Rate {
-        Rate {
-            limit: 0,
-            period_ms: 0,
-        }
+        Rate { limit: 0, period_ms: 0 }
     }
 
     /// `limit` per second.
     pub const fn per_second(limit: NonZeroU32) -> Rate {
-        Rate {
-            limit: limit.get(),
-            period_ms: MS_PER_SECOND,
-        }
+        Rate { limit: limit.get(), period_ms: MS_PER_SECOND }
     }
 
     /// `limit` per minute.
     pub const fn per_minute(limit: NonZeroU32) -> Rate {
-        Rate {
-            limit: limit.get(),
-            period_ms: MS_PER_MINUTE,
-        }
+        Rate { limit: limit.get(), period_ms: MS_PER_MINUTE }
     }
 
     /// `limit` per hour.
     pub const fn per_hour(limit: NonZeroU32) -> Rate {
-        Rate {
-            limit: limit.get(),
-            period_ms: MS_PER_HOUR,
-        }
+        Rate { limit: limit.get(), period_ms: MS_PER_HOUR }
     }
 
     /// `limit` per day.
     pub const fn per_day(limit: NonZeroU32) -> Rate {
-        Rate {
-            limit: limit.get(),
-            period_ms: MS_PER_DAY,
-        }
+        Rate { limit: limit.get(), period_ms: MS_PER_DAY }
     }
 
     /// `limit` per `period_ms` milliseconds.
@@ -90,11 +75,10 @@ impl Rate {
 
     /// `limit` per `period`; the period must be a whole number of milliseconds.
     pub fn new(limit: u32, period: Duration) -> Result<Rate, RateError> {
-        if period.subsec_nanos() % 1_000_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(RateError::new(RateErrorKind::SubMillisecondPeriod, 0));
         }
-        let ms = u64::try_from(period.as_millis())
-            .map_err(|_| RateError::new(RateErrorKind::PeriodTooLong, 0))?;
+        let ms = u64::try_from(period.as_millis()).map_err(|_| RateError::new(RateErrorKind::PeriodTooLong, 0))?;
         Self::checked(limit, ms, 0)
     }
 
@@ -277,22 +261,18 @@ impl fmt::Display for Rate {
             return f.write_str("0/0");
         }
         let ms = self.period_ms;
-        let (count, unit) = if ms % MS_PER_DAY == 0 {
+        let (count, unit) = if ms.is_multiple_of(MS_PER_DAY) {
             (ms / MS_PER_DAY, "d")
-        } else if ms % MS_PER_HOUR == 0 {
+        } else if ms.is_multiple_of(MS_PER_HOUR) {
             (ms / MS_PER_HOUR, "h")
-        } else if ms % MS_PER_MINUTE == 0 {
+        } else if ms.is_multiple_of(MS_PER_MINUTE) {
             (ms / MS_PER_MINUTE, "min")
-        } else if ms % MS_PER_SECOND == 0 {
+        } else if ms.is_multiple_of(MS_PER_SECOND) {
             (ms / MS_PER_SECOND, "s")
         } else {
             (ms, "ms")
         };
-        if count == 1 {
-            write!(f, "{}/{}", self.limit, unit)
-        } else {
-            write!(f, "{}/{}{}", self.limit, count, unit)
-        }
+        if count == 1 { write!(f, "{}/{}", self.limit, unit) } else { write!(f, "{}/{}{}", self.limit, count, unit) }
     }
 }
 
@@ -388,43 +368,26 @@ impl RateError {
             RateErrorKind::ExpectedNumber => "expected a whole number",
             RateErrorKind::NegativeNumber => "negative numbers are not allowed in a rate",
             RateErrorKind::NotAnInteger => "only whole numbers are allowed in a rate",
-            RateErrorKind::NumberTooLarge => {
-                "the number is too large (limits are at most 4294967295)"
-            }
+            RateErrorKind::NumberTooLarge => "the number is too large (limits are at most 4294967295)",
             RateErrorKind::MissingSeparator => "expected '/' or 'per' after the limit",
-            RateErrorKind::MissingPeriod => {
-                "expected a period such as 's', '5m' or '2 hours' after the separator"
-            }
+            RateErrorKind::MissingPeriod => "expected a period such as 's', '5m' or '2 hours' after the separator",
             RateErrorKind::MissingUnit => "the period needs a unit (ms, s, m, h or d)",
             RateErrorKind::UnknownUnit => {
                 "unknown unit; use ms, s, sec, second(s), m, min, minute(s), h, hr, hour(s), d or day(s)"
             }
-            RateErrorKind::UnexpectedCharacter => {
-                "unexpected character where the period should start"
-            }
+            RateErrorKind::UnexpectedCharacter => "unexpected character where the period should start",
             RateErrorKind::TrailingCharacters => "unexpected text after the rate",
             RateErrorKind::ZeroPeriod => "a non-zero limit needs a non-zero period",
-            RateErrorKind::ZeroLimit => {
-                "a zero limit needs a zero period (\"0/0\" means unlimited)"
-            }
-            RateErrorKind::PeriodTooLong => {
-                "the period is longer than the 3660 days a rate may span"
-            }
-            RateErrorKind::SubMillisecondPeriod => {
-                "the period must be a whole number of milliseconds"
-            }
+            RateErrorKind::ZeroLimit => "a zero limit needs a zero period (\"0/0\" means unlimited)",
+            RateErrorKind::PeriodTooLong => "the period is longer than the 3660 days a rate may span",
+            RateErrorKind::SubMillisecondPeriod => "the period must be a whole number of milliseconds",
         }
     }
 }
 
 impl fmt::Display for RateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid rate at byte {}: {}",
-            self.position,
-            self.message()
-        )
+        write!(f, "invalid rate at byte {}: {}", self.position, self.message())
     }
 }
 
@@ -455,8 +418,7 @@ const fn number(b: &[u8], i: usize) -> Result<(u64, usize), RateError> {
         };
         j += 1;
     }
-    if j < b.len() && (b[j] == b'.' || b[j] == b',') && j + 1 < b.len() && b[j + 1].is_ascii_digit()
-    {
+    if j < b.len() && (b[j] == b'.' || b[j] == b',') && j + 1 < b.len() && b[j + 1].is_ascii_digit() {
         return Err(RateError::new(RateErrorKind::NotAnInteger, i));
     }
     if j == i {
@@ -610,14 +572,8 @@ mod tests {
         assert_eq!(err("5/0"), RateErrorKind::ZeroPeriod);
         assert_eq!(err("0/5s"), RateErrorKind::ZeroLimit);
         assert_eq!(err("4294967296/s"), RateErrorKind::NumberTooLarge);
-        assert_eq!(
-            err("99999999999999999999999/s"),
-            RateErrorKind::NumberTooLarge
-        );
-        assert_eq!(
-            err("1/99999999999999999 days"),
-            RateErrorKind::PeriodTooLong
-        );
+        assert_eq!(err("99999999999999999999999/s"), RateErrorKind::NumberTooLarge);
+        assert_eq!(err("1/99999999999999999 days"), RateErrorKind::PeriodTooLong);
         assert_eq!(err("1/3661d"), RateErrorKind::PeriodTooLong);
         assert_eq!(err("5/#"), RateErrorKind::UnexpectedCharacter);
         let e = Rate::parse("10/5 parsecs").unwrap_err();
@@ -627,16 +583,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in [
-            "100/min",
-            "2/5s",
-            "1000/500ms",
-            "3/d",
-            "7/2h",
-            "0/0",
-            "1/90s",
-            "9/1500ms",
-        ] {
+        for s in ["100/min", "2/5s", "1000/500ms", "3/d", "7/2h", "0/0", "1/90s", "9/1500ms"] {
             let r = Rate::parse(s).unwrap();
             assert_eq!(r.to_string(), s);
             assert_eq!(Rate::parse(&r.to_string()).unwrap(), r);
@@ -666,16 +613,8 @@ mod tests {
         assert_eq!(Rate::per_day(five), rate!("5/d"));
         assert_eq!(Rate::per_millis(5, 250).unwrap(), rate!("5/250ms"));
         assert_eq!(Rate::new(5, Duration::from_secs(2)).unwrap(), rate!("5/2s"));
-        assert_eq!(
-            Rate::new(5, Duration::from_micros(1500))
-                .unwrap_err()
-                .kind(),
-            RateErrorKind::SubMillisecondPeriod
-        );
-        assert_eq!(
-            Rate::per_millis(5, 0).unwrap_err().kind(),
-            RateErrorKind::ZeroPeriod
-        );
+        assert_eq!(Rate::new(5, Duration::from_micros(1500)).unwrap_err().kind(), RateErrorKind::SubMillisecondPeriod);
+        assert_eq!(Rate::per_millis(5, 0).unwrap_err().kind(), RateErrorKind::ZeroPeriod);
     }
 
     #[test]

@@ -56,20 +56,14 @@ impl ThrottleRegistry {
     /// Uids of live throttles.
     pub fn uids(&self) -> Vec<String> {
         let map = self.throttles.lock();
-        let mut uids: Vec<String> = map
-            .iter()
-            .filter(|(_, w)| w.strong_count() > 0)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut uids: Vec<String> = map.iter().filter(|(_, w)| w.strong_count() > 0).map(|(k, _)| k.clone()).collect();
         uids.sort();
         uids
     }
 
     /// Adds rules to the throttle `uid`.
     pub fn add_rules(&self, uid: &str, rules: impl IntoIterator<Item = Rule>) -> Result<(), Error> {
-        let throttle = self
-            .get(uid)
-            .ok_or_else(|| Error::UnknownUid(uid.to_owned()))?;
+        let throttle = self.get(uid).ok_or_else(|| Error::UnknownUid(uid.to_owned()))?;
         throttle.add_rules(rules);
         Ok(())
     }
@@ -90,12 +84,7 @@ impl ThrottleRegistry {
     }
 
     fn live(&self) -> Vec<Throttle> {
-        self.throttles
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .map(|inner| Throttle { inner })
-            .collect()
+        self.throttles.lock().values().filter_map(Weak::upgrade).map(|inner| Throttle { inner }).collect()
     }
 
     /// Disables every live throttle.
@@ -116,8 +105,6 @@ impl ThrottleRegistry {
 
 impl std::fmt::Debug for ThrottleRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThrottleRegistry")
-            .field("uids", &self.uids())
-            .finish()
+        f.debug_struct("ThrottleRegistry").field("uids", &self.uids()).finish()
     }
 }

@@ -79,20 +79,14 @@ impl PathPattern {
     pub fn glob(glob: &str) -> Result<Self, Error> {
         let regex = Regex::new(&glob_to_regex(glob))
             .map_err(|e| Error::Config(format!("path glob `{glob}` is invalid: {e}")))?;
-        Ok(PathPattern {
-            source: glob.into(),
-            regex,
-        })
+        Ok(PathPattern { source: glob.into(), regex })
     }
 
     /// Compiles a regex (matched anywhere unless it anchors itself with `^`/`$`).
     pub fn regex(pattern: &str) -> Result<Self, Error> {
-        let regex = Regex::new(pattern)
-            .map_err(|e| Error::Config(format!("path regex `{pattern}` is invalid: {e}")))?;
-        Ok(PathPattern {
-            source: pattern.into(),
-            regex,
-        })
+        let regex =
+            Regex::new(pattern).map_err(|e| Error::Config(format!("path regex `{pattern}` is invalid: {e}")))?;
+        Ok(PathPattern { source: pattern.into(), regex })
     }
 
     /// Whether `path` matches.
@@ -113,11 +107,7 @@ impl fmt::Debug for PathPattern {
 }
 
 fn glob_to_regex(glob: &str) -> String {
-    let glob = if glob.starts_with('/') {
-        glob.to_owned()
-    } else {
-        format!("/{glob}")
-    };
+    let glob = if glob.starts_with('/') { glob.to_owned() } else { format!("/{glob}") };
     let mut out = String::from("^");
     for segment in glob.split('/').skip(1) {
         if segment == "**" {
@@ -157,20 +147,12 @@ pub struct Rule {
 impl Rule {
     /// A gating rule: the throttle fires only if every gating rule matches.
     pub fn gate() -> Self {
-        Rule {
-            bypass: false,
-            path: None,
-            methods: None,
-            predicate: None,
-        }
+        Rule { bypass: false, path: None, methods: None, predicate: None }
     }
 
     /// A bypass rule: the throttle is skipped when it matches.
     pub fn bypass() -> Self {
-        Rule {
-            bypass: true,
-            ..Rule::gate()
-        }
+        Rule { bypass: true, ..Rule::gate() }
     }
 
     /// Matches paths against a glob.
@@ -274,6 +256,22 @@ impl RuleSet {
         self.rules.clone()
     }
 
+    /// [`RuleSet::allows`] without awaiting, if no predicate needs to.
+    pub(crate) fn allows_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<bool> {
+        for rule in &self.rules {
+            let hit = rule.matches_method(req.method())
+                && rule.matches_path(req.path())
+                && match &rule.predicate {
+                    None => true,
+                    Some(p) => p.test_now(req, ctx)?,
+                };
+            if hit == rule.bypass {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
     /// Whether the throttle applies: every gate matches and no bypass matches.
     pub(crate) async fn allows(&self, req: &RequestView<'_>, ctx: &Context) -> bool {
         for rule in &self.rules {
@@ -327,12 +325,8 @@ mod tests {
     #[tokio::test]
     async fn gates_and_bypasses_combine() {
         let set = RuleSet::new(vec![
-            Rule::gate()
-                .path("/api/**")
-                .unwrap()
-                .methods([Method::POST]),
-            Rule::bypass()
-                .predicate(|r: &RequestView<'_>, _: &Context| r.headers().contains_key("x-admin")),
+            Rule::gate().path("/api/**").unwrap().methods([Method::POST]),
+            Rule::bypass().predicate(|r: &RequestView<'_>, _: &Context| r.headers().contains_key("x-admin")),
         ]);
         let uri: http::Uri = "/api/items".parse().unwrap();
         let headers = http::HeaderMap::new();

@@ -1,14 +1,15 @@
 //! A failing or slow backend under every error policy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use traffik::strategy::{FixedWindow, Metadata, Verdict};
 use traffik::{
-    Backend, BackendError, BoxFuture, BreakerConfig, BreakerState, CircuitBreaker, Error,
-    ErrorPolicy, Failover, InMemoryBackend, ManualClock, Operation, Outcome, Recovery, RequestView,
-    Retry, Source, Throttle, rate,
+    Backend, BackendError, BoxFuture, BreakerConfig, BreakerState, CircuitBreaker, Error, ErrorPolicy, Failover,
+    InMemoryBackend, ManualClock, Operation, Outcome, Recovery, RequestView, Retry, Source, Throttle, rate,
 };
 
 /// A backend that fails its first `fail_first` calls (all calls when `u32::MAX`), or hangs.
@@ -22,17 +23,11 @@ struct Flaky {
 
 impl Flaky {
     fn failing(n: u32) -> Arc<Self> {
-        Arc::new(Flaky {
-            fail_first: n,
-            ..Flaky::default()
-        })
+        Arc::new(Flaky { fail_first: n, ..Flaky::default() })
     }
 
     fn hanging() -> Arc<Self> {
-        Arc::new(Flaky {
-            hang: true,
-            ..Flaky::default()
-        })
+        Arc::new(Flaky { hang: true, ..Flaky::default() })
     }
 
     fn calls(&self) -> u32 {
@@ -66,10 +61,7 @@ impl Backend for Flaky {
         })
     }
 
-    fn stat<'a>(
-        &'a self,
-        op: Operation<'a>,
-    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         self.inner.stat(op)
     }
 
@@ -79,12 +71,8 @@ impl Backend for Flaky {
 }
 
 fn throttle(uid: &str, backend: Arc<Flaky>, policy: Option<ErrorPolicy>) -> Throttle {
-    let b = Throttle::builder()
-        .uid(uid)
-        .rate(rate!("1/min"))
-        .shared_backend(backend)
-        .strategy(FixedWindow)
-        .no_registry();
+    let b =
+        Throttle::builder().uid(uid).rate(rate!("1/min")).shared_backend(backend).strategy(FixedWindow).no_registry();
     match policy {
         Some(p) => b.on_error(p).build().unwrap(),
         None => b.build().unwrap(),
@@ -99,31 +87,17 @@ fn req() -> RequestView<'static> {
 async fn default_policy_fails_closed_for_one_second() {
     let t = throttle("default", Flaky::failing(u32::MAX), None);
     let d = t.hit(&req()).await.unwrap();
-    assert_eq!(
-        (d.outcome, d.source, d.wait),
-        (
-            Outcome::Throttled,
-            Source::ErrorPolicy,
-            Duration::from_secs(1)
-        )
-    );
+    assert_eq!((d.outcome, d.source, d.wait), (Outcome::Throttled, Source::ErrorPolicy, Duration::from_secs(1)));
     assert_eq!(d.retry_after_secs(), Some(1));
     assert_eq!(t.incidents().failed_closed, 1);
 }
 
 #[tokio::test]
 async fn allow_fails_open_and_counts() {
-    let t = throttle(
-        "allow",
-        Flaky::failing(u32::MAX),
-        Some(ErrorPolicy::allow()),
-    );
+    let t = throttle("allow", Flaky::failing(u32::MAX), Some(ErrorPolicy::allow()));
     for _ in 0..3 {
         let d = t.hit(&req()).await.unwrap();
-        assert_eq!(
-            (d.outcome, d.source),
-            (Outcome::Allowed, Source::ErrorPolicy)
-        );
+        assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::ErrorPolicy));
     }
     let counts = t.incidents();
     assert_eq!((counts.errors, counts.failed_open), (3, 3));
@@ -131,16 +105,9 @@ async fn allow_fails_open_and_counts() {
 
 #[tokio::test]
 async fn raise_returns_the_typed_error() {
-    let t = throttle(
-        "raise",
-        Flaky::failing(u32::MAX),
-        Some(ErrorPolicy::raise()),
-    );
+    let t = throttle("raise", Flaky::failing(u32::MAX), Some(ErrorPolicy::raise()));
     match t.hit(&req()).await {
-        Err(Error::Backend {
-            uid,
-            source: BackendError::Connection { .. },
-        }) => assert_eq!(uid, "raise"),
+        Err(Error::Backend { uid, source: BackendError::Connection { .. } }) => assert_eq!(uid, "raise"),
         other => panic!("expected a backend error, got {other:?}"),
     }
 }
@@ -149,18 +116,11 @@ async fn raise_returns_the_typed_error() {
 async fn custom_handler_sees_the_failure_and_decides() {
     let policy = ErrorPolicy::custom(|f: &traffik::Failure<'_>| {
         assert_eq!((f.uid, f.backend, f.cost), ("custom", "flaky", 1));
-        if f.error.is_transient() {
-            Recovery::Throttle(Duration::from_secs(7))
-        } else {
-            Recovery::Raise
-        }
+        if f.error.is_transient() { Recovery::Throttle(Duration::from_secs(7)) } else { Recovery::Raise }
     });
     let t = throttle("custom", Flaky::failing(u32::MAX), Some(policy));
     let d = t.hit(&req()).await.unwrap();
-    assert_eq!(
-        (d.outcome, d.wait),
-        (Outcome::Throttled, Duration::from_secs(7))
-    );
+    assert_eq!((d.outcome, d.wait), (Outcome::Throttled, Duration::from_secs(7)));
 }
 
 #[tokio::test]
@@ -177,10 +137,7 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
         fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
             self.0.decide(op)
         }
-        fn stat<'a>(
-            &'a self,
-            op: Operation<'a>,
-        ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
             self.0.stat(op)
         }
         fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -200,37 +157,25 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
         .unwrap();
     assert_eq!(t.hit(&req()).await.unwrap().outcome, Outcome::Allowed);
     t.update_error_policy(Some(ErrorPolicy::raise()));
-    assert!(
-        t.hit(&req()).await.is_err(),
-        "the throttle's own policy wins"
-    );
+    assert!(t.hit(&req()).await.is_err(), "the throttle's own policy wins");
 }
 
 #[tokio::test]
 async fn fallback_decides_on_the_other_backend() {
     let fallback = InMemoryBackend::new();
-    let t = throttle(
-        "fallback",
-        Flaky::failing(u32::MAX),
-        Some(ErrorPolicy::fallback(fallback.clone())),
-    );
+    let t = throttle("fallback", Flaky::failing(u32::MAX), Some(ErrorPolicy::fallback(fallback.clone())));
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::Fallback));
     let d = t.hit(&req()).await.unwrap();
-    assert_eq!(
-        (d.outcome, d.source),
-        (Outcome::Throttled, Source::Fallback),
-        "the fallback keeps real state"
-    );
+    assert_eq!((d.outcome, d.source), (Outcome::Throttled, Source::Fallback), "the fallback keeps real state");
     assert_eq!(fallback.len(), 1);
     assert_eq!(t.incidents().fallbacks, 2);
 }
 
 #[tokio::test]
 async fn fallback_on_filters_errors_and_a_failing_fallback_fails_closed() {
-    let never = ErrorPolicy::fallback_on(InMemoryBackend::new(), |e: &BackendError| {
-        matches!(e, BackendError::Timeout { .. })
-    });
+    let never =
+        ErrorPolicy::fallback_on(InMemoryBackend::new(), |e: &BackendError| matches!(e, BackendError::Timeout { .. }));
     let t = throttle("fallback-on", Flaky::failing(u32::MAX), Some(never));
     assert_eq!(t.hit(&req()).await.unwrap().source, Source::ErrorPolicy);
 
@@ -246,51 +191,31 @@ async fn fallback_on_filters_errors_and_a_failing_fallback_fails_closed() {
         fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
             Box::pin(async { Err(BackendError::command("down", "nope")) })
         }
-        fn stat<'a>(
-            &'a self,
-            _: Operation<'a>,
-        ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
             Box::pin(async { Err(BackendError::command("down", "nope")) })
         }
         fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
             Box::pin(async { Ok(()) })
         }
     }
-    let t = throttle(
-        "fallback-down",
-        Flaky::failing(u32::MAX),
-        Some(ErrorPolicy::fallback(Down)),
-    );
+    let t = throttle("fallback-down", Flaky::failing(u32::MAX), Some(ErrorPolicy::fallback(Down)));
     let d = t.hit(&req()).await.unwrap();
-    assert_eq!(
-        (d.outcome, d.source),
-        (Outcome::Throttled, Source::ErrorPolicy)
-    );
+    assert_eq!((d.outcome, d.source), (Outcome::Throttled, Source::ErrorPolicy));
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_recovers_from_transient_failures() {
     let flaky = Flaky::failing(2);
-    let policy = ErrorPolicy::retry(
-        Retry::new(3).delay(Duration::from_millis(100)).jitter(0.0),
-        ErrorPolicy::raise(),
-    );
+    let policy = ErrorPolicy::retry(Retry::new(3).delay(Duration::from_millis(100)).jitter(0.0), ErrorPolicy::raise());
     let t = throttle("retry", Arc::clone(&flaky), Some(policy));
     let started = tokio::time::Instant::now();
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::Backend));
     assert_eq!(flaky.calls(), 3);
-    assert_eq!(
-        started.elapsed(),
-        Duration::from_millis(300),
-        "100 ms then 200 ms of backoff"
-    );
+    assert_eq!(started.elapsed(), Duration::from_millis(300), "100 ms then 200 ms of backoff");
 
     let hopeless = Flaky::failing(u32::MAX);
-    let policy = ErrorPolicy::retry(
-        Retry::new(2).delay(Duration::from_millis(10)).jitter(0.0),
-        ErrorPolicy::allow(),
-    );
+    let policy = ErrorPolicy::retry(Retry::new(2).delay(Duration::from_millis(10)).jitter(0.0), ErrorPolicy::allow());
     let t = throttle("retry-then", Arc::clone(&hopeless), Some(policy));
     assert_eq!(t.hit(&req()).await.unwrap().outcome, Outcome::Allowed);
     assert_eq!(hopeless.calls(), 3);
@@ -300,17 +225,11 @@ async fn retry_recovers_from_transient_failures() {
 async fn failover_opens_the_breaker_and_stops_calling_the_primary() {
     let clock = ManualClock::new(0);
     let breaker = CircuitBreaker::with_clock(
-        BreakerConfig {
-            failure_threshold: 2,
-            recovery_timeout: Duration::from_secs(30),
-            success_threshold: 1,
-        },
+        BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock.clone()),
     );
     let primary = Flaky::failing(6);
-    let policy = ErrorPolicy::failover(
-        Failover::new(InMemoryBackend::new(), breaker.clone()).max_retries(1),
-    );
+    let policy = ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone()).max_retries(1));
     let t = throttle("failover", Arc::clone(&primary), Some(policy));
     let other = RequestView::empty().peer(Some("192.0.2.99:1".parse().unwrap()));
 
@@ -334,34 +253,22 @@ async fn failover_opens_the_breaker_and_stops_calling_the_primary() {
     // Next probe succeeds: the circuit closes and the primary decides again.
     clock.advance(Duration::from_secs(30));
     let d = t.hit(&RequestView::empty()).await.unwrap();
-    assert_eq!(
-        (d.source, breaker.state()),
-        (Source::Backend, BreakerState::Closed)
-    );
+    assert_eq!((d.source, breaker.state()), (Source::Backend, BreakerState::Closed));
     assert_eq!(breaker.info().times_opened, 2);
 }
 
 #[tokio::test]
 async fn circuit_breaker_policy_throttles_without_calling_while_open() {
-    let breaker = CircuitBreaker::new(BreakerConfig {
-        failure_threshold: 1,
-        ..BreakerConfig::default()
-    });
+    let breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() });
     let primary = Flaky::failing(u32::MAX);
     let t = throttle(
         "breaker",
         Arc::clone(&primary),
-        Some(ErrorPolicy::circuit_breaker(
-            breaker.clone(),
-            Duration::from_secs(5),
-        )),
+        Some(ErrorPolicy::circuit_breaker(breaker.clone(), Duration::from_secs(5))),
     );
     for _ in 0..4 {
         let d = t.hit(&req()).await.unwrap();
-        assert_eq!(
-            (d.outcome, d.wait),
-            (Outcome::Throttled, Duration::from_secs(5))
-        );
+        assert_eq!((d.outcome, d.wait), (Outcome::Throttled, Duration::from_secs(5)));
     }
     assert_eq!(primary.calls(), 1);
 }
@@ -379,10 +286,31 @@ async fn a_slow_backend_becomes_a_timeout_error_not_a_hang() {
         .build()
         .unwrap();
     match t.hit(&req()).await {
-        Err(Error::Backend {
-            source: BackendError::Timeout { after, .. },
-            ..
-        }) => assert_eq!(after, Duration::from_millis(250)),
+        Err(Error::Backend { source: BackendError::Timeout { after, .. }, .. }) => {
+            assert_eq!(after, Duration::from_millis(250))
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_breaker_policy_on_a_healthy_in_memory_backend_counts_each_hit_once() {
+    let breaker = CircuitBreaker::new(BreakerConfig::default());
+    let t = Throttle::builder()
+        .uid("breaker-healthy")
+        .rate(rate!("2/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .on_error(ErrorPolicy::circuit_breaker(breaker, Duration::from_secs(1)))
+        .no_registry()
+        .build()
+        .unwrap();
+    let outcomes: Vec<Outcome> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(t.hit(&req()).await.unwrap().outcome);
+        }
+        v
+    };
+    assert_eq!(outcomes, vec![Outcome::Allowed, Outcome::Allowed, Outcome::Throttled]);
 }

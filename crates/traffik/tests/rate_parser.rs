@@ -1,5 +1,7 @@
 //! The rate parser never panics and round-trips everything it accepts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use proptest::prelude::*;
 use traffik::Rate;
 

@@ -1,6 +1,8 @@
 //! The throttle pipeline end to end on the in-memory backend: builder, identity, cost and rate,
 //! registry and rules, headers, runtime updates.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,9 +11,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket};
 use traffik::{
-    ClientIp, Context, DEFAULT_HEADERS_ALWAYS, Error, Identity, InMemoryBackend, ManualClock,
-    Outcome, RequestView, Rule, Skip, Throttle, ThrottleRegistry, TrustedProxies, rate,
-    with_backend,
+    ClientIp, Context, DEFAULT_HEADERS_ALWAYS, Error, Identity, InMemoryBackend, ManualClock, Outcome, RequestView,
+    Rule, Skip, Throttle, ThrottleRegistry, TrustedProxies, rate, with_backend,
 };
 
 fn peer(ip: &str) -> Option<SocketAddr> {
@@ -86,18 +87,9 @@ async fn spoofed_forwarding_headers_do_not_change_an_untrusted_clients_bucket() 
     let mut allowed = 0;
     for i in 0..10 {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_str(&format!("10.9.9.{i}")).unwrap(),
-        );
-        headers.insert(
-            "x-real-ip",
-            HeaderValue::from_str(&format!("10.8.8.{i}")).unwrap(),
-        );
-        headers.insert(
-            "forwarded",
-            HeaderValue::from_str(&format!("for=10.7.7.{i}")).unwrap(),
-        );
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&format!("10.9.9.{i}")).unwrap());
+        headers.insert("x-real-ip", HeaderValue::from_str(&format!("10.8.8.{i}")).unwrap());
+        headers.insert("forwarded", HeaderValue::from_str(&format!("for=10.7.7.{i}")).unwrap());
         let req = RequestView::new(&Method::GET, &uri, &headers).peer(peer("203.0.113.9"));
         if t.hit(&req).await.unwrap().is_allowed() {
             allowed += 1;
@@ -122,14 +114,8 @@ async fn trusted_proxies_forward_distinct_clients() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_str(client).unwrap());
         let req = RequestView::new(&Method::GET, &uri, &headers).peer(peer("127.0.0.1"));
-        assert!(
-            t.hit(&req).await.unwrap().is_allowed(),
-            "{client} first hit"
-        );
-        assert!(
-            t.hit(&req).await.unwrap().is_throttled(),
-            "{client} second hit"
-        );
+        assert!(t.hit(&req).await.unwrap().is_allowed(), "{client} first hit");
+        assert!(t.hit(&req).await.unwrap().is_throttled(), "{client} second hit");
     }
 }
 
@@ -141,12 +127,10 @@ async fn exempted_identities_and_anonymous_clients() {
         .rate(rate!("1/min"))
         .backend(backend.clone())
         .strategy(FixedWindow)
-        .identifier(|req: &RequestView<'_>| {
-            match req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
-                Some("admin") => Identity::Exempted,
-                Some(user) => Identity::named(user),
-                None => Identity::Anonymous,
-            }
+        .identifier(|req: &RequestView<'_>| match req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
+            Some("admin") => Identity::Exempted,
+            Some(user) => Identity::named(user),
+            None => Identity::Anonymous,
         })
         .no_registry()
         .build()
@@ -155,10 +139,7 @@ async fn exempted_identities_and_anonymous_clients() {
     let mut admin = HeaderMap::new();
     admin.insert("x-user", HeaderValue::from_static("admin"));
     for _ in 0..5 {
-        let d = t
-            .hit(&RequestView::new(&Method::GET, &uri, &admin))
-            .await
-            .unwrap();
+        let d = t.hit(&RequestView::new(&Method::GET, &uri, &admin)).await.unwrap();
         assert_eq!(d.outcome, Outcome::Skipped(Skip::Exempted));
     }
     assert!(backend.is_empty(), "exempted hits never touch the backend");
@@ -174,9 +155,7 @@ async fn cost_functions_overrides_and_never() {
         .rate(rate!("10/min"))
         .backend(InMemoryBackend::new())
         .strategy(SlidingWindowLog)
-        .cost_fn(
-            |req: &RequestView<'_>, _: &Context| if req.method() == Method::POST { 4 } else { 1 },
-        )
+        .cost_fn(|req: &RequestView<'_>, _: &Context| if req.method() == Method::POST { 4 } else { 1 })
         .no_registry()
         .build()
         .unwrap();
@@ -184,22 +163,12 @@ async fn cost_functions_overrides_and_never() {
     let headers = HeaderMap::new();
     let post = RequestView::new(&Method::POST, &uri, &headers).peer(peer("192.0.2.7"));
     assert_eq!(t.hit(&post).await.unwrap().remaining, Some(6));
-    assert_eq!(
-        t.hit_with(&post, &Context::new().cost(5))
-            .await
-            .unwrap()
-            .remaining,
-        Some(1)
-    );
+    assert_eq!(t.hit_with(&post, &Context::new().cost(5)).await.unwrap().remaining, Some(1));
     let zero = t.hit_with(&post, &Context::new().cost(0)).await.unwrap();
     assert_eq!(zero.outcome, Outcome::Skipped(Skip::ZeroCost));
     let never = t.hit_with(&post, &Context::new().cost(11)).await.unwrap();
     assert_eq!(never.outcome, Outcome::Never);
-    assert_eq!(
-        never.retry_after_secs(),
-        None,
-        "no bogus Retry-After for a cost that cannot fit"
-    );
+    assert_eq!(never.retry_after_secs(), None, "no bogus Retry-After for a cost that cannot fit");
     assert_eq!(t.hit(&post).await.unwrap().outcome, Outcome::Throttled);
 }
 
@@ -209,13 +178,7 @@ async fn async_rate_function_by_tenant_tier() {
         .uid("tiers")
         .rate_async(|req: &RequestView<'_>, _: &Context| {
             let premium = req.headers().contains_key("x-premium");
-            async move {
-                if premium {
-                    rate!("5/min")
-                } else {
-                    rate!("1/min")
-                }
-            }
+            async move { if premium { rate!("5/min") } else { rate!("1/min") } }
         })
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
@@ -297,10 +260,7 @@ async fn registry_rejects_duplicates_forgets_dropped_and_toggles() {
     assert!(matches!(make("a"), Err(Error::DuplicateUid(uid)) if uid == "a"));
     assert!(registry.exists("a"));
     drop(a);
-    assert!(
-        !registry.exists("a"),
-        "dropped throttles leave the registry"
-    );
+    assert!(!registry.exists("a"), "dropped throttles leave the registry");
     let a = make("a").unwrap();
     let b = make("b").unwrap();
     assert_eq!(registry.uids(), vec!["a".to_owned(), "b".to_owned()]);
@@ -312,13 +272,8 @@ async fn registry_rejects_duplicates_forgets_dropped_and_toggles() {
     assert!(registry.disable("b"));
     assert!(!a.is_disabled() && b.is_disabled());
     assert!(!registry.enable("missing"));
-    assert!(matches!(
-        registry.add_rules("missing", []),
-        Err(Error::UnknownUid(_))
-    ));
-    registry
-        .add_rules("a", [Rule::bypass().path("/health").unwrap()])
-        .unwrap();
+    assert!(matches!(registry.add_rules("missing", []), Err(Error::UnknownUid(_))));
+    registry.add_rules("a", [Rule::bypass().path("/health").unwrap()]).unwrap();
     assert_eq!(registry.get_rules("a").len(), 1);
     registry.clear();
     assert!(!registry.exists("a"));
@@ -332,13 +287,8 @@ async fn rules_gate_and_bypass() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .rules([
-            Rule::gate()
-                .path("/api/*/users")
-                .unwrap()
-                .methods([Method::GET]),
-            Rule::bypass().predicate(|r: &RequestView<'_>, _: &Context| {
-                r.headers().contains_key("x-internal")
-            }),
+            Rule::gate().path("/api/*/users").unwrap().methods([Method::GET]),
+            Rule::bypass().predicate(|r: &RequestView<'_>, _: &Context| r.headers().contains_key("x-internal")),
         ])
         .no_registry()
         .build()
@@ -353,24 +303,15 @@ async fn rules_gate_and_bypass() {
             t.hit(&req).await.unwrap().outcome
         }
     };
-    assert_eq!(
-        hit("/api/v1/users/9", Method::GET).await,
-        Outcome::Skipped(Skip::Rules)
-    );
-    assert_eq!(
-        hit("/api/v1/users", Method::POST).await,
-        Outcome::Skipped(Skip::Rules)
-    );
+    assert_eq!(hit("/api/v1/users/9", Method::GET).await, Outcome::Skipped(Skip::Rules));
+    assert_eq!(hit("/api/v1/users", Method::POST).await, Outcome::Skipped(Skip::Rules));
     assert_eq!(hit("/api/v1/users", Method::GET).await, Outcome::Allowed);
     assert_eq!(hit("/api/v2/users", Method::GET).await, Outcome::Throttled);
     let mut internal = HeaderMap::new();
     internal.insert("x-internal", HeaderValue::from_static("1"));
     let uri = Uri::from_static("/api/v1/users");
     let req = RequestView::new(&Method::GET, &uri, &internal).peer(peer("192.0.2.30"));
-    assert_eq!(
-        t.hit(&req).await.unwrap().outcome,
-        Outcome::Skipped(Skip::Rules)
-    );
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Skipped(Skip::Rules));
 }
 
 #[tokio::test]
@@ -390,31 +331,16 @@ async fn runtime_updates_take_effect_on_the_next_hit() {
     assert_eq!(t.rate(), Some(rate!("3/min")));
     assert!(t.hit(&req).await.unwrap().is_allowed());
     t.update_strategy(TokenBucket::with_burst(1));
-    assert!(
-        t.hit(&req).await.unwrap().is_allowed(),
-        "a new strategy starts from fresh state"
-    );
+    assert!(t.hit(&req).await.unwrap().is_allowed(), "a new strategy starts from fresh state");
     t.update_backend(InMemoryBackend::new());
     t.update_cost(traffik::Cost::Fixed(2));
-    assert_eq!(
-        t.hit(&req).await.unwrap().outcome,
-        Outcome::Never,
-        "cost 2 never fits a burst of 1"
-    );
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Never, "cost 2 never fits a burst of 1");
     t.update_identifier(|_: &RequestView<'_>| Identity::Exempted);
-    assert_eq!(
-        t.hit(&req).await.unwrap().outcome,
-        Outcome::Skipped(Skip::Exempted)
-    );
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Skipped(Skip::Exempted));
     t.update_headers(DEFAULT_HEADERS_ALWAYS.clone());
     assert_eq!(t.headers().names().count(), 3);
     t.update_throttled_handler(String::from("custom"));
-    assert_eq!(
-        t.throttled_handler::<String>()
-            .as_deref()
-            .map(String::as_str),
-        Some("custom")
-    );
+    assert_eq!(t.throttled_handler::<String>().as_deref().map(String::as_str), Some("custom"));
     assert!(t.throttled_handler::<u32>().is_none());
 }
 
@@ -437,41 +363,17 @@ async fn stat_reads_without_consuming_and_serializes() {
         assert_eq!(s.wait, Duration::ZERO);
         assert!(s.admissible);
     }
-    let s = t
-        .stat(&req, &Context::new().cost(3))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        s.wait,
-        Duration::from_secs(30),
-        "two more tokens at 15 s each"
-    );
+    let s = t.stat(&req, &Context::new().cost(3)).await.unwrap().unwrap();
+    assert_eq!(s.wait, Duration::from_secs(30), "two more tokens at 15 s each");
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["rate"], "4/min");
     assert_eq!(json["hits_remaining"], 1);
     assert_eq!(json["metadata"]["strategy"], "token_bucket");
     let back: traffik::Stat = serde_json::from_value(json).unwrap();
     assert_eq!(back.key, s.key);
-    assert!(
-        !t.check(&req, &Context::new().cost(2))
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        t.check(&req, &Context::new().cost(1))
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        t.check(&req, &Context::new().cost(1))
-            .await
-            .unwrap()
-            .is_allowed(),
-        "check consumes nothing"
-    );
+    assert!(!t.check(&req, &Context::new().cost(2)).await.unwrap().is_allowed());
+    assert!(t.check(&req, &Context::new().cost(1)).await.unwrap().is_allowed());
+    assert!(t.check(&req, &Context::new().cost(1)).await.unwrap().is_allowed(), "check consumes nothing");
 }
 
 #[tokio::test]
@@ -485,31 +387,12 @@ async fn context_resolved_backend_per_tenant() {
         .build()
         .unwrap();
     let req = view("192.0.2.60");
-    assert!(matches!(
-        t.hit(&req).await,
-        Err(Error::NoBackendInContext(_))
-    ));
+    assert!(matches!(t.hit(&req).await, Err(Error::NoBackendInContext(_))));
     let tenant_a: traffik::SharedBackend = Arc::new(InMemoryBackend::new());
     let tenant_b: traffik::SharedBackend = Arc::new(InMemoryBackend::new());
-    assert!(
-        with_backend(tenant_a.clone(), t.hit(&req))
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        with_backend(tenant_a, t.hit(&req))
-            .await
-            .unwrap()
-            .is_throttled()
-    );
-    assert!(
-        with_backend(tenant_b, t.hit(&req))
-            .await
-            .unwrap()
-            .is_allowed(),
-        "each tenant has its own state"
-    );
+    assert!(with_backend(tenant_a.clone(), t.hit(&req)).await.unwrap().is_allowed());
+    assert!(with_backend(tenant_a, t.hit(&req)).await.unwrap().is_throttled());
+    assert!(with_backend(tenant_b, t.hit(&req)).await.unwrap().is_allowed(), "each tenant has its own state");
 }
 
 #[tokio::test]
@@ -520,64 +403,32 @@ async fn scopes_and_hashed_identities_make_safe_distinct_keys() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .identifier(|req: &RequestView<'_>| {
-            Identity::Bytes(
-                req.headers()
-                    .get("x-id")
-                    .map(|v| v.as_bytes().to_vec())
-                    .unwrap_or_default(),
-            )
+            Identity::Bytes(req.headers().get("x-id").map(|v| v.as_bytes().to_vec()).unwrap_or_default())
         })
         .hash_identities(true)
         .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
-    let weird = [
-        "{tag}".to_owned(),
-        "with space".into(),
-        "x".repeat(10_000),
-        "ünïcødé".into(),
-        "a:b:c".into(),
-    ];
+    let weird = ["{tag}".to_owned(), "with space".into(), "x".repeat(10_000), "ünïcødé".into(), "a:b:c".into()];
     for id in &weird {
         let mut headers = HeaderMap::new();
         headers.insert("x-id", HeaderValue::from_bytes(id.as_bytes()).unwrap());
         let req = RequestView::new(&Method::GET, &uri, &headers);
-        let d = t
-            .hit_with(&req, &Context::new().scope("room 1"))
-            .await
-            .unwrap();
+        let d = t.hit_with(&req, &Context::new().scope("room 1")).await.unwrap();
         assert!(d.is_allowed(), "{id:.20}");
         let key = d.key.unwrap();
         assert!(key.as_str().len() < 100, "{key}");
         assert!(!key.as_str().contains(['{', '}', ' ', '\n']), "{key}");
-        assert!(
-            !key.as_str().contains(id.as_str()),
-            "raw identity stored: {key}"
-        );
-        assert!(
-            t.hit_with(&req, &Context::new().scope("room 2"))
-                .await
-                .unwrap()
-                .is_allowed(),
-            "scopes are separate"
-        );
-        assert!(
-            t.hit_with(&req, &Context::new().scope("room 1"))
-                .await
-                .unwrap()
-                .is_throttled()
-        );
+        assert!(!key.as_str().contains(id.as_str()), "raw identity stored: {key}");
+        assert!(t.hit_with(&req, &Context::new().scope("room 2")).await.unwrap().is_allowed(), "scopes are separate");
+        assert!(t.hit_with(&req, &Context::new().scope("room 1")).await.unwrap().is_throttled());
     }
 }
 
 #[test]
 fn sixty_four_tasks_through_the_throttle_admit_exactly_the_limit() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     for (name, strategy) in [
         ("fw", traffik::StrategyHandle::new(FixedWindow)),
         ("swl", SlidingWindowLog.into()),
@@ -611,11 +462,7 @@ fn sixty_four_tasks_through_the_throttle_admit_exactly_the_limit() {
                 task.await.unwrap();
             }
         });
-        let expected = if name == "gcra" {
-            1 + 1_000_000 / 600_000
-        } else {
-            100
-        };
+        let expected = if name == "gcra" { 1 + 1_000_000 / 600_000 } else { 100 };
         assert_eq!(admitted.load(Ordering::Relaxed), expected, "{name}");
     }
 }

@@ -1,10 +1,8 @@
 //! The embedded default backend: sharded, bounded, expiring, lock-per-shard.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use foldhash::quality::FixedState;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
@@ -53,8 +51,8 @@ struct Inner {
     shard_cap: usize,
     max_keys: usize,
     eviction: Eviction,
-    hash_a: FixedState,
-    hash_b: FixedState,
+    /// Per-process random seed, so keys cannot be chosen to collide.
+    seed: u64,
     evictions: AtomicU64,
     error_policy: Option<ErrorPolicy>,
 }
@@ -138,15 +136,8 @@ impl InMemoryBuilder {
         let shards = self.shards.min(self.max_keys);
         let shard_cap = self.max_keys.div_ceil(shards);
         let shards = (0..shards)
-            .map(|_| {
-                Padded(Mutex::new(Shard {
-                    table: HashTable::new(),
-                    high_water: 0,
-                    ops_since_sweep: 0,
-                }))
-            })
+            .map(|_| Padded(Mutex::new(Shard { table: HashTable::new(), high_water: 0, ops_since_sweep: 0 })))
             .collect();
-        let seed = || fastrand::u64(..);
         InMemoryBackend {
             inner: Arc::new(Inner {
                 namespace: self.namespace,
@@ -154,8 +145,7 @@ impl InMemoryBuilder {
                 shard_cap,
                 max_keys: self.max_keys,
                 eviction: self.eviction,
-                hash_a: FixedState::with_seed(seed()),
-                hash_b: FixedState::with_seed(seed()),
+                seed: fastrand::u64(..),
                 evictions: AtomicU64::new(0),
                 error_policy: self.error_policy,
             }),
@@ -182,10 +172,10 @@ impl InMemoryBackend {
 
     /// Hashes a key for `strategy` once, for repeated [`decide_prepared`](Self::decide_prepared).
     pub fn prepare(&self, key: &Key, strategy: &StrategyHandle) -> PreparedKey {
-        let parts = (key.as_str(), strategy.name());
-        let a = self.inner.hash_a.hash_one(parts);
-        let b = self.inner.hash_b.hash_one(parts);
-        PreparedKey((u128::from(a) << 64) | u128::from(b))
+        // One seeded 128-bit pass over the key; the strategy name picks the seed, so equal keys
+        // of different strategies land apart.
+        let seed = self.inner.seed ^ xxhash_rust::xxh3::xxh3_64(strategy.name().as_bytes());
+        PreparedKey(xxhash_rust::xxh3::xxh3_128_with_seed(key.as_str().as_bytes(), seed))
     }
 
     /// Decides on a prepared key, synchronously. This is the whole backend hot path.
@@ -223,29 +213,20 @@ impl InMemoryBackend {
         }
         let mut slot = None;
         let (verdict, ttl) = strategy.decide_slot(&mut slot, input, write);
-        if let (Some(ttl), Some(slot)) = (ttl, slot) {
-            if ttl > 0 {
-                shard.make_room(inner)?;
-                shard.table.insert_unique(
-                    hash,
-                    Entry {
-                        key: key.0,
-                        expires_at: now.saturating_add(ttl),
-                        slot: Some(slot),
-                    },
-                    |e| e.key as u64,
-                );
-            }
+        if let (Some(ttl), Some(slot)) = (ttl, slot)
+            && ttl > 0
+        {
+            shard.make_room(inner)?;
+            shard.table.insert_unique(
+                hash,
+                Entry { key: key.0, expires_at: now.saturating_add(ttl), slot: Some(slot) },
+                |e| e.key as u64,
+            );
         }
         Ok(verdict)
     }
 
-    fn stat_prepared(
-        &self,
-        key: PreparedKey,
-        strategy: &StrategyHandle,
-        input: &Input,
-    ) -> (Verdict, Metadata) {
+    fn stat_prepared(&self, key: PreparedKey, strategy: &StrategyHandle, input: &Input) -> (Verdict, Metadata) {
         let inner = &*self.inner;
         let shard_index = ((key.0 >> 64) as usize) % inner.shards.len();
         let mut shard = inner.shards[shard_index].0.lock();
@@ -255,21 +236,17 @@ impl InMemoryBackend {
         };
         let (verdict, _) = strategy.decide_slot(&mut slot, input, false);
         let metadata = strategy.metadata_slot(slot.as_ref(), input);
-        if let Some(slot) = slot {
-            if let Some(e) = shard.table.find_mut(key.0 as u64, |e| e.key == key.0) {
-                e.slot = Some(slot);
-            }
+        if let Some(slot) = slot
+            && let Some(e) = shard.table.find_mut(key.0 as u64, |e| e.key == key.0)
+        {
+            e.slot = Some(slot);
         }
         (verdict, metadata)
     }
 
     /// Keys currently stored (including expired keys not yet swept).
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().table.len())
-            .sum()
+        self.inner.shards.iter().map(|s| s.0.lock().table.len()).sum()
     }
 
     /// Whether no key is stored.
@@ -289,13 +266,7 @@ impl InMemoryBackend {
 
     /// Drops every expired key now (normally done incrementally).
     pub fn sweep(&self) {
-        let now = self
-            .inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().high_water)
-            .max()
-            .unwrap_or(0);
+        let now = self.inner.shards.iter().map(|s| s.0.lock().high_water).max().unwrap_or(0);
         for s in self.inner.shards.iter() {
             let mut shard = s.0.lock();
             shard.high_water = shard.high_water.max(now);
@@ -338,21 +309,14 @@ impl Shard {
             return Ok(());
         }
         match inner.eviction {
-            Eviction::RejectNew => Err(BackendError::Full {
-                max_keys: inner.max_keys,
-            }),
+            Eviction::RejectNew => Err(BackendError::Full { max_keys: inner.max_keys }),
             Eviction::SoonestExpiring => {
-                let victim = self
-                    .table
-                    .iter()
-                    .take(8)
-                    .min_by_key(|e| e.expires_at)
-                    .map(|e| e.key);
-                if let Some(victim) = victim {
-                    if let Ok(entry) = self.table.find_entry(victim as u64, |e| e.key == victim) {
-                        entry.remove();
-                        inner.evictions.fetch_add(1, Ordering::Relaxed);
-                    }
+                let victim = self.table.iter().take(8).min_by_key(|e| e.expires_at).map(|e| e.key);
+                if let Some(victim) = victim
+                    && let Ok(entry) = self.table.find_entry(victim as u64, |e| e.key == victim)
+                {
+                    entry.remove();
+                    inner.evictions.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -381,28 +345,15 @@ impl Backend for InMemoryBackend {
     }
 
     fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        let result = self.decide_prepared(
-            self.prepare(op.key, op.strategy),
-            op.strategy,
-            &op.input,
-            op.mode,
-        );
+        let result = self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode);
         Box::pin(async move { result })
     }
 
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
-        Some(self.decide_prepared(
-            self.prepare(op.key, op.strategy),
-            op.strategy,
-            &op.input,
-            op.mode,
-        ))
+        Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
     }
 
-    fn stat<'a>(
-        &'a self,
-        op: Operation<'a>,
-    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         let result = self.stat_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input);
         Box::pin(async move { Ok(result) })
     }
@@ -424,11 +375,7 @@ mod tests {
     use crate::strategy::{FixedWindow, VerdictKind};
 
     fn input(now: u64) -> Input {
-        Input {
-            now_us: now,
-            rate: rate!("2/s"),
-            cost: 1,
-        }
+        Input { now_us: now, rate: rate!("2/s"), cost: 1 }
     }
 
     #[test]
@@ -438,19 +385,10 @@ mod tests {
         let k = b.prepare(&Key::builder("t").part(b"a").build(), &s);
         assert!(b.decide_prepared(k, &s, &input(0), Mode::Consume).is_ok());
         assert_eq!(b.len(), 1);
-        b.decide_prepared(
-            b.prepare(&Key::builder("t").part(b"b").build(), &s),
-            &s,
-            &input(1_000_000),
-            Mode::Consume,
-        )
-        .ok();
+        b.decide_prepared(b.prepare(&Key::builder("t").part(b"b").build(), &s), &s, &input(1_000_000), Mode::Consume)
+            .ok();
         b.sweep();
-        assert_eq!(
-            b.len(),
-            1,
-            "only the second key, written at 1 s, is still live"
-        );
+        assert_eq!(b.len(), 1, "only the second key, written at 1 s, is still live");
     }
 
     #[test]
@@ -464,17 +402,11 @@ mod tests {
         assert_eq!(b.len(), 10);
         assert_eq!(b.evictions(), 90);
 
-        let b = InMemoryBackend::builder()
-            .shards(1)
-            .max_keys(3)
-            .eviction(Eviction::RejectNew)
-            .build();
+        let b = InMemoryBackend::builder().shards(1).max_keys(3).eviction(Eviction::RejectNew).build();
         let mut errors = 0;
         for i in 0..5u32 {
             let k = b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
-            if let Err(BackendError::Full { max_keys: 3 }) =
-                b.decide_prepared(k, &s, &input(0), Mode::Consume)
-            {
+            if let Err(BackendError::Full { max_keys: 3 }) = b.decide_prepared(k, &s, &input(0), Mode::Consume) {
                 errors += 1;
             }
         }

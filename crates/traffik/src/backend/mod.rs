@@ -69,10 +69,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 
     /// What a hit would get now, plus strategy metadata; writes nothing.
-    fn stat<'a>(
-        &'a self,
-        op: Operation<'a>,
-    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
     /// Deletes every key under this backend's namespace.
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>>;
@@ -106,10 +103,7 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         (**self).decide_now(op)
     }
-    fn stat<'a>(
-        &'a self,
-        op: Operation<'a>,
-    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)
     }
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {

@@ -45,17 +45,10 @@ impl Strategy for FixedWindow {
             return Step::unchanged(Verdict::never());
         }
         let (window, used) = Self::current(state, input.now_us, w);
-        let reset = window
-            .saturating_add(1)
-            .saturating_mul(w)
-            .saturating_sub(input.now_us);
+        let reset = window.saturating_add(1).saturating_mul(w).saturating_sub(input.now_us);
         if used.saturating_add(input.cost) <= limit {
             let used = used + input.cost;
-            Step::write(
-                Verdict::admit(limit - used, reset),
-                FixedWindowState { window, used },
-                reset,
-            )
+            Step::write(Verdict::admit(limit - used, reset), FixedWindowState { window, used }, reset)
         } else {
             Step::unchanged(Verdict::deny(limit.saturating_sub(used), reset, reset))
         }
@@ -81,10 +74,7 @@ impl Strategy for FixedWindow {
     }
 
     fn unpack(&self, p: Packed) -> Option<FixedWindowState> {
-        Some(FixedWindowState {
-            window: p.0[0],
-            used: p.0[1],
-        })
+        Some(FixedWindowState { window: p.0[0], used: p.0[1] })
     }
 }
 
@@ -95,14 +85,7 @@ mod tests {
     use crate::{Rate, rate};
 
     fn run(s: &mut Option<FixedWindowState>, now: u64, rate: Rate, cost: u64) -> Verdict {
-        let step = FixedWindow.decide(
-            s.as_ref(),
-            &Input {
-                now_us: now,
-                rate,
-                cost,
-            },
-        );
+        let step = FixedWindow.decide(s.as_ref(), &Input { now_us: now, rate, cost });
         if let Some(w) = step.write {
             *s = Some(w.state);
         }
@@ -121,10 +104,7 @@ mod tests {
         let v = run(&mut s, t0, r, 1);
         assert_eq!(v.kind, VerdictKind::Deny);
         assert_eq!(v.wait_us, 750_000);
-        assert_eq!(
-            run(&mut s, t0 + v.wait_us - 1, r, 1).kind,
-            VerdictKind::Deny
-        );
+        assert_eq!(run(&mut s, t0 + v.wait_us - 1, r, 1).kind, VerdictKind::Deny);
         assert_eq!(run(&mut s, t0 + v.wait_us, r, 1).kind, VerdictKind::Admit);
     }
 

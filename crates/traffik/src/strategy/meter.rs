@@ -80,26 +80,14 @@ impl MeterSpec {
         let l = rate.limit();
         let (capacity_us, queue_us) = match *self {
             MeterSpec::TokenBucket { burst } => (span(burst.map_or(l, u64::from), t), 0),
-            MeterSpec::TokenBucketWithDebt { burst, max_debt } => (
-                span(
-                    burst
-                        .map_or(l, u64::from)
-                        .saturating_add(u64::from(max_debt)),
-                    t,
-                ),
-                0,
-            ),
+            MeterSpec::TokenBucketWithDebt { burst, max_debt } => {
+                (span(burst.map_or(l, u64::from).saturating_add(u64::from(max_debt)), t), 0)
+            }
             MeterSpec::LeakyBucket => (span(l, t), 0),
             MeterSpec::LeakyBucketWithQueue { queue } => (span(l, t), span(u64::from(queue), t)),
-            MeterSpec::Gcra { tolerance_us } => {
-                (tolerance_us.saturating_add(t).min(MAX_SPAN_US), 0)
-            }
+            MeterSpec::Gcra { tolerance_us } => (tolerance_us.saturating_add(t).min(MAX_SPAN_US), 0),
         };
-        MeterParams {
-            interval_us: t,
-            capacity_us,
-            queue_us,
-        }
+        MeterParams { interval_us: t, capacity_us, queue_us }
     }
 }
 
@@ -111,12 +99,7 @@ pub struct MeterState {
 }
 
 /// The one meter state machine.
-pub(crate) fn decide(
-    p: MeterParams,
-    state: Option<&MeterState>,
-    now: u64,
-    cost: u64,
-) -> Step<MeterState> {
+pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost: u64) -> Step<MeterState> {
     let t = p.interval_us;
     let inc = cost.saturating_mul(t);
     if inc > p.capacity_us {
@@ -136,11 +119,7 @@ pub(crate) fn decide(
         return Step::write(verdict, MeterState { tat: next }, ttl);
     }
     let wait = fill - p.capacity_us - p.queue_us;
-    Step::unchanged(Verdict::deny(
-        p.capacity_us.saturating_sub(level) / t,
-        wait,
-        level,
-    ))
+    Step::unchanged(Verdict::deny(p.capacity_us.saturating_sub(level) / t, wait, level))
 }
 
 fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
@@ -165,12 +144,7 @@ macro_rules! meter_strategy {
             }
 
             fn decide(&self, state: Option<&MeterState>, input: &Input) -> Step<MeterState> {
-                decide(
-                    self.spec().params(&input.rate),
-                    state,
-                    input.now_us,
-                    input.cost,
-                )
+                decide(self.spec().params(&input.rate), state, input.now_us, input.cost)
             }
 
             fn metadata(&self, state: Option<&MeterState>, input: &Input) -> Metadata {
@@ -217,13 +191,7 @@ impl TokenBucket {
         MeterSpec::TokenBucket { burst: self.burst }
     }
 
-    fn extra_metadata(
-        &self,
-        m: &mut Metadata,
-        p: MeterParams,
-        state: Option<&MeterState>,
-        input: &Input,
-    ) {
+    fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
         let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
         let tokens = (p.capacity_us - level.min(p.capacity_us)) as f64 / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
@@ -243,38 +211,21 @@ pub struct TokenBucketWithDebt {
 impl TokenBucketWithDebt {
     /// A bucket as large as the rate's limit that may owe `max_debt` tokens.
     pub const fn new(max_debt: u32) -> Self {
-        TokenBucketWithDebt {
-            burst: None,
-            max_debt,
-        }
+        TokenBucketWithDebt { burst: None, max_debt }
     }
 
     /// A bucket of `burst` tokens that may owe `max_debt` tokens.
     pub const fn with_burst(burst: u32, max_debt: u32) -> Self {
-        TokenBucketWithDebt {
-            burst: Some(burst),
-            max_debt,
-        }
+        TokenBucketWithDebt { burst: Some(burst), max_debt }
     }
 
     fn spec(&self) -> MeterSpec {
-        MeterSpec::TokenBucketWithDebt {
-            burst: self.burst,
-            max_debt: self.max_debt,
-        }
+        MeterSpec::TokenBucketWithDebt { burst: self.burst, max_debt: self.max_debt }
     }
 
-    fn extra_metadata(
-        &self,
-        m: &mut Metadata,
-        p: MeterParams,
-        state: Option<&MeterState>,
-        input: &Input,
-    ) {
+    fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
         let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
-        let burst_us = p
-            .capacity_us
-            .saturating_sub(span(u64::from(self.max_debt), p.interval_us));
+        let burst_us = p.capacity_us.saturating_sub(span(u64::from(self.max_debt), p.interval_us));
         let tokens = (burst_us as f64 - level as f64) / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
         m.insert("debt".into(), (-tokens).max(0.0).into());
@@ -293,13 +244,7 @@ impl LeakyBucket {
         MeterSpec::LeakyBucket
     }
 
-    fn extra_metadata(
-        &self,
-        m: &mut Metadata,
-        p: MeterParams,
-        state: Option<&MeterState>,
-        input: &Input,
-    ) {
+    fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
         let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
     }
@@ -325,19 +270,10 @@ impl LeakyBucketWithQueue {
         MeterSpec::LeakyBucketWithQueue { queue: self.queue }
     }
 
-    fn extra_metadata(
-        &self,
-        m: &mut Metadata,
-        p: MeterParams,
-        state: Option<&MeterState>,
-        input: &Input,
-    ) {
+    fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
         let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
-        m.insert(
-            "queued".into(),
-            (level.saturating_sub(p.capacity_us) as f64 / p.interval_us as f64).into(),
-        );
+        m.insert("queued".into(), (level.saturating_sub(p.capacity_us) as f64 / p.interval_us as f64).into());
         m.insert("queue".into(), json_u64(u64::from(self.queue)));
     }
 }
@@ -360,24 +296,14 @@ impl Gcra {
 
     /// With a burst tolerance.
     pub fn with_tolerance(tolerance: Duration) -> Self {
-        Gcra {
-            tolerance_us: to_us(tolerance),
-        }
+        Gcra { tolerance_us: to_us(tolerance) }
     }
 
     fn spec(&self) -> MeterSpec {
-        MeterSpec::Gcra {
-            tolerance_us: self.tolerance_us,
-        }
+        MeterSpec::Gcra { tolerance_us: self.tolerance_us }
     }
 
-    fn extra_metadata(
-        &self,
-        m: &mut Metadata,
-        _p: MeterParams,
-        _s: Option<&MeterState>,
-        _i: &Input,
-    ) {
+    fn extra_metadata(&self, m: &mut Metadata, _p: MeterParams, _s: Option<&MeterState>, _i: &Input) {
         m.insert("tolerance_us".into(), json_u64(self.tolerance_us));
     }
 }
@@ -418,23 +344,12 @@ mod tests {
         let s1 = decide(params, None, 0, 1).write.unwrap().state;
         let v = decide(params, Some(&s1), 30_000, 1).verdict;
         assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 70_000));
-        let tol = p(
-            MeterSpec::Gcra {
-                tolerance_us: 150_000,
-            },
-            rate!("10/s"),
-        );
-        assert_eq!(
-            decide(tol, Some(&s1), 30_000, 1).verdict.kind,
-            VerdictKind::Admit
-        );
+        let tol = p(MeterSpec::Gcra { tolerance_us: 150_000 }, rate!("10/s"));
+        assert_eq!(decide(tol, Some(&s1), 30_000, 1).verdict.kind, VerdictKind::Admit);
         let v = decide(tol, Some(&s1), 30_000, 2).verdict;
         // level 70 ms + 2 cells (200 ms) must fit τ + T = 250 ms: wait 20 ms, not 20 + τ.
         assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 20_000));
-        assert_eq!(
-            decide(tol, Some(&s1), 50_000, 2).verdict.kind,
-            VerdictKind::Admit
-        );
+        assert_eq!(decide(tol, Some(&s1), 50_000, 2).verdict.kind, VerdictKind::Admit);
         assert_eq!(decide(tol, None, 0, 3).verdict.kind, VerdictKind::Never);
     }
 
@@ -464,13 +379,7 @@ mod tests {
 
     #[test]
     fn debt_extends_the_bucket() {
-        let params = p(
-            MeterSpec::TokenBucketWithDebt {
-                burst: Some(2),
-                max_debt: 3,
-            },
-            rate!("1/s"),
-        );
+        let params = p(MeterSpec::TokenBucketWithDebt { burst: Some(2), max_debt: 3 }, rate!("1/s"));
         assert_eq!(params.capacity_us, 5_000_000);
         assert_eq!(decide(params, None, 0, 5).verdict.kind, VerdictKind::Admit);
         assert_eq!(decide(params, None, 0, 6).verdict.kind, VerdictKind::Never);

@@ -53,9 +53,7 @@ mod sliding_counter;
 mod sliding_log;
 
 pub use fixed_window::{FixedWindow, FixedWindowState};
-pub use meter::{
-    Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt,
-};
+pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt};
 pub use sliding_counter::{SlidingWindowCounter, SlidingWindowCounterState};
 pub use sliding_log::{SlidingWindowLog, SlidingWindowLogState};
 
@@ -115,42 +113,22 @@ pub struct Verdict {
 impl Verdict {
     /// An admission.
     pub const fn admit(remaining: u64, reset_us: u64) -> Self {
-        Verdict {
-            kind: VerdictKind::Admit,
-            remaining,
-            wait_us: 0,
-            reset_us,
-        }
+        Verdict { kind: VerdictKind::Admit, remaining, wait_us: 0, reset_us }
     }
 
     /// An admission that must wait `delay_us` before it is released.
     pub const fn delay(delay_us: u64, reset_us: u64) -> Self {
-        Verdict {
-            kind: VerdictKind::Delay,
-            remaining: 0,
-            wait_us: delay_us,
-            reset_us,
-        }
+        Verdict { kind: VerdictKind::Delay, remaining: 0, wait_us: delay_us, reset_us }
     }
 
     /// A denial that a retry after `wait_us` would pass.
     pub const fn deny(remaining: u64, wait_us: u64, reset_us: u64) -> Self {
-        Verdict {
-            kind: VerdictKind::Deny,
-            remaining,
-            wait_us,
-            reset_us,
-        }
+        Verdict { kind: VerdictKind::Deny, remaining, wait_us, reset_us }
     }
 
     /// The cost can never be admitted.
     pub const fn never() -> Self {
-        Verdict {
-            kind: VerdictKind::Never,
-            remaining: 0,
-            wait_us: 0,
-            reset_us: 0,
-        }
+        Verdict { kind: VerdictKind::Never, remaining: 0, wait_us: 0, reset_us: 0 }
     }
 
     /// Whether the hit goes through (now or after a delay).
@@ -180,18 +158,12 @@ pub struct Write<S> {
 impl<S> Step<S> {
     /// A step that stores nothing.
     pub const fn unchanged(verdict: Verdict) -> Self {
-        Step {
-            verdict,
-            write: None,
-        }
+        Step { verdict, write: None }
     }
 
     /// A step that stores `state` for `ttl_us` microseconds.
     pub const fn write(verdict: Verdict, state: S, ttl_us: u64) -> Self {
-        Step {
-            verdict,
-            write: Some(Write { state, ttl_us }),
-        }
+        Step { verdict, write: Some(Write { state, ttl_us }) }
     }
 }
 
@@ -260,12 +232,7 @@ pub(crate) enum Slot {
 trait Erased: Send + Sync + fmt::Debug {
     fn name(&self) -> &str;
     fn builtin(&self) -> Option<Builtin>;
-    fn decide_slot(
-        &self,
-        slot: &mut Option<Slot>,
-        input: &Input,
-        write: bool,
-    ) -> (Verdict, Option<u64>);
+    fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>);
     fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata;
     fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError>;
     fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError>;
@@ -299,12 +266,7 @@ impl<S: Strategy> Erased for S {
         Strategy::builtin(self)
     }
 
-    fn decide_slot(
-        &self,
-        slot: &mut Option<Slot>,
-        input: &Input,
-        write: bool,
-    ) -> (Verdict, Option<u64>) {
+    fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>) {
         match slot {
             Some(Slot::Boxed(any)) => {
                 if let Some(state) = any.downcast_mut::<S::State>() {
@@ -345,16 +307,10 @@ impl<S: Strategy> Erased for S {
         let state = self.read_state(state)?;
         let step = self.decide(state.as_ref(), input);
         let write = match step.write {
-            Some(w) => Some((
-                serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?,
-                w.ttl_us,
-            )),
+            Some(w) => Some((serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?, w.ttl_us)),
             None => None,
         };
-        Ok(BytesStep {
-            verdict: step.verdict,
-            write,
-        })
+        Ok(BytesStep { verdict: step.verdict, write })
     }
 
     fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
@@ -364,12 +320,7 @@ impl<S: Strategy> Erased for S {
 }
 
 trait StoreExt: Strategy {
-    fn store(
-        &self,
-        slot: &mut Option<Slot>,
-        step: Step<Self::State>,
-        write: bool,
-    ) -> (Verdict, Option<u64>) {
+    fn store(&self, slot: &mut Option<Slot>, step: Step<Self::State>, write: bool) -> (Verdict, Option<u64>) {
         match step.write {
             Some(w) if write => {
                 *slot = Some(match self.pack(&w.state) {
@@ -385,18 +336,12 @@ trait StoreExt: Strategy {
     fn read_state(&self, bytes: Option<&[u8]>) -> Result<Option<Self::State>, StateError> {
         match bytes {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(b)
-                .map(Some)
-                .map_err(|e| self.state_error("decode", e)),
+            Some(b) => serde_json::from_slice(b).map(Some).map_err(|e| self.state_error("decode", e)),
         }
     }
 
     fn state_error(&self, action: &'static str, source: serde_json::Error) -> StateError {
-        StateError {
-            strategy: self.name().to_owned(),
-            action,
-            source,
-        }
+        StateError { strategy: self.name().to_owned(), action, source }
     }
 }
 
@@ -411,9 +356,7 @@ pub struct StrategyHandle {
 impl StrategyHandle {
     /// Wraps a strategy.
     pub fn new<S: Strategy>(strategy: S) -> Self {
-        StrategyHandle {
-            inner: Arc::new(strategy),
-        }
+        StrategyHandle { inner: Arc::new(strategy) }
     }
 
     /// The strategy's name.
@@ -428,29 +371,16 @@ impl StrategyHandle {
 
     /// Decides over serialized state (JSON), for backends that store bytes and apply the result
     /// with compare-and-swap.
-    pub fn decide_bytes(
-        &self,
-        state: Option<&[u8]>,
-        input: &Input,
-    ) -> Result<BytesStep, StateError> {
+    pub fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError> {
         self.inner.decide_bytes(state, input)
     }
 
     /// Metadata over serialized state.
-    pub fn metadata_bytes(
-        &self,
-        state: Option<&[u8]>,
-        input: &Input,
-    ) -> Result<Metadata, StateError> {
+    pub fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
         self.inner.metadata_bytes(state, input)
     }
 
-    pub(crate) fn decide_slot(
-        &self,
-        slot: &mut Option<Slot>,
-        input: &Input,
-        write: bool,
-    ) -> (Verdict, Option<u64>) {
+    pub(crate) fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>) {
         self.inner.decide_slot(slot, input, write)
     }
 

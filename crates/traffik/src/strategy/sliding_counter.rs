@@ -42,12 +42,7 @@ fn view(state: Option<&SlidingWindowCounterState>, now: u64, w: u64) -> View {
         Some(s) if s.window + 1 == window => (window, s.cur, 0),
         _ => (window, 0, 0),
     };
-    View {
-        window,
-        prev,
-        cur,
-        elapsed: now.saturating_sub(window.saturating_mul(w)).min(w - 1),
-    }
+    View { window, prev, cur, elapsed: now.saturating_sub(window.saturating_mul(w)).min(w - 1) }
 }
 
 /// The weighted estimate; the Lua script computes exactly these operations.
@@ -88,12 +83,7 @@ impl Strategy for SlidingWindowCounter {
     }
 
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State> {
-        let (limit, w, c, now) = (
-            input.rate.limit(),
-            input.rate.period_us(),
-            input.cost,
-            input.now_us,
-        );
+        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.now_us);
         if c > limit {
             return Step::unchanged(Verdict::never());
         }
@@ -105,11 +95,7 @@ impl Strategy for SlidingWindowCounter {
             let ttl = start.saturating_add(2 * w).saturating_sub(now);
             return Step::write(
                 Verdict::admit(floor_remaining(limit, est + c as f64), ttl),
-                SlidingWindowCounterState {
-                    window: v.window,
-                    prev: v.prev,
-                    cur,
-                },
+                SlidingWindowCounterState { window: v.window, prev: v.prev, cur },
                 ttl,
             );
         }
@@ -136,16 +122,10 @@ impl Strategy for SlidingWindowCounter {
         let v = view(state, input.now_us, w);
         let mut m = Metadata::new();
         m.insert("strategy".into(), "sliding_window_counter".into());
-        m.insert(
-            "window_start_us".into(),
-            json_u64(v.window.saturating_mul(w)),
-        );
+        m.insert("window_start_us".into(), json_u64(v.window.saturating_mul(w)));
         m.insert("previous".into(), json_u64(v.prev));
         m.insert("current".into(), json_u64(v.cur));
-        m.insert(
-            "estimate".into(),
-            estimate(v.prev, v.cur, w, v.elapsed).into(),
-        );
+        m.insert("estimate".into(), estimate(v.prev, v.cur, w, v.elapsed).into());
         m
     }
 
@@ -160,11 +140,7 @@ impl Strategy for SlidingWindowCounter {
     }
 
     fn unpack(&self, p: Packed) -> Option<Self::State> {
-        Some(SlidingWindowCounterState {
-            window: p.0[0],
-            prev: p.0[1] >> 32,
-            cur: p.0[1] & 0xffff_ffff,
-        })
+        Some(SlidingWindowCounterState { window: p.0[0], prev: p.0[1] >> 32, cur: p.0[1] & 0xffff_ffff })
     }
 }
 
@@ -177,47 +153,15 @@ mod tests {
     #[test]
     fn previous_window_decays_and_wait_is_exact() {
         let r = rate!("10/s");
-        let s = SlidingWindowCounterState {
-            window: 5,
-            prev: 0,
-            cur: 10,
-        };
+        let s = SlidingWindowCounterState { window: 5, prev: 0, cur: 10 };
         // 100 ms into window 6: estimate 9, one more fits.
         let now = 6_100_000;
-        let step = SlidingWindowCounter.decide(
-            Some(&s),
-            &Input {
-                now_us: now,
-                rate: r,
-                cost: 1,
-            },
-        );
+        let step = SlidingWindowCounter.decide(Some(&s), &Input { now_us: now, rate: r, cost: 1 });
         assert_eq!(step.verdict.kind, VerdictKind::Admit);
         let s = step.write.unwrap().state;
-        let v = SlidingWindowCounter
-            .decide(
-                Some(&s),
-                &Input {
-                    now_us: now,
-                    rate: r,
-                    cost: 1,
-                },
-            )
-            .verdict;
+        let v = SlidingWindowCounter.decide(Some(&s), &Input { now_us: now, rate: r, cost: 1 }).verdict;
         assert_eq!(v.kind, VerdictKind::Deny);
-        let at = |t| {
-            SlidingWindowCounter
-                .decide(
-                    Some(&s),
-                    &Input {
-                        now_us: t,
-                        rate: r,
-                        cost: 1,
-                    },
-                )
-                .verdict
-                .kind
-        };
+        let at = |t| SlidingWindowCounter.decide(Some(&s), &Input { now_us: t, rate: r, cost: 1 }).verdict.kind;
         assert_eq!(at(now + v.wait_us), VerdictKind::Admit);
         assert_eq!(at(now + v.wait_us - 1), VerdictKind::Deny);
     }
@@ -225,21 +169,8 @@ mod tests {
     #[test]
     fn full_cost_waits_for_the_previous_window_to_vanish() {
         let r = rate!("4/s");
-        let s = SlidingWindowCounterState {
-            window: 3,
-            prev: 0,
-            cur: 1,
-        };
-        let v = SlidingWindowCounter
-            .decide(
-                Some(&s),
-                &Input {
-                    now_us: 3_500_000,
-                    rate: r,
-                    cost: 4,
-                },
-            )
-            .verdict;
+        let s = SlidingWindowCounterState { window: 3, prev: 0, cur: 1 };
+        let v = SlidingWindowCounter.decide(Some(&s), &Input { now_us: 3_500_000, rate: r, cost: 4 }).verdict;
         assert_eq!(v.kind, VerdictKind::Deny);
         assert_eq!(3_500_000 + v.wait_us, 5_000_000);
     }

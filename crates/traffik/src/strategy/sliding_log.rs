@@ -32,12 +32,7 @@ impl Strategy for SlidingWindowLog {
     }
 
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State> {
-        let (limit, w, c, now) = (
-            input.rate.limit(),
-            input.rate.period_us(),
-            input.cost,
-            input.now_us,
-        );
+        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.now_us);
         if c > limit {
             return Step::unchanged(Verdict::never());
         }
@@ -55,11 +50,7 @@ impl Strategy for SlidingWindowLog {
             }
             let newest = next.last().map_or(now, |&(t, _)| t);
             let ttl = newest.saturating_add(w).saturating_sub(now);
-            return Step::write(
-                Verdict::admit(limit - used - c, ttl),
-                SlidingWindowLogState { entries: next },
-                ttl,
-            );
+            return Step::write(Verdict::admit(limit - used - c, ttl), SlidingWindowLogState { entries: next }, ttl);
         }
         // Free the oldest entries until the hit fits; it fits once the last of them expires.
         let need = used + c - limit;
@@ -108,14 +99,7 @@ mod tests {
         let r = rate!("3/s");
         let mut s: Option<SlidingWindowLogState> = None;
         let mut hit = |now: u64, cost: u64| {
-            let step = SlidingWindowLog.decide(
-                s.as_ref(),
-                &Input {
-                    now_us: now,
-                    rate: r,
-                    cost,
-                },
-            );
+            let step = SlidingWindowLog.decide(s.as_ref(), &Input { now_us: now, rate: r, cost });
             if let Some(w) = step.write {
                 s = Some(w.state);
             }

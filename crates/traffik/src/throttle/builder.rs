@@ -186,13 +186,7 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
     /// and reported by `build()` if invalid.
     pub fn rate(self, rate: impl IntoRate) -> ThrottleBuilder<U, RateSet, B, S> {
         let rate = RateSet(rate.into_rate().map(RateSource::Fixed));
-        ThrottleBuilder {
-            uid: self.uid,
-            rate,
-            backend: self.backend,
-            strategy: self.strategy,
-            opts: self.opts,
-        }
+        ThrottleBuilder { uid: self.uid, rate, backend: self.backend, strategy: self.strategy, opts: self.opts }
     }
 
     /// A per-request rate from a sync closure `Fn(&RequestView, &Context) -> Rate`.
@@ -253,10 +247,7 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
     }
 
     /// The algorithm.
-    pub fn strategy(
-        self,
-        strategy: impl Into<StrategyHandle>,
-    ) -> ThrottleBuilder<U, R, B, StrategyHandle> {
+    pub fn strategy(self, strategy: impl Into<StrategyHandle>) -> ThrottleBuilder<U, R, B, StrategyHandle> {
         ThrottleBuilder {
             uid: self.uid,
             rate: self.rate,
@@ -384,31 +375,32 @@ impl<U: HasUid, R: HasRate, B: HasBackend, S: HasStrategy> ThrottleBuilder<U, R,
     pub fn build(self) -> Result<Throttle, Error> {
         let uid = self.uid.take();
         if uid.is_empty() || uid.len() > 128 {
-            return Err(Error::Config(format!(
-                "uid must be 1 to 128 bytes long, got {} bytes",
-                uid.len()
-            )));
+            return Err(Error::Config(format!("uid must be 1 to 128 bytes long, got {} bytes", uid.len())));
         }
         let rate = self.rate.take()?;
         let o = self.opts;
+        let mut config = Config {
+            rate,
+            strategy: self.strategy.take(),
+            backend: self.backend.take(),
+            cost: o.cost,
+            identifier: o.identifier,
+            min_wait: o.min_wait,
+            headers: o.headers,
+            on_error: o.on_error,
+            throttled_handler: o.throttled_handler,
+            scope: o.scope,
+            rules: RuleSet::new(o.rules),
+            hash_identities: o.hash_identities,
+            timeout: o.timeout,
+            policy: None,
+        };
+        config.policy = config.resolve_policy();
         let throttle = Throttle {
             inner: Arc::new(ThrottleInner {
+                key_prefix: crate::key::Key::builder(&uid).build(),
                 uid,
-                config: ArcSwap::from_pointee(Config {
-                    rate,
-                    strategy: self.strategy.take(),
-                    backend: self.backend.take(),
-                    cost: o.cost,
-                    identifier: o.identifier,
-                    min_wait: o.min_wait,
-                    headers: o.headers,
-                    on_error: o.on_error,
-                    throttled_handler: o.throttled_handler,
-                    scope: o.scope,
-                    hash_identities: o.hash_identities,
-                    timeout: o.timeout,
-                }),
-                rules: ArcSwap::from_pointee(RuleSet::new(o.rules)),
+                config: ArcSwap::from_pointee(config),
                 disabled: AtomicBool::new(o.disabled),
                 clock: o.clock,
                 incidents: Incidents::default(),

@@ -3,8 +3,8 @@
 mod builder;
 
 pub use builder::{
-    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate,
-    NoStrategy, NoUid, ThrottleBuilder,
+    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
+    ThrottleBuilder,
 };
 
 use std::any::Any;
@@ -26,9 +26,7 @@ use crate::functions::{Cost, RateSource};
 use crate::headers::Headers;
 use crate::identity::{Identifier, Identity, RequestView};
 use crate::key::Key;
-use crate::policy::{
-    ErrorPolicy, Failure, Incident, IncidentCounts, Incidents, PolicyKind, Recovery,
-};
+use crate::policy::{ErrorPolicy, Failure, Incident, IncidentCounts, Incidents, PolicyKind, Recovery};
 use crate::registry::ThrottleRegistry;
 use crate::rules::{Rule, RuleSet};
 use crate::strategy::{Input, StrategyHandle, Verdict, VerdictKind};
@@ -59,16 +57,31 @@ pub(crate) struct Config {
     pub(crate) min_wait: Duration,
     pub(crate) headers: Headers,
     pub(crate) on_error: Option<ErrorPolicy>,
+    /// `on_error`, or else the fixed backend's policy, or else `throttle`; `None` only for
+    /// context backends without an own policy (looked up per request).
+    pub(crate) policy: Option<ErrorPolicy>,
     pub(crate) throttled_handler: Option<Arc<dyn Any + Send + Sync>>,
     pub(crate) scope: Vec<Arc<str>>,
+    pub(crate) rules: RuleSet,
     pub(crate) hash_identities: bool,
     pub(crate) timeout: Duration,
 }
 
+impl Config {
+    pub(crate) fn resolve_policy(&self) -> Option<ErrorPolicy> {
+        match (&self.on_error, &self.backend) {
+            (Some(p), _) => Some(p.clone()),
+            (None, BackendChoice::Fixed(b)) => Some(b.error_policy().unwrap_or_else(ErrorPolicy::throttle)),
+            (None, BackendChoice::Context) => None,
+        }
+    }
+}
+
 pub(crate) struct ThrottleInner {
     pub(crate) uid: String,
+    /// The uid, encoded once as the start of every key.
+    pub(crate) key_prefix: Key,
     pub(crate) config: ArcSwap<Config>,
-    pub(crate) rules: ArcSwap<RuleSet>,
     pub(crate) disabled: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) incidents: Incidents,
@@ -155,29 +168,18 @@ impl Throttle {
     /// exempted, unlimited, zero cost or not matched by the rules).
     pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
         let config = self.inner.config.load_full();
-        let prepared = match self.prepare(&config, req, ctx).await? {
+        let prepared = match self.prepare(&config, req, ctx).await {
             Prepared::Skip(_) => return Ok(None),
             Prepared::Go(p) => p,
         };
         let backend = self.backend(&config)?;
-        let op = Operation {
-            key: &prepared.key,
-            strategy: &config.strategy,
-            input: prepared.input,
-            mode: Mode::Peek,
-        };
+        let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode: Mode::Peek };
         let fut = backend.stat(op);
         let (verdict, metadata) = match tokio::time::timeout(config.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout {
-                backend: backend.kind(),
-                after: config.timeout,
-            }),
+            Err(_) => Err(BackendError::Timeout { backend: backend.kind(), after: config.timeout }),
         }
-        .map_err(|source| Error::Backend {
-            uid: self.inner.uid.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
         Ok(Some(Stat {
             key: prepared.key,
             rate: prepared.input.rate,
@@ -187,36 +189,47 @@ impl Throttle {
             } else {
                 verdict.remaining
             },
-            wait: if verdict.kind == VerdictKind::Deny {
-                us(verdict.wait_us)
-            } else {
-                Duration::ZERO
-            },
+            wait: if verdict.kind == VerdictKind::Deny { us(verdict.wait_us) } else { Duration::ZERO },
             reset: us(verdict.reset_us),
             admissible: verdict.kind != VerdictKind::Never,
             metadata,
         }))
     }
 
-    async fn run(
-        &self,
-        req: &RequestView<'_>,
-        ctx: &Context,
-        mode: Mode,
-    ) -> Result<Decision, Error> {
+    async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
         let config = self.inner.config.load();
-        let prepared = match self.prepare(&config, req, ctx).await? {
+        let prepared = match self.prepare_now(&config, req, ctx) {
+            Some(p) => p,
+            None => Box::pin(self.prepare(&config, req, ctx)).await,
+        };
+        let prepared = match prepared {
             Prepared::Skip(skip) => return Ok(Decision::skipped(skip)),
             Prepared::Go(p) => p,
         };
-        let primary = self.backend(&config)?;
-        let op = Operation {
-            key: &prepared.key,
-            strategy: &config.strategy,
-            input: prepared.input,
-            mode,
+        let context_backend;
+        let primary = match &config.backend {
+            BackendChoice::Fixed(b) => b,
+            BackendChoice::Context => {
+                context_backend = self.backend(&config)?;
+                &context_backend
+            }
         };
-        let (verdict, source) = match self.decide(&config, &primary, op, req).await? {
+        let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode };
+        // Fast path: a backend that answers without awaiting and a policy without a breaker.
+        // (Only asked when the fast path applies: asking applies the hit.)
+        let quick = match &config.policy {
+            Some(policy) if policy.breaker().is_none() => primary.decide_now(&op),
+            _ => None,
+        };
+        let resolved = match quick {
+            Some(Ok(v)) => Resolved::Verdict(v, Source::Backend),
+            Some(Err(e)) => {
+                let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
+                Box::pin(self.recover(&policy, &config, primary, op, req, e)).await?
+            }
+            None => Box::pin(self.decide(&config, primary, op, req)).await?,
+        };
+        let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
                 let mut d = Decision::skipped(Skip::Disabled);
@@ -232,60 +245,60 @@ impl Throttle {
                 (v, Source::ErrorPolicy)
             }
         };
-        let mut decision = Decision::from_verdict(
-            verdict,
-            prepared.key,
-            prepared.input.rate,
-            prepared.input.cost,
-            source,
-        );
+        let mut decision =
+            Decision::from_verdict(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source);
         if decision.outcome == Outcome::Throttled && decision.wait < config.min_wait {
             decision.wait = config.min_wait;
         }
         Ok(decision)
     }
 
-    async fn prepare(
-        &self,
-        config: &Config,
-        req: &RequestView<'_>,
-        ctx: &Context,
-    ) -> Result<Prepared, Error> {
+    /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
+    fn prepare_now(&self, config: &Config, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
         if self.inner.disabled.load(Ordering::Relaxed) {
-            return Ok(Prepared::Skip(Skip::Disabled));
+            return Some(Prepared::Skip(Skip::Disabled));
         }
-        let rules = self.inner.rules.load();
-        if !rules.is_empty() && !rules.allows(req, ctx).await {
-            return Ok(Prepared::Skip(Skip::Rules));
+        if !config.rules.is_empty() && !config.rules.allows_now(req, ctx)? {
+            return Some(Prepared::Skip(Skip::Rules));
+        }
+        let identity = config.identifier.identify_now(req)?;
+        let rate = config.rate.resolve_now(req, ctx)?;
+        let cost = config.cost.resolve_now(req, ctx)?;
+        Some(self.finish(config, ctx, identity, rate, cost))
+    }
+
+    async fn prepare(&self, config: &Config, req: &RequestView<'_>, ctx: &Context) -> Prepared {
+        if self.inner.disabled.load(Ordering::Relaxed) {
+            return Prepared::Skip(Skip::Disabled);
+        }
+        if !config.rules.is_empty() && !config.rules.allows(req, ctx).await {
+            return Prepared::Skip(Skip::Rules);
         }
         let identity = match config.identifier.identify_now(req) {
             Some(id) => id,
             None => config.identifier.identify(req).await,
         };
-        if identity == Identity::Exempted {
-            return Ok(Prepared::Skip(Skip::Exempted));
-        }
         let rate = config.rate.resolve(req, ctx).await;
-        if rate.is_unlimited() {
-            return Ok(Prepared::Skip(Skip::Unlimited));
-        }
         let cost = config.cost.resolve(req, ctx).await;
-        if cost == 0 {
-            return Ok(Prepared::Skip(Skip::ZeroCost));
+        self.finish(config, ctx, identity, rate, cost)
+    }
+
+    fn finish(&self, config: &Config, ctx: &Context, identity: Identity, rate: Rate, cost: u64) -> Prepared {
+        if identity == Identity::Exempted {
+            return Prepared::Skip(Skip::Exempted);
         }
-        let mut key = identity.write_key(Key::builder(&self.inner.uid), config.hash_identities);
+        if rate.is_unlimited() {
+            return Prepared::Skip(Skip::Unlimited);
+        }
+        if cost == 0 {
+            return Prepared::Skip(Skip::ZeroCost);
+        }
+        let mut key = identity.write_key(Key::from_encoded(&self.inner.key_prefix), config.hash_identities);
         for part in config.scope.iter().chain(ctx.scope_parts()) {
             key = key.part(part.as_bytes());
         }
-        let input = Input {
-            now_us: self.inner.clock.now_us(),
-            rate,
-            cost,
-        };
-        Ok(Prepared::Go(Ready {
-            key: key.build(),
-            input,
-        }))
+        let input = Input { now_us: self.inner.clock.now_us(), rate, cost };
+        Prepared::Go(Ready { key: key.build(), input })
     }
 
     fn backend(&self, config: &Config) -> Result<SharedBackend, Error> {
@@ -305,26 +318,30 @@ impl Throttle {
         op: Operation<'_>,
         req: &RequestView<'_>,
     ) -> Result<Resolved, Error> {
-        let policy = config
-            .on_error
-            .clone()
-            .or_else(|| primary.error_policy())
-            .unwrap_or_else(ErrorPolicy::throttle);
-        let timeout = config.timeout;
-        if let Some(breaker) = policy.breaker() {
-            if !breaker.allow() {
-                // Open circuit: the primary is not called at all.
-                return Ok(match policy.failover_backend() {
-                    Some(fallback) => match call(fallback.as_ref(), op, timeout).await {
-                        Ok(v) => Resolved::Verdict(v, Source::Fallback),
-                        Err(_) => Resolved::Throttle(self.fail_wait(config)),
-                    },
-                    None => match &policy.kind {
-                        PolicyKind::Breaker { wait, .. } => Resolved::Throttle(*wait),
-                        _ => Resolved::Throttle(self.fail_wait(config)),
-                    },
-                });
+        // Resolved once per configuration for fixed backends, so the hot path clones nothing.
+        let looked_up;
+        let policy = match &config.policy {
+            Some(p) => p,
+            None => {
+                looked_up = primary.error_policy().unwrap_or_else(ErrorPolicy::throttle);
+                &looked_up
             }
+        };
+        let timeout = config.timeout;
+        if let Some(breaker) = policy.breaker()
+            && !breaker.allow()
+        {
+            // Open circuit: the primary is not called at all.
+            return Ok(match policy.failover_backend() {
+                Some(fallback) => match call(fallback.as_ref(), op, timeout).await {
+                    Ok(v) => Resolved::Verdict(v, Source::Fallback),
+                    Err(_) => Resolved::Throttle(self.fail_wait(config)),
+                },
+                None => match &policy.kind {
+                    PolicyKind::Breaker { wait, .. } => Resolved::Throttle(*wait),
+                    _ => Resolved::Throttle(self.fail_wait(config)),
+                },
+            });
         }
         match call(primary.as_ref(), op, timeout).await {
             Ok(v) => {
@@ -333,16 +350,12 @@ impl Throttle {
                 }
                 Ok(Resolved::Verdict(v, Source::Backend))
             }
-            Err(e) => self.recover(&policy, config, primary, op, req, e).await,
+            Err(e) => self.recover(policy, config, primary, op, req, e).await,
         }
     }
 
     fn fail_wait(&self, config: &Config) -> Duration {
-        if config.min_wait.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            config.min_wait
-        }
+        if config.min_wait.is_zero() { Duration::from_secs(1) } else { config.min_wait }
     }
 
     async fn recover(
@@ -355,8 +368,7 @@ impl Throttle {
         mut error: BackendError,
     ) -> Result<Resolved, Error> {
         let now = op.input.now_us;
-        let note =
-            |e: &BackendError, what| self.inner.incidents.record(&self.inner.uid, e, what, now);
+        let note = |e: &BackendError, what| self.inner.incidents.record(&self.inner.uid, e, what, now);
         let timeout = config.timeout;
         let mut policy = policy;
         loop {
@@ -371,10 +383,7 @@ impl Throttle {
                 }
                 PolicyKind::Raise => {
                     note(&error, Incident::Raised);
-                    Err(Error::Backend {
-                        uid: self.inner.uid.clone(),
-                        source: error,
-                    })
+                    Err(Error::Backend { uid: self.inner.uid.clone(), source: error })
                 }
                 PolicyKind::Custom(handler) => {
                     let failure = Failure {
@@ -397,10 +406,7 @@ impl Throttle {
                         }
                         Recovery::Raise => {
                             note(&error, Incident::Raised);
-                            Err(Error::Backend {
-                                uid: self.inner.uid.clone(),
-                                source: error,
-                            })
+                            Err(Error::Backend { uid: self.inner.uid.clone(), source: error })
                         }
                     }
                 }
@@ -438,9 +444,7 @@ impl Throttle {
                         }
                     }
                     f.breaker_ref().record_failure();
-                    Ok(self
-                        .fall_back(f.backend_ref(), op, timeout, &error, config)
-                        .await)
+                    Ok(self.fall_back(f.backend_ref(), op, timeout, &error, config).await)
                 }
                 PolicyKind::Breaker { breaker, wait } => {
                     breaker.record_failure();
@@ -462,15 +466,11 @@ impl Throttle {
         let now = op.input.now_us;
         match call(backend.as_ref(), op, timeout).await {
             Ok(v) => {
-                self.inner
-                    .incidents
-                    .record(&self.inner.uid, error, Incident::Fallback, now);
+                self.inner.incidents.record(&self.inner.uid, error, Incident::Fallback, now);
                 Resolved::Verdict(v, Source::Fallback)
             }
             Err(second) => {
-                self.inner
-                    .incidents
-                    .record(&self.inner.uid, &second, Incident::FailedClosed, now);
+                self.inner.incidents.record(&self.inner.uid, &second, Incident::FailedClosed, now);
                 Resolved::Throttle(self.fail_wait(config))
             }
         }
@@ -495,6 +495,7 @@ impl Throttle {
         self.inner.config.rcu(|current| {
             let mut next = Config::clone(current);
             f(&mut next);
+            next.policy = next.resolve_policy();
             next
         });
     }
@@ -579,15 +580,13 @@ impl Throttle {
 
     /// The gating and bypass rules.
     pub fn rules(&self) -> Vec<Rule> {
-        self.inner.rules.load().to_vec()
+        self.inner.config.load().rules.to_vec()
     }
 
     /// Adds gating or bypass rules.
     pub fn add_rules(&self, rules: impl IntoIterator<Item = Rule>) {
         let rules: Vec<Rule> = rules.into_iter().collect();
-        self.inner
-            .rules
-            .rcu(|current| current.with(rules.iter().cloned()));
+        self.update(|c| c.rules = c.rules.with(rules.iter().cloned()));
     }
 
     /// How this throttle handled backend failures so far.
@@ -629,19 +628,12 @@ enum Resolved {
 }
 
 /// One backend call, synchronous when the backend allows, otherwise bounded by `timeout`.
-async fn call(
-    backend: &dyn Backend,
-    op: Operation<'_>,
-    timeout: Duration,
-) -> Result<Verdict, BackendError> {
+async fn call(backend: &dyn Backend, op: Operation<'_>, timeout: Duration) -> Result<Verdict, BackendError> {
     if let Some(result) = backend.decide_now(&op) {
         return result;
     }
     match tokio::time::timeout(timeout, backend.decide(op)).await {
         Ok(result) => result,
-        Err(_) => Err(BackendError::Timeout {
-            backend: backend.kind(),
-            after: timeout,
-        }),
+        Err(_) => Err(BackendError::Timeout { backend: backend.kind(), after: timeout }),
     }
 }
