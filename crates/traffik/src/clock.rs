@@ -139,4 +139,3 @@ mod tests {
         assert!(b + 1_000 >= a);
     }
 }
-
