@@ -146,6 +146,11 @@ impl Suite {
         self
     }
 
+    /// Cost units a shaping strategy may queue (delay) beyond its quota; 0 for the others.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
     /// Unit-cost hits admitted from an empty state at one instant (without queueing).
     pub fn full_quota(&self, rate: &Rate) -> u64 {
         match &self.bound {

@@ -25,6 +25,23 @@ impl MemcachedServer {
     pub fn is_owned(&self) -> bool {
         self.guard.is_some()
     }
+
+    /// Starts a `memcached` of this test's own on a free loopback port, even when
+    /// `TRAFFIK_MEMCACHED` names a shared one: for tests that stop their server, count its
+    /// items or need several servers.
+    pub fn spawn() -> MemcachedServer {
+        let bin = require_binary("memcached", "memcached");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64"]);
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        let mut guard = ProcessGuard::spawn(cmd, "memcached");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for_port(addr, guard.child(), "memcached");
+        MemcachedServer { addr: format!("127.0.0.1:{port}"), guard: Some(guard) }
+    }
 }
 
 /// Starts `memcached` on a free loopback port (as `nobody` when running as root, which
@@ -33,38 +50,12 @@ pub fn memcached_server() -> MemcachedServer {
     if let Ok(addr) = std::env::var("TRAFFIK_MEMCACHED") {
         return MemcachedServer { addr, guard: None };
     }
-    let bin = require_binary("memcached", "memcached");
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "64",
-    ]);
-    if is_root() {
-        cmd.args(["-u", "nobody"]);
-    }
-    let mut guard = ProcessGuard::spawn(cmd, "memcached");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_port(addr, guard.child(), "memcached");
-    MemcachedServer {
-        addr: format!("127.0.0.1:{port}"),
-        guard: Some(guard),
-    }
+    MemcachedServer::spawn()
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }

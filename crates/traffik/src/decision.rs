@@ -26,7 +26,8 @@ pub enum Skip {
 
 /// The outcome of a hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "outcome", content = "reason")]
+/// Serialized as `"allowed"`, `"delayed"`, `"throttled"`, `"never"` or `{"skipped": "<reason>"}`.
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Admitted.
     Allowed,
@@ -103,7 +104,9 @@ impl Decision {
             key: Some(key),
             rate: Some(rate),
             cost,
-            remaining: Some(v.remaining),
+            // A cost that can never fit is refused before the state is read: how much is left
+            // is unknown, and "0" would be wrong.
+            remaining: if v.kind == VerdictKind::Never { None } else { Some(v.remaining) },
             wait: Duration::from_micros(v.wait_us),
             reset: Duration::from_micros(v.reset_us),
             source,

@@ -60,8 +60,19 @@ impl serde::Serialize for Key {
 }
 
 impl<'de> serde::Deserialize<'de> for Key {
+    /// Accepts only text a key builder could have produced (encoded parts, `:` separators and
+    /// the tag characters `%`, `~`, `!`), so a deserialized key cannot break a backend's key
+    /// structure.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Key)
+        let text = String::deserialize(d)?;
+        let valid = !text.is_empty()
+            && text.len() <= 1024
+            && text.bytes().all(|b| is_plain(b) || matches!(b, b'%' | b'~' | b'!' | b':'));
+        if valid {
+            Ok(Key(text))
+        } else {
+            Err(serde::de::Error::custom("not a traffik key: unexpected characters or length"))
+        }
     }
 }
 
@@ -203,6 +214,15 @@ mod tests {
         assert!(k.contains('~'));
         assert_ne!(k, key("api", &[b'x'; 9_999]));
         assert!(!key("api", b"~abc").contains('~'));
+    }
+
+    #[test]
+    fn deserialized_keys_are_validated() {
+        let ok: Key = serde_json::from_str("\"api:ip!1.2.3.4:room%201\"").unwrap();
+        assert_eq!(ok.as_str(), "api:ip!1.2.3.4:room%201");
+        for bad in ["\"a}b\"", "\"a b\"", "\"\"", "\"a\\nb\""] {
+            assert!(serde_json::from_str::<Key>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -169,6 +169,7 @@ async fn cost_functions_overrides_and_never() {
     let never = t.hit_with(&post, &Context::new().cost(11)).await.unwrap();
     assert_eq!(never.outcome, Outcome::Never);
     assert_eq!(never.retry_after_secs(), None, "no bogus Retry-After for a cost that cannot fit");
+    assert_eq!(never.remaining, None, "nothing was read or consumed, so no remaining count is claimed");
     assert_eq!(t.hit(&post).await.unwrap().outcome, Outcome::Throttled);
 }
 

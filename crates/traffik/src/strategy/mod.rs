@@ -195,7 +195,7 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     type State: Clone + Serialize + DeserializeOwned + Send + Sync + fmt::Debug + 'static;
 
     /// A short, stable name; part of every storage key, so changing strategy starts fresh state.
-    /// Use `[a-z0-9_-]`.
+    /// Use 1 to 32 characters of `[a-z0-9_-]`; other names are replaced by a digest in keys.
     fn name(&self) -> &str;
 
     /// Decides one hit. Must be deterministic in its arguments.
@@ -230,7 +230,6 @@ pub(crate) enum Slot {
 
 /// Object-safe face of every [`Strategy`], used through [`StrategyHandle`].
 trait Erased: Send + Sync + fmt::Debug {
-    fn name(&self) -> &str;
     fn builtin(&self) -> Option<Builtin>;
     fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>);
     fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata;
@@ -258,10 +257,6 @@ pub struct StateError {
 }
 
 impl<S: Strategy> Erased for S {
-    fn name(&self) -> &str {
-        Strategy::name(self)
-    }
-
     fn builtin(&self) -> Option<Builtin> {
         Strategy::builtin(self)
     }
@@ -351,17 +346,35 @@ impl<S: Strategy> StoreExt for S {}
 #[derive(Clone)]
 pub struct StrategyHandle {
     inner: Arc<dyn Erased>,
+    name: Arc<str>,
+}
+
+/// A strategy name safe in every backend's keys: names of 1 to 32 characters from `[a-z0-9_-]`
+/// are kept, any other is replaced by `x` and 16 hex digits of its SHA-256.
+fn safe_name(name: &str) -> Arc<str> {
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if plain {
+        return name.into();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("x{hex}").into()
 }
 
 impl StrategyHandle {
     /// Wraps a strategy.
     pub fn new<S: Strategy>(strategy: S) -> Self {
-        StrategyHandle { inner: Arc::new(strategy) }
+        let name = safe_name(Strategy::name(&strategy));
+        StrategyHandle { inner: Arc::new(strategy), name }
     }
 
-    /// The strategy's name.
+    /// The strategy's name as used in keys: [`Strategy::name`] if it is 1 to 32 characters of
+    /// `[a-z0-9_-]`, otherwise a digest of it.
     pub fn name(&self) -> &str {
-        self.inner.name()
+        &self.name
     }
 
     /// The built-in this is, if any.
@@ -404,4 +417,20 @@ impl<S: Strategy> From<S> for StrategyHandle {
 /// Saturating conversion used by metadata.
 pub(crate) fn json_u64(v: u64) -> serde_json::Value {
     serde_json::Value::from(v)
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::safe_name;
+
+    #[test]
+    fn unsafe_strategy_names_are_digested() {
+        assert_eq!(&*safe_name("gcra"), "gcra");
+        assert_eq!(&*safe_name("my_strategy-2"), "my_strategy-2");
+        for bad in ["", "Has Space", "{tag}", "ünï", &"x".repeat(40)] {
+            let n = safe_name(bad);
+            assert!(n.starts_with('x') && n.len() == 17, "{bad:?} -> {n}");
+        }
+        assert_ne!(safe_name("a b"), safe_name("a c"));
+    }
 }

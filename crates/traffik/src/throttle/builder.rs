@@ -33,7 +33,7 @@ pub struct NoBackend;
 #[derive(Debug, Default)]
 pub struct NoStrategy;
 
-#[doc(hidden)]
+/// Builder state: the uid is set.
 #[derive(Debug)]
 pub struct Uid(String);
 
@@ -46,7 +46,7 @@ pub enum BackendChoice {
     Context,
 }
 
-#[doc(hidden)]
+/// Builder state: the rate is set (a parse error, if any, is reported by `build()`).
 pub struct RateSet(Result<RateSource, RateError>);
 
 /// Marks a builder whose uid is set.
