@@ -1,0 +1,505 @@
+//! The throttle as a Salvo [`Handler`]: the hoop, direct calls and the throttled response.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use salvo::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use salvo::http::{HeaderValue, StatusCode};
+use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
+use serde_json::json;
+use traffik::{Context, Decision, Error, Outcome, Throttle};
+
+use crate::depot::{ThrottleRecord, record};
+use crate::view::request_view;
+
+type ContextFn = Arc<dyn Fn(&Request, &Depot) -> Context + Send + Sync>;
+type ResponderFn = Arc<dyn Fn(&Decision, &mut Response) + Send + Sync>;
+
+/// Per-hoop options (shared by clones).
+#[derive(Clone, Default)]
+pub(crate) struct Options {
+    cost: Option<u64>,
+    context: Option<ContextFn>,
+    per_route: bool,
+    with_stat: bool,
+}
+
+/// A [`Throttle`] as a Salvo [`Handler`]: use it as a hoop at any router level, stack several,
+/// or call [`apply`](Self::apply) inside a handler.
+///
+/// Cloning is cheap; clones share the throttle's configuration and state (and the throttle can
+/// still be reconfigured at runtime through [`throttle`](Self::throttle)).
+///
+/// What the hoop does with each [`Decision`]:
+///
+/// | outcome | response |
+/// |---|---|
+/// | `Allowed`, `Skipped` | continues; headers configured `When::Always` are added |
+/// | `Delayed` | waits [`Decision::wait`], then continues |
+/// | `Throttled` | `429`, `Retry-After` (whole seconds, rounded up), configured headers, the throttled handler or a JSON body; the rest of the chain is skipped |
+/// | `Never` | `429` saying the cost can never fit, no `Retry-After` |
+/// | `Err(_)` | `503` with a JSON body (only when the error policy raises) |
+///
+/// Every decision is recorded in the [`Depot`] (read it with [`DepotExt`](crate::DepotExt)).
+///
+/// ```
+/// use salvo::prelude::*;
+/// use traffik::{rate, InMemoryBackend, Throttle, strategy::FixedWindow};
+/// use traffik_salvo::SalvoThrottle;
+///
+/// #[handler]
+/// async fn hello() -> &'static str {
+///     "hello"
+/// }
+///
+/// let throttle = Throttle::builder()
+///     .uid("salvo-doc-hoop")
+///     .rate(rate!("100/min"))
+///     .backend(InMemoryBackend::new())
+///     .strategy(FixedWindow)
+///     .build()?;
+/// let router = Router::with_path("api").hoop(SalvoThrottle::new(throttle)).get(hello);
+/// # let _ = router;
+/// # Ok::<(), traffik::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SalvoThrottle {
+    throttle: Throttle,
+    uid: Arc<str>,
+    opts: Arc<Options>,
+}
+
+impl SalvoThrottle {
+    /// Wraps a throttle.
+    pub fn new(throttle: Throttle) -> Self {
+        SalvoThrottle { uid: Arc::from(throttle.uid()), throttle, opts: Arc::new(Options::default()) }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Options)) -> Self {
+        f(Arc::make_mut(&mut self.opts));
+        self
+    }
+
+    /// Charges every request routed through this hoop `cost` instead of the throttle's own
+    /// cost.
+    #[must_use]
+    pub fn cost(self, cost: u64) -> Self {
+        self.edit(|o| o.cost = Some(cost))
+    }
+
+    /// Builds the per-hit [`Context`] (cost override, scope parts, typed values for the
+    /// throttle's cost and rate functions) from the request and the depot. A
+    /// [`cost`](Self::cost) set on the hoop applies when the context sets none.
+    #[must_use]
+    pub fn context(self, f: impl Fn(&Request, &Depot) -> Context + Send + Sync + 'static) -> Self {
+        self.edit(|o| o.context = Some(Arc::new(f)))
+    }
+
+    /// Gives every route its own quota: the matched route pattern (e.g. `users/{id}`, never the
+    /// concrete path) is added to the key. Off by default, so one throttle shared by several
+    /// routes limits a client across all of them.
+    #[must_use]
+    pub fn per_route(self, yes: bool) -> Self {
+        self.edit(|o| o.per_route = yes)
+    }
+
+    /// Also stores a [`Stat`](traffik::Stat) snapshot in the depot after each limited hit. This
+    /// costs one more backend round trip per request, so it is off by default.
+    #[must_use]
+    pub fn with_stat(self, yes: bool) -> Self {
+        self.edit(|o| o.with_stat = yes)
+    }
+
+    /// The wrapped throttle.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// Throttles `req` from inside a handler: records the decision in the depot, adds the
+    /// configured headers, waits for `Delayed` decisions, and on denial writes the throttled
+    /// response. Returns whether the handler may go on.
+    ///
+    /// ```
+    /// use salvo::prelude::*;
+    /// use traffik_salvo::SalvoThrottle;
+    ///
+    /// struct Exports(SalvoThrottle);
+    ///
+    /// #[async_trait]
+    /// impl Handler for Exports {
+    ///     async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+    ///         if !self.0.apply(req, depot, res).await {
+    ///             return; // the 429 is already written
+    ///         }
+    ///         res.render("export started");
+    ///     }
+    /// }
+    /// ```
+    pub async fn apply(&self, req: &mut Request, depot: &mut Depot, res: &mut Response) -> bool {
+        let mut ctrl = FlowCtrl::new(Vec::new());
+        self.run(req, depot, res, &mut ctrl, None).await
+    }
+
+    /// Like [`apply`](Self::apply) with an explicit [`Context`] for this hit (cost, scope,
+    /// values); it replaces the hoop's context function, and its cost wins over the hoop's.
+    pub async fn apply_with(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctx: Context) -> bool {
+        let mut ctrl = FlowCtrl::new(Vec::new());
+        self.run(req, depot, res, &mut ctrl, Some(ctx)).await
+    }
+
+    fn build_context(&self, req: &Request, depot: &Depot, given: Option<Context>) -> Option<Context> {
+        let o = &*self.opts;
+        if given.is_none() && o.context.is_none() && o.cost.is_none() && !o.per_route {
+            return None;
+        }
+        let mut ctx = match (given, &o.context) {
+            (Some(ctx), _) => ctx,
+            (None, Some(f)) => f(req, depot),
+            (None, None) => Context::new(),
+        };
+        if let Some(cost) = o.cost.filter(|_| ctx.cost_override().is_none()) {
+            ctx = ctx.cost(cost);
+        }
+        if o.per_route {
+            ctx = ctx.scope(format!("route:/{}", req.matched_path()));
+        }
+        Some(ctx)
+    }
+
+    /// The whole flow; `true` means continue.
+    pub(crate) async fn run(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+        given: Option<Context>,
+    ) -> bool {
+        let ctx = self.build_context(req, depot, given);
+        let (decision, stat) = {
+            let view = request_view(req);
+            let result = match &ctx {
+                Some(ctx) => self.throttle.hit_with(&view, ctx).await,
+                None => self.throttle.hit(&view).await,
+            };
+            let decision = match result {
+                Ok(d) => d,
+                Err(error) => {
+                    unavailable(&self.throttle, &error, res);
+                    return false;
+                }
+            };
+            let stat = if self.opts.with_stat && !matches!(decision.outcome, Outcome::Skipped(_)) {
+                let empty = Context::new();
+                match self.throttle.stat(&view, ctx.as_ref().unwrap_or(&empty)).await {
+                    Ok(stat) => stat,
+                    Err(error) => {
+                        tracing::debug!(uid = self.throttle.uid(), %error, "stat snapshot failed");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            self.throttle.headers().apply(&view, &decision, None, res.headers_mut());
+            (decision, stat)
+        };
+        let uid = Arc::clone(&self.uid);
+        match decision.outcome {
+            Outcome::Delayed => {
+                let wait = decision.wait;
+                record(depot, ThrottleRecord { uid, decision, stat });
+                delay(wait).await;
+                true
+            }
+            Outcome::Throttled | Outcome::Never => {
+                set_retry_after(&decision, res);
+                match self.throttle.throttled_handler::<ThrottledHandler>() {
+                    Some(handler) => {
+                        // The handler reads the decision from the depot.
+                        record(depot, ThrottleRecord { uid, decision: decision.clone(), stat });
+                        handler.respond(&decision, req, depot, res, ctrl).await;
+                    }
+                    None => {
+                        write_throttled(&decision, res);
+                        record(depot, ThrottleRecord { uid, decision, stat });
+                    }
+                }
+                false
+            }
+            Outcome::Allowed | Outcome::Skipped(_) => {
+                record(depot, ThrottleRecord { uid, decision, stat });
+                true
+            }
+        }
+    }
+}
+
+/// 429 with `Retry-After` when a retry can help, without it when the cost can never fit.
+fn set_retry_after(decision: &Decision, res: &mut Response) {
+    res.status_code(StatusCode::TOO_MANY_REQUESTS);
+    match decision.retry_after_secs() {
+        Some(secs) => {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        None => {
+            res.headers_mut().remove(RETRY_AFTER);
+        }
+    }
+}
+
+async fn delay(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl fmt::Debug for SalvoThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SalvoThrottle")
+            .field("throttle", &self.throttle)
+            .field("cost", &self.opts.cost)
+            .field("per_route", &self.opts.per_route)
+            .field("with_stat", &self.opts.with_stat)
+            .finish()
+    }
+}
+
+impl From<Throttle> for SalvoThrottle {
+    fn from(throttle: Throttle) -> Self {
+        SalvoThrottle::new(throttle)
+    }
+}
+
+#[async_trait]
+impl Handler for SalvoThrottle {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if !self.run(req, depot, res, ctrl, None).await {
+            ctrl.skip_rest();
+        }
+    }
+}
+
+/// Milliseconds, rounded up.
+pub(crate) fn ceil_millis(d: Duration) -> u64 {
+    let whole = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    whole.saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
+}
+
+/// A human sentence about a denial.
+pub(crate) fn denial_message(decision: &Decision) -> String {
+    match decision.outcome {
+        Outcome::Never => match decision.rate {
+            Some(rate) => {
+                format!("this request costs {} but the limit is {rate}; it can never be admitted", decision.cost)
+            }
+            None => format!("this request costs {} and can never be admitted", decision.cost),
+        },
+        _ => format!("too many requests; retry in {} s", decision.retry_after_secs().unwrap_or(1)),
+    }
+}
+
+/// The JSON body of a denial: `{"error", "message", "retry_after_ms"}`; `error` is
+/// `"rate_limited"` or, when the cost can never fit, `"cost_exceeds_limit"` (with a `null`
+/// `retry_after_ms`).
+pub fn throttled_body(decision: &Decision) -> serde_json::Value {
+    let (error, retry) = match decision.outcome {
+        Outcome::Never => ("cost_exceeds_limit", None),
+        _ => ("rate_limited", Some(ceil_millis(decision.wait))),
+    };
+    json!({
+        "error": error,
+        "message": denial_message(decision),
+        "retry_after_ms": retry,
+    })
+}
+
+/// Writes the default throttled response body ([`throttled_body`]) as JSON with status 429.
+/// The hoop has already set `Retry-After` and the configured headers when it calls this.
+pub fn write_throttled(decision: &Decision, res: &mut Response) {
+    res.status_code(StatusCode::TOO_MANY_REQUESTS);
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    // The same document as `throttled_body`, written directly: every value is a number or
+    // fixed text that needs no escaping, and this is the hot path of a flood.
+    let body = match decision.outcome {
+        Outcome::Never => format!(
+            "{{\"error\":\"cost_exceeds_limit\",\"message\":\"{}\",\"retry_after_ms\":null}}",
+            denial_message(decision)
+        ),
+        _ => format!(
+            "{{\"error\":\"rate_limited\",\"message\":\"too many requests; retry in {} s\",\"retry_after_ms\":{}}}",
+            decision.retry_after_secs().unwrap_or(1),
+            ceil_millis(decision.wait)
+        ),
+    };
+    res.body(body);
+}
+
+fn write_json(res: &mut Response, value: &serde_json::Value) {
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    res.body(value.to_string());
+}
+
+/// 503 for a backend failure the error policy chose to raise.
+fn unavailable(throttle: &Throttle, error: &Error, res: &mut Response) {
+    tracing::warn!(uid = throttle.uid(), %error, "rate limiter unavailable");
+    res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+    write_json(
+        res,
+        &json!({
+            "error": "rate_limiter_unavailable",
+            "message": "the rate limiter could not decide; try again later",
+        }),
+    );
+}
+
+/// What a throttled request gets instead of the default JSON body.
+///
+/// Store one on the throttle with the builder's
+/// [`throttled_handler`](traffik::ThrottleBuilder::throttled_handler) or with
+/// [`Throttle::update_throttled_handler`]; the hoop reads it back with
+/// `throttle.throttled_handler::<ThrottledHandler>()`. When it runs, the response already has
+/// status 429, `Retry-After` (unless the cost can never fit) and the configured headers, and
+/// the decision is in the depot ([`DepotExt::throttle_decision`](crate::DepotExt)).
+///
+/// ```
+/// use salvo::prelude::*;
+/// use traffik::{rate, InMemoryBackend, Throttle, strategy::FixedWindow};
+/// use traffik_salvo::{DepotExt, ThrottledHandler};
+///
+/// #[handler]
+/// async fn slow_down(depot: &mut Depot, res: &mut Response) {
+///     let wait = depot.throttle_decision().map(|d| d.wait.as_secs()).unwrap_or(1);
+///     res.render(format!("slow down, {wait} s"));
+/// }
+///
+/// let throttle = Throttle::builder()
+///     .uid("salvo-doc-handler")
+///     .rate(rate!("10/min"))
+///     .backend(InMemoryBackend::new())
+///     .strategy(FixedWindow)
+///     .throttled_handler(ThrottledHandler::handler(slow_down))
+///     .build()?;
+/// // or a plain closure:
+/// throttle.update_throttled_handler(ThrottledHandler::from_fn(|decision, res| {
+///     res.render(format!("{} ms", decision.wait.as_millis()));
+/// }));
+/// # Ok::<(), traffik::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ThrottledHandler {
+    kind: Responder,
+}
+
+#[derive(Clone)]
+enum Responder {
+    Handler(Arc<dyn Handler>),
+    Fn(ResponderFn),
+}
+
+impl ThrottledHandler {
+    /// Any Salvo handler (e.g. a `#[handler]` function).
+    pub fn handler(handler: impl Handler) -> Self {
+        ThrottledHandler { kind: Responder::Handler(Arc::new(handler)) }
+    }
+
+    /// A closure over the decision and the response.
+    pub fn from_fn(f: impl Fn(&Decision, &mut Response) + Send + Sync + 'static) -> Self {
+        ThrottledHandler { kind: Responder::Fn(Arc::new(f)) }
+    }
+
+    async fn respond(
+        &self,
+        decision: &Decision,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        match &self.kind {
+            Responder::Handler(h) => h.handle(req, depot, res, ctrl).await,
+            Responder::Fn(f) => f(decision, res),
+        }
+    }
+}
+
+impl fmt::Debug for ThrottledHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Responder::Handler(_) => "ThrottledHandler(handler)",
+            Responder::Fn(_) => "ThrottledHandler(fn)",
+        })
+    }
+}
+
+/// Salvo conveniences on [`traffik::Throttle`] (which cannot be a Salvo [`Handler`] itself).
+pub trait ThrottleExt {
+    /// The throttle as a hoop ([`SalvoThrottle`]).
+    fn hoop(&self) -> SalvoThrottle;
+
+    /// One hit for a Salvo request, returning the raw decision (nothing is written to the
+    /// response; see [`SalvoThrottle::apply`] for that).
+    fn hit_request<'a>(
+        &'a self,
+        req: &'a Request,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'a;
+}
+
+impl ThrottleExt for Throttle {
+    fn hoop(&self) -> SalvoThrottle {
+        SalvoThrottle::new(self.clone())
+    }
+
+    async fn hit_request(&self, req: &Request, ctx: &Context) -> Result<Decision, Error> {
+        self.hit_with(&request_view(req), ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(outcome: Outcome, wait: Duration, cost: u64) -> Decision {
+        Decision {
+            outcome,
+            key: None,
+            rate: Some(traffik::rate!("2/h")),
+            cost,
+            remaining: Some(0),
+            wait,
+            reset: Duration::from_secs(3600),
+            source: traffik::Source::Backend,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fast_body_is_the_documented_json() {
+        use salvo::test::ResponseExt;
+        for d in [
+            decision(Outcome::Throttled, Duration::from_micros(1_500_001), 1),
+            decision(Outcome::Never, Duration::ZERO, 5),
+        ] {
+            let mut res = Response::new();
+            write_throttled(&d, &mut res);
+            let text = res.take_string().await.unwrap_or_default();
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            assert_eq!(parsed, throttled_body(&d), "{text}");
+        }
+        let never = throttled_body(&decision(Outcome::Never, Duration::ZERO, 5));
+        assert_eq!(never["retry_after_ms"], serde_json::Value::Null);
+        let throttled = throttled_body(&decision(Outcome::Throttled, Duration::from_micros(1_500_001), 1));
+        assert_eq!(throttled["retry_after_ms"], 1501);
+        assert_eq!(throttled["message"], "too many requests; retry in 2 s");
+    }
+
+    #[test]
+    fn millis_round_up() {
+        assert_eq!(ceil_millis(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(ceil_millis(Duration::from_micros(1_500_001)), 1501);
+        assert_eq!(ceil_millis(Duration::ZERO), 0);
+    }
+}
