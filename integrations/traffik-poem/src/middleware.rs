@@ -1,0 +1,365 @@
+//! Per-route middleware: [`PoemThrottle`] wraps a [`Throttle`] so `route.at("/x", get(h).with(..))`
+//! enforces it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use poem::http::HeaderMap;
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use traffik::{Context, Decision, Outcome, Throttle};
+
+use crate::response::{error_response, throttled_response};
+use crate::view::request_view;
+
+type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
+
+struct Options {
+    cost: Option<u64>,
+    per_path: bool,
+    enforce: bool,
+    context: Option<Arc<ContextFn>>,
+}
+
+/// A [`Throttle`] usable as Poem middleware (a newtype: Poem's `Middleware` trait and
+/// `traffik::Throttle` are both foreign to this crate).
+///
+/// Cheap to clone; clones share the throttle's state. Stack several on one endpoint and all are
+/// enforced (the outermost runs first):
+///
+/// ```
+/// use poem::{EndpointExt, Route, get, handler};
+/// use traffik::{rate, InMemoryBackend, Throttle, strategy::FixedWindow};
+/// use traffik_poem::PoemThrottle;
+///
+/// #[handler]
+/// fn data() -> &'static str { "data" }
+///
+/// let build = |uid: &str, r| {
+///     Throttle::builder().uid(uid).rate(r).backend(InMemoryBackend::new())
+///         .strategy(FixedWindow).no_registry().build()
+/// };
+/// let burst = PoemThrottle::new(build("burst", rate!("10/min"))?);
+/// let sustained = PoemThrottle::new(build("sustained", rate!("100/hour"))?);
+/// let app = Route::new().at("/data", get(data).with(burst).with(sustained));
+/// # let _ = app;
+/// # Ok::<(), traffik::Error>(())
+/// ```
+///
+/// Per request: the throttle is hit (with this wrapper's [`cost`](Self::cost) and
+/// [`context`](Self::context) if set). A rejection answers 429 ([`throttled_response`]) without
+/// calling the endpoint; a backend failure the error policy raised answers 503
+/// ([`error_response`]); a delayed decision (`LeakyBucketWithQueue`) waits
+/// [`Decision::wait`] and then calls the endpoint. The endpoint sees the [`Decision`] as request
+/// data (`Data<&Decision>`, the innermost throttle's) and every throttle's decision in
+/// [`ThrottleDecisions`]; the throttle's headers that apply to allowed requests
+/// ([`traffik::When::Always`]) are added to its response (errors returned by the endpoint pass
+/// through untouched).
+///
+/// Keys hold the client identity and never the path, so a route with path parameters
+/// (`/users/:id`) is limited per client for the whole route; [`per_path`](Self::per_path)
+/// gives each concrete path its own quota instead.
+#[derive(Clone)]
+pub struct PoemThrottle {
+    throttle: Throttle,
+    uid: Arc<str>,
+    opts: Arc<Options>,
+}
+
+impl fmt::Debug for PoemThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoemThrottle")
+            .field("throttle", &self.throttle)
+            .field("cost", &self.opts.cost)
+            .field("per_path", &self.opts.per_path)
+            .field("enforce", &self.opts.enforce)
+            .finish()
+    }
+}
+
+impl From<Throttle> for PoemThrottle {
+    fn from(throttle: Throttle) -> Self {
+        PoemThrottle::new(throttle)
+    }
+}
+
+impl PoemThrottle {
+    /// Wraps a throttle.
+    pub fn new(throttle: Throttle) -> Self {
+        let uid = Arc::from(throttle.uid());
+        PoemThrottle {
+            throttle,
+            uid,
+            opts: Arc::new(Options { cost: None, per_path: false, enforce: true, context: None }),
+        }
+    }
+
+    fn with_opts(mut self, f: impl FnOnce(&mut Options)) -> Self {
+        let old = &self.opts;
+        let mut next =
+            Options { cost: old.cost, per_path: old.per_path, enforce: old.enforce, context: old.context.clone() };
+        f(&mut next);
+        self.opts = Arc::new(next);
+        self
+    }
+
+    /// Overrides the throttle's cost for requests through this middleware.
+    #[must_use]
+    pub fn cost(self, cost: u64) -> Self {
+        self.with_opts(|o| o.cost = Some(cost))
+    }
+
+    /// Gives every concrete path its own quota (the path becomes a key scope via
+    /// [`Context::scope`]). Off by default: a route is limited per client as a whole.
+    ///
+    /// Each distinct path a client requests then keeps its own state, so a client can create
+    /// as many keys as it can invent paths; the in-memory backend's key cap bounds that, and
+    /// keys are encoded so no path can change a key's structure.
+    #[must_use]
+    pub fn per_path(self, yes: bool) -> Self {
+        self.with_opts(|o| o.per_path = yes)
+    }
+
+    /// With `false`, rejected requests still reach the endpoint, which decides what to do
+    /// (see [`is_throttled`]); quota is consumed as usual. Default `true`.
+    #[must_use]
+    pub fn enforce(self, yes: bool) -> Self {
+        self.with_opts(|o| o.enforce = yes)
+    }
+
+    /// Builds the per-request [`Context`] (cost override, scope parts, typed values for cost and
+    /// rate functions) from the request. [`cost`](Self::cost) and
+    /// [`per_path`](Self::per_path) are applied on top of it.
+    #[must_use]
+    pub fn context(self, f: impl Fn(&Request) -> Context + Send + Sync + 'static) -> Self {
+        self.with_opts(|o| o.context = Some(Arc::new(f)))
+    }
+
+    /// The wrapped throttle.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// Unwraps the throttle.
+    pub fn into_inner(self) -> Throttle {
+        self.throttle
+    }
+
+    fn context_for(&self, req: &Request) -> Option<Context> {
+        let o = &self.opts;
+        if o.cost.is_none() && !o.per_path && o.context.is_none() {
+            return None;
+        }
+        let mut ctx = o.context.as_ref().map_or_else(Context::new, |f| f(req));
+        if let Some(cost) = o.cost {
+            ctx = ctx.cost(cost);
+        }
+        if o.per_path {
+            ctx = ctx.scope(crate::view::full_uri(req).path());
+        }
+        Some(ctx)
+    }
+
+    /// Hits the throttle for `req` with this wrapper's options.
+    pub async fn hit(&self, req: &Request) -> Result<Decision, traffik::Error> {
+        let view = request_view(req);
+        match self.context_for(req) {
+            None => self.throttle.hit(&view).await,
+            Some(ctx) => self.throttle.hit_with(&view, &ctx).await,
+        }
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for PoemThrottle {
+    type Output = ThrottleEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        ThrottleEndpoint { inner: ep, throttle: self.clone() }
+    }
+}
+
+/// The endpoint [`PoemThrottle`] wraps around another.
+#[derive(Debug)]
+pub struct ThrottleEndpoint<E> {
+    inner: E,
+    throttle: PoemThrottle,
+}
+
+impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let t = &self.throttle;
+        let decision = match t.hit(&req).await {
+            Ok(d) => d,
+            Err(e) => return Ok(error_response(&t.uid, &e)),
+        };
+        if decision.is_throttled() && t.opts.enforce {
+            return Ok(throttled_response(&t.throttle, &req, &decision));
+        }
+        if decision.outcome == Outcome::Delayed {
+            tokio::time::sleep(decision.wait).await;
+        }
+        let headers = allowed_headers(&t.throttle, &req, &decision);
+        record_shared(&mut req, &t.uid, decision);
+        let mut resp = self.inner.call(req).await?.into_response();
+        if let Some(h) = headers {
+            resp.headers_mut().extend(h);
+        }
+        Ok(resp)
+    }
+}
+
+/// The throttle's headers for a response to an admitted request (None when there are none).
+pub(crate) fn allowed_headers(throttle: &Throttle, req: &Request, decision: &Decision) -> Option<HeaderMap> {
+    if matches!(decision.outcome, Outcome::Skipped(_)) {
+        return None;
+    }
+    let headers = throttle.headers();
+    if headers.is_empty() {
+        return None;
+    }
+    let map = headers.resolve(&request_view(req), decision);
+    (!map.is_empty()).then_some(map)
+}
+
+/// Every decision the throttles on a request's way made, in the order they ran (outermost
+/// first). Read it in a handler with `Data<&ThrottleDecisions>` or [`decisions`].
+#[derive(Clone, Debug, Default)]
+pub struct ThrottleDecisions {
+    // Most requests meet one throttle: keep it inline, no vector allocation.
+    first: Option<(Arc<str>, Decision)>,
+    rest: Vec<(Arc<str>, Decision)>,
+}
+
+impl ThrottleDecisions {
+    fn entries(&self) -> impl DoubleEndedIterator<Item = &(Arc<str>, Decision)> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// The decision of the throttle with this uid (its latest, if it ran twice).
+    pub fn get(&self, uid: &str) -> Option<&Decision> {
+        self.entries().rev().find(|(u, _)| &**u == uid).map(|(_, d)| d)
+    }
+
+    /// `(uid, decision)` pairs in the order the throttles ran.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Decision)> {
+        self.entries().map(|(u, d)| (&**u, d))
+    }
+
+    /// How many decisions were recorded.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Whether none was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Whether any recorded decision rejected the request.
+    pub fn is_throttled(&self) -> bool {
+        self.entries().any(|(_, d)| d.is_throttled())
+    }
+
+    fn push(&mut self, entry: (Arc<str>, Decision)) {
+        if self.first.is_none() {
+            self.first = Some(entry);
+        } else {
+            self.rest.push(entry);
+        }
+    }
+}
+
+/// Stores `decision` in the request: as the request's [`Decision`] (replacing an earlier one)
+/// and appended to its [`ThrottleDecisions`]. The middlewares call this; call it yourself after
+/// a direct [`hit`](crate::hit) if later code should see the decision.
+pub fn record(req: &mut Request, uid: &str, decision: Decision) {
+    record_shared(req, &Arc::from(uid), decision);
+}
+
+pub(crate) fn record_shared(req: &mut Request, uid: &Arc<str>, decision: Decision) {
+    let ext = req.extensions_mut();
+    let entry = (Arc::clone(uid), decision.clone());
+    match ext.get_mut::<ThrottleDecisions>() {
+        Some(all) => all.push(entry),
+        None => {
+            ext.insert(ThrottleDecisions { first: Some(entry), rest: Vec::new() });
+        }
+    }
+    ext.insert(decision);
+}
+
+/// The latest throttle decision recorded on `req`, if any.
+pub fn decision(req: &Request) -> Option<&Decision> {
+    req.extensions().get::<Decision>()
+}
+
+/// Every throttle decision recorded on `req`, if any.
+pub fn decisions(req: &Request) -> Option<&ThrottleDecisions> {
+    req.extensions().get::<ThrottleDecisions>()
+}
+
+/// Whether any throttle recorded on `req` rejected it (only possible for requests that reach a
+/// handler through [`PoemThrottle::enforce(false)`](PoemThrottle::enforce) or after
+/// [`record`]).
+pub fn is_throttled(req: &Request) -> bool {
+    decisions(req).is_some_and(ThrottleDecisions::is_throttled)
+}
+
+/// Hits `throttle` for `req` from inside a handler, with a per-call [`Context`] (cost override,
+/// scope, values). Returns the decision as a value; nothing is sent.
+pub async fn hit(throttle: &Throttle, req: &Request, ctx: &Context) -> Result<Decision, traffik::Error> {
+    throttle.hit_with(&request_view(req), ctx).await
+}
+
+/// Hits `throttle` for `req` from inside a handler and turns a "no" into an error response:
+/// `Err` holds the 429 ([`throttled_response`]) or 503 ([`error_response`]) to return with `?`.
+/// A delayed decision waits [`Decision::wait`] before returning `Ok`.
+///
+/// ```
+/// use poem::{Request, handler, web::Data};
+/// use traffik::{Context, Throttle};
+///
+/// #[handler]
+/// async fn upload(req: &Request, body: Vec<u8>, uploads: Data<&Throttle>) -> poem::Result<String> {
+///     // One unit of cost per started megabyte.
+///     let cost = (body.len() as u64).div_ceil(1 << 20).max(1);
+///     traffik_poem::enforce(&uploads, req, &Context::new().cost(cost)).await?;
+///     Ok(format!("stored {} bytes", body.len()))
+/// }
+/// ```
+pub async fn enforce(throttle: &Throttle, req: &Request, ctx: &Context) -> poem::Result<Decision> {
+    let decision = match hit(throttle, req, ctx).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(poem::Error::from_response(error_response(throttle.uid(), &e)));
+        }
+    };
+    if decision.is_throttled() {
+        return Err(poem::Error::from_response(throttled_response(throttle, req, &decision)));
+    }
+    if decision.outcome == Outcome::Delayed {
+        tokio::time::sleep(decision.wait).await;
+    }
+    Ok(decision)
+}
+
+/// Adds `throttle`'s headers for an admitted `decision` to `resp` (what the middleware does for
+/// allowed requests); for handlers that call [`hit`] or [`enforce`] themselves.
+pub fn apply_headers(throttle: &Throttle, req: &Request, decision: &Decision, resp: &mut Response) {
+    if let Some(h) = allowed_headers(throttle, req, decision) {
+        resp.headers_mut().extend(h);
+    }
+}
+
+/// Poem conveniences on [`Throttle`].
+pub trait ThrottleExt {
+    /// The throttle as Poem middleware: `get(h).with(throttle.middleware())`.
+    fn middleware(&self) -> PoemThrottle;
+}
+
+impl ThrottleExt for Throttle {
+    fn middleware(&self) -> PoemThrottle {
+        PoemThrottle::new(self.clone())
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use poem::listener::TcpAcceptor;
+use poem::test::TestResponse;
+use poem::{Endpoint, Server};
+use traffik::strategy::{Metadata, Verdict};
+use traffik::{Backend, BackendError, BoxFuture, Operation};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A uid no other test uses.
+pub fn uid(prefix: &str) -> String {
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A throttle builder with a fresh uid, the rate, an in-memory backend, a fixed window and no
+/// registry; chain more options, then `.build()`.
+#[macro_export]
+macro_rules! throttle {
+    ($rate:expr) => {
+        traffik::Throttle::builder()
+            .uid($crate::common::uid("poem-test"))
+            .rate($rate)
+            .backend(traffik::InMemoryBackend::new())
+            .strategy(traffik::strategy::FixedWindow)
+            .no_registry()
+    };
+}
+
+/// Serves `app` on 127.0.0.1 (a free port) in the background; returns its address.
+pub async fn serve<E>(app: E) -> SocketAddr
+where
+    E: Endpoint + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    addr
+}
+
+/// A reqwest client that never uses a proxy.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// A response header as a string.
+pub fn header(resp: &TestResponse, name: &str) -> Option<String> {
+    resp.0.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// The body as JSON.
+pub async fn json(resp: TestResponse) -> serde_json::Value {
+    let text = resp.0.into_body().into_string().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A backend that is always down.
+#[derive(Debug, Default)]
+pub struct Broken;
+
+fn down() -> BackendError {
+    BackendError::Connection { backend: "broken", message: "down for the test".into(), source: None }
+}
+
+impl Backend for Broken {
+    fn kind(&self) -> &'static str {
+        "broken"
+    }
+    fn namespace(&self) -> &str {
+        "broken"
+    }
+    fn decide<'a>(&'a self, _op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(async { Err(down()) })
+    }
+    fn stat<'a>(&'a self, _op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(async { Err(down()) })
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
