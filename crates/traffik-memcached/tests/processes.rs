@@ -132,7 +132,7 @@ fn coordinator() {
         let [admitted, delayed, denied, contention] =
             totals.get(&suite.name).copied().unwrap_or_else(|| panic!("no result for {}", suite.name));
         let capacity = suite.full_quota(&rate());
-        let queue = if suite.name == "leaky_bucket_with_queue" { 3 } else { 0 };
+        let queue = u64::from(suite.queue());
         println!(
             "{:<24} admitted {admitted:>3} (capacity {capacity}), delayed {delayed} (queue {queue}), denied {denied}, contention {contention}",
             suite.name

@@ -1,0 +1,349 @@
+//! Connections: one shared multiplexed connection (reconnecting), a `ConnectionManager`, a bb8
+//! pool, or a cluster connection; and the one function that sends a command over any of them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use bb8_redis::RedisConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
+use traffik::BackendError;
+
+use crate::KIND;
+use crate::scripts::Lua;
+
+/// A future that opens a connection.
+pub(crate) type ConnectFuture<C> = Pin<Box<dyn Future<Output = RedisResult<C>> + Send>>;
+
+/// Opens connections (a URL's client or the user's factory).
+pub(crate) type Factory<C> = Arc<dyn Fn() -> ConnectFuture<C> + Send + Sync>;
+
+/// One command to send: a script (`EVALSHA`, falling back to `EVAL` after `NOSCRIPT`) or a
+/// plain command.
+pub(crate) enum Call {
+    Script { lua: &'static Lua, cmd: Cmd },
+    Plain(Cmd),
+}
+
+impl Call {
+    /// Starts a script call on one key; add `ARGV` with [`Call::arg`].
+    pub(crate) fn script(lua: &'static Lua, key: &str) -> Call {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(lua.hash.as_str()).arg(1).arg(key);
+        Call::Script { lua, cmd }
+    }
+
+    /// Appends an argument.
+    pub(crate) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        match self {
+            Call::Script { cmd, .. } | Call::Plain(cmd) => {
+                cmd.arg(arg);
+            }
+        }
+        self
+    }
+
+    /// The same call as `EVAL` with the full source (after `NOSCRIPT`).
+    fn eval(lua: &Lua, cmd: &Cmd) -> Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(lua.source.as_str());
+        for a in cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = a {
+                eval.arg(bytes);
+            }
+        }
+        eval
+    }
+
+    async fn send<C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<Value> {
+        match self {
+            Call::Plain(cmd) => cmd.query_async(conn).await,
+            Call::Script { lua, cmd } => match cmd.query_async(conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    Self::eval(lua, cmd).query_async(conn).await
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+/// Timeouts applied to connecting and to each command.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) command: Duration,
+}
+
+/// Where a failure happened, to name the right timeout.
+#[derive(Clone, Copy)]
+enum Phase {
+    Connect,
+    Command,
+}
+
+fn map_err(e: RedisError, phase: Phase, t: Timeouts) -> BackendError {
+    if e.is_timeout() {
+        return BackendError::Timeout {
+            backend: KIND,
+            after: match phase {
+                Phase::Connect => t.connect,
+                Phase::Command => t.command,
+            },
+        };
+    }
+    let transient = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(ServerErrorKind::BusyLoading)
+                | ErrorKind::Server(ServerErrorKind::MasterDown)
+        );
+    let message = e.to_string();
+    if transient || matches!(phase, Phase::Connect) {
+        BackendError::Connection { backend: KIND, message, source: Some(Box::new(e)) }
+    } else {
+        BackendError::Command { backend: KIND, message, source: Some(Box::new(e)) }
+    }
+}
+
+/// Whether the connection that returned `e` must be replaced.
+fn breaks(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_io_error())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A shared connection opened on first use and reopened after it breaks.
+pub(crate) struct Reconnecting<C> {
+    factory: Factory<C>,
+    current: Mutex<Option<(u64, C)>>,
+    /// Serializes reconnects; holds the last generation number.
+    connecting: tokio::sync::Mutex<u64>,
+    /// When the last connect attempt failed, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
+}
+
+impl<C: Clone + Send + 'static> Reconnecting<C> {
+    pub(crate) fn new(factory: Factory<C>) -> Self {
+        Reconnecting {
+            factory,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(0),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    /// Starts with an open connection (which cannot be reopened if there is no factory).
+    pub(crate) fn with_connection(factory: Factory<C>, conn: C) -> Self {
+        let r = Self::new(factory);
+        *lock(&r.current) = Some((0, conn));
+        r
+    }
+
+    fn peek(&self) -> Option<(u64, C)> {
+        lock(&self.current).clone()
+    }
+
+    async fn get(&self, t: Timeouts) -> Result<(u64, C), BackendError> {
+        if let Some(c) = self.peek() {
+            return Ok(c);
+        }
+        let asked = Instant::now();
+        let mut generation = self.connecting.lock().await;
+        if let Some(c) = self.peek() {
+            return Ok(c);
+        }
+        // Someone else just failed to connect while we waited: share their answer rather than
+        // queueing one more connect attempt behind it.
+        if let Some((at, why)) = lock(&self.last_failure).clone()
+            && at >= asked
+        {
+            return Err(BackendError::Connection { backend: KIND, message: why, source: None });
+        }
+        let result = match tokio::time::timeout(t.connect, (self.factory)()).await {
+            Err(_) => Err(BackendError::Timeout { backend: KIND, after: t.connect }),
+            Ok(Err(e)) => Err(map_err(e, Phase::Connect, t)),
+            Ok(Ok(conn)) => Ok(conn),
+        };
+        match result {
+            Ok(conn) => {
+                *generation += 1;
+                *lock(&self.current) = Some((*generation, conn.clone()));
+                *lock(&self.last_failure) = None;
+                Ok((*generation, conn))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redis connect failed");
+                *lock(&self.last_failure) = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn invalidate(&self, generation: u64) {
+        let mut cur = lock(&self.current);
+        if matches!(&*cur, Some((g, _)) if *g == generation) {
+            tracing::debug!(generation, "redis connection broken; reconnecting on next use");
+            *cur = None;
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        *lock(&self.current) = None;
+    }
+}
+
+/// How a URL-built pool is configured.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolConfig {
+    pub(crate) max_size: u32,
+}
+
+/// A bb8 pool, built on first use (bb8 spawns its reaper, which needs a runtime).
+pub(crate) struct LazyPool {
+    pool: OnceLock<bb8::Pool<RedisConnectionManager>>,
+    init: Option<(RedisConnectionManager, PoolConfig)>,
+}
+
+impl LazyPool {
+    pub(crate) fn ready(pool: bb8::Pool<RedisConnectionManager>) -> Self {
+        let cell = OnceLock::new();
+        let _ = cell.set(pool);
+        LazyPool { pool: cell, init: None }
+    }
+
+    pub(crate) fn lazy(manager: RedisConnectionManager, config: PoolConfig) -> Self {
+        LazyPool { pool: OnceLock::new(), init: Some((manager, config)) }
+    }
+
+    fn get(&self, t: Timeouts) -> Result<&bb8::Pool<RedisConnectionManager>, BackendError> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let Some((manager, config)) = &self.init else {
+            return Err(BackendError::command(KIND, "the pool is not configured"));
+        };
+        Ok(self.pool.get_or_init(|| {
+            bb8::Pool::builder()
+                .max_size(config.max_size.max(1))
+                .test_on_check_out(false)
+                .connection_timeout(t.connect)
+                .build_unchecked(manager.clone())
+        }))
+    }
+}
+
+/// The connection flavours.
+pub(crate) enum Conn {
+    /// One multiplexed connection shared by every task (default).
+    Multiplexed(Reconnecting<MultiplexedConnection>),
+    /// The user's `ConnectionManager` (it reconnects by itself).
+    Manager(ConnectionManager),
+    /// A bb8 pool of multiplexed connections, ping-on-checkout off.
+    Pool(LazyPool),
+    /// Redis Cluster.
+    Cluster(Reconnecting<ClusterConnection>),
+}
+
+impl Conn {
+    /// Sends one call and returns the reply. Commands are bounded by the connections'
+    /// response timeout (set from the command timeout on connections this crate opens), a
+    /// connect or pool checkout by the connection timeout.
+    pub(crate) async fn run(&self, call: &Call, t: Timeouts) -> Result<Value, BackendError> {
+        match self {
+            Conn::Multiplexed(r) => {
+                let (generation, mut c) = r.get(t).await?;
+                let res = call.send(&mut c).await;
+                if let Err(e) = &res
+                    && breaks(e)
+                {
+                    r.invalidate(generation);
+                }
+                res.map_err(|e| map_err(e, Phase::Command, t))
+            }
+            Conn::Manager(m) => {
+                let mut c = m.clone();
+                call.send(&mut c).await.map_err(|e| map_err(e, Phase::Command, t))
+            }
+            Conn::Pool(p) => {
+                let pool = p.get(t)?;
+                let mut pooled = match pool.get().await {
+                    Ok(c) => c,
+                    Err(bb8::RunError::TimedOut) => {
+                        return Err(BackendError::Timeout { backend: KIND, after: t.connect });
+                    }
+                    Err(bb8::RunError::User(e)) => return Err(map_err(e, Phase::Connect, t)),
+                };
+                let res = call.send(&mut *pooled).await;
+                if let Err(e) = &res
+                    && breaks(e)
+                {
+                    // bb8-redis never reports a connection as broken and pings are off, so
+                    // replace it in place; the pool gets the fresh one back.
+                    match tokio::time::timeout(t.connect, pool.dedicated_connection()).await {
+                        Ok(Ok(fresh)) => *pooled = fresh,
+                        _ => tracing::debug!("broken pooled redis connection kept: reconnect failed"),
+                    }
+                }
+                res.map_err(|e| map_err(e, Phase::Command, t))
+            }
+            Conn::Cluster(r) => {
+                let (generation, mut c) = r.get(t).await?;
+                let res = call.send(&mut c).await;
+                if let Err(e) = &res
+                    && e.is_connection_dropped()
+                {
+                    r.invalidate(generation);
+                }
+                res.map_err(|e| map_err(e, Phase::Command, t))
+            }
+        }
+    }
+
+    /// Sends a command to one cluster node (by address), for `SCAN`.
+    pub(crate) async fn run_on_node(
+        &self,
+        cmd: Cmd,
+        host: &str,
+        port: u16,
+        t: Timeouts,
+    ) -> Result<Value, BackendError> {
+        let Conn::Cluster(r) = self else {
+            return self.run(&Call::Plain(cmd), t).await;
+        };
+        let (_, mut c) = r.get(t).await?;
+        let routing =
+            redis::cluster_routing::RoutingInfo::SingleNode(redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: host.to_owned(),
+                port,
+            });
+        match tokio::time::timeout(t.command, c.route_command(cmd, routing)).await {
+            Ok(r) => r.map_err(|e| map_err(e, Phase::Command, t)),
+            Err(_) => Err(BackendError::Timeout { backend: KIND, after: t.command }),
+        }
+    }
+
+    /// Drops what can be dropped.
+    pub(crate) fn close(&self) {
+        match self {
+            Conn::Multiplexed(r) => r.clear(),
+            Conn::Cluster(r) => r.clear(),
+            Conn::Manager(_) | Conn::Pool(_) => {}
+        }
+    }
+
+    /// Whether this is a cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}

@@ -1,0 +1,108 @@
+//! Decoding script replies and the stored state strings.
+
+use redis::Value;
+use traffik::BackendError;
+use traffik::strategy::{
+    Builtin, FixedWindowState, MeterState, SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
+};
+
+use crate::KIND;
+
+fn bad_reply(what: &str, v: &Value) -> BackendError {
+    BackendError::command(KIND, format!("unexpected reply ({what}): {v:?}"))
+}
+
+/// An integer field of a reply.
+pub(crate) fn int(v: &Value) -> Result<u64, BackendError> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).map_err(|_| bad_reply("negative integer", v)),
+        Value::BulkString(b) => {
+            std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad_reply("integer", v))
+        }
+        _ => Err(bad_reply("integer", v)),
+    }
+}
+
+/// Optional bytes (a bulk string or nil).
+pub(crate) fn bytes(v: &Value) -> Result<Option<Vec<u8>>, BackendError> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(b.clone())),
+        Value::SimpleString(s) => Ok(Some(s.as_bytes().to_vec())),
+        _ => Err(bad_reply("bytes", v)),
+    }
+}
+
+/// The items of an array reply.
+pub(crate) fn items(v: &Value) -> Result<&[Value], BackendError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(bad_reply("array", v)),
+    }
+}
+
+/// `{kind, remaining, wait_us, reset_us, ...}` to a verdict.
+pub(crate) fn verdict(fields: &[Value]) -> Result<Verdict, BackendError> {
+    let [k, remaining, wait, reset, ..] = fields else {
+        return Err(BackendError::command(KIND, "short verdict reply"));
+    };
+    let kind = match int(k)? {
+        0 => VerdictKind::Admit,
+        1 => VerdictKind::Delay,
+        2 => VerdictKind::Deny,
+        3 => VerdictKind::Never,
+        other => {
+            return Err(BackendError::command(KIND, format!("unknown verdict kind {other}")));
+        }
+    };
+    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)? })
+}
+
+fn numbers(raw: &str) -> Option<Vec<u64>> {
+    raw.split([' ', ':']).map(|p| p.parse::<u64>().ok()).collect()
+}
+
+/// The stored state string of a built-in, as the strategy's serialized (JSON) state; `None`
+/// when absent or unreadable (the scripts treat such state as absent too).
+pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>> {
+    let raw = std::str::from_utf8(raw?).ok()?;
+    let n = numbers(raw)?;
+    let json = match builtin {
+        Builtin::FixedWindow => match n[..] {
+            [window, used] => serde_json::to_vec(&FixedWindowState { window, used }),
+            _ => return None,
+        },
+        Builtin::SlidingWindowCounter => match n[..] {
+            [window, prev, cur] => serde_json::to_vec(&SlidingWindowCounterState { window, prev, cur }),
+            _ => return None,
+        },
+        Builtin::SlidingWindowLog => {
+            if n.len() % 2 != 0 || n.is_empty() {
+                return None;
+            }
+            let entries = n.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+            serde_json::to_vec(&SlidingWindowLogState { entries })
+        }
+        Builtin::Meter(_) => match n[..] {
+            [tat] => serde_json::to_vec(&MeterState { tat }),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    json.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_strings_become_strategy_json() {
+        let fw = state_json(Builtin::FixedWindow, Some(b"12 3")).unwrap_or_default();
+        assert_eq!(fw, br#"{"window":12,"used":3}"#);
+        let swl = state_json(Builtin::SlidingWindowLog, Some(b"5:1 9:2")).unwrap_or_default();
+        assert_eq!(swl, br#"{"entries":[[5,1],[9,2]]}"#);
+        assert!(state_json(Builtin::FixedWindow, Some(b"garbage")).is_none());
+        assert!(state_json(Builtin::FixedWindow, None).is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use traffik::SharedBackend;
+use traffik_redis::RedisBackend;
+
+/// A backend on `url` in client-clock mode, with keys kept long enough for any test.
+pub fn client_clock(url: &str) -> RedisBackend {
+    RedisBackend::builder()
+        .url(url)
+        .namespace("t")
+        .use_client_clock(true)
+        .min_ttl(Duration::from_secs(600))
+        .build()
+        .expect("backend")
+}
+
+/// The same over a bb8 pool.
+pub fn client_clock_pooled(url: &str, size: u32) -> RedisBackend {
+    RedisBackend::builder()
+        .url(url)
+        .namespace("t")
+        .pooled(size)
+        .use_client_clock(true)
+        .min_ttl(Duration::from_secs(600))
+        .build()
+        .expect("backend")
+}
+
+/// Shared form.
+pub fn shared(b: RedisBackend) -> SharedBackend {
+    Arc::new(b)
+}
+
+pub mod cluster;
+
+/// A synchronous admin connection for assertions.
+pub fn admin(url: &str) -> redis::Connection {
+    redis::Client::open(url).expect("client").get_connection().expect("admin connection")
+}
+
+/// A redis-server of this test's own, even when `TRAFFIK_REDIS_URL` names a shared one: for
+/// tests that assert on server-wide counters (`INFO commandstats`, `DBSIZE`, `KEYS *`) or stop
+/// the server.
+pub struct PrivateServer {
+    /// `redis://127.0.0.1:<port>/`
+    pub url: String,
+    /// The port.
+    pub port: u16,
+    /// The process.
+    pub guard: traffik_test_support::ProcessGuard,
+}
+
+/// Starts `redis-server` on `port` (persistence off).
+pub fn start_redis_on(port: u16) -> traffik_test_support::ProcessGuard {
+    let mut cmd = std::process::Command::new(traffik_test_support::require_binary("redis-server", "redis-server"));
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    let mut g = traffik_test_support::ProcessGuard::spawn(cmd, "redis-server");
+    traffik_test_support::wait_for_port(([127, 0, 0, 1], port).into(), g.child(), "redis-server");
+    g
+}
+
+/// Starts a private server on a free port, checking that the server answering is ours.
+pub fn private_server() -> PrivateServer {
+    for _ in 0..10 {
+        let port = traffik_test_support::free_port();
+        let mut guard = start_redis_on(port);
+        let url = format!("redis://127.0.0.1:{port}/");
+        let pid = guard.child().id();
+        let ours = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+            .is_ok_and(|info| info.lines().any(|l| l.trim() == format!("process_id:{pid}")));
+        if ours {
+            return PrivateServer { url, port, guard };
+        }
+        guard.stop();
+    }
+    panic!("could not start a private redis-server on a free port");
+}
+
+/// Unique per test run, so that a shared server (`TRAFFIK_REDIS_URL`) never hands a run the
+/// state of an earlier one.
+pub fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    })
+}

@@ -1,0 +1,211 @@
+//! Differential property test: for random schedules, the Lua script of every built-in strategy
+//! decides exactly what the Rust state machine decides, step by step (verdicts of hits, peeks
+//! and stats, and the metadata computed from the stored state).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use traffik::strategy::{
+    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog,
+    Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
+};
+use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik_redis::RedisBackend;
+use traffik_test_support::redis_server;
+
+#[derive(Clone, Debug)]
+enum Which {
+    Fw,
+    Swc,
+    Swl,
+    Tb(Option<u32>),
+    Tbd(Option<u32>, u32),
+    Lb,
+    Lbq(u32),
+    Gcra(u64),
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Hit,
+    Peek,
+    Stat,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    /// Signed time change in microseconds (negative: a lagging client clock).
+    delta: i64,
+    cost: u64,
+    action: Action,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    which: Which,
+    limit: u32,
+    period_ms: u64,
+    start: u64,
+    steps: Vec<Step>,
+}
+
+fn which() -> impl proptest::strategy::Strategy<Value = Which> {
+    prop_oneof![
+        Just(Which::Fw),
+        Just(Which::Swc),
+        Just(Which::Swl),
+        proptest::option::of(1u32..40).prop_map(Which::Tb),
+        (proptest::option::of(1u32..40), 0u32..10).prop_map(|(b, d)| Which::Tbd(b, d)),
+        Just(Which::Lb),
+        (0u32..10).prop_map(Which::Lbq),
+        prop_oneof![Just(0u64), 0u64..5_000_000].prop_map(Which::Gcra),
+    ]
+}
+
+fn case() -> impl proptest::strategy::Strategy<Value = Case> {
+    let limit = prop_oneof![6 => 1u32..=20, 1 => 21u32..=5_000, 1 => Just(u32::MAX)];
+    let period = prop::sample::select(vec![1u64, 3, 7, 100, 999, 1_000, 2_500, 60_000, 3_600_000, 86_400_000]);
+    case_with(which(), limit, period)
+}
+
+/// Sliding window counters whose weights are exact fractions, so that estimates land exactly
+/// on the limit and any change in the order of floating-point operations shows: fill the
+/// previous window with `prev`, the current one with `cur`, then ask for `cost` at `elapsed`
+/// (the denial's wait bisects right onto the boundary).
+fn counter_case() -> impl proptest::strategy::Strategy<Value = Case> {
+    let period = prop::sample::select(vec![3u64, 6, 7, 9, 12, 15]);
+    (period, 1u32..=12, 1u64..1_000_000_000)
+        .prop_flat_map(|(period_ms, limit, n)| {
+            let l = u64::from(limit);
+            (Just((period_ms, limit, n)), 0..=l)
+        })
+        .prop_flat_map(|((period_ms, limit, n), prev)| {
+            let l = u64::from(limit);
+            (Just((period_ms, limit, n, prev)), 0..=l - prev, 1..=l, 0..period_ms * 1000)
+        })
+        .prop_map(|((period_ms, limit, n, prev), cur, cost, elapsed)| {
+            let w = period_ms * 1000;
+            let hit = |delta: i64, cost: u64| Step { delta, cost, action: Action::Hit };
+            let mut steps = Vec::new();
+            let mut delta = 0i64;
+            if prev > 0 {
+                steps.push(hit(0, prev));
+            }
+            delta += w as i64;
+            if cur > 0 {
+                steps.push(hit(delta, cur));
+                delta = 0;
+            }
+            steps.push(Step { delta: delta + elapsed as i64, cost, action: Action::Peek });
+            steps.push(Step { delta: 0, cost, action: Action::Stat });
+            steps.push(hit(0, cost));
+            Case { which: Which::Swc, limit, period_ms, start: n * w, steps }
+        })
+}
+
+fn case_with(
+    which: impl proptest::strategy::Strategy<Value = Which>,
+    limit: impl proptest::strategy::Strategy<Value = u32>,
+    period: impl proptest::strategy::Strategy<Value = u64>,
+) -> impl proptest::strategy::Strategy<Value = Case> {
+    let start =
+        prop_oneof![0u64..10_000_000, 1_600_000_000_000_000u64..1_900_000_000_000_000, 0u64..4_000_000_000_000_000];
+    let step = (
+        prop_oneof![
+            4 => Just(0i64),
+            4 => 0i64..2_000,
+            3 => 0i64..200_000,
+            2 => 0i64..5_000_000,
+            1 => 0i64..200_000_000_000,
+            1 => -100_000i64..0,
+        ],
+        prop_oneof![8 => 1u64..=4, 2 => 1u64..=40, 1 => Just(u64::MAX), 1 => 1u64..=1_000_000],
+        prop_oneof![6 => Just(Action::Hit), 2 => Just(Action::Peek), 1 => Just(Action::Stat)],
+    )
+        .prop_map(|(delta, cost, action)| Step { delta, cost, action });
+    (which, limit, period, start, prop::collection::vec(step, 1..60))
+        .prop_map(|(which, limit, period_ms, start, steps)| Case { which, limit, period_ms, start, steps })
+}
+
+static KEYS: AtomicU64 = AtomicU64::new(0);
+
+async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
+    let handle = StrategyHandle::new(s.clone());
+    let rate = Rate::per_millis(case.limit, case.period_ms).map_err(|e| TestCaseError::reject(e.to_string()))?;
+    let key = Key::builder(&format!("diff-{}", common::run_id()))
+        .part(&KEYS.fetch_add(1, Ordering::Relaxed).to_be_bytes())
+        .build();
+    let mut state: Option<S::State> = None;
+    let mut now = case.start;
+    for (i, step) in case.steps.iter().enumerate() {
+        now = now.saturating_add_signed(step.delta);
+        let input = Input { now_us: now, rate, cost: step.cost };
+        let rust = s.decide(state.as_ref(), &input);
+        let mode = match step.action {
+            Action::Hit => Mode::Consume,
+            _ => Mode::Peek,
+        };
+        let op = Operation { key: &key, strategy: &handle, input, mode };
+        let ctx = || format!("step {i}: now {now}, cost {}, {:?}, state {state:?}", step.cost, step.action);
+        match step.action {
+            Action::Stat => {
+                let (v, meta) = backend.stat(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
+                prop_assert_eq!(v, rust.verdict, "stat verdict; {}", ctx());
+                prop_assert_eq!(meta, s.metadata(state.as_ref(), &input), "metadata; {}", ctx());
+            }
+            _ => {
+                let v = backend.decide(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
+                prop_assert_eq!(v, rust.verdict, "verdict; {}", ctx());
+            }
+        }
+        if let (Action::Hit, Some(w)) = (&step.action, rust.write) {
+            state = Some(w.state);
+        }
+    }
+    Ok(())
+}
+
+async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
+    match case.which {
+        Which::Fw => compare(FixedWindow, backend, case).await,
+        Which::Swc => compare(SlidingWindowCounter, backend, case).await,
+        Which::Swl => compare(SlidingWindowLog, backend, case).await,
+        Which::Tb(None) => compare(TokenBucket::new(), backend, case).await,
+        Which::Tb(Some(b)) => compare(TokenBucket::with_burst(b), backend, case).await,
+        Which::Tbd(None, d) => compare(TokenBucketWithDebt::new(d), backend, case).await,
+        Which::Tbd(Some(b), d) => compare(TokenBucketWithDebt::with_burst(b, d), backend, case).await,
+        Which::Lb => compare(LeakyBucket, backend, case).await,
+        Which::Lbq(q) => compare(LeakyBucketWithQueue::new(q), backend, case).await,
+        Which::Gcra(t) => compare(Gcra::with_tolerance(Duration::from_micros(t)), backend, case).await,
+    }
+}
+
+#[test]
+fn lua_scripts_decide_exactly_like_the_rust_state_machines() {
+    let server = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let backend = common::client_clock(&server.url);
+    let mut runner = TestRunner::new(Config { cases: 1500, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&case(), |c| rt.block_on(run(&backend, &c)));
+    if let Err(e) = result {
+        panic!("Lua and Rust disagree: {e}");
+    }
+}
+
+#[test]
+fn sliding_counter_boundaries_and_waits_match_to_the_microsecond() {
+    let server = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let backend = common::client_clock(&server.url);
+    let mut runner = TestRunner::new(Config { cases: 1500, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&counter_case(), |c| rt.block_on(run(&backend, &c)));
+    if let Err(e) = result {
+        panic!("Lua and Rust disagree: {e}");
+    }
+}

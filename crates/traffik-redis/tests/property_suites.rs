@@ -1,0 +1,33 @@
+//! The core's property-test suites, unchanged, against a real redis-server (client clock).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency};
+use traffik_test_support::redis_server;
+
+#[test]
+fn every_strategy_stays_within_its_bound_on_a_multiplexed_connection() {
+    let server = redis_server();
+    let cfg = SuiteConfig { cases: 96, max_steps: 60 };
+    check_backend(|| common::shared(common::client_clock(&server.url)), &cfg);
+}
+
+#[test]
+fn every_strategy_stays_within_its_bound_on_a_bb8_pool() {
+    let server = redis_server();
+    check_backend(|| common::shared(common::client_clock_pooled(&server.url, 4)), &SuiteConfig::quick());
+}
+
+#[test]
+fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity_multiplexed() {
+    let server = redis_server();
+    check_concurrency(|| common::shared(common::client_clock(&server.url)), 64);
+}
+
+#[test]
+fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity_pooled() {
+    let server = redis_server();
+    check_concurrency(|| common::shared(common::client_clock_pooled(&server.url, 8)), 64);
+}
