@@ -8,7 +8,8 @@
 //! ```
 //! use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::Gcra};
 //!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), traffik::Error> {
 //! let throttle = Throttle::builder()
 //!     .uid("quick-start")
 //!     .rate(rate!("100/min"))
@@ -16,11 +17,11 @@
 //!     .strategy(Gcra::new())
 //!     .build()?;
 //!
-//! let request = RequestView::empty().peer(Some("198.51.100.4:40000".parse().unwrap()));
+//! let request = RequestView::empty().peer(Some(([198, 51, 100, 4], 40000).into()));
 //! let decision = throttle.hit(&request).await?;
 //! assert!(decision.is_allowed());
-//! # Ok::<(), traffik::Error>(())
-//! # }).unwrap();
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! | concept | type |

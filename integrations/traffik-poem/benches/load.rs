@@ -1,7 +1,8 @@
-//! Load test of one Poem endpoint: unthrottled, throttled in memory (limit never reached) and
-//! throttled on its rejection path (every request answered 429). Prints requests per second
-//! and the ratio to the unthrottled baseline measured in the same run. (No Redis row: this
-//! crate does not depend on any backend crate, not even for benches.)
+//! Load test of one Poem endpoint: unthrottled, throttled in memory (limit never reached),
+//! throttled on Redis (limit never reached; a `redis-server` is started on a free loopback port,
+//! or `TRAFFIK_REDIS_URL` is used) and throttled on its rejection path (every request answered
+//! 429). Prints requests per second and the ratio to the unthrottled baseline measured in the
+//! same run.
 //!
 //! `cargo bench -p traffik-poem --bench load`. Traffic goes to 127.0.0.1 only. The servers run
 //! on a one-thread Tokio runtime; the client is `wrk` when installed (one thread, 16
@@ -131,6 +132,9 @@ fn main() {
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
 
     let memory: SharedBackend = Arc::new(InMemoryBackend::new());
+    let redis_server = traffik_test_support::redis_server();
+    let redis: SharedBackend =
+        Arc::new(traffik_redis::RedisBackend::builder().url(&redis_server.url).namespace("bench").build().unwrap());
     let targets: Vec<(&str, SocketAddr)> = vec![
         ("unthrottled", spawn_server(&server_rt, Route::new().at("/", get(hello)))),
         (
@@ -138,6 +142,13 @@ fn main() {
             spawn_server(
                 &server_rt,
                 get(hello).with(throttle("bench-open", rate!("4000000000/h"), Arc::clone(&memory)).middleware()),
+            ),
+        ),
+        (
+            "throttled, Redis (never limited)",
+            spawn_server(
+                &server_rt,
+                get(hello).with(throttle("bench-redis", rate!("4000000000/h"), redis).middleware()),
             ),
         ),
         (
@@ -175,4 +186,5 @@ fn main() {
         println!("{name:<40} {rps:>10.0} {:>6.2}x {cpu:>14} {cpu_ratio:>7}", rps / base_rps);
     }
     println!("(ratios > 1 are faster than unthrottled; the CPU ratio is baseline CPU/req over this row's)");
+    drop(redis_server);
 }

@@ -12,7 +12,8 @@
 //! #[handler]
 //! fn hello() -> &'static str { "hello" }
 //!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), traffik::Error> {
 //! let throttle = Throttle::builder()
 //!     .uid("crate-doc")
 //!     .rate(rate!("2/min"))
@@ -28,8 +29,8 @@
 //! let third = cli.get("/hello").send().await;
 //! third.assert_status(poem::http::StatusCode::TOO_MANY_REQUESTS);
 //! third.assert_header_exist("retry-after");
-//! # Ok::<(), traffik::Error>(())
-//! # }).unwrap();
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! | need | use |

@@ -1,5 +1,6 @@
 //! Load test of one Salvo endpoint on 127.0.0.1: unthrottled, throttled in memory (the limit is
-//! never reached) and the rejection path (every request answered 429).
+//! never reached), throttled on Redis (a `redis-server` started on a free loopback port, or
+//! `TRAFFIK_REDIS_URL`) and the rejection path (every request answered 429).
 //!
 //! Run: `cargo bench -p traffik-salvo --bench load` (release profile). It uses `wrk` when it is
 //! on the PATH (`apt-get install -y wrk`) and an in-process reqwest load generator otherwise.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use salvo::prelude::*;
 use traffik::strategy::FixedWindow;
-use traffik::{InMemoryBackend, Throttle};
+use traffik::{InMemoryBackend, SharedBackend, Throttle};
 use traffik_salvo::ThrottleExt;
 
 #[handler]
@@ -29,18 +30,16 @@ async fn hello() -> &'static str {
 const ROUNDS: usize = 6;
 
 fn throttle(uid: &str, rate: &str) -> Throttle {
-    Throttle::builder()
-        .uid(uid)
-        .rate(rate)
-        .backend(InMemoryBackend::new())
-        .strategy(FixedWindow)
-        .no_registry()
-        .build()
-        .unwrap()
+    throttle_on(uid, rate, Arc::new(InMemoryBackend::new()))
 }
 
-fn router() -> Router {
+fn throttle_on(uid: &str, rate: &str, backend: SharedBackend) -> Throttle {
+    Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).no_registry().build().unwrap()
+}
+
+fn router(redis: SharedBackend) -> Router {
     Router::new()
+        .push(Router::with_path("redis").hoop(throttle_on("bench-redis", "1000000000/h", redis).hoop()).get(hello))
         .push(Router::with_path("plain").get(hello))
         .push(Router::with_path("throttled").hoop(throttle("bench-throttled", "1000000000/h").hoop()).get(hello))
         .push(Router::with_path("rejected").hoop(throttle("bench-rejected", "1/h").hoop()).get(hello))
@@ -88,11 +87,14 @@ fn in_process(url: &str, secs: u64) -> f64 {
 fn main() {
     let secs: u64 = std::env::var("TRAFFIK_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let redis_server = traffik_test_support::redis_server();
+    let redis: SharedBackend =
+        Arc::new(traffik_redis::RedisBackend::builder().url(&redis_server.url).namespace("bench").build().unwrap());
     let addr: SocketAddr = server.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
-        tokio::spawn(Server::new(acceptor).serve(router()));
+        tokio::spawn(Server::new(acceptor).serve(router(redis)));
         addr
     });
     let use_wrk = wrk_available();
@@ -104,7 +106,7 @@ fn main() {
         "salvo load test: 1 server worker, 32 connections, {secs} s per run, {ROUNDS} rounds, client: {}",
         if use_wrk { "wrk -t1" } else { "in-process reqwest" }
     );
-    for path in ["plain", "throttled", "rejected"] {
+    for path in ["plain", "throttled", "redis", "rejected"] {
         load(path, 1); // warm up (and use up the rejected route's single hit)
     }
     // The machine may be shared: interleave the two routes we compare (ABBA order, so drift
@@ -124,11 +126,14 @@ fn main() {
     }
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
+    let on_redis = load("redis", secs);
     let rejected = load("rejected", secs);
     println!("unthrottled          {plain:>10.0} req/s");
     println!(
         "throttled (allowed)  {throttled:>10.0} req/s  ratio {:.3}, median per-round ratio {median:.3}",
         throttled / plain
     );
+    println!("throttled (Redis)    {on_redis:>10.0} req/s  ratio {:.3}", on_redis / plain);
     println!("rejected (429)       {rejected:>10.0} req/s  ratio {:.3}", rejected / plain);
+    drop(redis_server);
 }

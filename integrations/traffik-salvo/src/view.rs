@@ -27,9 +27,10 @@ pub fn peer_addr(req: &Request) -> Option<SocketAddr> {
 /// use traffik_salvo::request_view;
 ///
 /// let mut req = Request::default();
-/// *req.remote_addr_mut() = "192.0.2.7:4000".parse::<std::net::SocketAddr>().unwrap().into();
+/// let addr = std::net::SocketAddr::from(([192, 0, 2, 7], 4000));
+/// *req.remote_addr_mut() = addr.into();
 /// let view = request_view(&req);
-/// assert_eq!(view.peer_addr(), Some("192.0.2.7:4000".parse().unwrap()));
+/// assert_eq!(view.peer_addr(), Some(addr));
 /// ```
 pub fn request_view(req: &Request) -> RequestView<'_> {
     let matched = req.matched_path();
