@@ -92,6 +92,20 @@ impl Decision {
         }
     }
 
+    /// Let through because the backend failed and the error policy fails open.
+    pub(crate) fn failed_open(key: Key, rate: Rate, cost: u64) -> Self {
+        Decision {
+            outcome: Outcome::Allowed,
+            key: Some(key),
+            rate: Some(rate),
+            cost,
+            remaining: None,
+            wait: Duration::ZERO,
+            reset: Duration::ZERO,
+            source: Source::ErrorPolicy,
+        }
+    }
+
     pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Self {
         let outcome = match v.kind {
             VerdictKind::Admit => Outcome::Allowed,

@@ -467,3 +467,28 @@ fn sixty_four_tasks_through_the_throttle_admit_exactly_the_limit() {
         assert_eq!(admitted.load(Ordering::Relaxed), expected, "{name}");
     }
 }
+
+#[test]
+fn hits_and_stats_work_outside_a_tokio_runtime() {
+    // A minimal executor: the in-memory path never waits, so polling once completes it.
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-memory path waited"),
+        }
+    }
+    let t = Throttle::builder()
+        .uid("no-runtime")
+        .rate(rate!("1/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = view("192.0.2.80");
+    assert!(run(t.hit(&req)).unwrap().is_allowed());
+    let stat = run(t.stat(&req, &Context::new())).unwrap().unwrap();
+    assert_eq!(stat.hits_remaining, 0);
+    assert!(run(t.hit(&req)).unwrap().is_throttled());
+}

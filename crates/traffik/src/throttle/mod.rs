@@ -172,12 +172,9 @@ impl Throttle {
         };
         let backend = self.backend(&config)?;
         let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode: Mode::Peek };
-        let fut = backend.stat(op);
-        let (verdict, metadata) = match tokio::time::timeout(config.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout { backend: backend.kind(), after: config.timeout }),
-        }
-        .map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
+        let (verdict, metadata) = bounded(backend.kind(), config.timeout, backend.stat(op))
+            .await
+            .map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
         Ok(Some(Stat {
             key: prepared.key,
             rate: prepared.input.rate,
@@ -230,13 +227,7 @@ impl Throttle {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
-                let mut d = Decision::skipped(Skip::Disabled);
-                d.outcome = Outcome::Allowed;
-                d.source = Source::ErrorPolicy;
-                d.key = Some(prepared.key);
-                d.rate = Some(prepared.input.rate);
-                d.cost = prepared.input.cost;
-                return Ok(d);
+                return Ok(Decision::failed_open(prepared.key, prepared.input.rate, prepared.input.cost));
             }
             Resolved::Throttle(wait) => {
                 let v = Verdict::deny(0, crate::clock::to_us(wait.max(config.min_wait)), 0);
@@ -630,8 +621,21 @@ async fn call(backend: &dyn Backend, op: Operation<'_>, timeout: Duration) -> Re
     if let Some(result) = backend.decide_now(&op) {
         return result;
     }
-    match tokio::time::timeout(timeout, backend.decide(op)).await {
+    bounded(backend.kind(), timeout, backend.decide(op)).await
+}
+
+/// Awaits a backend call for at most `timeout`. Outside a Tokio runtime there is no timer to
+/// bound it with (and asking for one would panic), so the call is awaited as is.
+async fn bounded<T>(
+    backend: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return fut.await;
+    }
+    match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
-        Err(_) => Err(BackendError::Timeout { backend: backend.kind(), after: timeout }),
+        Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
     }
 }
