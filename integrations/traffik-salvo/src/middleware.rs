@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use salvo::http::Method;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Error, PathPattern, Throttle};
+use traffik::{Error, PathPattern, Rule, Throttle};
 
 use crate::hoop::SalvoThrottle;
 
@@ -49,8 +49,9 @@ enum Predicate {
 #[derive(Clone)]
 pub struct MiddlewareThrottle {
     hoop: SalvoThrottle,
-    methods: Option<Arc<[Method]>>,
-    path: Option<PathPattern>,
+    /// Method and path conditions, matched by the core's rule logic.
+    filter: Rule,
+    /// A Salvo-specific condition over the request and depot.
     predicate: Option<Predicate>,
 }
 
@@ -58,7 +59,7 @@ impl MiddlewareThrottle {
     /// A throttle that applies to every request (a [`Throttle`] or a configured
     /// [`SalvoThrottle`]).
     pub fn new(throttle: impl Into<SalvoThrottle>) -> Self {
-        MiddlewareThrottle { hoop: throttle.into(), methods: None, path: None, predicate: None }
+        MiddlewareThrottle { hoop: throttle.into(), filter: Rule::gate(), predicate: None }
     }
 
     /// Applies only to paths matching a glob ([`PathPattern::glob`]: `*` is one segment,
@@ -70,14 +71,14 @@ impl MiddlewareThrottle {
     /// Applies only to paths matching a compiled pattern (glob or regex).
     #[must_use]
     pub fn path_pattern(mut self, pattern: PathPattern) -> Self {
-        self.path = Some(pattern);
+        self.filter = self.filter.path_pattern(pattern);
         self
     }
 
     /// Applies only to these methods.
     #[must_use]
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = Some(methods.into_iter().collect());
+        self.filter = self.filter.methods(methods);
         self
     }
 
@@ -115,10 +116,7 @@ impl MiddlewareThrottle {
 
     /// Whether this throttle applies to `req` (method, then path, then predicate).
     pub async fn matches(&self, req: &Request, depot: &Depot) -> bool {
-        if self.methods.as_ref().is_some_and(|m| !m.contains(req.method())) {
-            return false;
-        }
-        if self.path.as_ref().is_some_and(|p| !p.matches(req.uri().path())) {
+        if !self.filter.matches_method(req.method()) || !self.filter.matches_path(req.uri().path()) {
             return false;
         }
         match &self.predicate {
@@ -133,8 +131,7 @@ impl fmt::Debug for MiddlewareThrottle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MiddlewareThrottle")
             .field("throttle", &self.hoop)
-            .field("methods", &self.methods)
-            .field("path", &self.path)
+            .field("filter", &self.filter)
             .field("predicate", &self.predicate.is_some())
             .finish()
     }
