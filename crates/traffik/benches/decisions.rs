@@ -162,7 +162,7 @@ fn main() {
     }
 
     println!();
-    println!("memory with 1,000,000 live keys at 100/min (bytes allocated / keys; keys are stored as 16-byte hashes)");
+    println!("memory with 1,000,000 live keys at 100/min (bytes allocated / keys; keys are stored as 8-byte hashes)");
     let rate = Rate::per_millis(100, 60_000).unwrap();
     for (name, strategy) in [("fixed_window", StrategyHandle::new(FixedWindow)), ("gcra", Gcra::new().into())] {
         let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
@@ -174,7 +174,7 @@ fn main() {
         }
         let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / 1e6;
         println!("  traffik {name:<13} {bytes:>6.1} bytes/key ({} keys)", backend.len());
-        summary.push((format!("memory {name} (bytes/key incl. the 16-byte key hash)"), bytes, 64.0 + 16.0));
+        summary.push((format!("memory {name} (bytes/key incl. the 8-byte key hash)"), bytes, 64.0 + 8.0));
         drop(backend);
     }
     let governor = RateLimiter::keyed(quota);

@@ -25,7 +25,8 @@ pub struct SystemClock;
 
 struct Anchored {
     clock: quanta::Clock,
-    start: quanta::Instant,
+    /// Raw counter value at the anchor.
+    start: u64,
     /// Wall-clock microseconds minus monotonic microseconds since `start`.
     offset_us: AtomicU64,
     /// Monotonic microseconds at which to re-measure the offset.
@@ -36,7 +37,7 @@ const RESYNC_US: u64 = 1_000_000;
 
 static WALL: LazyLock<Anchored> = LazyLock::new(|| {
     let clock = quanta::Clock::new();
-    let start = clock.now();
+    let start = clock.raw();
     Anchored { clock, start, offset_us: AtomicU64::new(os_now_us()), next_sync_us: AtomicU64::new(RESYNC_US) }
 });
 
@@ -46,15 +47,22 @@ pub(crate) fn os_now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(to_us).unwrap_or(0)
 }
 
+impl Anchored {
+    /// Monotonic microseconds since the anchor.
+    fn mono_us(&self) -> u64 {
+        self.clock.delta_as_nanos(self.start, self.clock.raw()) / 1_000
+    }
+}
+
 impl Clock for SystemClock {
     fn now_us(&self) -> u64 {
         let w = &*WALL;
-        let mono = to_us(w.clock.now().duration_since(w.start));
+        let mono = w.mono_us();
         let due = w.next_sync_us.load(Ordering::Relaxed);
         if mono >= due
             && w.next_sync_us.compare_exchange(due, mono + RESYNC_US, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            let mono = to_us(w.clock.now().duration_since(w.start));
+            let mono = w.mono_us();
             w.offset_us.store(os_now_us().saturating_sub(mono), Ordering::Relaxed);
         }
         mono.saturating_add(w.offset_us.load(Ordering::Relaxed))

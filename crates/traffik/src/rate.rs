@@ -33,6 +33,8 @@ const MS_PER_DAY: u64 = 24 * MS_PER_HOUR;
 pub struct Rate {
     limit: u32,
     period_ms: u64,
+    /// [`Rate::emission_interval_us`], computed once (strategies need it on every decision).
+    interval_us: u64,
 }
 
 impl Rate {
@@ -40,29 +42,40 @@ impl Rate {
     pub const MAX_PERIOD: Duration = Duration::from_millis(Self::MAX_PERIOD_MS);
     const MAX_PERIOD_MS: u64 = 3660 * MS_PER_DAY;
 
+    /// The one constructor: every other goes through it, so `interval_us` is always derived.
+    const fn raw(limit: u32, period_ms: u64) -> Rate {
+        let interval_us = if limit == 0 {
+            0
+        } else {
+            let t = (period_ms * 1000).div_ceil(limit as u64);
+            if t == 0 { 1 } else { t }
+        };
+        Rate { limit, period_ms, interval_us }
+    }
+
     /// A rate that admits everything (`"0/0"`).
     pub const fn unlimited() -> Rate {
-        Rate { limit: 0, period_ms: 0 }
+        Rate::raw(0, 0)
     }
 
     /// `limit` per second.
     pub const fn per_second(limit: NonZeroU32) -> Rate {
-        Rate { limit: limit.get(), period_ms: MS_PER_SECOND }
+        Rate::raw(limit.get(), MS_PER_SECOND)
     }
 
     /// `limit` per minute.
     pub const fn per_minute(limit: NonZeroU32) -> Rate {
-        Rate { limit: limit.get(), period_ms: MS_PER_MINUTE }
+        Rate::raw(limit.get(), MS_PER_MINUTE)
     }
 
     /// `limit` per hour.
     pub const fn per_hour(limit: NonZeroU32) -> Rate {
-        Rate { limit: limit.get(), period_ms: MS_PER_HOUR }
+        Rate::raw(limit.get(), MS_PER_HOUR)
     }
 
     /// `limit` per day.
     pub const fn per_day(limit: NonZeroU32) -> Rate {
-        Rate { limit: limit.get(), period_ms: MS_PER_DAY }
+        Rate::raw(limit.get(), MS_PER_DAY)
     }
 
     /// `limit` per `period_ms` milliseconds.
@@ -95,7 +108,7 @@ impl Rate {
         if period_ms > Self::MAX_PERIOD_MS {
             return Err(RateError::new(RateErrorKind::PeriodTooLong, at));
         }
-        Ok(Rate { limit, period_ms })
+        Ok(Rate::raw(limit, period_ms))
     }
 
     /// Parses a rate string; see the [crate docs](crate#rate-strings) for the accepted forms.
@@ -233,13 +246,7 @@ impl Rate {
     /// Microseconds between two unit-cost admissions at this rate, rounded up so that rounding
     /// never admits more than the rate allows. Always at least 1.
     pub const fn emission_interval_us(&self) -> u64 {
-        if self.limit == 0 {
-            return 0;
-        }
-        let w = self.period_us();
-        let l = self.limit as u64;
-        let t = w.div_ceil(l);
-        if t == 0 { 1 } else { t }
+        self.interval_us
     }
 }
 

@@ -1,5 +1,6 @@
 //! The embedded default backend: sharded, bounded, expiring, lock-per-shard.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use super::{Backend, BoxFuture, Mode, Operation};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
-use crate::strategy::{Input, Metadata, Slot, StrategyHandle, Verdict};
+use crate::strategy::{Input, Metadata, Packed, PackedStep, Slot, StrategyHandle, Verdict};
 
 const KIND: &str = "memory";
 
@@ -27,16 +28,124 @@ pub enum Eviction {
 
 /// A key hashed for one strategy, so repeated decisions skip hashing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PreparedKey(u128);
+pub struct PreparedKey(u64);
 
+/// Set in [`Entry::meta`] when the entry's state lives in the shard's box slab.
+const BOXED: u64 = 1 << 63;
+/// The expiry part of [`Entry::meta`].
+const EXPIRY: u64 = BOXED - 1;
+
+/// One key: 32 bytes, aligned so that an entry never straddles two cache lines.
+///
+/// `state` holds the strategy's [`Packed`] words, or, when `meta` has [`BOXED`], the index of
+/// the state's box in [`Shard::boxes`] (strategies whose state does not pack into two words).
+/// An entry whose expiry has passed holds no state.
+#[repr(C, align(32))]
 struct Entry {
-    key: u128,
-    expires_at: u64,
-    slot: Option<Slot>,
+    key: u64,
+    meta: u64,
+    state: [u64; 2],
+}
+
+impl Entry {
+    fn expires_at(&self) -> u64 {
+        self.meta & EXPIRY
+    }
+
+    fn boxed(&self) -> bool {
+        self.meta & BOXED != 0
+    }
+}
+
+/// Boxed states of one shard, addressed by index; freed indexes are reused.
+#[derive(Default)]
+struct Boxes {
+    slots: Vec<Option<Box<dyn Any + Send + Sync>>>,
+    free: Vec<usize>,
+}
+
+impl Boxes {
+    fn insert(&mut self, b: Box<dyn Any + Send + Sync>) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(b);
+                i
+            }
+            None => {
+                self.slots.push(Some(b));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<Box<dyn Any + Send + Sync>> {
+        self.slots.get_mut(i).and_then(Option::take)
+    }
+
+    fn put(&mut self, i: usize, b: Box<dyn Any + Send + Sync>) {
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some(b);
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = None;
+            self.free.push(i);
+        }
+    }
+
+    /// Releases the box an entry owns, if any.
+    fn release_entry(&mut self, e: &Entry) {
+        if e.boxed() {
+            self.release(e.state[0] as usize);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+    }
+}
+
+fn verdict_of(step: PackedStep) -> Verdict {
+    match step {
+        PackedStep::Kept(v) | PackedStep::Packed(v, ..) | PackedStep::Boxed(v, ..) => v,
+    }
+}
+
+/// The live state of `e` (its box is taken out of `boxes` for the duration of a decision).
+fn take_slot(boxes: &mut Boxes, e: &Entry) -> Option<Slot> {
+    if e.boxed() { boxes.take(e.state[0] as usize).map(Slot::Boxed) } else { Some(Slot::Packed(Packed(e.state))) }
+}
+
+/// Stores `slot` back into `e` with expiry `expires_at`; `None` leaves `e` without state.
+fn put_slot(boxes: &mut Boxes, e: &mut Entry, slot: Option<Slot>, expires_at: u64) {
+    let expires_at = expires_at.min(EXPIRY);
+    match slot {
+        Some(Slot::Packed(p)) => {
+            boxes.release_entry(e);
+            e.state = p.0;
+            e.meta = expires_at;
+        }
+        Some(Slot::Boxed(b)) => {
+            if e.boxed() {
+                boxes.put(e.state[0] as usize, b);
+            } else {
+                e.state = [boxes.insert(b) as u64, 0];
+            }
+            e.meta = expires_at | BOXED;
+        }
+        None => {
+            boxes.release_entry(e);
+            e.meta = 0;
+        }
+    }
 }
 
 struct Shard {
     table: HashTable<Entry>,
+    boxes: Boxes,
     /// Latest `now` seen; expiry sweeps use it, so manual clocks work too.
     high_water: u64,
     ops_since_sweep: usize,
@@ -48,6 +157,8 @@ struct Padded(Mutex<Shard>);
 struct Inner {
     namespace: String,
     shards: Box<[Padded]>,
+    /// `shards.len() - 1` (the count is a power of two).
+    shard_mask: usize,
     shard_cap: usize,
     max_keys: usize,
     eviction: Eviction,
@@ -60,10 +171,14 @@ struct Inner {
 /// In-process storage: fast, bounded, not shared between processes.
 ///
 /// State lives in `shards` hash tables, each behind its own lock; a decision locks one shard for
-/// a few hundred nanoseconds at most. Keys are stored as 128-bit hashes (seeded per process)
-/// of the key and strategy name, so raw client identities are never stored. Expired state is
-/// treated as absent on access and swept incrementally (each shard sweeps after as many
-/// operations as it holds keys). `max_keys` caps memory; see [`Eviction`].
+/// a few hundred nanoseconds at most. Keys are stored as 64-bit hashes (seeded randomly per
+/// backend) of the key and strategy name, so raw client identities are never stored and keys
+/// cannot be crafted to collide; two live keys share state only by an accidental collision, with
+/// probability about `live_keys / 2^64` per new key (5e-14 with a million live keys). Each key
+/// costs one 32-byte entry (hash, expiry, two words of state) plus the hash table's spare
+/// buckets; states that do not fit two words (the sliding log, most custom strategies) are boxed.
+/// Expired state is treated as absent on access and swept incrementally (each shard sweeps after
+/// as many operations as it holds keys). `max_keys` caps memory; see [`Eviction`].
 ///
 /// Cheap to clone; clones share one store.
 ///
@@ -107,7 +222,8 @@ impl InMemoryBuilder {
         self
     }
 
-    /// Number of independently locked shards (default 64, at least 1).
+    /// Number of independently locked shards (default 64, at least 1; rounded down to a power of
+    /// two and to at most `max_keys`).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards.max(1);
         self
@@ -133,14 +249,22 @@ impl InMemoryBuilder {
 
     /// Builds the backend.
     pub fn build(self) -> InMemoryBackend {
-        let shards = self.shards.min(self.max_keys);
+        let wanted = self.shards.min(self.max_keys).max(1);
+        // A power of two, so picking a shard is a mask rather than a division.
+        let shards = 1usize << wanted.ilog2();
         let shard_cap = self.max_keys.div_ceil(shards);
-        let shards = (0..shards)
-            .map(|_| Padded(Mutex::new(Shard { table: HashTable::new(), high_water: 0, ops_since_sweep: 0 })))
+        let shards: Box<[Padded]> = (0..shards)
+            .map(|_| Padded(Mutex::new(Shard {
+                    table: HashTable::new(),
+                    boxes: Boxes::default(),
+                    high_water: 0,
+                    ops_since_sweep: 0,
+                })))
             .collect();
         InMemoryBackend {
             inner: Arc::new(Inner {
                 namespace: self.namespace,
+                shard_mask: shards.len() - 1,
                 shards,
                 shard_cap,
                 max_keys: self.max_keys,
@@ -172,10 +296,15 @@ impl InMemoryBackend {
 
     /// Hashes a key for `strategy` once, for repeated [`decide_prepared`](Self::decide_prepared).
     pub fn prepare(&self, key: &Key, strategy: &StrategyHandle) -> PreparedKey {
-        // One seeded 128-bit pass over the key; the strategy name picks the seed, so equal keys
-        // of different strategies land apart.
-        let seed = self.inner.seed ^ xxhash_rust::xxh3::xxh3_64(strategy.name().as_bytes());
-        PreparedKey(xxhash_rust::xxh3::xxh3_128_with_seed(key.as_str().as_bytes(), seed))
+        // One seeded 64-bit pass over the key; the strategy name is folded into the seed, so
+        // equal keys of different strategies land apart. The seed is random per backend, so
+        // keys cannot be chosen to collide.
+        PreparedKey(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_str().as_bytes(), self.inner.seed ^ strategy.name_hash()))
+    }
+
+    fn shard(&self, key: PreparedKey) -> &Mutex<Shard> {
+        // Bits 32.. pick the shard; the table uses the low bits and the top 7.
+        &self.inner.shards[((key.0 >> 32) as usize) & self.inner.shard_mask].0
     }
 
     /// Decides on a prepared key, synchronously. This is the whole backend hot path.
@@ -186,9 +315,8 @@ impl InMemoryBackend {
         input: &Input,
         mode: Mode,
     ) -> Result<Verdict, BackendError> {
-        let inner = &*self.inner;
-        let shard_index = ((key.0 >> 64) as usize) % inner.shards.len();
-        let mut shard = inner.shards[shard_index].0.lock();
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
         let now = input.now_us;
         let write = mode == Mode::Consume;
         // Peeks may look into the future (a dashboard asking "when can I"); only real hits move
@@ -196,52 +324,73 @@ impl InMemoryBackend {
         if write {
             shard.observe(now);
         }
-        let hash = key.0 as u64;
-        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == key.0) {
-            if entry.expires_at <= now {
-                if !write {
-                    // Expired state is absent; a peek must not destroy it (it may look ahead).
-                    return Ok(strategy.decide_slot(&mut None, input, false).0);
-                }
-                entry.slot = None;
+        let hash = key.0;
+        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == hash) {
+            let expires_at = entry.expires_at();
+            let live = expires_at > now;
+            if !live && !write {
+                // Expired state is absent; a peek must not destroy it (it may look ahead).
+                return Ok(verdict_of(strategy.decide_packed(None, input, false)));
             }
-            let (verdict, ttl) = strategy.decide_slot(&mut entry.slot, input, write);
-            if let Some(ttl) = ttl {
-                entry.expires_at = now.saturating_add(ttl);
+            if !entry.boxed() {
+                // The common case: the state is two words in the entry itself.
+                let state = if live { Some(Packed(entry.state)) } else { None };
+                return Ok(match strategy.decide_packed(state, input, write) {
+                    PackedStep::Kept(verdict) => verdict,
+                    PackedStep::Packed(verdict, p, ttl) => {
+                        entry.state = p.0;
+                        entry.meta = now.saturating_add(ttl).min(EXPIRY);
+                        verdict
+                    }
+                    PackedStep::Boxed(verdict, b, ttl) => {
+                        put_slot(&mut shard.boxes, entry, Some(Slot::Boxed(b)), now.saturating_add(ttl));
+                        verdict
+                    }
+                });
+            }
+            let mut slot = if live { take_slot(&mut shard.boxes, entry) } else { None };
+            let (verdict, ttl) = strategy.decide_slot(&mut slot, input, write);
+            match ttl {
+                Some(ttl) => put_slot(&mut shard.boxes, entry, slot, now.saturating_add(ttl)),
+                // Unchanged: the box taken out goes back; expired state stays absent.
+                None if live => put_slot(&mut shard.boxes, entry, slot, expires_at),
+                None => put_slot(&mut shard.boxes, entry, None, 0),
             }
             return Ok(verdict);
         }
-        let mut slot = None;
-        let (verdict, ttl) = strategy.decide_slot(&mut slot, input, write);
-        if let (Some(ttl), Some(slot)) = (ttl, slot)
-            && ttl > 0
-        {
-            shard.make_room(inner)?;
-            shard.table.insert_unique(
-                hash,
-                Entry { key: key.0, expires_at: now.saturating_add(ttl), slot: Some(slot) },
-                |e| e.key as u64,
-            );
+        let (verdict, slot, ttl) = match strategy.decide_packed(None, input, write) {
+            PackedStep::Kept(verdict) => return Ok(verdict),
+            PackedStep::Packed(verdict, p, ttl) => (verdict, Slot::Packed(p), ttl),
+            PackedStep::Boxed(verdict, b, ttl) => (verdict, Slot::Boxed(b), ttl),
+        };
+        if ttl > 0 {
+            shard.make_room(&self.inner)?;
+            let mut entry = Entry { key: hash, meta: 0, state: [0; 2] };
+            put_slot(&mut shard.boxes, &mut entry, Some(slot), now.saturating_add(ttl));
+            shard.table.insert_unique(hash, entry, |e| e.key);
         }
         Ok(verdict)
     }
 
     fn stat_prepared(&self, key: PreparedKey, strategy: &StrategyHandle, input: &Input) -> (Verdict, Metadata) {
-        let inner = &*self.inner;
-        let shard_index = ((key.0 >> 64) as usize) % inner.shards.len();
-        let mut shard = inner.shards[shard_index].0.lock();
-        let mut slot = match shard.table.find_mut(key.0 as u64, |e| e.key == key.0) {
-            Some(e) if e.expires_at > input.now_us => e.slot.take(),
-            _ => None,
-        };
-        let (verdict, _) = strategy.decide_slot(&mut slot, input, false);
-        let metadata = strategy.metadata_slot(slot.as_ref(), input);
-        if let Some(slot) = slot
-            && let Some(e) = shard.table.find_mut(key.0 as u64, |e| e.key == key.0)
-        {
-            e.slot = Some(slot);
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        let hash = key.0;
+        let entry = shard.table.find_mut(hash, |e| e.key == hash).filter(|e| e.expires_at() > input.now_us);
+        match entry {
+            Some(entry) => {
+                let mut slot = take_slot(&mut shard.boxes, entry);
+                let (verdict, _) = strategy.decide_slot(&mut slot, input, false);
+                let metadata = strategy.metadata_slot(slot.as_ref(), input);
+                let expires_at = entry.expires_at();
+                put_slot(&mut shard.boxes, entry, slot, expires_at);
+                (verdict, metadata)
+            }
+            None => {
+                let (verdict, _) = strategy.decide_slot(&mut None, input, false);
+                (verdict, strategy.metadata_slot(None, input))
+            }
         }
-        (verdict, metadata)
     }
 
     /// Keys currently stored (including expired keys not yet swept).
@@ -279,6 +428,7 @@ impl InMemoryBackend {
         for s in self.inner.shards.iter() {
             let mut shard = s.0.lock();
             shard.table.clear();
+            shard.boxes.clear();
             shard.ops_since_sweep = 0;
         }
     }
@@ -296,7 +446,14 @@ impl Shard {
 
     fn sweep(&mut self) {
         let now = self.high_water;
-        self.table.retain(|e| e.expires_at > now);
+        let boxes = &mut self.boxes;
+        self.table.retain(|e| {
+            let live = e.expires_at() > now;
+            if !live {
+                boxes.release_entry(e);
+            }
+            live
+        });
         self.ops_since_sweep = 0;
     }
 
@@ -311,11 +468,12 @@ impl Shard {
         match inner.eviction {
             Eviction::RejectNew => Err(BackendError::Full { max_keys: inner.max_keys }),
             Eviction::SoonestExpiring => {
-                let victim = self.table.iter().take(8).min_by_key(|e| e.expires_at).map(|e| e.key);
+                let victim = self.table.iter().take(8).min_by_key(|e| e.expires_at()).map(|e| e.key);
                 if let Some(victim) = victim
-                    && let Ok(entry) = self.table.find_entry(victim as u64, |e| e.key == victim)
+                    && let Ok(entry) = self.table.find_entry(victim, |e| e.key == victim)
                 {
-                    entry.remove();
+                    let (removed, _) = entry.remove();
+                    self.boxes.release_entry(&removed);
                     inner.evictions.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
@@ -411,6 +569,52 @@ mod tests {
             }
         }
         assert_eq!((b.len(), errors), (3, 2));
+    }
+
+    #[test]
+    fn entries_are_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::align_of::<Entry>(), 32);
+    }
+
+    #[test]
+    fn boxed_states_are_freed_and_their_slots_reused() {
+        use crate::strategy::SlidingWindowLog;
+        let s = StrategyHandle::new(SlidingWindowLog);
+        let b = InMemoryBackend::builder().shards(1).max_keys(4).build();
+        let key = |i: u32| b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
+        // Eviction at the cap releases the evicted key's box.
+        for i in 0..20u32 {
+            assert_eq!(b.decide_prepared(key(i), &s, &input(0), Mode::Consume).unwrap().kind, VerdictKind::Admit);
+        }
+        let boxes = |b: &InMemoryBackend| {
+            let shard = b.inner.shards[0].0.lock();
+            (shard.boxes.slots.iter().filter(|s| s.is_some()).count(), shard.boxes.slots.len())
+        };
+        assert_eq!(b.len(), 4);
+        assert_eq!(boxes(&b), (4, 4), "one live box per key: evicted keys free theirs for reuse");
+        // A live key keeps its state through repeated decisions: 2/s admits two, then denies.
+        let k = key(19);
+        assert_eq!(b.decide_prepared(k, &s, &input(1), Mode::Consume).unwrap().kind, VerdictKind::Admit);
+        assert_eq!(b.decide_prepared(k, &s, &input(2), Mode::Consume).unwrap().kind, VerdictKind::Deny);
+        assert_eq!(b.decide_prepared(k, &s, &input(3), Mode::Peek).unwrap().kind, VerdictKind::Deny);
+        // Expired state reads as absent, and sweeping frees every box.
+        assert_eq!(b.decide_prepared(k, &s, &input(5_000_000), Mode::Peek).unwrap().kind, VerdictKind::Admit);
+        b.decide_prepared(key(100), &s, &input(5_000_000), Mode::Consume).unwrap();
+        b.sweep();
+        assert_eq!(b.len(), 1);
+        assert_eq!(boxes(&b).0, 1);
+        b.clear();
+        assert_eq!(boxes(&b), (0, 0));
+    }
+
+    #[test]
+    fn shard_count_is_a_power_of_two() {
+        for (asked, got) in [(1, 1), (3, 2), (64, 64), (100, 64)] {
+            let b = InMemoryBackend::builder().shards(asked).build();
+            assert_eq!(b.inner.shards.len(), got);
+        }
+        assert_eq!(InMemoryBackend::builder().shards(64).max_keys(5).build().inner.shards.len(), 4);
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn span(units: u64, t: u64) -> u64 {
 
 impl MeterSpec {
     /// Resolves the spec for `rate` (which must not be unlimited).
+    #[inline]
     pub fn params(&self, rate: &Rate) -> MeterParams {
         let t = rate.emission_interval_us().max(1);
         let l = rate.limit();
@@ -99,6 +100,7 @@ pub struct MeterState {
 }
 
 /// The one meter state machine.
+#[inline]
 pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost: u64) -> Step<MeterState> {
     let t = p.interval_us;
     let inc = cost.saturating_mul(t);
@@ -112,14 +114,20 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
         let next = tat.max(now) + inc;
         let ttl = next - now;
         let verdict = if fill <= p.capacity_us {
-            Verdict::admit((p.capacity_us - fill) / t, ttl)
+            Verdict::admit(units(p.capacity_us - fill, t), ttl)
         } else {
             Verdict::delay(fill - p.capacity_us, ttl)
         };
         return Step::write(verdict, MeterState { tat: next }, ttl);
     }
     let wait = fill - p.capacity_us - p.queue_us;
-    Step::unchanged(Verdict::deny(p.capacity_us.saturating_sub(level) / t, wait, level))
+    Step::unchanged(Verdict::deny(units(p.capacity_us.saturating_sub(level), t), wait, level))
+}
+
+/// Whole cost units in `span` microseconds; skips the division when the answer is 0 (a meter
+/// running at its limit, the common case under load).
+fn units(span: u64, t: u64) -> u64 {
+    if span < t { 0 } else { span / t }
 }
 
 fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
@@ -143,6 +151,7 @@ macro_rules! meter_strategy {
                 $name
             }
 
+            #[inline]
             fn decide(&self, state: Option<&MeterState>, input: &Input) -> Step<MeterState> {
                 decide(self.spec().params(&input.rate), state, input.now_us, input.cost)
             }

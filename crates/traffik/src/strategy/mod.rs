@@ -228,9 +228,18 @@ pub(crate) enum Slot {
     Boxed(Box<dyn Any + Send + Sync>),
 }
 
+/// A decision over packed (or absent) state: the verdict and, when the state changed, the new
+/// state (packed, or boxed when it does not pack) with its time to live in microseconds.
+pub(crate) enum PackedStep {
+    Kept(Verdict),
+    Packed(Verdict, Packed, u64),
+    Boxed(Verdict, Box<dyn Any + Send + Sync>, u64),
+}
+
 /// Object-safe face of every [`Strategy`], used through [`StrategyHandle`].
 trait Erased: Send + Sync + fmt::Debug {
     fn builtin(&self) -> Option<Builtin>;
+    fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep;
     fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>);
     fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata;
     fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError>;
@@ -259,6 +268,18 @@ pub struct StateError {
 impl<S: Strategy> Erased for S {
     fn builtin(&self) -> Option<Builtin> {
         Strategy::builtin(self)
+    }
+
+    fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep {
+        let state = state.and_then(|p| self.unpack(p));
+        let step = self.decide(state.as_ref(), input);
+        match step.write {
+            Some(w) if write => match self.pack(&w.state) {
+                Some(p) => PackedStep::Packed(step.verdict, p, w.ttl_us),
+                None => PackedStep::Boxed(step.verdict, Box::new(w.state), w.ttl_us),
+            },
+            _ => PackedStep::Kept(step.verdict),
+        }
     }
 
     fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>) {
@@ -347,6 +368,8 @@ impl<S: Strategy> StoreExt for S {}
 pub struct StrategyHandle {
     inner: Arc<dyn Erased>,
     name: Arc<str>,
+    /// 64-bit hash of `name`, computed once (the in-memory backend seeds key hashes with it).
+    name_hash: u64,
 }
 
 /// A strategy name safe in every backend's keys: names of 1 to 32 characters from `[a-z0-9_-]`
@@ -368,13 +391,18 @@ impl StrategyHandle {
     /// Wraps a strategy.
     pub fn new<S: Strategy>(strategy: S) -> Self {
         let name = safe_name(Strategy::name(&strategy));
-        StrategyHandle { inner: Arc::new(strategy), name }
+        let name_hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        StrategyHandle { inner: Arc::new(strategy), name, name_hash }
     }
 
     /// The strategy's name as used in keys: [`Strategy::name`] if it is 1 to 32 characters of
     /// `[a-z0-9_-]`, otherwise a digest of it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn name_hash(&self) -> u64 {
+        self.name_hash
     }
 
     /// The built-in this is, if any.
@@ -391,6 +419,10 @@ impl StrategyHandle {
     /// Metadata over serialized state.
     pub fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
         self.inner.metadata_bytes(state, input)
+    }
+
+    pub(crate) fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep {
+        self.inner.decide_packed(state, input, write)
     }
 
     pub(crate) fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>) {
