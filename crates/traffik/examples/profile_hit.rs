@@ -1,5 +1,5 @@
 //! Profiling aid: a tight loop of `Throttle::hit` on the in-memory backend
-//! (`cargo run --release -p traffik --example profile_hit -- 2000000`).
+//! (`cargo run --release -p traffik --example profile_hit -- <hits> [<distinct peers, default 10000>]`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 use std::future::Future;
 use std::hint::black_box;
@@ -19,6 +19,7 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let keys: u32 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let t = Throttle::builder()
         .uid("profile")
         .rate(Rate::per_millis(u32::MAX, 1000).unwrap())
@@ -28,7 +29,7 @@ fn main() {
         .build()
         .unwrap();
     let peers: Vec<std::net::SocketAddr> =
-        (0..10_000u32).map(|k| std::net::SocketAddr::from(([10, 0, (k >> 8) as u8, k as u8], 1))).collect();
+        (0..keys).map(|k| std::net::SocketAddr::from(([10, 0, (k >> 8) as u8, k as u8], 1))).collect();
     let start = std::time::Instant::now();
     for i in 0..n {
         let req = RequestView::empty().peer(Some(peers[i % peers.len()]));

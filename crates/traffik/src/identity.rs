@@ -153,7 +153,7 @@ impl Identity {
         b.tagged(|out| {
             if hashed && !matches!(self, Identity::Anonymous | Identity::Exempted) {
                 out.push_str("h!");
-                let mut raw = String::new();
+                let mut raw = key::KeyText::new();
                 self.write_plain(&mut raw);
                 key::push_digest(out, raw.as_bytes());
             } else {
@@ -162,19 +162,15 @@ impl Identity {
         })
     }
 
-    fn write_plain(&self, out: &mut String) {
+    fn write_plain(&self, out: &mut key::KeyText) {
         match self {
             Identity::Exempted => out.push_str("exempt"),
             Identity::Anonymous => out.push_str("anon"),
-            Identity::Ip(ip) => {
-                out.push_str("ip!");
-                key::push_ip(out, *ip);
-            }
+            Identity::Ip(ip) => key::push_ip(out, "ip!", *ip),
             Identity::Network(ip, len) => {
-                out.push_str("net!");
-                key::push_ip(out, *ip);
-                out.push('!');
-                out.push_str(&len.to_string());
+                key::push_ip(out, "net!", *ip);
+                out.push(b'!');
+                key::push_u8(out, *len);
             }
             Identity::Named(name) => {
                 out.push_str("id!");
@@ -366,7 +362,7 @@ impl TrustedProxies {
     /// hop of the forwarding chain walked right to left.
     pub fn client_ip(&self, req: &RequestView<'_>) -> Option<IpAddr> {
         let peer = canonical(req.peer_addr()?.ip());
-        if !self.contains(peer) {
+        if self.nets.is_empty() || !self.contains(peer) {
             return Some(peer);
         }
         let headers = req.headers();

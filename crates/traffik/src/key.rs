@@ -8,7 +8,9 @@
 //! bytes) whatever the input; `~` never appears otherwise, so hashed and plain parts cannot
 //! collide.
 
-use std::fmt::{self, Write as _};
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
@@ -16,46 +18,156 @@ use sha2::{Digest, Sha256};
 /// Longest encoded key part kept verbatim.
 pub(crate) const MAX_PART: usize = 96;
 
+/// Key text up to this many bytes is stored inline (no allocation per hit).
+const INLINE: usize = 62;
+
+/// The text of a key: ASCII only (every writer below pushes ASCII), inline when short.
+#[derive(Clone)]
+pub(crate) enum KeyText {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(String),
+}
+
+impl KeyText {
+    pub(crate) const fn new() -> Self {
+        KeyText::Inline { len: 0, buf: [0; INLINE] }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyText::Inline { len, buf } => &buf[..usize::from(*len)],
+            KeyText::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Only ASCII is ever written, so this cannot fail.
+            KeyText::Inline { len, buf } => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default(),
+            KeyText::Heap(s) => s,
+        }
+    }
+
+    /// Appends ASCII text.
+    pub(crate) fn push_str(&mut self, s: &str) {
+        self.push_ascii(s.as_bytes());
+    }
+
+    /// Appends bytes that the caller guarantees are ASCII.
+    fn push_ascii(&mut self, s: &[u8]) {
+        debug_assert!(s.is_ascii());
+        match self {
+            KeyText::Inline { len, buf } => {
+                let start = usize::from(*len);
+                let end = start + s.len();
+                if let Some(dst) = buf.get_mut(start..end) {
+                    dst.copy_from_slice(s);
+                    *len = end as u8;
+                } else {
+                    let mut heap = String::with_capacity(end + 32);
+                    heap.push_str(std::str::from_utf8(&buf[..start]).unwrap_or_default());
+                    heap.push_str(std::str::from_utf8(s).unwrap_or_default());
+                    *self = KeyText::Heap(heap);
+                }
+            }
+            KeyText::Heap(h) => h.push_str(std::str::from_utf8(s).unwrap_or_default()),
+        }
+    }
+
+    /// Appends one ASCII byte.
+    pub(crate) fn push(&mut self, b: u8) {
+        debug_assert!(b.is_ascii());
+        match self {
+            KeyText::Inline { len, buf } if usize::from(*len) < INLINE => {
+                buf[usize::from(*len)] = b;
+                *len += 1;
+            }
+            _ => self.push_ascii(&[b]),
+        }
+    }
+}
+
+impl From<String> for KeyText {
+    fn from(s: String) -> Self {
+        let mut t = KeyText::new();
+        if s.len() <= INLINE {
+            t.push_str(&s);
+            t
+        } else {
+            KeyText::Heap(s)
+        }
+    }
+}
+
 /// A storage key built by a throttle; backends prefix their namespace and strategy.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+#[derive(Clone)]
+pub struct Key(KeyText);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
 
 impl Key {
     /// The key text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
+    }
+
+    /// The key text as bytes (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 
     /// Starts a key for the throttle `uid`.
     pub fn builder(uid: &str) -> KeyBuilder {
-        let mut b = KeyBuilder { text: String::with_capacity(uid.len() + 48) };
+        let mut b = KeyBuilder { text: KeyText::new() };
         push_part(&mut b.text, uid.as_bytes());
         b
     }
 
     /// Continues from an already encoded prefix (a throttle encodes its uid once).
     pub(crate) fn from_encoded(prefix: &Key) -> KeyBuilder {
-        let mut text = String::with_capacity(prefix.0.len() + 48);
-        text.push_str(&prefix.0);
-        KeyBuilder { text }
+        KeyBuilder { text: prefix.0.clone() }
     }
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({})", self.0)
+        write!(f, "Key({})", self.as_str())
     }
 }
 
 impl serde::Serialize for Key {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -69,7 +181,7 @@ impl<'de> serde::Deserialize<'de> for Key {
             && text.len() <= 1024
             && text.bytes().all(|b| is_plain(b) || matches!(b, b'%' | b'~' | b'!' | b':'));
         if valid {
-            Ok(Key(text))
+            Ok(Key(KeyText::from(text)))
         } else {
             Err(serde::de::Error::custom("not a traffik key: unexpected characters or length"))
         }
@@ -77,22 +189,27 @@ impl<'de> serde::Deserialize<'de> for Key {
 }
 
 /// Appends parts to a [`Key`].
-#[derive(Debug)]
 pub struct KeyBuilder {
-    text: String,
+    text: KeyText,
+}
+
+impl fmt::Debug for KeyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBuilder").field("text", &self.text.as_str()).finish()
+    }
 }
 
 impl KeyBuilder {
     /// Appends a raw part (encoded).
     pub fn part(mut self, raw: &[u8]) -> Self {
-        self.text.push(':');
+        self.text.push(b':');
         push_part(&mut self.text, raw);
         self
     }
 
     /// Appends an already-safe tagged part written by `f` (used for identities).
-    pub(crate) fn tagged(mut self, f: impl FnOnce(&mut String)) -> Self {
-        self.text.push(':');
+    pub(crate) fn tagged(mut self, f: impl FnOnce(&mut KeyText)) -> Self {
+        self.text.push(b':');
         f(&mut self.text);
         self
     }
@@ -115,7 +232,7 @@ fn encoded_len(raw: &[u8]) -> usize {
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Percent-encodes `raw` into `out`, or writes its digest if it would be too long.
-pub(crate) fn push_part(out: &mut String, raw: &[u8]) {
+pub(crate) fn push_part(out: &mut KeyText, raw: &[u8]) {
     if encoded_len(raw) > MAX_PART {
         push_digest(out, raw);
         return;
@@ -126,60 +243,91 @@ pub(crate) fn push_part(out: &mut String, raw: &[u8]) {
         if is_plain(b) {
             continue;
         }
-        out.push_str(std::str::from_utf8(&raw[start..i]).unwrap_or_default());
-        out.push('%');
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
+        out.push_ascii(&raw[start..i]);
+        out.push(b'%');
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
         start = i + 1;
     }
-    out.push_str(std::str::from_utf8(&raw[start..]).unwrap_or_default());
+    out.push_ascii(&raw[start..]);
 }
 
 /// Writes `~` and the first 128 bits of SHA-256 of `raw` in hex.
-pub(crate) fn push_digest(out: &mut String, raw: &[u8]) {
+pub(crate) fn push_digest(out: &mut KeyText, raw: &[u8]) {
     let digest = Sha256::digest(raw);
-    out.push('~');
+    out.push(b'~');
     for b in &digest[..16] {
-        let _ = write!(out, "{b:02x}");
+        out.push(HEX_LOWER[usize::from(b >> 4)]);
+        out.push(HEX_LOWER[usize::from(b & 15)]);
     }
+}
+
+/// Decimal digits of every byte value, padded to 4 bytes, and their count.
+static DECIMAL: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, t, o) = ((v / 100) as u8, ((v / 10) % 10) as u8, (v % 10) as u8);
+        table[v] = if v >= 100 {
+            ([b'0' + h, b'0' + t, b'0' + o, 0], 3)
+        } else if v >= 10 {
+            ([b'0' + t, b'0' + o, 0, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0, 0], 1)
+        };
+        v += 1;
+    }
+    table
+};
+
+/// Writes `v` in decimal at `buf[at..]` (which must have 4 bytes of room); returns the index
+/// after it.
+fn put_u8(buf: &mut [u8], at: usize, v: u8) -> usize {
+    let (digits, n) = DECIMAL[usize::from(v)];
+    if let Some(dst) = buf.get_mut(at..at + 4) {
+        dst.copy_from_slice(&digits);
+    }
+    at + usize::from(n)
 }
 
 /// Appends `v` in decimal.
-fn push_u8(out: &mut String, v: u8) {
-    if v >= 100 {
-        out.push(char::from(b'0' + v / 100));
-    }
-    if v >= 10 {
-        out.push(char::from(b'0' + (v / 10) % 10));
-    }
-    out.push(char::from(b'0' + v % 10));
+pub(crate) fn push_u8(out: &mut KeyText, v: u8) {
+    let mut buf = [0u8; 4];
+    let n = put_u8(&mut buf, 0, v);
+    out.push_ascii(&buf[..n]);
 }
 
-/// Writes an IP address in key form (IPv6 colons become '-'). Runs on every hit, so it avoids
-/// the formatting machinery.
-pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+/// Writes an IP address in key form (IPv6 colons become '-') after `tag`. Runs on every hit,
+/// so it avoids the formatting machinery.
+pub(crate) fn push_ip(out: &mut KeyText, tag: &str, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            out.reserve(15);
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u8(out, o);
-            }
+            // The tag (at most 8 bytes) and the address (at most 15), written in one go.
+            let mut buf = [0u8; 32];
+            let t = tag.len().min(8);
+            buf[..t].copy_from_slice(&tag.as_bytes()[..t]);
+            let [a, b, c, d] = v4.octets();
+            let mut n = put_u8(&mut buf, t, a);
+            buf[n] = b'.';
+            n = put_u8(&mut buf, n + 1, b);
+            buf[n] = b'.';
+            n = put_u8(&mut buf, n + 1, c);
+            buf[n] = b'.';
+            n = put_u8(&mut buf, n + 1, d);
+            out.push_ascii(&buf[..n]);
         }
         IpAddr::V6(v6) => {
-            out.reserve(39);
+            out.push_str(tag);
             for (i, g) in v6.segments().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('-');
+                    out.push(b'-');
                 }
                 let mut started = false;
                 for shift in [12u16, 8, 4, 0] {
                     let nibble = usize::from((g >> shift) & 15);
                     if nibble != 0 || started || shift == 0 {
                         started = true;
-                        out.push(char::from(HEX_LOWER[nibble]));
+                        out.push(HEX_LOWER[nibble]);
                     }
                 }
             }
@@ -194,7 +342,31 @@ mod tests {
     use super::*;
 
     fn key(uid: &str, part: &[u8]) -> String {
-        Key::builder(uid).part(part).build().0
+        Key::builder(uid).part(part).build().as_str().to_owned()
+    }
+
+    fn ip_text(ip: &str) -> String {
+        let mut t = KeyText::new();
+        push_ip(&mut t, "", ip.parse().unwrap());
+        t.as_str().to_owned()
+    }
+
+    #[test]
+    fn long_keys_spill_to_the_heap_unchanged() {
+        let short = Key::builder("api").part(b"abc").build();
+        assert!(matches!(short.0, KeyText::Inline { .. }));
+        for n in [INLINE - 6, INLINE - 5, INLINE - 4, INLINE, 200] {
+            let part = vec![b'z'; n];
+            let k = Key::builder("api").part(&part).part(b"tail").build();
+            let expected = format!("api:{}:tail", "z".repeat(n.min(MAX_PART)));
+            if n <= MAX_PART {
+                assert_eq!(k.as_str(), expected);
+            }
+            assert_eq!(k.as_bytes(), k.as_str().as_bytes());
+            let rebuilt: Key = serde_json::from_str(&serde_json::to_string(&k).unwrap()).unwrap();
+            assert_eq!(rebuilt, k, "equal whether inline or not");
+            assert_eq!(rebuilt.cmp(&k), Ordering::Equal);
+        }
     }
 
     #[test]
@@ -227,21 +399,28 @@ mod tests {
 
     #[test]
     fn ipv4_is_dotted_decimal() {
-        for ip in ["0.0.0.0", "1.20.255.100", "192.168.0.9"] {
-            let mut s = String::new();
-            push_ip(&mut s, ip.parse().unwrap());
-            assert_eq!(s, ip);
+        for ip in ["0.0.0.0", "1.20.255.100", "192.168.0.9", "255.255.255.255", "9.99.100.199"] {
+            assert_eq!(ip_text(ip), ip);
         }
     }
 
     #[test]
+    fn every_octet_is_written_in_decimal() {
+        for v in 0..=255u8 {
+            let mut t = KeyText::new();
+            push_u8(&mut t, v);
+            assert_eq!(t.as_str(), v.to_string());
+        }
+        let mut t = KeyText::new();
+        push_ip(&mut t, "ip!", "10.200.3.45".parse().unwrap());
+        push_ip(&mut t, "|net!", "::1".parse().unwrap());
+        assert_eq!(t.as_str(), "ip!10.200.3.45|net!0-0-0-0-0-0-0-1");
+    }
+
+    #[test]
     fn ipv6_has_no_colons() {
-        let mut s = String::new();
-        push_ip(&mut s, "2001:db8::1".parse().unwrap());
-        assert_eq!(s, "2001-db8-0-0-0-0-0-1");
-        let mut s = String::new();
-        push_ip(&mut s, "ffff:a0b:c00d:1::".parse().unwrap());
-        assert_eq!(s, "ffff-a0b-c00d-1-0-0-0-0");
+        assert_eq!(ip_text("2001:db8::1"), "2001-db8-0-0-0-0-0-1");
+        assert_eq!(ip_text("ffff:a0b:c00d:1::"), "ffff-a0b-c00d-1-0-0-0-0");
     }
 
     #[test]

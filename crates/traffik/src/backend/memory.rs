@@ -254,12 +254,14 @@ impl InMemoryBuilder {
         let shards = 1usize << wanted.ilog2();
         let shard_cap = self.max_keys.div_ceil(shards);
         let shards: Box<[Padded]> = (0..shards)
-            .map(|_| Padded(Mutex::new(Shard {
+            .map(|_| {
+                Padded(Mutex::new(Shard {
                     table: HashTable::new(),
                     boxes: Boxes::default(),
                     high_water: 0,
                     ops_since_sweep: 0,
-                })))
+                }))
+            })
             .collect();
         InMemoryBackend {
             inner: Arc::new(Inner {
@@ -299,7 +301,7 @@ impl InMemoryBackend {
         // One seeded 64-bit pass over the key; the strategy name is folded into the seed, so
         // equal keys of different strategies land apart. The seed is random per backend, so
         // keys cannot be chosen to collide.
-        PreparedKey(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_str().as_bytes(), self.inner.seed ^ strategy.name_hash()))
+        PreparedKey(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), self.inner.seed ^ strategy.name_hash()))
     }
 
     fn shard(&self, key: PreparedKey) -> &Mutex<Shard> {
