@@ -106,6 +106,7 @@ impl Decision {
         }
     }
 
+    #[inline]
     pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Self {
         let outcome = match v.kind {
             VerdictKind::Admit => Outcome::Allowed,

@@ -100,6 +100,7 @@ impl Cost {
 }
 
 impl Cost {
+    #[inline]
     pub(crate) fn resolve_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<u64> {
         if let Some(c) = ctx.cost_override() {
             return Some(c);
@@ -112,6 +113,7 @@ impl Cost {
 }
 
 impl RateSource {
+    #[inline]
     pub(crate) fn resolve_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<Rate> {
         match self {
             RateSource::Fixed(r) => Some(*r),

@@ -46,6 +46,7 @@ impl<'a> RequestView<'a> {
     }
 
     /// A `GET /` with no headers and no peer (for direct use outside HTTP, and tests).
+    #[inline]
     pub fn empty() -> RequestView<'static> {
         RequestView {
             peer: None,
@@ -64,6 +65,7 @@ impl<'a> RequestView<'a> {
 
     /// Sets the socket peer address.
     #[must_use]
+    #[inline]
     pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
         self.peer = peer;
         self
@@ -84,6 +86,7 @@ impl<'a> RequestView<'a> {
     }
 
     /// The socket peer address, if known.
+    #[inline]
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
     }
@@ -149,6 +152,7 @@ impl Identity {
     }
 
     /// Appends this identity to a key; `hashed` replaces it by a digest.
+    #[inline]
     pub(crate) fn write_key(&self, b: KeyBuilder, hashed: bool) -> KeyBuilder {
         b.tagged(|out| {
             if hashed && !matches!(self, Identity::Anonymous | Identity::Exempted) {
@@ -162,13 +166,14 @@ impl Identity {
         })
     }
 
+    #[inline]
     fn write_plain(&self, out: &mut key::KeyText) {
         match self {
             Identity::Exempted => out.push_str("exempt"),
             Identity::Anonymous => out.push_str("anon"),
-            Identity::Ip(ip) => key::push_ip(out, "ip!", *ip),
+            Identity::Ip(ip) => key::push_ip(out, key::Tag::IP, *ip),
             Identity::Network(ip, len) => {
-                key::push_ip(out, "net!", *ip);
+                key::push_ip(out, key::Tag::NET, *ip);
                 out.push(b'!');
                 key::push_u8(out, *len);
             }
@@ -225,6 +230,7 @@ where
         Box::pin(async move { id })
     }
 
+    #[inline]
     fn identify_now(&self, req: &RequestView<'_>) -> Option<Identity> {
         Some(self(req))
     }
@@ -360,6 +366,7 @@ impl TrustedProxies {
 
     /// The client address of `req`: the peer, or, when the peer is trusted, the first untrusted
     /// hop of the forwarding chain walked right to left.
+    #[inline]
     pub fn client_ip(&self, req: &RequestView<'_>) -> Option<IpAddr> {
         let peer = canonical(req.peer_addr()?.ip());
         if self.nets.is_empty() || !self.contains(peer) {
@@ -488,6 +495,7 @@ impl ClientIp {
     }
 
     /// The identity of a request.
+    #[inline]
     pub fn identity(&self, req: &RequestView<'_>) -> Identity {
         match self.proxies.client_ip(req) {
             None => Identity::Anonymous,
@@ -507,6 +515,7 @@ impl Identifier for ClientIp {
         Box::pin(async move { id })
     }
 
+    #[inline]
     fn identify_now(&self, req: &RequestView<'_>) -> Option<Identity> {
         Some(self.identity(req))
     }

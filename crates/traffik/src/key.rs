@@ -54,6 +54,7 @@ impl KeyText {
     }
 
     /// Appends bytes that the caller guarantees are ASCII.
+    #[inline]
     fn push_ascii(&mut self, s: &[u8]) {
         debug_assert!(s.is_ascii());
         match self {
@@ -74,7 +75,26 @@ impl KeyText {
         }
     }
 
+    /// Lets `f` write ASCII straight into the inline buffer when at least `room` bytes are free
+    /// there (`f` gets exactly `room` bytes and returns how many it wrote); otherwise writes
+    /// through a scratch buffer.
+    #[inline]
+    fn write_with(&mut self, room: usize, f: impl FnOnce(&mut [u8]) -> usize) {
+        if let KeyText::Inline { len, buf } = self {
+            let start = usize::from(*len);
+            if let Some(dst) = buf.get_mut(start..start + room) {
+                let n = f(dst).min(room);
+                *len = (start + n) as u8;
+                return;
+            }
+        }
+        let mut scratch = vec![0u8; room];
+        let n = f(&mut scratch).min(room);
+        self.push_ascii(&scratch[..n]);
+    }
+
     /// Appends one ASCII byte.
+    #[inline]
     pub(crate) fn push(&mut self, b: u8) {
         debug_assert!(b.is_ascii());
         match self {
@@ -148,6 +168,7 @@ impl Key {
     }
 
     /// Continues from an already encoded prefix (a throttle encodes its uid once).
+    #[inline]
     pub(crate) fn from_encoded(prefix: &Key) -> KeyBuilder {
         KeyBuilder { text: prefix.0.clone() }
     }
@@ -208,6 +229,7 @@ impl KeyBuilder {
     }
 
     /// Appends an already-safe tagged part written by `f` (used for identities).
+    #[inline]
     pub(crate) fn tagged(mut self, f: impl FnOnce(&mut KeyText)) -> Self {
         self.text.push(b':');
         f(&mut self.text);
@@ -215,6 +237,7 @@ impl KeyBuilder {
     }
 
     /// Finishes the key.
+    #[inline]
     pub fn build(self) -> Key {
         Key(self.text)
     }
@@ -282,6 +305,7 @@ static DECIMAL: [([u8; 4], u8); 256] = {
 
 /// Writes `v` in decimal at `buf[at..]` (which must have 4 bytes of room); returns the index
 /// after it.
+#[inline]
 fn put_u8(buf: &mut [u8], at: usize, v: u8) -> usize {
     let (digits, n) = DECIMAL[usize::from(v)];
     if let Some(dst) = buf.get_mut(at..at + 4) {
@@ -292,32 +316,43 @@ fn put_u8(buf: &mut [u8], at: usize, v: u8) -> usize {
 
 /// Appends `v` in decimal.
 pub(crate) fn push_u8(out: &mut KeyText, v: u8) {
-    let mut buf = [0u8; 4];
-    let n = put_u8(&mut buf, 0, v);
-    out.push_ascii(&buf[..n]);
+    out.write_with(4, |dst| put_u8(dst, 0, v));
+}
+
+/// An identity tag of at most 4 bytes (`ip!`, `net!`), copied as one word.
+#[derive(Clone, Copy)]
+pub(crate) struct Tag([u8; 4], usize);
+
+impl Tag {
+    pub(crate) const IP: Tag = Tag(*b"ip!\0", 3);
+    pub(crate) const NET: Tag = Tag(*b"net!", 4);
+    #[cfg(test)]
+    const NONE: Tag = Tag([0; 4], 0);
 }
 
 /// Writes an IP address in key form (IPv6 colons become '-') after `tag`. Runs on every hit,
 /// so it avoids the formatting machinery.
-pub(crate) fn push_ip(out: &mut KeyText, tag: &str, ip: IpAddr) {
+#[inline]
+pub(crate) fn push_ip(out: &mut KeyText, tag: Tag, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // The tag (at most 8 bytes) and the address (at most 15), written in one go.
-            let mut buf = [0u8; 32];
-            let t = tag.len().min(8);
-            buf[..t].copy_from_slice(&tag.as_bytes()[..t]);
-            let [a, b, c, d] = v4.octets();
-            let mut n = put_u8(&mut buf, t, a);
-            buf[n] = b'.';
-            n = put_u8(&mut buf, n + 1, b);
-            buf[n] = b'.';
-            n = put_u8(&mut buf, n + 1, c);
-            buf[n] = b'.';
-            n = put_u8(&mut buf, n + 1, d);
-            out.push_ascii(&buf[..n]);
+            // Tag (4) + "255.255.255.255" (15) + slack for the last 4-byte digit store (1).
+            out.write_with(20, |dst| {
+                let [a, b, c, d] = v4.octets();
+                if let Some(t) = dst.get_mut(..4) {
+                    t.copy_from_slice(&tag.0);
+                }
+                let mut n = put_u8(dst, tag.1, a);
+                dst[n] = b'.';
+                n = put_u8(dst, n + 1, b);
+                dst[n] = b'.';
+                n = put_u8(dst, n + 1, c);
+                dst[n] = b'.';
+                put_u8(dst, n + 1, d)
+            });
         }
         IpAddr::V6(v6) => {
-            out.push_str(tag);
+            out.push_ascii(&tag.0[..tag.1]);
             for (i, g) in v6.segments().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'-');
@@ -347,7 +382,7 @@ mod tests {
 
     fn ip_text(ip: &str) -> String {
         let mut t = KeyText::new();
-        push_ip(&mut t, "", ip.parse().unwrap());
+        push_ip(&mut t, Tag::NONE, ip.parse().unwrap());
         t.as_str().to_owned()
     }
 
@@ -412,9 +447,18 @@ mod tests {
             assert_eq!(t.as_str(), v.to_string());
         }
         let mut t = KeyText::new();
-        push_ip(&mut t, "ip!", "10.200.3.45".parse().unwrap());
-        push_ip(&mut t, "|net!", "::1".parse().unwrap());
-        assert_eq!(t.as_str(), "ip!10.200.3.45|net!0-0-0-0-0-0-0-1");
+        push_ip(&mut t, Tag::IP, "10.200.3.45".parse().unwrap());
+        push_ip(&mut t, Tag::NET, "::1".parse().unwrap());
+        push_ip(&mut t, Tag::NET, "255.255.255.255".parse().unwrap());
+        assert_eq!(t.as_str(), "ip!10.200.3.45net!0-0-0-0-0-0-0-1net!255.255.255.255");
+        // Near the end of the inline buffer the text goes through a scratch buffer, and to
+        // the heap once it no longer fits.
+        for (uid_len, inline) in [(50, true), (55, false)] {
+            let mut t = Key::builder(&"u".repeat(uid_len)).build().0;
+            push_ip(&mut t, Tag::IP, "1.2.3.4".parse().unwrap());
+            assert_eq!(matches!(t, KeyText::Inline { .. }), inline);
+            assert_eq!(t.as_str(), format!("{}ip!1.2.3.4", "u".repeat(uid_len)));
+        }
     }
 
     #[test]

@@ -297,6 +297,7 @@ impl InMemoryBackend {
     }
 
     /// Hashes a key for `strategy` once, for repeated [`decide_prepared`](Self::decide_prepared).
+    #[inline]
     pub fn prepare(&self, key: &Key, strategy: &StrategyHandle) -> PreparedKey {
         // One seeded 64-bit pass over the key; the strategy name is folded into the seed, so
         // equal keys of different strategies land apart. The seed is random per backend, so
@@ -509,6 +510,7 @@ impl Backend for InMemoryBackend {
         Box::pin(async move { result })
     }
 
+    #[inline]
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
     }

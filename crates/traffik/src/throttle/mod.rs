@@ -243,6 +243,7 @@ impl Throttle {
     }
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
+    #[inline]
     fn prepare_now(&self, config: &Config, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Some(Prepared::Skip(Skip::Disabled));
@@ -272,6 +273,7 @@ impl Throttle {
         self.finish(config, ctx, identity, rate, cost)
     }
 
+    #[inline]
     fn finish(&self, config: &Config, ctx: &Context, identity: Identity, rate: Rate, cost: u64) -> Prepared {
         if identity == Identity::Exempted {
             return Prepared::Skip(Skip::Exempted);
