@@ -10,251 +10,300 @@
 //! State is stored as a short string of decimal integers (microseconds and costs), written with
 //! `SET ... PX` so that the state and its time to live change in one command. Lua 5.1 numbers
 //! are doubles: every integer the scripts handle stays below 2^53 (timestamps in microseconds,
-//! capacities capped at 2^50, costs clamped by the caller), so all of them are exact, and
-//! `%.0f` prints them without exponent. The arithmetic is a line-by-line port of the Rust
-//! strategies in `traffik::strategy`, including the IEEE double operations of the sliding
-//! window counter in the same order.
+//! capacities capped at 2^50, costs clamped by the caller), so all of them are exact. The
+//! arithmetic is a line-by-line port of the Rust strategies in `traffik::strategy`, including
+//! the IEEE double operations of the sliding window counter in the same order.
+//!
+//! Each script is `PROLOGUE .. body .. EPILOGUE` and runs on every decision, so it is written
+//! for the server's time: no closures on the common paths (the floor divisions are inlined),
+//! decimal strings become numbers through arithmetic (`s * 1`: the same conversion as
+//! `tonumber`, without the function call), numbers are printed with `%d` (Redis' Lua prints it
+//! through a 64-bit C `long`: the same digits as `%.0f` for every integer below 2^63, at half
+//! the cost; the values written stay below 2^54), and only consume mode builds a new state
+//! string. When a sliding log hit is appended, or added to the newest entry, the text of the
+//! other live entries is kept as it is rather than printed again (the scripts always write it
+//! canonically, so the result is the same string).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Shared prologue: arguments, clock, helpers.
+/// Shared prologue: arguments, clock, current state, and the verdict the body fills in.
 const PROLOGUE: &str = r#"
 local key = KEYS[1]
 local mode = ARGV[1]
-local now
-if ARGV[2] == '' then
+local now = ARGV[2]
+if now == '' then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 else
-  now = tonumber(ARGV[2])
+  now = now * 1
 end
-local min_ttl = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local MAX_TTL_MS = 1000000000000000
-
--- Exact floor division of non-negative integers below 2^53.
-local function idiv(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  if r < 0 then
-    q = q - 1
-  elseif r >= b then
-    q = q + 1
-  end
-  return q
-end
-
-local function pos(x)
-  if x < 0 then return 0 end
-  return x
-end
-
+local cost = ARGV[4] * 1
 local raw = redis.call('GET', key)
+-- Set by the body: the verdict (default: never), and, in consume mode only, the new state
+-- string and its time to live in microseconds.
+local kind, remaining, wait, reset = 3, 0, 0, 0
+local state, ttl
+"#;
 
-local function store(value, ttl_us)
-  if mode ~= 'c' then return end
-  local ms = idiv(ttl_us + 999, 1000)
+/// Shared epilogue: writes the new state, if any, and replies.
+const EPILOGUE: &str = r#"
+if state then
+  -- ms = ceil(ttl / 1000), an exact floor division of integers below 2^53.
+  local ms = math.floor((ttl + 999) / 1000)
+  local r = ttl + 999 - ms * 1000
+  if r < 0 then
+    ms = ms - 1
+  elseif r >= 1000 then
+    ms = ms + 1
+  end
+  local min_ttl = ARGV[3] * 1
   if ms < min_ttl then ms = min_ttl end
   if ms < 1 then ms = 1 end
-  if ms > MAX_TTL_MS then ms = MAX_TTL_MS end
-  redis.call('SET', key, value, 'PX', string.format('%.0f', ms))
+  if ms > 1000000000000000 then ms = 1000000000000000 end
+  redis.call('SET', key, state, 'PX', string.format('%d', ms))
 end
-
-local function finish(kind, remaining, wait, reset)
-  if mode == 's' then
-    return {kind, remaining, wait, reset, now, raw}
-  end
-  return {kind, remaining, wait, reset}
+if mode == 's' then
+  return {kind, remaining, wait, reset, now, raw}
 end
+return {kind, remaining, wait, reset}
 "#;
 
 /// Fixed window. Extra ARGV: limit, period_us. State: `"window used"`.
 const FIXED_WINDOW: &str = r#"
-local limit = tonumber(ARGV[5])
-local w = tonumber(ARGV[6])
-if cost > limit then return finish(3, 0, 0, 0) end
-local window = idiv(now, w)
-local used = 0
-if raw then
-  local sw, su = string.match(raw, '^(%d+) (%d+)$')
-  if sw then
-    sw = tonumber(sw)
-    su = tonumber(su)
-    if sw >= window then
-      window = sw
-      used = su
+local limit = ARGV[5] * 1
+local w = ARGV[6] * 1
+if cost <= limit then
+  local window = math.floor(now / w)
+  local r = now - window * w
+  if r < 0 then
+    window = window - 1
+  elseif r >= w then
+    window = window + 1
+  end
+  local used = 0
+  if raw then
+    local sw, su = string.match(raw, '^(%d+) (%d+)$')
+    if sw then
+      sw = sw * 1
+      if sw >= window then
+        window = sw
+        used = su * 1
+      end
     end
   end
+  reset = (window + 1) * w - now
+  if reset < 0 then reset = 0 end
+  if used + cost <= limit then
+    used = used + cost
+    kind, remaining = 0, limit - used
+    if mode == 'c' then
+      state, ttl = string.format('%d %d', window, used), reset
+    end
+  else
+    kind, remaining, wait = 2, limit - used, reset
+    if remaining < 0 then remaining = 0 end
+  end
 end
-local reset = pos((window + 1) * w - now)
-if used + cost <= limit then
-  used = used + cost
-  store(string.format('%.0f %.0f', window, used), reset)
-  return finish(0, limit - used, 0, reset)
-end
-return finish(2, pos(limit - used), reset, reset)
 "#;
 
 /// Sliding window counter. Extra ARGV: limit, period_us. State: `"window prev cur"`.
 const SLIDING_COUNTER: &str = r#"
-local limit = tonumber(ARGV[5])
-local w = tonumber(ARGV[6])
-if cost > limit then return finish(3, 0, 0, 0) end
-local window = idiv(now, w)
-local prev, cur = 0, 0
-if raw then
-  local a, b, c = string.match(raw, '^(%d+) (%d+) (%d+)$')
-  if a then
-    a = tonumber(a)
-    b = tonumber(b)
-    c = tonumber(c)
-    if a >= window then
-      window = a
-      prev = b
-      cur = c
-    elseif a + 1 == window then
-      prev = c
-      cur = 0
+local limit = ARGV[5] * 1
+local w = ARGV[6] * 1
+if cost <= limit then
+  local window = math.floor(now / w)
+  local r = now - window * w
+  if r < 0 then
+    window = window - 1
+  elseif r >= w then
+    window = window + 1
+  end
+  local prev, cur = 0, 0
+  if raw then
+    local a, b, c = string.match(raw, '^(%d+) (%d+) (%d+)$')
+    if a then
+      a = a * 1
+      if a >= window then
+        window = a
+        prev = b * 1
+        cur = c * 1
+      elseif a + 1 == window then
+        prev = c * 1
+      end
     end
   end
-end
-local start = window * w
-local elapsed = pos(now - start)
-if elapsed > w - 1 then elapsed = w - 1 end
-
-local function estimate(p, c, e)
-  local weight = (w - e) / w
-  return p * weight + c
-end
-local function fits(p, c, e)
-  return estimate(p, c, e) + cost <= limit
-end
-local function first_fit(p, c, lo)
-  local hi = w - 1
-  while hi - lo > 1 do
-    local mid = lo + math.floor((hi - lo) / 2)
-    if fits(p, c, mid) then
-      hi = mid
+  local start = window * w
+  local elapsed = now - start
+  if elapsed < 0 then elapsed = 0 end
+  if elapsed > w - 1 then elapsed = w - 1 end
+  -- The estimate at `e` µs into the window: prev * weight + cur, weight = (w - e) / w.
+  local est = prev * ((w - elapsed) / w) + cur
+  if est + cost <= limit then
+    kind, reset = 0, start + 2 * w - now
+    if reset < 0 then reset = 0 end
+    remaining = limit - (est + cost)
+    if remaining <= 0 then remaining = 0 else remaining = math.floor(remaining) end
+    if mode == 'c' then
+      state, ttl = string.format('%d %d %d', window, prev, cur + cost), reset
+    end
+  else
+    local function fits(p, c, e)
+      return p * ((w - e) / w) + c + cost <= limit
+    end
+    local function first_fit(p, c, lo)
+      local hi = w - 1
+      while hi - lo > 1 do
+        local mid = lo + math.floor((hi - lo) / 2)
+        if fits(p, c, mid) then
+          hi = mid
+        else
+          lo = mid
+        end
+      end
+      return hi
+    end
+    local target
+    if cur + cost <= limit and fits(prev, cur, w - 1) then
+      target = start + first_fit(prev, cur, elapsed)
+    elseif fits(cur, 0, 0) then
+      target = start + w
+    elseif fits(cur, 0, w - 1) then
+      target = start + w + first_fit(cur, 0, 0)
     else
-      lo = mid
+      target = start + 2 * w
     end
+    kind, remaining, wait = 2, limit - est, target - now
+    if remaining <= 0 then remaining = 0 else remaining = math.floor(remaining) end
+    if wait < 0 then wait = 0 end
+    if cur > 0 then reset = start + 2 * w - now else reset = start + w - now end
+    if reset < 0 then reset = 0 end
   end
-  return hi
 end
-local function floor_remaining(u)
-  local left = limit - u
-  if left <= 0 then return 0 end
-  return math.floor(left)
-end
-
-local est = estimate(prev, cur, elapsed)
-if est + cost <= limit then
-  local ttl = pos(start + 2 * w - now)
-  store(string.format('%.0f %.0f %.0f', window, prev, cur + cost), ttl)
-  return finish(0, floor_remaining(est + cost), 0, ttl)
-end
-local target
-if cur + cost <= limit and fits(prev, cur, w - 1) then
-  target = start + first_fit(prev, cur, elapsed)
-elseif fits(cur, 0, 0) then
-  target = start + w
-elseif fits(cur, 0, w - 1) then
-  target = start + w + first_fit(cur, 0, 0)
-else
-  target = start + 2 * w
-end
-local reset
-if cur > 0 then reset = start + 2 * w else reset = start + w end
-return finish(2, floor_remaining(est), pos(target - now), pos(reset - now))
 "#;
 
 /// Sliding window log. Extra ARGV: limit, period_us. State: `"t:c t:c ..."`, oldest first.
 const SLIDING_LOG: &str = r#"
-local limit = tonumber(ARGV[5])
-local w = tonumber(ARGV[6])
-if cost > limit then return finish(3, 0, 0, 0) end
-local ts, cs = {}, {}
-if raw then
-  for t, c in string.gmatch(raw, '(%d+):(%d+)') do
-    ts[#ts + 1] = tonumber(t)
-    cs[#cs + 1] = tonumber(c)
+local limit = ARGV[5] * 1
+local w = ARGV[6] * 1
+if cost <= limit then
+  -- Entry i: timestamp ts[i], cost cs[i]. Entries before `first` have expired; the text of
+  -- entry `first` starts at `fp` in `raw`, that of entry n at `lp`.
+  local ts, cs, n, first, fp, lp = {}, {}, 0, nil, nil, nil
+  if raw then
+    for p, t, c in string.gmatch(raw, '()(%d+):(%d+)') do
+      n = n + 1
+      t = t * 1
+      ts[n] = t
+      cs[n] = c * 1
+      if not first and t + w > now then first, fp = n, p end
+      lp = p
+    end
   end
-end
-local n = #ts
-local first = 1
-while first <= n and ts[first] + w <= now do first = first + 1 end
-local used = 0
-for i = first, n do used = used + cs[i] end
-if used + cost <= limit then
-  local parts = {}
-  local placed = false
-  local newest = now
-  for i = first, n do
-    local t, c = ts[i], cs[i]
-    if not placed then
-      if t == now then
-        c = c + cost
-        placed = true
-      elseif t > now then
-        parts[#parts + 1] = string.format('%.0f:%.0f', now, cost)
-        placed = true
+  if not first then first = n + 1 end
+  local used = 0
+  for i = first, n do used = used + cs[i] end
+  if used + cost <= limit then
+    -- The hit joins the first live entry at or after now: j > n when there is none.
+    local j = first
+    while j <= n and ts[j] < now do j = j + 1 end
+    local newest = now
+    if j <= n then newest = ts[n] end
+    kind, remaining, reset = 0, limit - used - cost, newest + w - now
+    if reset < 0 then reset = 0 end
+    if mode == 'c' then
+      if j > n then
+        -- Appended: the live entries keep their text.
+        state = string.format('%d:%d', now, cost)
+        if first <= n then state = string.sub(raw, fp) .. ' ' .. state end
+      elseif j == n and ts[n] == now then
+        -- Added to the newest entry.
+        state = string.sub(raw, fp, lp - 1) .. string.format('%d:%d', now, cs[n] + cost)
+      else
+        local parts, k = {}, 0
+        for i = first, n do
+          local c = cs[i]
+          if i == j then
+            if ts[i] == now then
+              c = c + cost
+            else
+              k = k + 1
+              parts[k] = string.format('%d:%d', now, cost)
+            end
+          end
+          k = k + 1
+          parts[k] = string.format('%d:%d', ts[i], c)
+        end
+        state = table.concat(parts, ' ')
+      end
+      ttl = reset
+    end
+  else
+    local need = used + cost - limit
+    local freed = 0
+    local target = now
+    for i = first, n do
+      freed = freed + cs[i]
+      if freed >= need then
+        target = ts[i] + w
+        break
       end
     end
-    parts[#parts + 1] = string.format('%.0f:%.0f', t, c)
-    newest = t
-  end
-  if not placed then
-    parts[#parts + 1] = string.format('%.0f:%.0f', now, cost)
-    newest = now
-  end
-  local ttl = pos(newest + w - now)
-  store(table.concat(parts, ' '), ttl)
-  return finish(0, limit - used - cost, 0, ttl)
-end
-local need = used + cost - limit
-local freed = 0
-local target = now
-for i = first, n do
-  freed = freed + cs[i]
-  if freed >= need then
-    target = ts[i] + w
-    break
+    local last = now
+    if n >= first then last = ts[n] + w end
+    kind, remaining, wait, reset = 2, limit - used, target - now, last - now
+    if remaining < 0 then remaining = 0 end
+    if wait < 0 then wait = 0 end
+    if reset < 0 then reset = 0 end
   end
 end
-local reset = now
-if n >= first then reset = ts[n] + w end
-return finish(2, pos(limit - used), pos(target - now), pos(reset - now))
 "#;
 
 /// The meter family (token buckets, leaky buckets, GCRA). Extra ARGV: interval_us,
 /// capacity_us, queue_us. State: `"tat"`.
 const METER: &str = r#"
-local t = tonumber(ARGV[5])
-local cap = tonumber(ARGV[6])
-local queue = tonumber(ARGV[7])
+local t = ARGV[5] * 1
+local cap = ARGV[6] * 1
+local queue = ARGV[7] * 1
 local inc = cost * t
-if inc > cap then return finish(3, 0, 0, 0) end
-local tat = 0
-if raw then
-  local v = string.match(raw, '^(%d+)$')
-  if v then tat = tonumber(v) end
-end
-local level = pos(tat - now)
-local fill = level + inc
-if fill <= cap + queue then
-  local base = tat
-  if now > base then base = now end
-  local nxt = base + inc
-  local ttl = nxt - now
-  store(string.format('%.0f', nxt), ttl)
-  if fill <= cap then
-    return finish(0, idiv(cap - fill, t), 0, ttl)
+if inc <= cap then
+  local tat = 0
+  if raw and string.find(raw, '^%d+$') then tat = raw * 1 end
+  local level = tat - now
+  if level < 0 then level = 0 end
+  local fill = level + inc
+  -- Free capacity in µs, shown as whole units of cost.
+  local free
+  if fill <= cap + queue then
+    local nxt = tat
+    if now > nxt then nxt = now end
+    nxt = nxt + inc
+    reset = nxt - now
+    if fill <= cap then
+      kind, free = 0, cap - fill
+    else
+      kind, wait = 1, fill - cap
+    end
+    if mode == 'c' then
+      state, ttl = string.format('%d', nxt), reset
+    end
+  else
+    kind, wait, reset = 2, fill - cap - queue, level
+    free = cap - level
+    if free < 0 then free = 0 end
   end
-  return finish(1, 0, fill - cap, ttl)
+  if free then
+    -- Exact floor division of integers below 2^53.
+    remaining = math.floor(free / t)
+    local r = free - remaining * t
+    if r < 0 then
+      remaining = remaining - 1
+    elseif r >= t then
+      remaining = remaining + 1
+    end
+  end
 end
-return finish(2, idiv(pos(cap - level), t), fill - cap - queue, level)
 "#;
 
 /// Generic path, read: `{now, value_or_nil}`. ARGV: now (empty = server `TIME`).
@@ -315,10 +364,7 @@ pub(crate) struct Scripts {
 }
 
 fn strategy_script(body: &str) -> String {
-    let mut s = String::with_capacity(PROLOGUE.len() + body.len());
-    s.push_str(PROLOGUE);
-    s.push_str(body);
-    s
+    [PROLOGUE, body, EPILOGUE].concat()
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
