@@ -1,7 +1,8 @@
 //! Prints, in one run, against a redis-server it starts itself:
 //!
 //! * sequential latency per decision of each strategy next to a raw `EVALSHA` of a trivial
-//!   script on the same connection (target: <= 1.15x);
+//!   script on the same connection (target: <= 1.15x), as medians of single operations
+//!   interleaved one by one (so the machine's drift cancels);
 //! * throughput with 64 concurrent tasks next to the raw script at the same concurrency
 //!   (target: >= 0.8x);
 //!
@@ -27,8 +28,9 @@ const SEQ_OPS: usize = 500;
 const TASKS: usize = 64;
 const OPS_PER_TASK: usize = 100;
 const KEYS: usize = 10_000;
-/// Baseline and strategy batches alternate this many times; medians are reported, so load
-/// from other processes on the machine hits both sides alike.
+/// Concurrent baseline and strategy batches alternate this many times (and sequential rounds
+/// of SEQ_OPS interleaved operations run this many times); medians are reported, so load from
+/// other processes on the machine hits both sides alike.
 const ROUNDS: usize = 21;
 
 /// The raw baselines on the same connection flavour: a trivial script (`sha` = "return 1"),
@@ -84,20 +86,37 @@ async fn decide(b: &RedisBackend, key: &Key, s: &StrategyHandle, rate: Rate) {
     b.decide(op).await.unwrap();
 }
 
-async fn seq_raw(raw: &Raw, sha: &str, keys: &[String], round: usize) -> Duration {
-    let t = Instant::now();
-    for i in 0..SEQ_OPS {
-        raw.call(sha, &keys[(round * SEQ_OPS + i) % keys.len()]).await;
-    }
-    t.elapsed() / SEQ_OPS as u32
+/// Sequential latency samples: the trivial script, the strategy script sent raw, and the
+/// backend's decision, interleaved one operation at a time (in rotating order) so that drift in
+/// the machine's speed hits all three alike. Each operation is timed on its own.
+struct Seq<'a> {
+    raw: &'a Raw,
+    trivial: &'a str,
+    trivial_keys: &'a [String],
+    same: &'a str,
+    same_keys: &'a [String],
+    backend: &'a RedisBackend,
+    strategy: &'a StrategyHandle,
+    keys: &'a [Key],
+    rate: Rate,
 }
 
-async fn seq_strategy(b: &RedisBackend, s: &StrategyHandle, keys: &[Key], rate: Rate, round: usize) -> Duration {
-    let t = Instant::now();
-    for i in 0..SEQ_OPS {
-        decide(b, &keys[(round * SEQ_OPS + i) % keys.len()], s, rate).await;
+impl Seq<'_> {
+    async fn run(&self, round: usize, samples: &mut [Vec<Duration>; 3]) {
+        for i in 0..SEQ_OPS {
+            let n = round * SEQ_OPS + i;
+            for step in 0..3 {
+                let which = (n + step) % 3;
+                let t = Instant::now();
+                match which {
+                    0 => self.raw.call(self.trivial, &self.trivial_keys[n % self.trivial_keys.len()]).await,
+                    1 => self.raw.call(self.same, &self.same_keys[n % self.same_keys.len()]).await,
+                    _ => decide(self.backend, &self.keys[n % self.keys.len()], self.strategy, self.rate).await,
+                }
+                samples[which].push(t.elapsed());
+            }
+        }
     }
-    t.elapsed() / SEQ_OPS as u32
 }
 
 async fn par_raw(raw: &Raw, sha: &Arc<str>, keys: &Arc<Vec<String>>) -> f64 {
@@ -150,8 +169,9 @@ fn main() {
     println!("traffik-redis bench: redis-server at {}", server.url);
     println!("tokio runtime: multi_thread, 2 worker threads; client clock off (scripts read TIME)");
     println!(
-        "median of {ROUNDS} alternating rounds; sequential rounds: {SEQ_OPS} decisions over {KEYS} keys; \
-         concurrent rounds: {TASKS} tasks x {OPS_PER_TASK} decisions"
+        "sequential: median of {} single operations of each kind, interleaved one by one, over {KEYS} keys; \
+         concurrent: median of {ROUNDS} alternating rounds of {TASKS} tasks x {OPS_PER_TASK} decisions",
+        ROUNDS * SEQ_OPS
     );
     let strategies: Vec<(&str, StrategyHandle)> = vec![
         ("fixed_window", FixedWindow.into()),
@@ -188,7 +208,9 @@ fn main() {
             for (_, s) in &strategies {
                 decide(backend, &keys[0], s, rate).await;
             }
-            seq_raw(raw, &sha, &raw_keys, 0).await;
+            for k in raw_keys.iter().take(SEQ_OPS) {
+                raw.call(&sha, k).await;
+            }
             println!("\n== {name} ==");
             println!(
                 "seq: sequential µs per decision vs a trivial EVALSHA and vs the same strategy script sent raw; \
@@ -228,13 +250,25 @@ fn main() {
                 .into();
                 let same_keys: Arc<Vec<String>> =
                     Arc::new(keys.iter().map(|k| format!("traffik:{{{}}}:raw-{}", k.as_str(), s.name())).collect());
-                let (mut raw_lats, mut same_lats, mut lats, mut raw_tps, mut tps, mut same_tps) =
-                    (vec![], vec![], vec![], vec![], vec![], vec![]);
+                let (mut raw_lats, mut same_lats, mut lats): (Vec<Duration>, Vec<Duration>, Vec<Duration>);
+                let (mut raw_tps, mut tps, mut same_tps) = (vec![], vec![], vec![]);
+                let seq = Seq {
+                    raw,
+                    trivial: &sha,
+                    trivial_keys: &raw_keys,
+                    same: &same,
+                    same_keys: &same_keys,
+                    backend,
+                    strategy: s,
+                    keys: &keys,
+                    rate,
+                };
+                let mut samples = [vec![], vec![], vec![]];
                 for round in 0..ROUNDS {
-                    raw_lats.push(seq_raw(raw, &sha, &raw_keys, round).await);
-                    same_lats.push(seq_raw(raw, &same, &same_keys, round).await);
-                    lats.push(seq_strategy(backend, s, &keys, rate, round).await);
+                    seq.run(round, &mut samples).await;
                 }
+                let [r, sm, l] = samples;
+                (raw_lats, same_lats, lats) = (r, sm, l);
                 let mut admin = client.get_multiplexed_async_connection().await.unwrap();
                 let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await.unwrap();
                 for _ in 0..ROUNDS {
