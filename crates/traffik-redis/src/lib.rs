@@ -58,6 +58,15 @@
 //! | an async factory | [`factory`](RedisBackendBuilder::factory) | yes, by calling it again |
 //! | Redis Cluster | [`cluster`](RedisBackendBuilder::cluster) / [`RedisBackend::cluster`] | yes |
 //!
+//! # TLS
+//!
+//! With the crate feature `tls`, `rediss://` URLs connect through rustls and verify the server
+//! against the platform's root certificates. For a private certificate authority, open the
+//! connection yourself in a [`factory`](RedisBackendBuilder::factory) with
+//! `redis::Client::build_with_tls(url, redis::TlsCertificates { root_cert: Some(ca_pem), .. })`.
+//! A certificate that does not verify is a [`BackendError::Connection`]; without the feature a
+//! `rediss://` URL is one too.
+//!
 //! Connections open on first use, inside the caller's Tokio runtime (which must have its timer
 //! enabled); multiplexed connections live on the runtime that opened them.
 

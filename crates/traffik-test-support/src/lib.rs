@@ -13,7 +13,7 @@ mod memcached;
 mod redis;
 
 pub use memcached::{MemcachedServer, memcached_server};
-pub use redis::{RedisServer, redis_server};
+pub use redis::{RedisServer, RedisTlsServer, redis_server, redis_tls_server};
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a race with another process is possible but
 /// unlikely, and shows up as a start failure).

@@ -100,3 +100,125 @@ pub fn redis_server() -> RedisServer {
     let (port, guard) = spawn_server(&[]);
     RedisServer { url: format!("redis://127.0.0.1:{port}/"), port, guard: Some(guard) }
 }
+
+/// A `redis-server` that also listens with TLS, with a throwaway certificate authority.
+#[derive(Debug)]
+pub struct RedisTlsServer {
+    /// `rediss://127.0.0.1:<tls port>/`
+    pub url: String,
+    /// The plain-text URL of the same server (for setup and inspection).
+    pub plain_url: String,
+    /// PEM of the certificate authority that signed the server's certificate.
+    pub ca_pem: Vec<u8>,
+    _guard: ProcessGuard,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for RedisTlsServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output if it fails.
+fn openssl(bin: &std::path::Path, dir: &std::path::Path, args: &[&str]) {
+    let out =
+        Command::new(bin).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("could not run openssl: {e}"));
+    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `redis-server` with TLS on one free loopback port (and plain text on another), its
+/// certificate issued for `127.0.0.1` by a certificate authority made for this test with the
+/// `openssl` command. Never external: TLS needs certificates the test controls.
+pub fn redis_tls_server() -> RedisTlsServer {
+    let openssl_bin = require_binary("openssl", "openssl");
+    let dir = std::env::temp_dir().join(format!("traffik-tls-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("could not create {}: {e}", dir.display()));
+    let days = ["-days", "2"];
+    openssl(
+        &openssl_bin,
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=traffik test CA",
+            days[0],
+            days[1],
+        ],
+    );
+    openssl(
+        &openssl_bin,
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap_or_else(|e| panic!("could not write the certificate extensions: {e}"));
+    openssl(
+        &openssl_bin,
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "server.ext",
+            days[0],
+            days[1],
+        ],
+    );
+    let ca_pem = std::fs::read(dir.join("ca.crt")).unwrap_or_else(|e| panic!("could not read ca.crt: {e}"));
+    let path = |f: &str| dir.join(f).display().to_string();
+    let tls_port = free_port();
+    let extra = [
+        "--tls-port".to_owned(),
+        tls_port.to_string(),
+        "--tls-cert-file".to_owned(),
+        path("server.crt"),
+        "--tls-key-file".to_owned(),
+        path("server.key"),
+        "--tls-ca-cert-file".to_owned(),
+        path("ca.crt"),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ];
+    // Redis opens every listener before it accepts on any, so the plain port answering
+    // (checked by spawn_server) means the TLS port is open too.
+    let (port, guard) = spawn_server(&extra);
+    RedisTlsServer {
+        url: format!("rediss://127.0.0.1:{tls_port}/"),
+        plain_url: format!("redis://127.0.0.1:{port}/"),
+        ca_pem,
+        _guard: guard,
+        dir,
+    }
+}
