@@ -219,6 +219,13 @@ pub trait Identifier: Send + Sync + 'static {
     fn identify_now(&self, _req: &RequestView<'_>) -> Option<Identity> {
         None
     }
+
+    /// The built-in [`ClientIp`] identifier itself, so a throttle can call it without dynamic
+    /// dispatch. Other identifiers keep the default.
+    #[doc(hidden)]
+    fn as_client_ip(&self) -> Option<&ClientIp> {
+        None
+    }
 }
 
 impl<F> Identifier for F
@@ -518,6 +525,10 @@ impl Identifier for ClientIp {
     #[inline]
     fn identify_now(&self, req: &RequestView<'_>) -> Option<Identity> {
         Some(self.identity(req))
+    }
+
+    fn as_client_ip(&self) -> Option<&ClientIp> {
+        Some(self)
     }
 }
 

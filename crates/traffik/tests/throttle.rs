@@ -16,7 +16,7 @@ use traffik::{
 };
 
 fn peer(ip: &str) -> Option<SocketAddr> {
-    Some(format!("{ip}:40000").parse().unwrap())
+    Some(SocketAddr::new(ip.parse().unwrap(), 40000))
 }
 
 fn view(ip: &str) -> RequestView<'static> {
@@ -491,4 +491,82 @@ fn hits_and_stats_work_outside_a_tokio_runtime() {
     let stat = run(t.stat(&req, &Context::new())).unwrap().unwrap();
     assert_eq!(stat.hits_remaining, 0);
     assert!(run(t.hit(&req)).unwrap().is_throttled());
+}
+
+/// `hit` on the common configuration takes a shortcut (concrete types, a per-thread copy of the
+/// configuration); `hit_with` always takes the general path. Both must agree on keys and share
+/// state, and the shortcut must follow every runtime update.
+#[tokio::test]
+async fn the_plain_hit_shortcut_agrees_with_the_general_path() {
+    let clock = clock();
+    let t = Throttle::builder()
+        .uid("shortcut")
+        .rate("4/10s")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .identifier(ClientIp::new().ipv6_prefix(48))
+        .clock(clock.clone())
+        .no_registry()
+        .build()
+        .unwrap();
+    let general = Context::new();
+    for ip in ["192.0.2.7", "2001:db8:1:2::9", "::ffff:198.51.100.3"] {
+        let req = view(ip);
+        let fast = t.hit(&req).await.unwrap();
+        let slow = t.hit_with(&req, &general).await.unwrap();
+        assert_eq!(fast.key, slow.key, "{ip}: one key on both paths");
+        assert_eq!((fast.remaining, slow.remaining), (Some(3), Some(2)), "{ip}: one bucket on both paths");
+        assert!(t.hit(&req).await.unwrap().is_allowed());
+        assert!(t.hit_with(&req, &general).await.unwrap().is_allowed());
+        assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Throttled);
+        assert_eq!(t.hit_with(&req, &general).await.unwrap().outcome, Outcome::Throttled);
+    }
+    // Clients in one /48 share a bucket on both paths.
+    assert_eq!(t.hit(&view("2001:db8:1:ffff::1")).await.unwrap().outcome, Outcome::Throttled);
+    let anonymous = RequestView::empty();
+    let fast = t.hit(&anonymous).await.unwrap();
+    assert_eq!(fast.key, t.hit_with(&anonymous, &general).await.unwrap().key);
+
+    // Runtime updates reach the shortcut at once.
+    let req = view("203.0.113.5");
+    for _ in 0..4 {
+        assert!(t.hit(&req).await.unwrap().is_allowed());
+    }
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Throttled);
+    t.update_rate(rate!("6/10s"));
+    assert!(t.hit(&req).await.unwrap().is_allowed(), "the raised limit applies to the next plain hit");
+    t.update_min_wait(Duration::from_secs(30));
+    t.update_rate(rate!("5/10s"));
+    let d = t.hit(&req).await.unwrap();
+    assert_eq!((d.outcome, d.wait), (Outcome::Throttled, Duration::from_secs(30)));
+    t.disable();
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Skipped(Skip::Disabled));
+    t.enable();
+    // A custom identifier leaves the shortcut; the general path keeps the same state.
+    t.update_identifier(|req: &RequestView<'_>| match req.peer_addr() {
+        Some(addr) => Identity::Ip(addr.ip()),
+        None => Identity::Anonymous,
+    });
+    assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Throttled);
+    clock.advance(Duration::from_secs(10));
+    assert!(t.hit(&req).await.unwrap().is_allowed());
+}
+
+/// A backend error on the shortcut goes through the error policy like any other.
+#[tokio::test]
+async fn the_plain_hit_shortcut_applies_the_error_policy() {
+    let t = Throttle::builder()
+        .uid("shortcut-full")
+        .rate("5/s")
+        .backend(InMemoryBackend::builder().shards(1).max_keys(1).eviction(traffik::Eviction::RejectNew).build())
+        .strategy(FixedWindow)
+        .clock(clock())
+        .on_error(traffik::ErrorPolicy::allow())
+        .no_registry()
+        .build()
+        .unwrap();
+    assert!(t.hit(&view("192.0.2.1")).await.unwrap().is_allowed());
+    let d = t.hit(&view("192.0.2.2")).await.unwrap();
+    assert_eq!(d.source, traffik::Source::ErrorPolicy, "{d:?}");
+    assert_eq!(t.incidents().failed_open, 1);
 }

@@ -511,6 +511,10 @@ impl Backend for InMemoryBackend {
     }
 
     #[inline]
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        Some(self)
+    }
+
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
     }

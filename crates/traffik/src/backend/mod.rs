@@ -68,6 +68,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The in-memory backend itself, so a throttle can call it without dynamic dispatch.
+    /// Other backends keep the default.
+    #[doc(hidden)]
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        None
+    }
+
     /// What a hit would get now, plus strategy metadata; writes nothing.
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
@@ -102,6 +109,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         (**self).decide_now(op)
+    }
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        (**self).as_in_memory()
     }
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)

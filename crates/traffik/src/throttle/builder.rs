@@ -394,12 +394,16 @@ impl<U: HasUid, R: HasRate, B: HasBackend, S: HasStrategy> ThrottleBuilder<U, R,
             hash_identities: o.hash_identities,
             timeout: o.timeout,
             policy: None,
+            fast: None,
         };
-        config.policy = config.resolve_policy();
+        config.finalize();
         let throttle = Throttle {
             inner: Arc::new(ThrottleInner {
                 key_prefix: crate::key::Key::builder(&uid).build(),
                 uid,
+                id: super::NEXT_THROTTLE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                fast: AtomicBool::new(config.fast.is_some()),
                 config: ArcSwap::from_pointee(config),
                 disabled: AtomicBool::new(o.disabled),
                 clock: o.clock,

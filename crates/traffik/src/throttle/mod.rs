@@ -8,23 +8,24 @@ pub use builder::{
 };
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::Rate;
-use crate::backend::{Backend, Mode, Operation, SharedBackend};
+use crate::backend::{Backend, InMemoryBackend, Mode, Operation, SharedBackend};
 use crate::clock::{Clock, us};
 use crate::context::Context;
 use crate::decision::{Decision, Outcome, Skip, Source, Stat};
 use crate::error::{BackendError, Error};
 use crate::functions::{Cost, RateSource};
 use crate::headers::Headers;
-use crate::identity::{Identifier, Identity, RequestView};
+use crate::identity::{ClientIp, Identifier, Identity, RequestView};
 use crate::key::Key;
 use crate::policy::{ErrorPolicy, Failure, Incident, IncidentCounts, Incidents, PolicyKind, Recovery};
 use crate::registry::ThrottleRegistry;
@@ -65,9 +66,50 @@ pub(crate) struct Config {
     pub(crate) rules: RuleSet,
     pub(crate) hash_identities: bool,
     pub(crate) timeout: Duration,
+    /// Set by [`Config::finalize`] when a plain hit needs nothing dynamic.
+    pub(crate) fast: Option<FastPlan>,
+}
+
+/// The configuration most throttles have (client address, fixed rate and cost, no rules or
+/// scopes, the in-memory backend, no circuit breaker), resolved to concrete types so that
+/// [`Throttle::hit`] runs without dynamic dispatch. It makes exactly the decision the general
+/// path would: same key, same backend call, same error handling (a backend error goes back to
+/// the general path, which applies the policy).
+#[derive(Clone)]
+pub(crate) struct FastPlan {
+    client_ip: ClientIp,
+    memory: InMemoryBackend,
+    rate: Rate,
+    cost: u64,
 }
 
 impl Config {
+    /// Derives what follows from the settings: the effective error policy and the fast plan.
+    pub(crate) fn finalize(&mut self) {
+        self.policy = self.resolve_policy();
+        self.fast = self.fast_plan();
+    }
+
+    fn fast_plan(&self) -> Option<FastPlan> {
+        let (RateSource::Fixed(rate), Cost::Fixed(cost), BackendChoice::Fixed(backend), Some(policy)) =
+            (&self.rate, &self.cost, &self.backend, &self.policy)
+        else {
+            return None;
+        };
+        if rate.is_unlimited() || *cost == 0 || policy.breaker().is_some() {
+            return None;
+        }
+        if !self.rules.is_empty() || !self.scope.is_empty() || self.hash_identities {
+            return None;
+        }
+        Some(FastPlan {
+            client_ip: self.identifier.as_client_ip()?.clone(),
+            memory: backend.as_in_memory()?.clone(),
+            rate: *rate,
+            cost: *cost,
+        })
+    }
+
     pub(crate) fn resolve_policy(&self) -> Option<ErrorPolicy> {
         match (&self.on_error, &self.backend) {
             (Some(p), _) => Some(p.clone()),
@@ -82,6 +124,12 @@ pub(crate) struct ThrottleInner {
     /// The uid, encoded once as the start of every key.
     pub(crate) key_prefix: Key,
     pub(crate) config: ArcSwap<Config>,
+    /// Unique per throttle (never reused), naming it in the per-thread configuration cache.
+    pub(crate) id: u64,
+    /// Bumped after every configuration swap; per-thread caches compare it.
+    pub(crate) generation: AtomicU64,
+    /// Whether the current configuration has a [`FastPlan`].
+    pub(crate) fast: AtomicBool,
     pub(crate) disabled: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) incidents: Incidents,
@@ -192,6 +240,14 @@ impl Throttle {
     }
 
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
+        // A plain hit (no per-hit context) on the common configuration.
+        if mode == Mode::Consume
+            && std::ptr::eq(ctx, &*NO_CONTEXT)
+            && self.inner.fast.load(Ordering::Acquire)
+            && let Some(decision) = self.try_fast(req)
+        {
+            return Ok(decision);
+        }
         let config = self.inner.config.load();
         let prepared = match self.prepare_now(&config, req, ctx) {
             Some(p) => p,
@@ -240,6 +296,40 @@ impl Throttle {
             decision.wait = config.min_wait;
         }
         Ok(decision)
+    }
+
+    /// Runs [`hit_fast`](Self::hit_fast) on this thread's cached copy of the configuration
+    /// (no atomic read-modify-write on the hot path); `None` sends the hit down the general path.
+    fn try_fast(&self, req: &RequestView<'_>) -> Option<Decision> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        CONFIG_CACHE.with(|cache| {
+            // Busy only if a clock or identifier re-entered a throttle: use the general path.
+            let mut cache = cache.try_borrow_mut().ok()?;
+            let config = cache.get(self.inner.id, generation, || self.inner.config.load_full())?;
+            let fast = config.fast.as_ref()?;
+            self.hit_fast(config, fast, req)
+        })
+    }
+
+    /// [`FastPlan`]'s hit: the steps of `prepare_now`, `finish` and the backend call for that
+    /// configuration, on concrete types. `None` when the backend failed (nothing was applied:
+    /// the in-memory backend fails only when it refuses a new key), so that the general path
+    /// runs the error policy.
+    #[inline]
+    fn hit_fast(&self, config: &Config, fast: &FastPlan, req: &RequestView<'_>) -> Option<Decision> {
+        if self.inner.disabled.load(Ordering::Relaxed) {
+            return Some(Decision::skipped(Skip::Disabled));
+        }
+        let identity = fast.client_ip.identity(req);
+        let key = identity.write_key(Key::from_encoded(&self.inner.key_prefix), false).build();
+        let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
+        let prepared = fast.memory.prepare(&key, &config.strategy);
+        let verdict = fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume).ok()?;
+        let mut decision = Decision::from_verdict(verdict, key, fast.rate, fast.cost, Source::Backend);
+        if decision.outcome == Outcome::Throttled && decision.wait < config.min_wait {
+            decision.wait = config.min_wait;
+        }
+        Some(decision)
     }
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
@@ -486,9 +576,12 @@ impl Throttle {
         self.inner.config.rcu(|current| {
             let mut next = Config::clone(current);
             f(&mut next);
-            next.policy = next.resolve_policy();
+            next.finalize();
             next
         });
+        // After the swap: a thread that sees the new generation also sees the new configuration.
+        self.inner.fast.store(self.inner.config.load().fast.is_some(), Ordering::Release);
+        self.inner.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Swaps the rate.
@@ -612,6 +705,48 @@ enum Prepared {
     Go(Ready),
 }
 
+/// Configurations this thread used recently, by throttle id and generation: reading one costs
+/// no atomic read-modify-write, unlike loading from the `ArcSwap`. Each thread keeps at most
+/// [`ConfigCache::SLOTS`] of them (the oldest is replaced), so a configuration that was swapped
+/// out, or whose throttle was dropped, stays referenced by a thread until that thread reuses
+/// the slot or exits.
+struct ConfigCache {
+    slots: [(u64, u64, Option<Arc<Config>>); ConfigCache::SLOTS],
+    next: usize,
+}
+
+impl ConfigCache {
+    const SLOTS: usize = 4;
+
+    /// The configuration of throttle `id` at `generation`, loading it on a miss.
+    #[inline]
+    fn get(&mut self, id: u64, generation: u64, load: impl FnOnce() -> Arc<Config>) -> Option<&Arc<Config>> {
+        let i = match self.slots.iter().position(|s| s.0 == id) {
+            Some(i) => {
+                if self.slots[i].1 != generation {
+                    self.slots[i] = (id, generation, Some(load()));
+                }
+                i
+            }
+            None => {
+                let i = self.next;
+                self.next = (i + 1) % Self::SLOTS;
+                self.slots[i] = (id, generation, Some(load()));
+                i
+            }
+        };
+        self.slots[i].2.as_ref()
+    }
+}
+
+thread_local! {
+    static CONFIG_CACHE: RefCell<ConfigCache> =
+        const { RefCell::new(ConfigCache { slots: [(0, 0, None), (0, 0, None), (0, 0, None), (0, 0, None)], next: 0 }) };
+}
+
+/// Source of [`ThrottleInner::id`] (0 marks an empty cache slot).
+pub(crate) static NEXT_THROTTLE_ID: AtomicU64 = AtomicU64::new(1);
+
 enum Resolved {
     Verdict(Verdict, Source),
     Allow,
@@ -639,5 +774,50 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
         Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::FixedWindow;
+
+    fn throttle() -> Throttle {
+        Throttle::builder()
+            .uid("plan")
+            .rate(Rate::per_millis(5, 1000).unwrap_or_else(|_| Rate::unlimited()))
+            .backend(InMemoryBackend::new())
+            .strategy(FixedWindow)
+            .no_registry()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn planned(t: &Throttle) -> bool {
+        let has_plan = t.inner.config.load().fast.is_some();
+        assert_eq!(has_plan, t.inner.fast.load(Ordering::Acquire), "flag and plan agree");
+        has_plan
+    }
+
+    #[test]
+    fn the_shortcut_is_planned_only_for_the_common_configuration() {
+        let t = throttle();
+        assert!(planned(&t), "client address, fixed rate and cost, in-memory backend");
+        let generation = t.inner.generation.load(Ordering::Acquire);
+        t.update_cost(Cost::Fixed(2));
+        assert!(planned(&t));
+        assert!(t.inner.generation.load(Ordering::Acquire) > generation, "every update bumps the generation");
+        t.update_identifier(|_: &RequestView<'_>| Identity::Anonymous);
+        assert!(!planned(&t), "custom identifier");
+        t.update_identifier(ClientIp::new());
+        assert!(planned(&t));
+        t.update_rate(Rate::unlimited());
+        assert!(!planned(&t), "unlimited rate");
+        t.update_rate(Rate::per_millis(5, 1000).unwrap_or_else(|_| Rate::unlimited()));
+        t.update_error_policy(Some(ErrorPolicy::circuit_breaker(
+            crate::policy::CircuitBreaker::new(crate::policy::BreakerConfig::default()),
+            Duration::from_secs(1),
+        )));
+        assert!(!planned(&t), "a breaker counts calls on the general path");
     }
 }
