@@ -147,7 +147,10 @@ impl Drop for ThrottleInner {
 /// A rate limiter: one uid, rate, strategy and backend, applied per client identity.
 ///
 /// Cheap to clone (clones share configuration and state); every setting can be swapped at
-/// runtime without locks on the hit path.
+/// runtime without locks on the hit path. Each thread keeps a reference to the configuration of
+/// the last few throttles it hit through [`hit`](Self::hit), so a replaced configuration (with
+/// the backend it names) is released once every such thread has hit the throttle again, hit
+/// four other throttles, or exited.
 ///
 /// ```
 /// use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::FixedWindow};
