@@ -456,7 +456,7 @@ fn forwarded_hops(headers: &HeaderMap) -> Vec<Hop> {
     hops
 }
 
-/// The default identifier: the client IP address (see the [module docs](self)).
+/// The default identifier: the client IP address (see [`Identity`] for the key forms).
 ///
 /// IPv6 clients are grouped by a prefix (default /64, since one subscriber usually holds a whole
 /// /64); IPv4 addresses are used whole. Requests with no peer address share

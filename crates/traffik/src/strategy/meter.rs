@@ -28,7 +28,7 @@ use crate::clock::to_us;
 /// Largest capacity or queue, in microseconds.
 pub const MAX_SPAN_US: u64 = 1 << 50;
 
-/// A meter variant and its parameters; see the [module docs](self).
+/// A meter variant and its parameters; see [`Gcra`], [`TokenBucket`] and the other meters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MeterSpec {
