@@ -582,8 +582,17 @@ impl Throttle {
             next.finalize();
             next
         });
+        // The flag follows the configuration that is current once it is stored (concurrent
+        // updates may interleave; whoever stores last re-checks). A stale flag only picks the
+        // slower path: the shortcut checks the plan of the configuration it reads.
+        loop {
+            let current = self.inner.config.load();
+            self.inner.fast.store(current.fast.is_some(), Ordering::Release);
+            if std::ptr::eq(&**current, &**self.inner.config.load()) {
+                break;
+            }
+        }
         // After the swap: a thread that sees the new generation also sees the new configuration.
-        self.inner.fast.store(self.inner.config.load().fast.is_some(), Ordering::Release);
         self.inner.generation.fetch_add(1, Ordering::Release);
     }
 
