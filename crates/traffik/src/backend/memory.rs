@@ -153,6 +153,8 @@ struct Shard {
     ops_since_sweep: usize,
     table: HashTable<Entry>,
     boxes: Boxes,
+    /// Most keys this shard holds; the shards' caps add up to `max_keys`.
+    cap: usize,
 }
 
 #[repr(align(64))]
@@ -163,7 +165,6 @@ struct Inner {
     shards: Box<[Padded]>,
     /// `shards.len() - 1` (the count is a power of two).
     shard_mask: usize,
-    shard_cap: usize,
     max_keys: usize,
     eviction: Eviction,
     /// Per-process random seed, so keys cannot be chosen to collide.
@@ -256,14 +257,16 @@ impl InMemoryBuilder {
         let wanted = self.shards.min(self.max_keys).max(1);
         // A power of two, so picking a shard is a mask rather than a division.
         let shards = 1usize << wanted.ilog2();
-        let shard_cap = self.max_keys.div_ceil(shards);
+        // The caps add up to exactly `max_keys` (shards <= max_keys, so each holds at least one).
+        let (base, extra) = (self.max_keys / shards, self.max_keys % shards);
         let shards: Box<[Padded]> = (0..shards)
-            .map(|_| {
+            .map(|i| {
                 Padded(Mutex::new(Shard {
-                    table: HashTable::new(),
-                    boxes: Boxes::default(),
                     high_water: 0,
                     ops_since_sweep: 0,
+                    table: HashTable::new(),
+                    boxes: Boxes::default(),
+                    cap: base + usize::from(i < extra),
                 }))
             })
             .collect();
@@ -272,7 +275,6 @@ impl InMemoryBuilder {
                 namespace: self.namespace,
                 shard_mask: shards.len() - 1,
                 shards,
-                shard_cap,
                 max_keys: self.max_keys,
                 eviction: self.eviction,
                 seed: fastrand::u64(..),
@@ -324,7 +326,9 @@ impl InMemoryBackend {
     ) -> Result<Verdict, BackendError> {
         let mut guard = self.shard(key).lock();
         let shard = &mut *guard;
-        let now = input.now_us;
+        // Expiries are stored below 2^63 (the top bit of `meta` marks boxes); clocks past that
+        // (292,000 years after 1970, or a saturated test clock) compare as just below it.
+        let now = input.now_us.min(EXPIRY - 1);
         let write = mode == Mode::Consume;
         // Peeks may look into the future (a dashboard asking "when can I"); only real hits move
         // the sweep clock.
@@ -383,7 +387,8 @@ impl InMemoryBackend {
         let mut guard = self.shard(key).lock();
         let shard = &mut *guard;
         let hash = key.0;
-        let entry = shard.table.find_mut(hash, |e| e.key == hash).filter(|e| e.expires_at() > input.now_us);
+        let entry =
+            shard.table.find_mut(hash, |e| e.key == hash).filter(|e| e.expires_at() > input.now_us.min(EXPIRY - 1));
         match entry {
             Some(entry) => {
                 let mut slot = take_slot(&mut shard.boxes, entry);
@@ -465,11 +470,11 @@ impl Shard {
     }
 
     fn make_room(&mut self, inner: &Inner) -> Result<(), BackendError> {
-        if self.table.len() < inner.shard_cap {
+        if self.table.len() < self.cap {
             return Ok(());
         }
         self.sweep();
-        if self.table.len() < inner.shard_cap {
+        if self.table.len() < self.cap {
             return Ok(());
         }
         match inner.eviction {
@@ -590,6 +595,7 @@ mod tests {
             ops_since_sweep: 0,
             table: HashTable::new(),
             boxes: Boxes::default(),
+            cap: 1,
         }));
         let base = std::ptr::from_ref(&padded) as usize;
         let shard = padded.0.lock();
@@ -634,6 +640,34 @@ mod tests {
         assert_eq!(boxes(&b).0, 1);
         b.clear();
         assert_eq!(boxes(&b), (0, 0));
+    }
+
+    #[test]
+    fn max_keys_is_a_hard_cap_whatever_the_shard_count() {
+        let s = StrategyHandle::new(FixedWindow);
+        for max_keys in [1, 3, 5, 7, 64, 100] {
+            for eviction in [Eviction::RejectNew, Eviction::SoonestExpiring] {
+                let b = InMemoryBackend::builder().max_keys(max_keys).eviction(eviction).build();
+                for i in 0..1_000u32 {
+                    let k = b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
+                    let _ = b.decide_prepared(k, &s, &input(0), Mode::Consume);
+                }
+                assert!(b.len() <= max_keys, "{max_keys} {eviction:?}: {} stored", b.len());
+            }
+        }
+    }
+
+    #[test]
+    fn clocks_past_2_pow_63_still_limit() {
+        let s = StrategyHandle::new(FixedWindow);
+        let b = InMemoryBackend::new();
+        let k = b.prepare(&Key::builder("t").build(), &s);
+        for now in [(1u64 << 63) + 5, (1u64 << 63) + 86_400_000_000] {
+            let kinds: Vec<_> =
+                (0..4).map(|_| b.decide_prepared(k, &s, &input(now), Mode::Consume).unwrap().kind).collect();
+            assert_eq!(kinds.iter().filter(|k| **k == VerdictKind::Admit).count(), 2, "2/s at {now}: {kinds:?}");
+            b.clear();
+        }
     }
 
     #[test]

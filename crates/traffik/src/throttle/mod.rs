@@ -148,9 +148,9 @@ impl Drop for ThrottleInner {
 ///
 /// Cheap to clone (clones share configuration and state); every setting can be swapped at
 /// runtime without locks on the hit path. Each thread keeps a reference to the configuration of
-/// the last few throttles it hit through [`hit`](Self::hit), so a replaced configuration (with
-/// the backend it names) is released once every such thread has hit the throttle again, hit
-/// four other throttles, or exited.
+/// the last four throttles it hit through [`hit`](Self::hit); a replaced configuration (with the
+/// backend and strategy it names) is released once every such thread has hit the throttle again,
+/// and a dropped throttle's once those threads have hit four other throttles or exited.
 ///
 /// ```
 /// use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::FixedWindow};
@@ -244,12 +244,19 @@ impl Throttle {
 
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
         // A plain hit (no per-hit context) on the common configuration.
-        if mode == Mode::Consume
-            && std::ptr::eq(ctx, &*NO_CONTEXT)
-            && self.inner.fast.load(Ordering::Acquire)
-            && let Some(decision) = self.try_fast(req)
-        {
-            return Ok(decision);
+        if mode == Mode::Consume && std::ptr::eq(ctx, &*NO_CONTEXT) {
+            if self.inner.fast.load(Ordering::Acquire) {
+                if let Some(decision) = self.try_fast(req) {
+                    return Ok(decision);
+                }
+            } else {
+                // No shortcut any more: let go of this thread's copy of an older configuration.
+                let _ = CONFIG_CACHE.try_with(|cache| {
+                    if let Ok(mut cache) = cache.try_borrow_mut() {
+                        cache.forget(self.inner.id);
+                    }
+                });
+            }
         }
         let config = self.inner.config.load();
         let prepared = match self.prepare_now(&config, req, ctx) {
@@ -305,13 +312,17 @@ impl Throttle {
     /// (no atomic read-modify-write on the hot path); `None` sends the hit down the general path.
     fn try_fast(&self, req: &RequestView<'_>) -> Option<Decision> {
         let generation = self.inner.generation.load(Ordering::Acquire);
-        CONFIG_CACHE.with(|cache| {
-            // Busy only if a clock or identifier re-entered a throttle: use the general path.
-            let mut cache = cache.try_borrow_mut().ok()?;
-            let config = cache.get(self.inner.id, generation, || self.inner.config.load_full())?;
-            let fast = config.fast.as_ref()?;
-            self.hit_fast(config, fast, req)
-        })
+        CONFIG_CACHE
+            .try_with(|cache| {
+                // Busy only if a clock or identifier re-entered a throttle: use the general path.
+                let mut cache = cache.try_borrow_mut().ok()?;
+                let config = cache.get(self.inner.id, generation, || self.inner.config.load_full())?;
+                let fast = config.fast.as_ref()?;
+                self.hit_fast(config, fast, req)
+            })
+            // The thread is exiting (a hit from a thread-local destructor): general path.
+            .ok()
+            .flatten()
     }
 
     /// [`FastPlan`]'s hit: the steps of `prepare_now`, `finish` and the backend call for that
@@ -730,6 +741,13 @@ struct ConfigCache {
 impl ConfigCache {
     const SLOTS: usize = 4;
 
+    /// Drops the copy held for throttle `id`, if any.
+    fn forget(&mut self, id: u64) {
+        for slot in self.slots.iter_mut().filter(|s| s.0 == id) {
+            *slot = (0, 0, None);
+        }
+    }
+
     /// The configuration of throttle `id` at `generation`, loading it on a miss.
     #[inline]
     fn get(&mut self, id: u64, generation: u64, load: impl FnOnce() -> Arc<Config>) -> Option<&Arc<Config>> {
@@ -831,5 +849,25 @@ mod tests {
             Duration::from_secs(1),
         )));
         assert!(!planned(&t), "a breaker counts calls on the general path");
+    }
+
+    #[tokio::test]
+    async fn a_thread_lets_go_of_a_replaced_configuration() {
+        let (first, second) = (Arc::new(()), Arc::new(()));
+        let t = throttle();
+        let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 1).into()));
+        // Staying on the shortcut: the next plain hit replaces this thread's copy.
+        t.update_throttled_handler(Arc::clone(&first));
+        assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
+        t.update_throttled_handler(Arc::clone(&second));
+        assert_eq!(Arc::strong_count(&first), 2, "the replaced configuration, cached by this thread");
+        assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
+        assert_eq!(Arc::strong_count(&first), 1);
+        // Leaving it: the next plain hit drops the copy.
+        t.update_identifier(|_: &RequestView<'_>| Identity::Anonymous);
+        t.update_throttled_handler(Arc::clone(&first));
+        assert_eq!(Arc::strong_count(&second), 2, "cached by this thread");
+        assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
+        assert_eq!(Arc::strong_count(&second), 1);
     }
 }
