@@ -3,8 +3,9 @@
 //! `cargo bench -p traffik --bench decisions` prints, for 1 key and 10,000 keys on 1 and 2
 //! threads: ns per decision for governor's `check_key` (the baseline), for
 //! `InMemoryBackend::decide_prepared` with each strategy, and for a whole `Throttle::hit`
-//! (identity, key, decision); then bytes per key with 1,000,000 keys. Ratios are against the
-//! governor row of the same workload. Every configuration takes the median of 5 runs.
+//! (identity, key, decision); then bytes per key with 1,000,000 keys. Each row's runs alternate
+//! with runs of governor on the same workload (so drift in the machine's speed hits both), and
+//! the ratio is of the two medians.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, unsafe_code)]
 
@@ -58,26 +59,44 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// Median ns per operation of `op(thread, i)` over `threads` threads doing OPS each
-/// (wall time / total operations).
-fn measure(threads: usize, op: &(dyn Fn(usize, usize) + Sync)) -> f64 {
-    let mut samples: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for t in 0..threads {
-                    s.spawn(move || {
-                        for i in 0..OPS {
-                            op(t, i);
-                        }
-                    });
+/// ns per operation of one run of `op(thread, i)` over `threads` threads doing OPS each (wall
+/// time / total operations).
+fn run_once(threads: usize, op: &(dyn Fn(usize, usize) + Sync)) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in 0..OPS {
+                    op(t, i);
                 }
             });
-            start.elapsed().as_nanos() as f64 / (OPS * threads) as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[RUNS / 2]
+        }
+    });
+    start.elapsed().as_nanos() as f64 / (OPS * threads) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Medians (baseline, candidate) of RUNS runs of each, alternating, so that the machine's
+/// drift hits both alike.
+fn paired(
+    threads: usize,
+    baseline: &(dyn Fn(usize, usize) + Sync),
+    candidate: &(dyn Fn(usize, usize) + Sync),
+) -> (f64, f64) {
+    let (mut b, mut c) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        b.push(run_once(threads, baseline));
+        c.push(run_once(threads, candidate));
+    }
+    (median(b), median(c))
+}
+
+fn row(label: &str, keys: usize, threads: usize, ns: f64, gov_ns: f64) {
+    println!("{label:<34} {keys:>6} {threads:>7} {ns:>9.1} {gov_ns:>9.1} {:>7.2}", ns / gov_ns);
 }
 
 fn strategies() -> Vec<(&'static str, StrategyHandle)> {
@@ -99,21 +118,18 @@ fn main() {
     let quota = Quota::per_second(NonZeroU32::new(u32::MAX).unwrap());
     let clock = SystemClock;
     println!(
-        "traffik in-memory decisions vs governor keyed check_key; ns per decision (median of {RUNS} x {OPS} ops/thread)"
+        "traffik in-memory decisions vs governor keyed check_key; ns per decision, medians of {RUNS} runs of {OPS} \
+         ops/thread, each row's runs alternating with governor's on the same workload"
     );
-    println!("{:<34} {:>6} {:>7} {:>9} {:>7}", "workload", "keys", "threads", "ns/op", "ratio");
+    println!("{:<34} {:>6} {:>7} {:>9} {:>9} {:>7}", "workload", "keys", "threads", "ns/op", "governor", "ratio");
     let mut summary = Vec::new();
     for keys in [1usize, 10_000] {
         for threads in [1usize, 2] {
             let governor = RateLimiter::keyed(quota);
-            let gov_ns = measure(threads, &|t, i| {
+            let gov = |t: usize, i: usize| {
                 let k = ((i + t * 7919) % keys) as u64;
                 black_box(governor.check_key(&k).is_ok());
-            });
-            println!(
-                "{:<34} {:>6} {:>7} {:>9.1} {:>7}",
-                "governor check_key (baseline)", keys, threads, gov_ns, "1.00"
-            );
+            };
 
             let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
             for (name, strategy) in strategies() {
@@ -125,13 +141,13 @@ fn main() {
                 let prepared: Vec<PreparedKey> = (0..keys)
                     .map(|k| backend.prepare(&Key::builder("bench").part(&(k as u64).to_be_bytes()).build(), &strategy))
                     .collect();
-                let ns = measure(threads, &|t, i| {
+                let (gov_ns, ns) = paired(threads, &gov, &|t, i| {
                     let k = prepared[(i + t * 7919) % keys];
                     let input = Input { now_us: clock.now_us(), rate, cost: 1 };
                     black_box(backend.decide_prepared(k, &strategy, &input, Mode::Consume).unwrap());
                 });
                 let label = format!("backend {name}");
-                println!("{:<34} {:>6} {:>7} {:>9.1} {:>7.2}", label, keys, threads, ns, ns / gov_ns);
+                row(&label, keys, threads, ns, gov_ns);
                 if name == "fixed_window" || name == "gcra" {
                     summary.push((format!("backend {name}, {keys} keys, {threads} thr"), ns / gov_ns, 1.0));
                 }
@@ -150,12 +166,12 @@ fn main() {
                 let peers: Vec<std::net::SocketAddr> = (0..keys)
                     .map(|k| std::net::SocketAddr::from(([10, (k >> 16) as u8, (k >> 8) as u8, k as u8], 40_000)))
                     .collect();
-                let ns = measure(threads, &|t, i| {
+                let (gov_ns, ns) = paired(threads, &gov, &|t, i| {
                     let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
                     black_box(now_or_never(throttle.hit(&req)).unwrap());
                 });
                 let label = format!("Throttle::hit {name}");
-                println!("{:<34} {:>6} {:>7} {:>9.1} {:>7.2}", label, keys, threads, ns, ns / gov_ns);
+                row(&label, keys, threads, ns, gov_ns);
                 summary.push((format!("Throttle::hit {name}, {keys} keys, {threads} thr"), ns / gov_ns, 2.0));
             }
         }
