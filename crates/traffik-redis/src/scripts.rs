@@ -14,9 +14,9 @@
 //! arithmetic is a line-by-line port of the Rust strategies in `traffik::strategy`, including
 //! the IEEE double operations of the sliding window counter in the same order.
 //!
-//! Each script is `PROLOGUE .. body .. EPILOGUE` and runs on every decision, so it is written
-//! for the server's time: no closures on the common paths (the floor divisions are inlined),
-//! decimal strings become numbers through arithmetic (`s * 1`: the same conversion as
+//! Each script is `PROLOGUE .. body .. EPILOGUE` (the two window scripts' bodies start with
+//! `WINDOW`) and runs on every decision, so it is written for the server's time: no closures
+//! on the common paths (the floor divisions are inlined), decimal strings become numbers through arithmetic (`s * 1`: the same conversion as
 //! `tonumber`, without the function call), numbers are printed with `%d` (Redis' Lua prints it
 //! through a 64-bit C `long`: the same digits as `%.0f` for every integer below 2^63, at half
 //! the cost; the values written stay below 2^54), and only consume mode builds a new state
@@ -70,18 +70,23 @@ end
 return {kind, remaining, wait, reset}
 "#;
 
-/// Fixed window. Extra ARGV: limit, period_us. State: `"window used"`.
-const FIXED_WINDOW: &str = r#"
+/// Shared head of the two window scripts: ARGV limit and period, and the index of the window
+/// `now` falls in (an exact floor division of integers below 2^53).
+const WINDOW: &str = r#"
 local limit = ARGV[5] * 1
 local w = ARGV[6] * 1
+local window = math.floor(now / w)
+local r = now - window * w
+if r < 0 then
+  window = window - 1
+elseif r >= w then
+  window = window + 1
+end
+"#;
+
+/// Fixed window (after [`WINDOW`]). State: `"window used"`.
+const FIXED_WINDOW: &str = r#"
 if cost <= limit then
-  local window = math.floor(now / w)
-  local r = now - window * w
-  if r < 0 then
-    window = window - 1
-  elseif r >= w then
-    window = window + 1
-  end
   local used = 0
   if raw then
     local sw, su = string.match(raw, '^(%d+) (%d+)$')
@@ -108,18 +113,9 @@ if cost <= limit then
 end
 "#;
 
-/// Sliding window counter. Extra ARGV: limit, period_us. State: `"window prev cur"`.
+/// Sliding window counter (after [`WINDOW`]). State: `"window prev cur"`.
 const SLIDING_COUNTER: &str = r#"
-local limit = ARGV[5] * 1
-local w = ARGV[6] * 1
 if cost <= limit then
-  local window = math.floor(now / w)
-  local r = now - window * w
-  if r < 0 then
-    window = window - 1
-  elseif r >= w then
-    window = window + 1
-  end
   local prev, cur = 0, 0
   if raw then
     local a, b, c = string.match(raw, '^(%d+) (%d+) (%d+)$')
@@ -363,15 +359,15 @@ pub(crate) struct Scripts {
     pub(crate) cas: Lua,
 }
 
-fn strategy_script(body: &str) -> String {
-    [PROLOGUE, body, EPILOGUE].concat()
+fn strategy_script(body: &[&str]) -> String {
+    [&[PROLOGUE][..], body, &[EPILOGUE]].concat().concat()
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    fixed_window: Lua::new(strategy_script(FIXED_WINDOW)),
-    sliding_counter: Lua::new(strategy_script(SLIDING_COUNTER)),
-    sliding_log: Lua::new(strategy_script(SLIDING_LOG)),
-    meter: Lua::new(strategy_script(METER)),
+    fixed_window: Lua::new(strategy_script(&[WINDOW, FIXED_WINDOW])),
+    sliding_counter: Lua::new(strategy_script(&[WINDOW, SLIDING_COUNTER])),
+    sliding_log: Lua::new(strategy_script(&[SLIDING_LOG])),
+    meter: Lua::new(strategy_script(&[METER])),
     read: Lua::new(READ.to_owned()),
     cas: Lua::new(CAS.to_owned()),
 });
