@@ -90,6 +90,16 @@ impl Config {
         self.fast = self.fast_plan();
     }
 
+    /// The decision for a verdict, with denied hits told to wait at least `min_wait`.
+    #[inline]
+    fn decision(&self, verdict: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Decision {
+        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source);
+        if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
+            decision.wait = self.min_wait;
+        }
+        decision
+    }
+
     fn fast_plan(&self) -> Option<FastPlan> {
         let (RateSource::Fixed(rate), Cost::Fixed(cost), BackendChoice::Fixed(backend), Some(policy)) =
             (&self.rate, &self.cost, &self.backend, &self.policy)
@@ -299,12 +309,7 @@ impl Throttle {
                 (v, Source::ErrorPolicy)
             }
         };
-        let mut decision =
-            Decision::from_verdict(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source);
-        if decision.outcome == Outcome::Throttled && decision.wait < config.min_wait {
-            decision.wait = config.min_wait;
-        }
-        Ok(decision)
+        Ok(config.decision(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source))
     }
 
     /// No shortcut any more: lets go of this thread's copy of an older configuration.
@@ -348,11 +353,7 @@ impl Throttle {
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         let verdict = fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume).ok()?;
-        let mut decision = Decision::from_verdict(verdict, key, fast.rate, fast.cost, Source::Backend);
-        if decision.outcome == Outcome::Throttled && decision.wait < config.min_wait {
-            decision.wait = config.min_wait;
-        }
-        Some(decision)
+        Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend))
     }
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
