@@ -15,14 +15,14 @@
 //! the IEEE double operations of the sliding window counter in the same order.
 //!
 //! Each script is `PROLOGUE .. body .. EPILOGUE` (the two window scripts' bodies start with
-//! `WINDOW`) and runs on every decision, so it is written for the server's time: no closures
-//! on the common paths (the floor divisions are inlined), decimal strings become numbers through arithmetic (`s * 1`: the same conversion as
-//! `tonumber`, without the function call), numbers are printed with `%d` (Redis' Lua prints it
-//! through a 64-bit C `long`: the same digits as `%.0f` for every integer below 2^63, at half
-//! the cost; the values written stay below 2^54), and only consume mode builds a new state
-//! string. When a sliding log hit is appended, or added to the newest entry, the text of the
-//! other live entries is kept as it is rather than printed again (the scripts always write it
-//! canonically, so the result is the same string).
+//! `WINDOW`) and runs on every decision, so it is written for the server's time: no closures on
+//! the common paths (the floor divisions are inlined), decimal strings become numbers through
+//! arithmetic (`s * 1`: the same conversion as `tonumber`, without the function call), numbers
+//! are printed with `%d` (Redis' Lua prints it through a 64-bit C `long`: the same digits as
+//! `%.0f` for every integer below 2^63, at half the cost; the values written stay below 2^54),
+//! and only consume mode builds a new state string. When a sliding log hit is appended, or
+//! added to the newest entry, the text of the other live entries is kept as it is rather than
+//! printed again (the scripts always write it canonically, so the result is the same string).
 
 use std::sync::LazyLock;
 
