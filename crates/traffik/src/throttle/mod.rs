@@ -348,8 +348,8 @@ impl Throttle {
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Some(Decision::skipped(Skip::Disabled));
         }
-        let identity = fast.client_ip.identity(req);
-        let key = identity.write_key(Key::from_encoded(&self.inner.key_prefix), false).build();
+        let mut key = self.inner.key_prefix.clone();
+        fast.client_ip.append_key(req, &mut key);
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         let verdict = fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume).ok()?;
