@@ -48,7 +48,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const OPS: usize = 1_000_000;
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 
 /// Polls a future that never waits (the in-memory path) to completion.
 fn now_or_never<F: Future>(f: F) -> F::Output {
