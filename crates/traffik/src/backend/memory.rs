@@ -16,34 +16,51 @@ use crate::strategy::{Input, Metadata, Packed, PackedStep, Slot, StrategyHandle,
 
 const KIND: &str = "memory";
 
-/// The shard lock: a test-and-test-and-set spin lock that yields its time slice after a short
-/// spin. Shard critical sections are one strategy step (tens of nanoseconds), so a waiter is
-/// better off spinning than parking; and with no parked waiters to wake, unlocking is a plain
-/// store rather than a second atomic read-modify-write.
+/// The shard lock: a test-and-test-and-set spin lock. Almost every critical section is one
+/// strategy step (tens of nanoseconds), so a waiter is better off spinning than parking; and
+/// with no parked waiters to wake, unlocking is a plain store rather than a second atomic
+/// read-modify-write. The exceptions are sweeps and evictions, which walk the whole shard
+/// (milliseconds for a very large one): a waiter that keeps finding the lock held yields its
+/// time slice, then sleeps in growing steps, so it does not burn a core meanwhile.
+///
+/// Strategies run while their key's shard is held, so a strategy must not call back into the
+/// backend (the [`Strategy`](crate::strategy::Strategy) contract: a pure function of its
+/// arguments); one that did would wait for itself.
 #[allow(unsafe_code)]
 mod spin {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use parking_lot::lock_api;
 
+    use std::time::Duration;
+
     /// Failed looks at a held lock before a waiter starts yielding (in case the holder was
     /// descheduled, or is sweeping a large shard).
     const SPINS: u32 = 100;
+    /// Yields before a waiter starts sleeping.
+    const YIELDS: u32 = 100;
+    /// First and longest sleep of a waiter.
+    const FIRST_SLEEP: Duration = Duration::from_micros(10);
+    const LONGEST_SLEEP: Duration = Duration::from_millis(1);
 
     pub(super) struct RawSpin(AtomicBool);
 
     impl RawSpin {
         #[cold]
         fn lock_contended(&self) {
-            let mut spins = 0u32;
+            let mut looks = 0u32;
+            let mut sleep = FIRST_SLEEP;
             loop {
                 while self.0.load(Ordering::Relaxed) {
-                    if spins < SPINS {
-                        spins += 1;
+                    if looks < SPINS {
                         std::hint::spin_loop();
-                    } else {
+                    } else if looks < SPINS + YIELDS {
                         std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(sleep);
+                        sleep = (sleep * 2).min(LONGEST_SLEEP);
                     }
+                    looks = looks.saturating_add(1);
                 }
                 if lock_api::RawMutex::try_lock(self) {
                     return;
@@ -774,6 +791,31 @@ mod tests {
             workers.into_iter().map(|w| w.join().unwrap()).sum()
         });
         assert_eq!(admitted, 100_000);
+    }
+
+    #[test]
+    fn a_waiter_outlasts_a_long_hold_and_then_decides() {
+        use std::sync::atomic::AtomicBool;
+        let s = StrategyHandle::new(FixedWindow);
+        let b = InMemoryBackend::builder().shards(1).build();
+        let k = b.prepare(&Key::builder("t").build(), &s);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let held = b.inner.shards[0].0.lock();
+            let waiter = scope.spawn(|| {
+                let kind = b.decide_prepared(k, &s, &input(0), Mode::Consume).unwrap().kind;
+                done.store(true, Ordering::SeqCst);
+                kind
+            });
+            // Long enough for the waiter to go through spinning and yielding into sleeping.
+            for _ in 0..5_000 {
+                std::thread::yield_now();
+            }
+            assert!(!done.load(Ordering::SeqCst), "decided while the shard was held");
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), VerdictKind::Admit);
+        });
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

@@ -198,7 +198,8 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Use 1 to 32 characters of `[a-z0-9_-]`; other names are replaced by a digest in keys.
     fn name(&self) -> &str;
 
-    /// Decides one hit. Must be deterministic in its arguments.
+    /// Decides one hit. Must be deterministic in its arguments, and must not call throttles or
+    /// backends: the in-memory backend runs it while holding the key's shard.
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State>;
 
     /// Strategy-specific details for `stat` snapshots.
