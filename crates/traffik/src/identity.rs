@@ -80,16 +80,10 @@ impl Peer {
 
     #[inline]
     fn addr(self) -> Option<SocketAddr> {
-        match self.family {
-            4 => Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(self.ip as u32), self.port))),
-            6 => Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(self.ip),
-                self.port,
-                self.flowinfo,
-                self.scope_id,
-            ))),
-            _ => None,
-        }
+        Some(match self.ip()? {
+            IpAddr::V4(ip) => SocketAddr::V4(SocketAddrV4::new(ip, self.port)),
+            IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, self.port, self.flowinfo, self.scope_id)),
+        })
     }
 }
 
@@ -597,29 +591,26 @@ impl ClientIp {
         self
     }
 
-    /// Appends `:` and the request's identity part to `key`: the same text as
-    /// `self.identity(req).append_to(key, false)`. An IPv4 peer (or IPv4-mapped IPv6 peer),
-    /// with no proxy trusted and IPv4 clients not grouped (prefix 32), is written straight from
-    /// the request: the general route returns the address as an `IpAddr` through
-    /// memory, and reloading it stalled each hit for several nanoseconds.
+    /// The identity of a request.
     #[inline]
-    pub(crate) fn append_key(&self, req: &RequestView<'_>, key: &mut Key) {
+    pub fn identity(&self, req: &RequestView<'_>) -> Identity {
+        // The common case, an IPv4 peer (or IPv4-mapped IPv6 peer) with no proxy trusted and
+        // IPv4 clients not grouped, straight from the request's integers: the general route
+        // returns the address as an `IpAddr` through memory, and reloading it stalled each hit
+        // for several nanoseconds.
         if self.ipv4_prefix == 32
             && self.proxies.nets.is_empty()
             && let Some(v4) = req.peer.canonical_v4()
         {
-            let out = key.text_mut();
-            out.push(b':');
-            key::push_ip(out, key::Tag::IP, IpAddr::V4(v4));
-            return;
+            return Identity::Ip(IpAddr::V4(v4));
         }
-        self.identity(req).append_to(key, false);
+        self.identity_of(self.proxies.client_ip(req))
     }
 
-    /// The identity of a request.
+    /// The identity of a client address found by [`TrustedProxies::client_ip`].
     #[inline]
-    pub fn identity(&self, req: &RequestView<'_>) -> Identity {
-        match self.proxies.client_ip(req) {
+    fn identity_of(&self, client: Option<IpAddr>) -> Identity {
+        match client {
             None => Identity::Anonymous,
             Some(ip @ IpAddr::V4(_)) if self.ipv4_prefix == 32 => Identity::Ip(ip),
             Some(ip @ IpAddr::V6(_)) if self.ipv6_prefix == 128 => Identity::Ip(ip),
@@ -672,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn the_direct_key_part_matches_the_identity() {
+    fn the_direct_peer_identity_matches_the_general_route() {
         let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
         let identifiers = [
             ClientIp::new(),
@@ -689,14 +680,14 @@ mod tests {
                     let view = view_with(peer, headers);
                     let prefix = Key::builder("u").build();
                     let mut direct = prefix.clone();
-                    id.append_key(&view, &mut direct);
+                    id.identity(&view).append_to(&mut direct, false);
                     let mut general = prefix.clone();
-                    id.identity(&view).append_to(&mut general, false);
+                    id.identity_of(id.proxies.client_ip(&view)).append_to(&mut general, false);
                     assert_eq!(direct, general, "{id:?} {peer}");
                 }
             }
             let mut direct = Key::builder("u").build();
-            id.append_key(&RequestView::empty(), &mut direct);
+            id.identity(&RequestView::empty()).append_to(&mut direct, false);
             assert_eq!(direct.as_str(), "u:anon");
         }
     }

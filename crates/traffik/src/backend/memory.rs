@@ -29,10 +29,9 @@ const KIND: &str = "memory";
 #[allow(unsafe_code)]
 mod spin {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use parking_lot::lock_api;
-
-    use std::time::Duration;
 
     /// Failed looks at a held lock before a waiter starts yielding (in case the holder was
     /// descheduled, or is sweeping a large shard).

@@ -349,7 +349,7 @@ impl Throttle {
             return Some(Decision::skipped(Skip::Disabled));
         }
         let mut key = self.inner.key_prefix.clone();
-        fast.client_ip.append_key(req, &mut key);
+        fast.client_ip.identity(req).append_to(&mut key, false);
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         let verdict = fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume).ok()?;
