@@ -116,6 +116,9 @@ pub enum Eviction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PreparedKey(u64);
 
+/// How far an existing key's decision lets a shard's sweep clock lag behind (microseconds).
+const SWEEP_CLOCK_STEP_US: u64 = 1_000;
+
 /// Set in [`Entry::meta`] when the entry's state lives in the shard's box slab.
 const BOXED: u64 = 1 << 63;
 /// The expiry part of [`Entry::meta`].
@@ -229,14 +232,16 @@ fn put_slot(boxes: &mut Boxes, e: &mut Entry, slot: Option<Slot>, expires_at: u6
     }
 }
 
-/// Laid out so that what every decision writes (the counters) and reads (the table's header)
-/// share the cache line of the lock: a decision on a contended shard moves two lines between
-/// cores (lock, entry) instead of three.
+/// A decision on an existing key writes nothing here but the lock (and, at most once per
+/// millisecond, `high_water`): a thread waiting for the lock keeps reading its cache line, and
+/// a holder that wrote to that line would have to fetch it back before it could release.
 #[repr(C)]
 struct Shard {
-    /// Latest `now` seen; expiry sweeps use it, so manual clocks work too.
+    /// Latest `now` seen (by new keys exactly, by existing keys to within
+    /// [`SWEEP_CLOCK_STEP_US`]); expiry sweeps use it, so manual clocks work too.
     high_water: u64,
-    ops_since_sweep: usize,
+    /// New keys since the last sweep.
+    inserts_since_sweep: usize,
     table: HashTable<Entry>,
     boxes: Boxes,
     /// Most keys this shard holds; the shards' caps add up to `max_keys`.
@@ -268,8 +273,8 @@ struct Inner {
 /// probability about `live_keys / 2^64` per new key (5e-14 with a million live keys). Each key
 /// costs one 32-byte entry (hash, expiry, two words of state) plus the hash table's spare
 /// buckets; states that do not fit two words (the sliding log, most custom strategies) are boxed.
-/// Expired state is treated as absent on access and swept incrementally (each shard sweeps after
-/// as many operations as it holds keys). `max_keys` caps memory; see [`Eviction`].
+/// Expired state is treated as absent on access and swept incrementally (each shard sweeps once
+/// it has taken as many new keys as it held live keys after its last sweep, and at least 1024). `max_keys` caps memory; see [`Eviction`].
 ///
 /// Cheap to clone; clones share one store.
 ///
@@ -349,7 +354,7 @@ impl InMemoryBuilder {
             .map(|i| {
                 Padded(Mutex::new(Shard {
                     high_water: 0,
-                    ops_since_sweep: 0,
+                    inserts_since_sweep: 0,
                     table: HashTable::new(),
                     boxes: Boxes::default(),
                     cap: base + usize::from(i < extra),
@@ -416,13 +421,13 @@ impl InMemoryBackend {
         // (292,000 years after 1970, or a saturated test clock) compare as just below it.
         let now = input.now_us.min(EXPIRY - 1);
         let write = mode == Mode::Consume;
-        // Peeks may look into the future (a dashboard asking "when can I"); only real hits move
-        // the sweep clock.
-        if write {
-            shard.observe(now);
-        }
         let hash = key.0;
         if let Some(entry) = shard.table.find_mut(hash, |e| e.key == hash) {
+            // Peeks may look into the future (a dashboard asking "when can I"); only real hits
+            // move the sweep clock.
+            if write && now >= shard.high_water.saturating_add(SWEEP_CLOCK_STEP_US) {
+                shard.high_water = now;
+            }
             let expires_at = entry.expires_at();
             let live = expires_at > now;
             if !live && !write {
@@ -461,6 +466,7 @@ impl InMemoryBackend {
             PackedStep::Boxed(verdict, b, ttl) => (verdict, Slot::Boxed(b), ttl),
         };
         if ttl > 0 {
+            shard.observe_insert(now);
             shard.make_room(&self.inner)?;
             let mut entry = Entry { key: hash, meta: 0, state: [0; 2] };
             put_slot(&mut shard.boxes, &mut entry, Some(slot), now.saturating_add(ttl));
@@ -527,17 +533,19 @@ impl InMemoryBackend {
             let mut shard = s.0.lock();
             shard.table.clear();
             shard.boxes.clear();
-            shard.ops_since_sweep = 0;
+            shard.inserts_since_sweep = 0;
         }
     }
 }
 
 impl Shard {
-    fn observe(&mut self, now: u64) {
+    /// Counts a new key. Only new keys grow the table, so sweeping once the new keys since the
+    /// last sweep are as many as the keys it left (half the table now), and at least 1024,
+    /// costs O(1) per new key and keeps the table within about twice its live keys plus 1024.
+    fn observe_insert(&mut self, now: u64) {
         self.high_water = self.high_water.max(now);
-        self.ops_since_sweep += 1;
-        // Amortized: a full pass after as many operations as there are keys (at least 1024).
-        if self.ops_since_sweep >= self.table.len().max(1024) {
+        self.inserts_since_sweep += 1;
+        if self.inserts_since_sweep >= (self.table.len() / 2).max(1024) {
             self.sweep();
         }
     }
@@ -552,7 +560,7 @@ impl Shard {
             }
             live
         });
-        self.ops_since_sweep = 0;
+        self.inserts_since_sweep = 0;
     }
 
     fn make_room(&mut self, inner: &Inner) -> Result<(), BackendError> {
@@ -653,6 +661,30 @@ mod tests {
     }
 
     #[test]
+    fn new_keys_sweep_expired_ones_and_old_keys_move_the_sweep_clock() {
+        let s = StrategyHandle::new(FixedWindow);
+        let b = InMemoryBackend::builder().shards(1).build();
+        let key = |i: u32| b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
+        // 4,000 keys live for the first second, then 4,000 new keys at 10 s: the new keys'
+        // sweeps drop the expired ones without any explicit call.
+        for i in 0..4_000 {
+            b.decide_prepared(key(i), &s, &input(0), Mode::Consume).unwrap();
+        }
+        for i in 4_000..8_000 {
+            b.decide_prepared(key(i), &s, &input(10_000_000), Mode::Consume).unwrap();
+        }
+        assert!(b.len() <= 4_001, "{} stored", b.len());
+        // Hits on an existing key alone advance the clock an explicit sweep uses.
+        let b = InMemoryBackend::builder().shards(1).build();
+        let key = |i: u32| b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
+        b.decide_prepared(key(1), &s, &input(0), Mode::Consume).unwrap();
+        b.decide_prepared(key(2), &s, &input(0), Mode::Consume).unwrap();
+        b.decide_prepared(key(2), &s, &input(5_000_000), Mode::Consume).unwrap();
+        b.sweep();
+        assert_eq!(b.len(), 1, "key 1 expired at 1 s; the shard saw 5 s through key 2");
+    }
+
+    #[test]
     fn cap_evicts_or_rejects() {
         let s = StrategyHandle::new(FixedWindow);
         let b = InMemoryBackend::builder().shards(1).max_keys(10).build();
@@ -678,7 +710,7 @@ mod tests {
     fn a_decision_touches_one_line_of_its_shard() {
         let padded = Padded(Mutex::new(Shard {
             high_water: 0,
-            ops_since_sweep: 0,
+            inserts_since_sweep: 0,
             table: HashTable::new(),
             boxes: Boxes::default(),
             cap: 1,
