@@ -109,19 +109,23 @@ fn numbers_up_to_2_pow_53_are_stored_digit_for_digit() {
     ];
     for (builtin, name, params, text, left) in cases {
         let k = r.key(name);
-        let mut args = vec!["c", top.as_str(), "1", "1"];
+        // A minimum time to live of a minute: the state is read back below, and its own time
+        // to live (9 µs for the windows) would let it expire first on a slow machine.
+        let mut args = vec!["c", top.as_str(), "60000", "1"];
         args.extend(params);
         let reply = r.run(builtin, &k, &args);
         assert_eq!(reply[..2], [0, left], "{name}");
         assert_eq!(r.get(&k).as_deref(), Some(text), "{name}");
     }
-    // A meter whose time to live is exactly known: 1500 ms after a 1.5 s interval.
+    // A meter whose time to live is exactly known: one hour after a one-hour interval. The
+    // hour leaves a minute of slack for a slow machine between the script and PTTL.
     let k = r.key("ttl");
-    let reply =
-        r.run(Builtin::Meter(MeterSpec::LeakyBucket), &k, &["c", "1000000", "1", "1", "1500000", "1500000", "0"]);
-    assert_eq!(reply, vec![0, 0, 0, 1_500_000]);
+    let hour = "3600000000";
+    let reply = r.run(Builtin::Meter(MeterSpec::LeakyBucket), &k, &["c", "1000000", "1", "1", hour, hour, "0"]);
+    assert_eq!(reply, vec![0, 0, 0, 3_600_000_000]);
     let ttl = r.pttl(&k);
-    assert!((1_000..=1_500).contains(&ttl), "PTTL {ttl}");
+    assert!((3_540_000..=3_600_000).contains(&ttl), "PTTL {ttl}");
+    let _: () = redis::cmd("DEL").arg(&k).query(&mut r.conn).unwrap();
 }
 
 #[test]
