@@ -11,7 +11,15 @@
 //! * `wait` is exact: a peek at `now + wait` is admitted, one at `now + wait - 1` is not;
 //! * `remaining` never exceeds the full quota, admissions carry a reset in the future;
 //! * costs above the full quota are `Never` and consume nothing;
+//! * no wait is longer than the current rate can require ([`Bound::longest_wait_us`]);
 //! * after a long idle period every key is back to its full quota.
+//!
+//! Schedules change the rate now and then (longer and shorter periods, larger and smaller
+//! limits): state written under one rate is read under the next, as after
+//! `Throttle::update_rate` or with a rate function. Every check above holds under the rate in
+//! force at each step; bounds are checked within each stretch of one rate, and the fixed-window
+//! model follows the documented carry-over rule (under the same period, usage counts iff its
+//! latest admission is in the current window; under another period the window starts fresh).
 //!
 //! [`check_concurrency`] hammers one key from many tasks at one frozen instant: every
 //! strategy must admit exactly its capacity.
@@ -34,6 +42,9 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod custom;
+pub mod rate_change;
+
+pub use rate_change::check_rate_changes;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -91,6 +102,23 @@ pub enum Bound {
     Meter(MeterSpec),
     /// Your own check over `(release_time_us, cost)` pairs sorted by time.
     Custom(BoundCheck),
+}
+
+impl Bound {
+    /// The longest wait a hit of any admissible cost may be told under `rate`, whatever state
+    /// an earlier rate left: two periods for the windows (the sliding counter's previous window
+    /// plus the current one), one for the sliding log, and one period plus the capacity for a
+    /// meter (a level up to a period beyond `capacity + queue` still counts after a rate
+    /// change). `None` for custom bounds.
+    pub fn longest_wait_us(&self, rate: &Rate) -> Option<u64> {
+        let w = rate.period_us();
+        match self {
+            Bound::FixedWindows => Some(2 * w),
+            Bound::SlidingWindows => Some(w),
+            Bound::Meter(spec) => Some(w + spec.params(rate).capacity_us),
+            Bound::Custom(_) => None,
+        }
+    }
 }
 
 impl fmt::Debug for Bound {
@@ -202,7 +230,9 @@ pub fn builtin_suites() -> Vec<Suite> {
 /// One step of a schedule.
 #[derive(Clone, Debug)]
 pub struct Step {
-    /// Time advance before the hit, in thousandths of the rate's period.
+    /// From this step on, this rate instead of the one before.
+    pub new_rate: Option<Rate>,
+    /// Time advance before the hit, in thousandths of the (new) rate's period.
     pub advance_permille: u64,
     /// Extra microseconds (to leave window alignment).
     pub jitter_us: u64,
@@ -215,7 +245,7 @@ pub struct Step {
 /// A random case: rate, start time and steps.
 #[derive(Clone, Debug)]
 pub struct Case {
-    /// The rate.
+    /// The rate of the first steps (steps may change it).
     pub rate: Rate,
     /// First timestamp.
     pub start_us: u64,
@@ -230,12 +260,19 @@ fn rates() -> impl proptest::strategy::Strategy<Value = Rate> {
 
 fn steps(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
     let step = (
+        prop_oneof![11 => Just(None), 1 => rates().prop_map(Some)],
         prop_oneof![4 => Just(0u64), 4 => 0u64..150, 2 => 0u64..1_000, 1 => 0u64..3_000],
         prop_oneof![3 => Just(0u64), 1 => 0u64..1_000],
         prop_oneof![6 => Just(1u64), 3 => 1u64..=4, 1 => 1u64..=8],
         0u8..3,
     )
-        .prop_map(|(advance_permille, jitter_us, cost, key)| Step { advance_permille, jitter_us, cost, key });
+        .prop_map(|(new_rate, advance_permille, jitter_us, cost, key)| Step {
+            new_rate,
+            advance_permille,
+            jitter_us,
+            cost,
+            key,
+        });
     prop::collection::vec(step, 1..=max.max(1))
 }
 
@@ -305,22 +342,34 @@ async fn decide(
     backend.decide(op).await.map_err(|e| TestCaseError::fail(format!("backend error: {e}")))
 }
 
+/// Admitted `(release time, cost)` pairs per key.
+type Admissions = HashMap<u8, Vec<(u64, u64)>>;
+
 /// Runs one case against a backend; public so backends can build their own proptests on it.
 pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Result<(), TestCaseError> {
-    let rate = case.rate;
-    let w = rate.period_us();
-    let full = suite.full_quota(&rate);
+    let mut rate = case.rate;
     let keys: Vec<Key> = (0..3).map(|k| fresh_key(&suite.name, k)).collect();
-    let mut logs: HashMap<u8, Vec<(u64, u64)>> = HashMap::new();
-    let mut model_fw: HashMap<(u8, u64), u64> = HashMap::new();
-    let mut model_log: HashMap<u8, Vec<(u64, u64)>> = HashMap::new();
+    // Admissions (release time, cost) per key, per stretch of one rate.
+    let mut stretches: Vec<(Rate, Admissions)> = vec![(rate, HashMap::new())];
+    // Fixed-window model: per key, the latest admission, the cost admitted in its window and
+    // the period it was counted under.
+    let mut model_fw: HashMap<u8, (u64, u64, u64)> = HashMap::new();
+    let mut model_log: HashMap<u8, (u64, Vec<(u64, u64)>)> = HashMap::new();
     let mut now = case.start_us;
     for (i, step) in case.steps.iter().enumerate() {
+        if let Some(r) = step.new_rate
+            && r != rate
+        {
+            rate = r;
+            stretches.push((rate, HashMap::new()));
+        }
+        let w = rate.period_us();
+        let full = suite.full_quota(&rate);
         now += w * step.advance_permille / 1000 + step.jitter_us;
         let key = &keys[usize::from(step.key)];
         let cost = step.cost;
         let v = decide(backend, key, suite, now, rate, cost, Mode::Consume).await?;
-        let ctx = || format!("step {i} at +{}us, cost {cost}, key {}: {v:?}", now - case.start_us, step.key);
+        let ctx = || format!("step {i} at +{}us, {rate}, cost {cost}, key {}: {v:?}", now - case.start_us, step.key);
 
         // Shape of the verdict.
         prop_assert!(v.remaining <= full, "remaining above full quota {full}; {}", ctx());
@@ -339,24 +388,36 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
         if cost > full {
             prop_assert_eq!(v.kind, VerdictKind::Never, "cost above quota must be never; {}", ctx());
         }
+        if v.kind == VerdictKind::Deny
+            && let Some(longest) = suite.bound.longest_wait_us(&rate)
+        {
+            prop_assert!(v.wait_us <= longest, "wait longer than {longest}us; {}", ctx());
+        }
 
         // Reference models.
         if let Some(model) = suite.model {
             let admit = match model {
                 Model::FixedWindow => {
-                    let used = model_fw.entry((step.key, now / w)).or_insert(0);
-                    let ok = cost <= rate.limit() && *used + cost <= rate.limit();
+                    let (last, used, period) = model_fw.get(&step.key).copied().unwrap_or((0, 0, 0));
+                    let used = if period == w && last >= now - now % w { used } else { 0 };
+                    let ok = cost <= rate.limit() && used + cost <= rate.limit();
                     if ok {
-                        *used += cost;
+                        model_fw.insert(step.key, (now, used + cost, w));
                     }
                     ok
                 }
                 Model::SlidingLog => {
-                    let log = model_log.entry(step.key).or_default();
-                    let used: u64 = log.iter().filter(|(t, _)| t + w > now).map(|(_, c)| c).sum();
+                    // An entry counts within the shorter of the current period and the one the
+                    // log was last written under.
+                    let (period, log) = model_log.entry(step.key).or_insert((w, Vec::new()));
+                    let horizon = w.min(*period);
+                    let used: u64 = log.iter().filter(|(t, _)| t + horizon > now).map(|(_, c)| c).sum();
                     let ok = cost <= rate.limit() && used + cost <= rate.limit();
                     if ok {
+                        // Admitting rewrites the log under the current period.
+                        log.retain(|(t, _)| t + horizon > now);
                         log.push((now, cost));
+                        *period = w;
                     }
                     ok
                 }
@@ -364,6 +425,7 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
             prop_assert_eq!(v.is_admitted(), admit, "model disagrees; {}", ctx());
         }
 
+        let logs = &mut stretches.last_mut().expect("one stretch at least").1;
         match v.kind {
             VerdictKind::Admit => logs.entry(step.key).or_default().push((now, cost)),
             VerdictKind::Delay => logs.entry(step.key).or_default().push((now + v.wait_us, cost)),
@@ -382,12 +444,18 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
             prop_assert!(!before.is_admitted(), "retry 1us before wait admitted ({before:?}); {}", ctx());
         }
     }
-    for (k, log) in logs.iter_mut() {
-        log.sort_unstable();
-        check_bound(&suite.bound, &rate, log).map_err(|e| TestCaseError::fail(format!("key {k}: {e}")))?;
+    for (stretch_rate, logs) in &mut stretches {
+        for (k, log) in logs.iter_mut() {
+            log.sort_unstable();
+            check_bound(&suite.bound, stretch_rate, log)
+                .map_err(|e| TestCaseError::fail(format!("key {k} under {stretch_rate}: {e}")))?;
+        }
     }
-    // Idle keys return to full quota.
-    let idle = now + 4 * w + 4 * rate.emission_interval_us() * (full + u64::from(suite.queue)) + 1_000_000;
+    // Idle keys return to full quota, once idle for longer than any rate of the case needs.
+    let drain =
+        |r: &Rate| 4 * r.period_us() + 4 * r.emission_interval_us() * (suite.full_quota(r) + u64::from(suite.queue));
+    let idle = now + stretches.iter().map(|(r, _)| drain(r)).max().unwrap_or(0) + 1_000_000;
+    let full = suite.full_quota(&rate);
     for key in &keys {
         let v = decide(backend, key, suite, idle, rate, full, Mode::Peek).await?;
         prop_assert_eq!(v.kind, VerdictKind::Admit, "idle key not back to full quota {}: {:?}", full, v);

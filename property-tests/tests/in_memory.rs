@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
-use traffik_property_tests::{SuiteConfig, builtin_suites, check_concurrency, check_suite};
+use traffik_property_tests::{SuiteConfig, builtin_suites, check_concurrency, check_rate_changes, check_suite};
 
 fn memory() -> SharedBackend {
     Arc::new(InMemoryBackend::new())
@@ -30,4 +30,9 @@ fn tiny_shards_and_caps_do_not_change_decisions() {
     for suite in builtin_suites() {
         check_suite(make, &suite, &SuiteConfig::quick());
     }
+}
+
+#[test]
+fn rate_changes_through_a_throttle_never_strand_a_client_in_memory() {
+    check_rate_changes(memory);
 }

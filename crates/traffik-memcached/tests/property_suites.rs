@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use traffik::SharedBackend;
 use traffik_memcached::MemcachedBackend;
-use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency};
+use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency, check_rate_changes};
 
 fn backend(addr: &str) -> SharedBackend {
     Arc::new(MemcachedBackend::builder().server(addr).namespace(common::unique("prop")).build().unwrap())
@@ -27,4 +27,10 @@ fn every_strategy_stays_within_its_bound_on_memcached() {
 fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity() {
     let server = common::memcached_server();
     check_concurrency(|| backend(&server.addr), 64);
+}
+
+#[test]
+fn rate_changes_through_a_throttle_never_strand_a_client_on_memcached() {
+    let server = common::memcached_server();
+    check_rate_changes(|| backend(&server.addr));
 }

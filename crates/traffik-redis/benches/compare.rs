@@ -238,7 +238,7 @@ fn main() {
                 let params = match b {
                     Builtin::Meter(spec) => {
                         let p = spec.params(&rate);
-                        vec![p.interval_us, p.capacity_us, p.queue_us]
+                        vec![p.interval_us, p.capacity_us, p.queue_us, p.period_us]
                     }
                     _ => vec![rate.limit(), rate.period_us()],
                 };

@@ -100,7 +100,7 @@ pub use redis;
 /// benchmark it raw. Its arguments are described in the crate's source (`scripts.rs`):
 /// `KEYS[1]` = storage key; `ARGV` = mode (`c`/`p`/`s`), now (empty = server `TIME`),
 /// min TTL in ms, cost, then `limit, period_us` or, for meters, `interval_us, capacity_us,
-/// queue_us`.
+/// queue_us, period_us`.
 #[derive(Clone, Copy, Debug)]
 pub struct LuaScript {
     /// SHA1 digest, for `EVALSHA`.
@@ -515,7 +515,7 @@ impl RedisBackend {
         match builtin {
             Builtin::Meter(spec) => {
                 let p = spec.params(&input.rate);
-                call.arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us);
+                call.arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
             }
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());

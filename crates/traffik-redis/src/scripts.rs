@@ -70,41 +70,47 @@ end
 return {kind, remaining, wait, reset}
 "#;
 
-/// Shared head of the two window scripts: ARGV limit and period, and the index of the window
+/// Shared head of the two window scripts: ARGV limit and period, and the start of the window
 /// `now` falls in (an exact floor division of integers below 2^53).
 const WINDOW: &str = r#"
 local limit = ARGV[5] * 1
 local w = ARGV[6] * 1
-local window = math.floor(now / w)
-local r = now - window * w
+local start = math.floor(now / w)
+local r = now - start * w
 if r < 0 then
-  window = window - 1
+  start = start - 1
 elseif r >= w then
-  window = window + 1
+  start = start + 1
 end
+start = start * w
 "#;
 
-/// Fixed window (after [`WINDOW`]). State: `"window used"`.
+/// Fixed window (after [`WINDOW`]). State: `"last used period"`, the time of the latest
+/// admission, the cost admitted in its window and the period it was counted under. The usage
+/// counts iff the period is the same and the latest admission is in the current window; one up
+/// to a period ahead of `now` counts against its own window.
 const FIXED_WINDOW: &str = r#"
 if cost <= limit then
-  local used = 0
+  local used, last, wend = 0, now, start + w
   if raw then
-    local sw, su = string.match(raw, '^(%d+) (%d+)$')
-    if sw then
-      sw = sw * 1
-      if sw >= window then
-        window = sw
+    local sl, su, sp = string.match(raw, '^(%d+) (%d+) (%d+)$')
+    if sl then
+      sl = sl * 1
+      if sp * 1 == w and sl >= start and sl < now + w then
         used = su * 1
+        if sl > now then
+          last = sl
+          if sl >= wend then wend = wend + w end
+        end
       end
     end
   end
-  reset = (window + 1) * w - now
-  if reset < 0 then reset = 0 end
+  reset = wend - now
   if used + cost <= limit then
     used = used + cost
     kind, remaining = 0, limit - used
     if mode == 'c' then
-      state, ttl = string.format('%d %d', window, used), reset
+      state, ttl = string.format('%d %d %d', last, used, w), reset
     end
   else
     kind, remaining, wait = 2, limit - used, reset
@@ -113,36 +119,48 @@ if cost <= limit then
 end
 "#;
 
-/// Sliding window counter (after [`WINDOW`]). State: `"window prev cur"`.
+/// Sliding window counter (after [`WINDOW`]). State: `"last prev cur period"`, the time of the
+/// latest admission, the cost admitted in the window before its window and in its window, and
+/// the period they were counted under (another period reads as absent). The counts are seen
+/// from `at`: the current window's start, or the next one's for a latest admission up to a
+/// period ahead of `now`.
 const SLIDING_COUNTER: &str = r#"
 if cost <= limit then
-  local prev, cur = 0, 0
+  local prev, cur, at, last = 0, 0, start, now
   if raw then
-    local a, b, c = string.match(raw, '^(%d+) (%d+) (%d+)$')
+    local a, b, c, d = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
     if a then
       a = a * 1
-      if a >= window then
-        window = a
-        prev = b * 1
-        cur = c * 1
-      elseif a + 1 == window then
-        prev = c * 1
+      if d * 1 == w and a < now + w then
+        local latest = math.floor(a / w)
+        local q = a - latest * w
+        if q < 0 then
+          latest = latest - 1
+        elseif q >= w then
+          latest = latest + 1
+        end
+        latest = latest * w
+        if latest >= start then
+          at, prev, cur = latest, b * 1, c * 1
+          if a > now then last = a end
+        elseif latest + w == start then
+          prev = c * 1
+        end
       end
     end
   end
-  local start = window * w
-  local elapsed = now - start
+  local elapsed = now - at
   if elapsed < 0 then elapsed = 0 end
   if elapsed > w - 1 then elapsed = w - 1 end
   -- The estimate at `e` µs into the window: prev * weight + cur, weight = (w - e) / w.
   local est = prev * ((w - elapsed) / w) + cur
   if est + cost <= limit then
-    kind, reset = 0, start + 2 * w - now
+    kind, reset = 0, at + 2 * w - now
     if reset < 0 then reset = 0 end
     remaining = limit - (est + cost)
     if remaining <= 0 then remaining = 0 else remaining = math.floor(remaining) end
     if mode == 'c' then
-      state, ttl = string.format('%d %d %d', window, prev, cur + cost), reset
+      state, ttl = string.format('%d %d %d %d', last, prev, cur + cost, w), reset
     end
   else
     local function fits(p, c, e)
@@ -162,39 +180,53 @@ if cost <= limit then
     end
     local target
     if cur + cost <= limit and fits(prev, cur, w - 1) then
-      target = start + first_fit(prev, cur, elapsed)
+      target = at + first_fit(prev, cur, elapsed)
     elseif fits(cur, 0, 0) then
-      target = start + w
+      target = at + w
     elseif fits(cur, 0, w - 1) then
-      target = start + w + first_fit(cur, 0, 0)
+      target = at + w + first_fit(cur, 0, 0)
     else
-      target = start + 2 * w
+      target = at + 2 * w
     end
     kind, remaining, wait = 2, limit - est, target - now
     if remaining <= 0 then remaining = 0 else remaining = math.floor(remaining) end
     if wait < 0 then wait = 0 end
-    if cur > 0 then reset = start + 2 * w - now else reset = start + w - now end
+    if cur > 0 then reset = at + 2 * w - now else reset = at + w - now end
     if reset < 0 then reset = 0 end
   end
 end
 "#;
 
-/// Sliding window log. Extra ARGV: limit, period_us. State: `"t:c t:c ..."`, oldest first.
+/// Sliding window log. Extra ARGV: limit, period_us. State: `"period/t:c t:c ..."`, the period
+/// the log was written under and its entries, oldest first. An entry counts while it is within
+/// the shorter of the two periods (`horizon`); entries a period or more ahead of now are not
+/// believed. State without a period (earlier versions) reads as empty.
 const SLIDING_LOG: &str = r#"
 local limit = ARGV[5] * 1
 local w = ARGV[6] * 1
 if cost <= limit then
   -- Entry i: timestamp ts[i], cost cs[i]. Entries before `first` have expired; the text of
-  -- entry `first` starts at `fp` in `raw`, that of entry n at `lp`.
-  local ts, cs, n, first, fp, lp = {}, {}, 0, nil, nil, nil
+  -- entry `first` starts at `fp` in `body` (the entries' text), that of entry n at `lp`;
+  -- `cut`: the text has entries a period or more ahead, left out.
+  local ts, cs, n, first, fp, lp, cut, horizon, body = {}, {}, 0, nil, nil, nil, false, w, ''
   if raw then
-    for p, t, c in string.gmatch(raw, '()(%d+):(%d+)') do
-      n = n + 1
-      t = t * 1
-      ts[n] = t
-      cs[n] = c * 1
-      if not first and t + w > now then first, fp = n, p end
-      lp = p
+    local pw, from = string.match(raw, '^(%d+)/()')
+    if pw then
+      pw = pw * 1
+      if pw < horizon then horizon = pw end
+      body = string.sub(raw, from)
+      for p, t, c in string.gmatch(body, '()(%d+):(%d+)') do
+        t = t * 1
+        if t >= now + w then
+          cut = true
+          break
+        end
+        n = n + 1
+        ts[n] = t
+        cs[n] = c * 1
+        if not first and t + horizon > now then first, fp = n, p end
+        lp = p
+      end
     end
   end
   if not first then first = n + 1 end
@@ -209,13 +241,15 @@ if cost <= limit then
     kind, remaining, reset = 0, limit - used - cost, newest + w - now
     if reset < 0 then reset = 0 end
     if mode == 'c' then
-      if j > n then
+      local head = string.format('%d/', w)
+      if j > n and not cut then
         -- Appended: the live entries keep their text.
         state = string.format('%d:%d', now, cost)
-        if first <= n then state = string.sub(raw, fp) .. ' ' .. state end
+        if first <= n then state = string.sub(body, fp) .. ' ' .. state end
+        state = head .. state
       elseif j == n and ts[n] == now then
         -- Added to the newest entry.
-        state = string.sub(raw, fp, lp - 1) .. string.format('%d:%d', now, cs[n] + cost)
+        state = head .. string.sub(body, fp, lp - 1) .. string.format('%d:%d', now, cs[n] + cost)
       else
         local parts, k = {}, 0
         for i = first, n do
@@ -231,7 +265,8 @@ if cost <= limit then
           k = k + 1
           parts[k] = string.format('%d:%d', ts[i], c)
         end
-        state = table.concat(parts, ' ')
+        if j > n then parts[k + 1] = string.format('%d:%d', now, cost) end
+        state = head .. table.concat(parts, ' ')
       end
       ttl = reset
     end
@@ -242,12 +277,12 @@ if cost <= limit then
     for i = first, n do
       freed = freed + cs[i]
       if freed >= need then
-        target = ts[i] + w
+        target = ts[i] + horizon
         break
       end
     end
     local last = now
-    if n >= first then last = ts[n] + w end
+    if n >= first then last = ts[n] + horizon end
     kind, remaining, wait, reset = 2, limit - used, target - now, last - now
     if remaining < 0 then remaining = 0 end
     if wait < 0 then wait = 0 end
@@ -257,7 +292,8 @@ end
 "#;
 
 /// The meter family (token buckets, leaky buckets, GCRA). Extra ARGV: interval_us,
-/// capacity_us, queue_us. State: `"tat"`.
+/// capacity_us, queue_us, period_us. State: `"tat"`. A level more than a period beyond
+/// `capacity + queue` is forgiven (written under a slower rate, or corrupt).
 const METER: &str = r#"
 local t = ARGV[5] * 1
 local cap = ARGV[6] * 1
@@ -268,6 +304,7 @@ if inc <= cap then
   if raw and string.find(raw, '^%d+$') then tat = raw * 1 end
   local level = tat - now
   if level < 0 then level = 0 end
+  if level > cap + queue + ARGV[8] * 1 then tat, level = 0, 0 end
   local fill = level + inc
   -- Free capacity in µs, shown as whole units of cost.
   local free

@@ -66,24 +66,27 @@ fn numbers(raw: &str) -> Option<Vec<u64>> {
 /// when absent or unreadable (the scripts treat such state as absent too).
 pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>> {
     let raw = std::str::from_utf8(raw?).ok()?;
-    let n = numbers(raw)?;
     let json = match builtin {
-        Builtin::FixedWindow => match n[..] {
-            [window, used] => serde_json::to_vec(&FixedWindowState { window, used }),
+        Builtin::FixedWindow => match numbers(raw)?[..] {
+            [last_us, used, period_us] => serde_json::to_vec(&FixedWindowState { last_us, used, period_us }),
             _ => return None,
         },
-        Builtin::SlidingWindowCounter => match n[..] {
-            [window, prev, cur] => serde_json::to_vec(&SlidingWindowCounterState { window, prev, cur }),
+        Builtin::SlidingWindowCounter => match numbers(raw)?[..] {
+            [last_us, prev, cur, period_us] => {
+                serde_json::to_vec(&SlidingWindowCounterState { last_us, prev, cur, period_us })
+            }
             _ => return None,
         },
         Builtin::SlidingWindowLog => {
+            let (period, body) = raw.split_once('/')?;
+            let n = numbers(body)?;
             if n.len() % 2 != 0 || n.is_empty() {
                 return None;
             }
             let entries = n.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-            serde_json::to_vec(&SlidingWindowLogState { entries })
+            serde_json::to_vec(&SlidingWindowLogState { period_us: period.parse().ok()?, entries })
         }
-        Builtin::Meter(_) => match n[..] {
+        Builtin::Meter(_) => match numbers(raw)?[..] {
             [tat] => serde_json::to_vec(&MeterState { tat }),
             _ => return None,
         },
@@ -98,10 +101,13 @@ mod tests {
 
     #[test]
     fn stored_strings_become_strategy_json() {
-        let fw = state_json(Builtin::FixedWindow, Some(b"12 3")).unwrap_or_default();
-        assert_eq!(fw, br#"{"window":12,"used":3}"#);
-        let swl = state_json(Builtin::SlidingWindowLog, Some(b"5:1 9:2")).unwrap_or_default();
-        assert_eq!(swl, br#"{"entries":[[5,1],[9,2]]}"#);
+        let fw = state_json(Builtin::FixedWindow, Some(b"12 3 1000")).unwrap_or_default();
+        assert_eq!(fw, br#"{"last_us":12,"used":3,"period_us":1000}"#);
+        let swl = state_json(Builtin::SlidingWindowLog, Some(b"1000/5:1 9:2")).unwrap_or_default();
+        assert_eq!(swl, br#"{"period_us":1000,"entries":[[5,1],[9,2]]}"#);
+        // State written by earlier versions reads as absent.
+        assert!(state_json(Builtin::FixedWindow, Some(b"12 3")).is_none());
+        assert!(state_json(Builtin::SlidingWindowLog, Some(b"5:1 9:2")).is_none());
         assert!(state_json(Builtin::FixedWindow, Some(b"garbage")).is_none());
         assert!(state_json(Builtin::FixedWindow, None).is_none());
     }

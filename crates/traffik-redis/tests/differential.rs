@@ -1,6 +1,7 @@
 //! Differential property test: for random schedules, the Lua script of every built-in strategy
 //! decides exactly what the Rust state machine decides, step by step (verdicts of hits, peeks
-//! and stats, and the metadata computed from the stored state).
+//! and stats, and the metadata computed from the stored state), including schedules whose rate
+//! changes from one step to the next (state written under one rate, read under another).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -44,6 +45,8 @@ struct Step {
     delta: i64,
     cost: u64,
     action: Action,
+    /// From this step on, this limit and period (ms) instead.
+    new_rate: Option<(u32, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,10 +71,16 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
     ]
 }
 
+fn limits() -> impl proptest::strategy::Strategy<Value = u32> {
+    prop_oneof![6 => 1u32..=20, 1 => 21u32..=5_000, 1 => Just(u32::MAX)]
+}
+
+fn periods() -> impl proptest::strategy::Strategy<Value = u64> {
+    prop::sample::select(vec![1u64, 3, 7, 100, 999, 1_000, 2_500, 60_000, 3_600_000, 86_400_000])
+}
+
 fn case() -> impl proptest::strategy::Strategy<Value = Case> {
-    let limit = prop_oneof![6 => 1u32..=20, 1 => 21u32..=5_000, 1 => Just(u32::MAX)];
-    let period = prop::sample::select(vec![1u64, 3, 7, 100, 999, 1_000, 2_500, 60_000, 3_600_000, 86_400_000]);
-    case_with(which(), limit, period)
+    case_with(which(), limits(), periods())
 }
 
 /// Sliding window counters whose weights are exact fractions, so that estimates land exactly
@@ -91,7 +100,7 @@ fn counter_case() -> impl proptest::strategy::Strategy<Value = Case> {
         })
         .prop_map(|((period_ms, limit, n, prev), cur, cost, elapsed)| {
             let w = period_ms * 1000;
-            let hit = |delta: i64, cost: u64| Step { delta, cost, action: Action::Hit };
+            let hit = |delta: i64, cost: u64| Step { delta, cost, action: Action::Hit, new_rate: None };
             let mut steps = Vec::new();
             let mut delta = 0i64;
             if prev > 0 {
@@ -102,8 +111,8 @@ fn counter_case() -> impl proptest::strategy::Strategy<Value = Case> {
                 steps.push(hit(delta, cur));
                 delta = 0;
             }
-            steps.push(Step { delta: delta + elapsed as i64, cost, action: Action::Peek });
-            steps.push(Step { delta: 0, cost, action: Action::Stat });
+            steps.push(Step { delta: delta + elapsed as i64, cost, action: Action::Peek, new_rate: None });
+            steps.push(Step { delta: 0, cost, action: Action::Stat, new_rate: None });
             steps.push(hit(0, cost));
             Case { which: Which::Swc, limit, period_ms, start: n * w, steps }
         })
@@ -127,8 +136,9 @@ fn case_with(
         ],
         prop_oneof![8 => 1u64..=4, 2 => 1u64..=40, 1 => Just(u64::MAX), 1 => 1u64..=1_000_000],
         prop_oneof![6 => Just(Action::Hit), 2 => Just(Action::Peek), 1 => Just(Action::Stat)],
+        prop_oneof![7 => Just(None), 1 => (limits(), periods()).prop_map(Some)],
     )
-        .prop_map(|(delta, cost, action)| Step { delta, cost, action });
+        .prop_map(|(delta, cost, action, new_rate)| Step { delta, cost, action, new_rate });
     (which, limit, period, start, prop::collection::vec(step, 1..60))
         .prop_map(|(which, limit, period_ms, start, steps)| Case { which, limit, period_ms, start, steps })
 }
@@ -137,7 +147,7 @@ static KEYS: AtomicU64 = AtomicU64::new(0);
 
 async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
     let handle = StrategyHandle::new(s.clone());
-    let rate = Rate::per_millis(case.limit, case.period_ms).map_err(|e| TestCaseError::reject(e.to_string()))?;
+    let mut rate = Rate::per_millis(case.limit, case.period_ms).map_err(|e| TestCaseError::reject(e.to_string()))?;
     let key = Key::builder(&format!("diff-{}", common::run_id()))
         .part(&KEYS.fetch_add(1, Ordering::Relaxed).to_be_bytes())
         .build();
@@ -145,6 +155,9 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
     let mut now = case.start;
     for (i, step) in case.steps.iter().enumerate() {
         now = now.saturating_add_signed(step.delta);
+        if let Some((limit, period_ms)) = step.new_rate {
+            rate = Rate::per_millis(limit, period_ms).map_err(|e| TestCaseError::reject(e.to_string()))?;
+        }
         let input = Input { now_us: now, rate, cost: step.cost };
         let rust = s.decide(state.as_ref(), &input);
         let mode = match step.action {
@@ -152,7 +165,7 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
             _ => Mode::Peek,
         };
         let op = Operation { key: &key, strategy: &handle, input, mode };
-        let ctx = || format!("step {i}: now {now}, cost {}, {:?}, state {state:?}", step.cost, step.action);
+        let ctx = || format!("step {i}: now {now}, {rate:?}, cost {}, {:?}, state {state:?}", step.cost, step.action);
         match step.action {
             Action::Stat => {
                 let (v, meta) = backend.stat(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency};
+use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency, check_rate_changes};
 use traffik_test_support::redis_server;
 
 #[test]
@@ -30,4 +30,10 @@ fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity_multiplexed() {
 fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity_pooled() {
     let server = redis_server();
     check_concurrency(|| common::shared(common::client_clock_pooled(&server.url, 8)), 64);
+}
+
+#[test]
+fn rate_changes_through_a_throttle_never_strand_a_client_on_redis() {
+    let server = redis_server();
+    check_rate_changes(|| common::shared(common::client_clock(&server.url)));
 }

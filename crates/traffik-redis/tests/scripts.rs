@@ -1,5 +1,6 @@
 //! The strategy scripts run by hand (`EVAL` with chosen arguments): the exact text of the
-//! state they store, numbers up to 2^53 - 1 written digit for digit, and the time to live cap.
+//! state they store (with the period it was written under), numbers up to 2^53 - 1 written
+//! digit for digit, and the time to live cap.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -58,21 +59,22 @@ fn the_sliding_log_text_is_rebuilt_exactly() {
     let swl = Builtin::SlidingWindowLog;
     // limit 10 per second; (now, cost) -> stored text.
     let steps: [(u64, u64, &str); 13] = [
-        (5, 1, "5:1"),
-        (5, 2, "5:3"),
-        (7, 1, "5:3 7:1"),
-        (7, 1, "5:3 7:2"),
-        (9, 1, "5:3 7:2 9:1"),
+        (5, 1, "1000000/5:1"),
+        (5, 2, "1000000/5:3"),
+        (7, 1, "1000000/5:3 7:1"),
+        (7, 1, "1000000/5:3 7:2"),
+        (9, 1, "1000000/5:3 7:2 9:1"),
         // A lagging clock: inserted in order, or added to an older entry.
-        (6, 1, "5:3 6:1 7:2 9:1"),
-        (5, 1, "5:4 6:1 7:2 9:1"),
+        (6, 1, "1000000/5:3 6:1 7:2 9:1"),
+        (5, 1, "1000000/5:4 6:1 7:2 9:1"),
         // The entries at 5 and 6 have expired.
-        (1_000_006, 1, "7:2 9:1 1000006:1"),
-        (1_000_006, 2, "7:2 9:1 1000006:3"),
-        (1_000_008, 1, "9:1 1000006:3 1000008:1"),
-        (8, 1, "8:1 9:1 1000006:3 1000008:1"),
-        (1_000_008, 2, "9:1 1000006:3 1000008:3"),
-        (2_000_000, 1, "1000006:3 1000008:3 2000000:1"),
+        (1_000_006, 1, "1000000/7:2 9:1 1000006:1"),
+        (1_000_006, 2, "1000000/7:2 9:1 1000006:3"),
+        (1_000_008, 1, "1000000/9:1 1000006:3 1000008:1"),
+        // A period or more ahead of the clock (1000008 at 8) is not believed, and dropped.
+        (8, 1, "1000000/8:1 9:1 1000006:3"),
+        (1_000_008, 2, "1000000/9:1 1000006:3 1000008:2"),
+        (2_000_000, 1, "1000000/1000006:3 1000008:2 2000000:1"),
     ];
     for (now, cost, text) in steps {
         let reply = r.run(swl, &k, &["c", &now.to_string(), "1", &cost.to_string(), "10", "1000000"]);
@@ -80,11 +82,11 @@ fn the_sliding_log_text_is_rebuilt_exactly() {
         assert_eq!(r.get(&k).as_deref(), Some(text), "at {now}");
     }
     // Peeks and denials leave the text alone.
-    let reply = r.run(swl, &k, &["p", "2000000", "1", "3", "10", "1000000"]);
+    let reply = r.run(swl, &k, &["p", "2000000", "1", "4", "10", "1000000"]);
     assert_eq!(reply, vec![0, 0, 0, 1_000_000]);
-    let reply = r.run(swl, &k, &["c", "2000000", "1", "4", "10", "1000000"]);
-    assert_eq!(reply, vec![2, 3, 6, 1_000_000]);
-    assert_eq!(r.get(&k).as_deref(), Some("1000006:3 1000008:3 2000000:1"));
+    let reply = r.run(swl, &k, &["c", "2000000", "1", "5", "10", "1000000"]);
+    assert_eq!(reply, vec![2, 4, 6, 1_000_000]);
+    assert_eq!(r.get(&k).as_deref(), Some("1000000/1000006:3 1000008:2 2000000:1"));
 }
 
 #[test]
@@ -94,15 +96,15 @@ fn numbers_up_to_2_pow_53_are_stored_digit_for_digit() {
     let top = TOP.to_string();
     // (strategy, key, parameters, stored text, tokens left)
     let cases: [(Builtin, &str, Vec<&str>, &str, i64); 4] = [
-        // period 1 ms: window = floor(TOP / 1000), reset 9 µs.
-        (Builtin::FixedWindow, "fw", vec!["5", "1000"], "9007199254740 1", 4),
-        (Builtin::SlidingWindowCounter, "swc", vec!["5", "1000"], "9007199254740 0 1", 4),
-        (Builtin::SlidingWindowLog, "swl", vec!["5", "1000"], "9007199254740991:1", 4),
+        // period 1 ms: the latest admission is TOP itself.
+        (Builtin::FixedWindow, "fw", vec!["5", "1000"], "9007199254740991 1 1000", 4),
+        (Builtin::SlidingWindowCounter, "swc", vec!["5", "1000"], "9007199254740991 0 1 1000", 4),
+        (Builtin::SlidingWindowLog, "swl", vec!["5", "1000"], "1000/9007199254740991:1", 4),
         // interval 1 µs, capacity 2^50 µs: tat = TOP + 1 = 2^53 is exact too.
         (
             Builtin::Meter(MeterSpec::LeakyBucket),
             "meter",
-            vec!["1", "1125899906842624", "0"],
+            vec!["1", "1125899906842624", "0", "1000"],
             "9007199254740992",
             (1 << 50) - 1,
         ),
@@ -121,7 +123,7 @@ fn numbers_up_to_2_pow_53_are_stored_digit_for_digit() {
     // hour leaves a minute of slack for a slow machine between the script and PTTL.
     let k = r.key("ttl");
     let hour = "3600000000";
-    let reply = r.run(Builtin::Meter(MeterSpec::LeakyBucket), &k, &["c", "1000000", "1", "1", hour, hour, "0"]);
+    let reply = r.run(Builtin::Meter(MeterSpec::LeakyBucket), &k, &["c", "1000000", "1", "1", hour, hour, "0", hour]);
     assert_eq!(reply, vec![0, 0, 0, 3_600_000_000]);
     let ttl = r.pttl(&k);
     assert!((3_540_000..=3_600_000).contains(&ttl), "PTTL {ttl}");

@@ -16,6 +16,14 @@
 //!
 //! Capacities and queues are capped at 2^50 µs (about 35 years), which keeps every value exact
 //! in the doubles of Redis' Lua.
+//!
+//! # When the rate changes
+//!
+//! The state is an absolute time, so it reads the same under any rate: a meter keeps the
+//! moment it drains, and its level (in microseconds) carries over. A level up to one period of
+//! the new rate beyond the new `capacity + queue` still counts (a full meter of a slower rate,
+//! or a clock running ahead on another instance), so a denial never waits longer than one period
+//! plus one hit's cost; a level further beyond is forgiven and the meter starts empty.
 
 use std::time::Duration;
 
@@ -67,6 +75,9 @@ pub struct MeterParams {
     pub capacity_us: u64,
     /// Queue length in microseconds (0 unless shaping).
     pub queue_us: u64,
+    /// The rate's period in microseconds: how far beyond `capacity + queue` a stored level is
+    /// still believed (see the [module docs](self)).
+    pub period_us: u64,
 }
 
 fn span(units: u64, t: u64) -> u64 {
@@ -88,7 +99,7 @@ impl MeterSpec {
             MeterSpec::LeakyBucketWithQueue { queue } => (span(l, t), span(u64::from(queue), t)),
             MeterSpec::Gcra { tolerance_us } => (tolerance_us.saturating_add(t).min(MAX_SPAN_US), 0),
         };
-        MeterParams { interval_us: t, capacity_us, queue_us }
+        MeterParams { interval_us: t, capacity_us, queue_us, period_us: rate.period_us().min(MAX_SPAN_US) }
     }
 }
 
@@ -107,11 +118,10 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
     if inc > p.capacity_us {
         return Step::unchanged(Verdict::never());
     }
-    let tat = state.map_or(0, |s| s.tat);
-    let level = tat.saturating_sub(now);
+    let (tat, level) = believed(p, state, now);
     let fill = level + inc;
-    if fill <= p.capacity_us.saturating_add(p.queue_us) {
-        let next = tat.max(now) + inc;
+    if fill <= p.capacity_us + p.queue_us {
+        let next = tat.max(now).saturating_add(inc);
         let ttl = next - now;
         let verdict = if fill <= p.capacity_us {
             Verdict::admit(units(p.capacity_us - fill, t), ttl)
@@ -124,6 +134,19 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
     Step::unchanged(Verdict::deny(units(p.capacity_us.saturating_sub(level), t), wait, level))
 }
 
+/// The stored theoretical arrival time and the fill level it means at `now`, as far as they
+/// can be believed under the current parameters. The level is at most `capacity + queue` when
+/// written at this rate; a level more than one period of the rate beyond that was written under
+/// a slower rate (or is corrupt) and is forgiven: the meter reads as empty. Within that period
+/// the level counts in full, so a clock that runs up to a period behind another instance's
+/// never admits more than it would have.
+#[inline]
+fn believed(p: MeterParams, state: Option<&MeterState>, now: u64) -> (u64, u64) {
+    let tat = state.map_or(0, |s| s.tat);
+    let level = tat.saturating_sub(now);
+    if level > p.capacity_us + p.queue_us + p.period_us { (0, 0) } else { (tat, level) }
+}
+
 /// Whole cost units in `span` microseconds; skips the division when the answer is 0 (a meter
 /// running at its limit, the common case under load).
 fn units(span: u64, t: u64) -> u64 {
@@ -131,8 +154,7 @@ fn units(span: u64, t: u64) -> u64 {
 }
 
 fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
-    let tat = state.map_or(0, |s| s.tat);
-    let level = tat.saturating_sub(now);
+    let (tat, level) = believed(p, state, now);
     let mut m = Metadata::new();
     m.insert("strategy".into(), name.into());
     m.insert("tat_us".into(), json_u64(tat.max(now)));
@@ -201,7 +223,7 @@ impl TokenBucket {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let (_, level) = believed(p, state, input.now_us);
         let tokens = (p.capacity_us - level.min(p.capacity_us)) as f64 / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
         m.insert("burst".into(), json_u64(p.capacity_us / p.interval_us));
@@ -233,7 +255,7 @@ impl TokenBucketWithDebt {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let (_, level) = believed(p, state, input.now_us);
         let burst_us = p.capacity_us.saturating_sub(span(u64::from(self.max_debt), p.interval_us));
         let tokens = (burst_us as f64 - level as f64) / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
@@ -254,7 +276,7 @@ impl LeakyBucket {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let (_, level) = believed(p, state, input.now_us);
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
     }
 }
@@ -280,7 +302,7 @@ impl LeakyBucketWithQueue {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let level = state.map_or(0, |s| s.tat).saturating_sub(input.now_us);
+        let (_, level) = believed(p, state, input.now_us);
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
         m.insert("queued".into(), (level.saturating_sub(p.capacity_us) as f64 / p.interval_us as f64).into());
         m.insert("queue".into(), json_u64(u64::from(self.queue)));

@@ -14,7 +14,9 @@
 //! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
 //! [`Verdict`] plus, when the state changes, the new state and how long it must be kept. It does
 //! no I/O and reads no clock, so every backend can run it and every property can be tested with a
-//! manual clock. Denied hits never change state.
+//! manual clock. Denied hits never change state. State outlives its rate: each strategy reads
+//! state written under another rate by a documented rule (see each type, and README's "When the
+//! rate changes").
 //!
 //! # Writing your own
 //!
@@ -200,6 +202,13 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
 
     /// Decides one hit. Must be deterministic in its arguments, and must not call throttles or
     /// backends: the in-memory backend runs it while holding the key's shard.
+    ///
+    /// The state may have been written under another rate than `input.rate` (a runtime update,
+    /// a rate function, a tier change). Store absolute times and costs (never numbers in units
+    /// of a period), never rely on a state past the time to live it was written with (a backend
+    /// may have forgotten it by then; store what you need to tell, such as the period), and
+    /// answer with waits and times to live bounded by the current rate. The property suites
+    /// check this when your `Bound` states a longest wait.
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State>;
 
     /// Strategy-specific details for `stat` snapshots.

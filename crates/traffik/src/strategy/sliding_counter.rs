@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::fixed_window::{TIME_BITS, TIME_MASK, window_start};
 use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64};
 
 /// Estimates the cost in the sliding window as `prev * (1 - elapsed / W) + cur` and admits iff
@@ -15,6 +16,14 @@ use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64}
 /// 1.03 L at 3x, and 1.30 L when half the traffic arrives in the last tenth of each window;
 /// total admissions stayed within 1% of the log's.
 ///
+/// The state is the time of the latest admission, the cost admitted in its window and in the
+/// window before, and the period they were counted under. After a rate change with the same
+/// period (a new limit), the counts carry over exactly; under a different period they start
+/// fresh (counts of windows of another length say nothing about these, and the stored state is
+/// never relied on past the time to live it was written with). A wait is never longer than two
+/// periods of the current rate (three when another instance's clock runs up to a period ahead
+/// of this one; a latest admission further ahead is not believed).
+///
 /// The arithmetic is done in IEEE doubles, in the same order as the Redis script, so both agree
 /// bit for bit. Waits are found by bisection on the same predicate, so a retry after the wait
 /// passes and one microsecond earlier fails.
@@ -24,29 +33,50 @@ pub struct SlidingWindowCounter;
 /// Stored state of [`SlidingWindowCounter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlidingWindowCounterState {
-    /// Index of the current window.
-    pub window: u64,
-    /// Cost admitted in the window before it.
+    /// Time of the latest admission, microseconds since the epoch.
+    #[serde(alias = "window")]
+    pub last_us: u64,
+    /// Cost admitted in the window before the one that contains `last_us`.
     pub prev: u64,
-    /// Cost admitted in this window.
+    /// Cost admitted in the window that contains `last_us`.
     pub cur: u64,
+    /// The period the windows were counted under, microseconds (0: unknown, as in state
+    /// written by earlier versions, which reads as absent).
+    #[serde(default)]
+    pub period_us: u64,
 }
 
 struct View {
-    window: u64,
+    /// Start of the window the counts are seen from (the current one, or the one after it for
+    /// a latest admission up to a period ahead of `now`).
+    start: u64,
     prev: u64,
     cur: u64,
     elapsed: u64,
+    /// The latest admission once this hit is admitted.
+    last: u64,
 }
 
 fn view(state: Option<&SlidingWindowCounterState>, now: u64, w: u64) -> View {
-    let window = now / w;
-    let (window, prev, cur) = match state {
-        Some(s) if s.window >= window => (s.window, s.prev, s.cur),
-        Some(s) if s.window + 1 == window => (window, s.cur, 0),
-        _ => (window, 0, 0),
+    let start = window_start(now, w);
+    let fresh = View { start, prev: 0, cur: 0, elapsed: now - start, last: now };
+    let Some(s) = state else {
+        return fresh;
     };
-    View { window, prev, cur, elapsed: now.saturating_sub(window.saturating_mul(w)).min(w - 1) }
+    // Counts of another period say nothing about these windows; a latest admission more than
+    // a period ahead of the clock is not believed.
+    if s.period_us != w || s.last_us >= now.saturating_add(w) {
+        return fresh;
+    }
+    let latest = window_start(s.last_us, w);
+    let (at, prev, cur) = if latest >= start {
+        (latest, s.prev, s.cur)
+    } else if latest.saturating_add(w) == start {
+        (start, s.cur, 0)
+    } else {
+        return fresh;
+    };
+    View { start: at, prev, cur, elapsed: now.saturating_sub(at).min(w - 1), last: s.last_us.max(now) }
 }
 
 /// The weighted estimate; the Lua script computes exactly these operations.
@@ -92,14 +122,14 @@ impl Strategy for SlidingWindowCounter {
             return Step::unchanged(Verdict::never());
         }
         let v = view(state, now, w);
-        let start = v.window.saturating_mul(w);
+        let start = v.start;
         let est = estimate(v.prev, v.cur, w, v.elapsed);
         if est + c as f64 <= limit as f64 {
             let cur = v.cur + c;
             let ttl = start.saturating_add(2 * w).saturating_sub(now);
             return Step::write(
                 Verdict::admit(floor_remaining(limit, est + c as f64), ttl),
-                SlidingWindowCounterState { window: v.window, prev: v.prev, cur },
+                SlidingWindowCounterState { last_us: v.last, prev: v.prev, cur, period_us: w },
                 ttl,
             );
         }
@@ -126,7 +156,7 @@ impl Strategy for SlidingWindowCounter {
         let v = view(state, input.now_us, w);
         let mut m = Metadata::new();
         m.insert("strategy".into(), "sliding_window_counter".into());
-        m.insert("window_start_us".into(), json_u64(v.window.saturating_mul(w)));
+        m.insert("window_start_us".into(), json_u64(v.start));
         m.insert("previous".into(), json_u64(v.prev));
         m.insert("current".into(), json_u64(v.cur));
         m.insert("estimate".into(), estimate(v.prev, v.cur, w, v.elapsed).into());
@@ -137,14 +167,25 @@ impl Strategy for SlidingWindowCounter {
         Some(Builtin::SlidingWindowCounter)
     }
 
+    /// `[last | period_ms >> 16 << 53, prev << 40 | cur << 16 | period_ms & 0xffff]`: times
+    /// below 2^53 µs, counts below 2^24 and periods of whole milliseconds below 2^27 (37 hours)
+    /// pack; others are boxed.
     fn pack(&self, s: &Self::State) -> Option<Packed> {
-        let prev = u32::try_from(s.prev).ok()?;
-        let cur = u32::try_from(s.cur).ok()?;
-        Some(Packed([s.window, (u64::from(prev) << 32) | u64::from(cur)]))
+        let ms = s.period_us.is_multiple_of(1000).then_some(s.period_us / 1000)?;
+        if s.last_us > TIME_MASK || s.prev >> 24 != 0 || s.cur >> 24 != 0 || ms >> 27 != 0 {
+            return None;
+        }
+        Some(Packed([s.last_us | (ms >> 16) << TIME_BITS, s.prev << 40 | s.cur << 16 | (ms & 0xffff)]))
     }
 
     fn unpack(&self, p: Packed) -> Option<Self::State> {
-        Some(SlidingWindowCounterState { window: p.0[0], prev: p.0[1] >> 32, cur: p.0[1] & 0xffff_ffff })
+        let ms = (p.0[0] >> TIME_BITS) << 16 | (p.0[1] & 0xffff);
+        Some(SlidingWindowCounterState {
+            last_us: p.0[0] & TIME_MASK,
+            prev: p.0[1] >> 40,
+            cur: (p.0[1] >> 16) & 0xff_ffff,
+            period_us: ms * 1000,
+        })
     }
 }
 
@@ -157,7 +198,7 @@ mod tests {
     #[test]
     fn previous_window_decays_and_wait_is_exact() {
         let r = rate!("10/s");
-        let s = SlidingWindowCounterState { window: 5, prev: 0, cur: 10 };
+        let s = SlidingWindowCounterState { last_us: 5_900_000, prev: 0, cur: 10, period_us: 1_000_000 };
         // 100 ms into window 6: estimate 9, one more fits.
         let now = 6_100_000;
         let step = SlidingWindowCounter.decide(Some(&s), &Input { now_us: now, rate: r, cost: 1 });
@@ -171,9 +212,50 @@ mod tests {
     }
 
     #[test]
+    fn a_new_limit_keeps_the_counts_and_a_new_period_starts_fresh() {
+        // Under 10/min: 2 in the minute before, 3 in this one (the latest at 30.4 s).
+        let s = SlidingWindowCounterState { last_us: 30_400_000, prev: 2, cur: 3, period_us: 60_000_000 };
+        let at = |now_us, rate, cost| SlidingWindowCounter.decide(Some(&s), &Input { now_us, rate, cost }).verdict;
+        // 5/min, same period: 2 * (29.5 / 60) + 3 = 3.98 used at 30.5 s.
+        let r = rate!("5/min");
+        assert_eq!(at(30_500_000, r, 1).kind, VerdictKind::Admit);
+        let v = at(30_500_000, r, 2);
+        assert_eq!(v.kind, VerdictKind::Deny);
+        assert!(v.wait_us <= 2 * 60_000_000, "{v:?}");
+        assert_eq!(at(30_500_000 + v.wait_us, r, 2).kind, VerdictKind::Admit);
+        assert_eq!(at(30_500_000 + v.wait_us - 1, r, 2).kind, VerdictKind::Deny);
+        // In the next minute the 3 are the previous count: 3 * (59 / 60) = 2.95 used at 61 s.
+        assert_eq!(at(61_000_000, r, 2).kind, VerdictKind::Admit);
+        assert_eq!(at(61_000_000, r, 3).kind, VerdictKind::Deny);
+        // 5/s: counts of minutes say nothing about seconds.
+        assert_eq!(at(30_500_000, rate!("5/s"), 5).kind, VerdictKind::Admit);
+        // A latest admission far in the future is not believed.
+        let far = SlidingWindowCounterState { last_us: u64::MAX, prev: u64::MAX, cur: u64::MAX, period_us: 60_000_000 };
+        let v = SlidingWindowCounter.decide(Some(&far), &Input { now_us: 1, rate: r, cost: 5 }).verdict;
+        assert_eq!(v.kind, VerdictKind::Admit);
+    }
+
+    #[test]
+    fn states_pack_exactly_or_not_at_all() {
+        let swc = SlidingWindowCounter;
+        let ok = |last_us, prev, cur, period_us| SlidingWindowCounterState { last_us, prev, cur, period_us };
+        for s in [ok(0, 0, 0, 1_000), ok(TIME_MASK, (1 << 24) - 1, (1 << 24) - 1, ((1 << 27) - 1) * 1000)] {
+            assert_eq!(swc.pack(&s).and_then(|p| swc.unpack(p)), Some(s));
+        }
+        for s in [
+            ok(TIME_MASK + 1, 0, 0, 1_000),
+            ok(0, 1 << 24, 0, 1_000),
+            ok(0, 0, 1 << 24, 1_000),
+            ok(0, 0, 0, (1 << 27) * 1000),
+        ] {
+            assert_eq!(swc.pack(&s), None, "{s:?}");
+        }
+    }
+
+    #[test]
     fn full_cost_waits_for_the_previous_window_to_vanish() {
         let r = rate!("4/s");
-        let s = SlidingWindowCounterState { window: 3, prev: 0, cur: 1 };
+        let s = SlidingWindowCounterState { last_us: 3_200_000, prev: 0, cur: 1, period_us: 1_000_000 };
         let v = SlidingWindowCounter.decide(Some(&s), &Input { now_us: 3_500_000, rate: r, cost: 4 }).verdict;
         assert_eq!(v.kind, VerdictKind::Deny);
         assert_eq!(3_500_000 + v.wait_us, 5_000_000);

@@ -7,21 +7,38 @@ use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, json_u64};
 /// Exact sliding window: admits iff the cost admitted in `(now - W, now]` plus this cost is at
 /// most L. Stores one `(time, cost)` entry per distinct admission instant, so memory is
 /// O(limit) per key. The wait of a denial is the instant enough old entries leave the window.
+///
+/// Entries are absolute times and costs, and the log keeps the period it was written under, so
+/// it reads the same under any rate: after a rate change, an entry counts while it is inside
+/// both the new period and the one it was written under (the stored state is never relied on
+/// past the time to live it was written with). A wait is never longer than one period (two when
+/// another instance's clock runs up to a period ahead of this one; entries further ahead are
+/// not believed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlidingWindowLog;
 
 /// Stored state of [`SlidingWindowLog`]: `(time_us, cost)` pairs, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlidingWindowLogState {
+    /// The period the log was written under, microseconds (0: unknown, as in state written by
+    /// earlier versions, which reads as empty).
+    #[serde(default)]
+    pub period_us: u64,
     /// Admissions still inside the window, oldest first.
     pub entries: Vec<(u64, u64)>,
 }
 
-/// Entries still inside the window ending at `now` (those with `t + w > now`).
+/// Entries still inside the window ending at `now` (those with `t + w > now`, where `w` is the
+/// shorter of the current period and the log's own), without those a period or more ahead of
+/// `now`, which are not believed (see [`SlidingWindowLog`]).
 fn live(state: Option<&SlidingWindowLogState>, now: u64, w: u64) -> &[(u64, u64)] {
-    let entries = state.map_or(&[][..], |s| &s.entries[..]);
-    let first = entries.partition_point(|&(t, _)| t.saturating_add(w) <= now);
-    &entries[first..]
+    let Some(s) = state.filter(|s| s.period_us > 0) else {
+        return &[];
+    };
+    let horizon = w.min(s.period_us);
+    let first = s.entries.partition_point(|&(t, _)| t.saturating_add(horizon) <= now);
+    let end = s.entries.partition_point(|&(t, _)| t < now.saturating_add(w)).max(first);
+    &s.entries[first..end]
 }
 
 impl Strategy for SlidingWindowLog {
@@ -37,6 +54,8 @@ impl Strategy for SlidingWindowLog {
             return Step::unchanged(Verdict::never());
         }
         let entries = live(state, now, w);
+        // How long the live entries still count: the shorter of the two periods.
+        let horizon = state.map_or(w, |s| w.min(s.period_us));
         let used: u64 = entries.iter().fold(0u64, |a, &(_, k)| a.saturating_add(k));
         if used.saturating_add(c) <= limit {
             let mut next = Vec::with_capacity(entries.len() + 1);
@@ -44,13 +63,14 @@ impl Strategy for SlidingWindowLog {
             // Keep the log sorted even if a lagging clock reports an earlier time.
             let at = next.partition_point(|&(t, _)| t <= now);
             if at > 0 && next[at - 1].0 == now {
-                next[at - 1].1 += c;
+                next[at - 1].1 = next[at - 1].1.saturating_add(c);
             } else {
                 next.insert(at, (now, c));
             }
             let newest = next.last().map_or(now, |&(t, _)| t);
             let ttl = newest.saturating_add(w).saturating_sub(now);
-            return Step::write(Verdict::admit(limit - used - c, ttl), SlidingWindowLogState { entries: next }, ttl);
+            let state = SlidingWindowLogState { period_us: w, entries: next };
+            return Step::write(Verdict::admit(limit - used - c, ttl), state, ttl);
         }
         // Free the oldest entries until the hit fits; it fits once the last of them expires.
         let need = used + c - limit;
@@ -59,11 +79,11 @@ impl Strategy for SlidingWindowLog {
         for &(t, k) in entries {
             freed = freed.saturating_add(k);
             if freed >= need {
-                target = t.saturating_add(w);
+                target = t.saturating_add(horizon);
                 break;
             }
         }
-        let reset = entries.last().map_or(now, |&(t, _)| t.saturating_add(w));
+        let reset = entries.last().map_or(now, |&(t, _)| t.saturating_add(horizon));
         Step::unchanged(Verdict::deny(
             limit.saturating_sub(used),
             target.saturating_sub(now),
@@ -93,6 +113,22 @@ mod tests {
     use super::*;
     use crate::rate;
     use crate::strategy::VerdictKind;
+
+    #[test]
+    fn entries_count_within_the_shorter_of_the_two_periods() {
+        let s = SlidingWindowLogState { period_us: 1_000_000, entries: vec![(100_000, 2), (600_000, 1)] };
+        let at = |now_us, rate, cost| SlidingWindowLog.decide(Some(&s), &Input { now_us, rate, cost }).verdict;
+        // 3/s becomes 3/min: the entries leave after a second (their own period), not a minute.
+        let v = at(700_000, rate!("3/min"), 1);
+        assert_eq!((v.kind, v.wait_us), (VerdictKind::Deny, 400_000));
+        assert_eq!(at(1_100_000, rate!("3/min"), 1).kind, VerdictKind::Admit);
+        // 3/s becomes 3/500ms: only the entry at 600 ms is inside the last half second.
+        assert_eq!(at(700_000, rate!("3/500ms"), 2).kind, VerdictKind::Admit);
+        // State of earlier versions (no period) reads as empty.
+        let old = SlidingWindowLogState { period_us: 0, entries: vec![(100_000, 3)] };
+        let v = SlidingWindowLog.decide(Some(&old), &Input { now_us: 200_000, rate: rate!("3/s"), cost: 3 }).verdict;
+        assert_eq!(v.kind, VerdictKind::Admit);
+    }
 
     #[test]
     fn waits_until_enough_old_cost_leaves_the_window() {
