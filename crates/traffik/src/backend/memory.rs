@@ -102,13 +102,21 @@ mod spin {
 }
 
 /// What the in-memory backend does when a new key arrives and its shard is at the cap.
+///
+/// State that is harmless to forget goes first: expired state, which is state back at its full
+/// quota (every built-in strategy's time to live ends exactly there). Live state limits its
+/// client; forgetting it would hand that client fresh quota (measured before this rule: a client
+/// limited to 1,000 a day got over 8 million hits in 3 s while a flood of new addresses kept
+/// evicting its key). So live state is never dropped, and when a new key finds no expired key to
+/// replace, it is refused with [`BackendError::Full`] and the throttle's error policy decides
+/// (by default a 429 for one second; `ErrorPolicy::allow` admits new clients unlimited while the
+/// backend is full). No client ever gets more than its limit, whatever floods the backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Eviction {
-    /// First drop expired keys; if the shard is still full, evict the soonest-expiring of a
-    /// sample of 8 keys (its state is the closest to irrelevant). Default.
+    /// Replace only expired keys; refuse new keys while every key is live. The default, and
+    /// today the only choice (the variant is named so that others can be added).
     #[default]
-    SoonestExpiring,
-    /// Refuse the new key with [`BackendError::Full`]; the throttle's error policy decides.
     RejectNew,
 }
 
@@ -118,6 +126,11 @@ pub struct PreparedKey(u64);
 
 /// How far an existing key's decision lets a shard's sweep clock lag behind (microseconds).
 const SWEEP_CLOCK_STEP_US: u64 = 1_000;
+
+/// Buckets a new key's sweep looks at (removing expired keys), below the cap.
+const SWEEP_STEP: usize = 4;
+/// Most buckets a new key at the cap looks at for an expired key to replace.
+const EVICTION_SCAN: usize = 64;
 
 /// Set in [`Entry::meta`] when the entry's state lives in the shard's box slab.
 const BOXED: u64 = 1 << 63;
@@ -143,6 +156,12 @@ impl Entry {
 
     fn boxed(&self) -> bool {
         self.meta & BOXED != 0
+    }
+
+    /// Sets the expiry and whether the state is boxed.
+    #[inline]
+    fn set_expiry(&mut self, expires_at: u64, boxed: bool) {
+        self.meta = if boxed { BOXED } else { 0 } | expires_at.min(EXPIRY);
     }
 }
 
@@ -210,12 +229,11 @@ fn take_slot(boxes: &mut Boxes, e: &Entry) -> Option<Slot> {
 
 /// Stores `slot` back into `e` with expiry `expires_at`; `None` leaves `e` without state.
 fn put_slot(boxes: &mut Boxes, e: &mut Entry, slot: Option<Slot>, expires_at: u64) {
-    let expires_at = expires_at.min(EXPIRY);
     match slot {
         Some(Slot::Packed(p)) => {
             boxes.release_entry(e);
             e.state = p.0;
-            e.meta = expires_at;
+            e.set_expiry(expires_at, false);
         }
         Some(Slot::Boxed(b)) => {
             if e.boxed() {
@@ -223,7 +241,7 @@ fn put_slot(boxes: &mut Boxes, e: &mut Entry, slot: Option<Slot>, expires_at: u6
             } else {
                 e.state = [boxes.insert(b) as u64, 0];
             }
-            e.meta = expires_at | BOXED;
+            e.set_expiry(expires_at, true);
         }
         None => {
             boxes.release_entry(e);
@@ -238,10 +256,10 @@ fn put_slot(boxes: &mut Boxes, e: &mut Entry, slot: Option<Slot>, expires_at: u6
 #[repr(C)]
 struct Shard {
     /// Latest `now` seen (by new keys exactly, by existing keys to within
-    /// [`SWEEP_CLOCK_STEP_US`]); expiry sweeps use it, so manual clocks work too.
+    /// [`SWEEP_CLOCK_STEP_US`]); [`InMemoryBackend::sweep`] uses it, so manual clocks work too.
     high_water: u64,
-    /// New keys since the last sweep.
-    inserts_since_sweep: usize,
+    /// Where the incremental sweep and the eviction sweep look next (a bucket index).
+    hand: usize,
     table: HashTable<Entry>,
     boxes: Boxes,
     /// Most keys this shard holds; the shards' caps add up to `max_keys`.
@@ -261,6 +279,7 @@ struct Inner {
     /// Per-process random seed, so keys cannot be chosen to collide.
     seed: u64,
     evictions: AtomicU64,
+    refusals: AtomicU64,
     error_policy: Option<ErrorPolicy>,
 }
 
@@ -273,8 +292,12 @@ struct Inner {
 /// probability about `live_keys / 2^64` per new key (5e-14 with a million live keys). Each key
 /// costs one 32-byte entry (hash, expiry, two words of state) plus the hash table's spare
 /// buckets; states that do not fit two words (the sliding log, most custom strategies) are boxed.
-/// Expired state is treated as absent on access and swept incrementally (each shard sweeps once
-/// it has taken as many new keys as it held live keys after its last sweep, and at least 1024). `max_keys` caps memory; see [`Eviction`].
+/// Expired state is treated as absent on access and swept incrementally: each new key looks at
+/// a few buckets after the last one looked at and removes the expired keys there.
+///
+/// `max_keys` caps memory; at the cap each new key looks at a bounded number of buckets for
+/// an expired key to replace, never the whole shard, and is refused if it finds none (see
+/// [`Eviction`]): a limited client never gets fresh quota because others flood the backend.
 ///
 /// Cheap to clone; clones share one store.
 ///
@@ -354,7 +377,7 @@ impl InMemoryBuilder {
             .map(|i| {
                 Padded(Mutex::new(Shard {
                     high_water: 0,
-                    inserts_since_sweep: 0,
+                    hand: 0,
                     table: HashTable::new(),
                     boxes: Boxes::default(),
                     cap: base + usize::from(i < extra),
@@ -370,6 +393,7 @@ impl InMemoryBuilder {
                 eviction: self.eviction,
                 seed: fastrand::u64(..),
                 evictions: AtomicU64::new(0),
+                refusals: AtomicU64::new(0),
                 error_policy: self.error_policy,
             }),
         }
@@ -441,7 +465,7 @@ impl InMemoryBackend {
                     PackedStep::Kept(verdict) => verdict,
                     PackedStep::Packed(verdict, p, ttl) => {
                         entry.state = p.0;
-                        entry.meta = now.saturating_add(ttl).min(EXPIRY);
+                        entry.set_expiry(now.saturating_add(ttl), false);
                         verdict
                     }
                     PackedStep::Boxed(verdict, b, ttl) => {
@@ -467,7 +491,7 @@ impl InMemoryBackend {
         };
         if ttl > 0 {
             shard.observe_insert(now);
-            shard.make_room(&self.inner)?;
+            shard.make_room(&self.inner, now)?;
             let mut entry = Entry { key: hash, meta: 0, state: [0; 2] };
             put_slot(&mut shard.boxes, &mut entry, Some(slot), now.saturating_add(ttl));
             shard.table.insert_unique(hash, entry, |e| e.key);
@@ -507,9 +531,14 @@ impl InMemoryBackend {
         self.len() == 0
     }
 
-    /// Keys evicted so far because the cap was reached.
+    /// Expired keys replaced by new ones at the cap so far (live keys are never evicted).
     pub fn evictions(&self) -> u64 {
         self.inner.evictions.load(Ordering::Relaxed)
+    }
+
+    /// New keys refused so far because the cap was reached and no expired key was found.
+    pub fn refusals(&self) -> u64 {
+        self.inner.refusals.load(Ordering::Relaxed)
     }
 
     /// The configured key cap.
@@ -533,23 +562,42 @@ impl InMemoryBackend {
             let mut shard = s.0.lock();
             shard.table.clear();
             shard.boxes.clear();
-            shard.inserts_since_sweep = 0;
+            shard.hand = 0;
         }
     }
 }
 
 impl Shard {
-    /// Counts a new key. Only new keys grow the table, so sweeping once the new keys since the
-    /// last sweep are as many as the keys it left (half the table now), and at least 1024,
-    /// costs O(1) per new key and keeps the table within about twice its live keys plus 1024.
+    /// Counts a new key and lets it pay for the sweep: the next [`SWEEP_STEP`] buckets lose
+    /// their expired keys, so every key that has expired is gone after as many new keys as
+    /// the table has buckets, a quarter of them ([`SWEEP_STEP`] = 4) at most.
+    ///
+    /// Expiry is judged at the new key's `now`, not at the latest time the shard has seen: a
+    /// clock that goes back (a test's manual clock, a backend reused across time bases) never
+    /// sweeps away state that is live at the times it is asked about.
     fn observe_insert(&mut self, now: u64) {
         self.high_water = self.high_water.max(now);
-        self.inserts_since_sweep += 1;
-        if self.inserts_since_sweep >= (self.table.len() / 2).max(1024) {
-            self.sweep();
+        let buckets = self.table.num_buckets();
+        if buckets == 0 {
+            return;
+        }
+        for _ in 0..SWEEP_STEP {
+            let i = self.hand % buckets;
+            self.hand = i + 1;
+            if self.table.get_bucket(i).is_some_and(|e| e.expires_at() <= now) {
+                self.remove_bucket(i);
+            }
         }
     }
 
+    /// Removes the key in bucket `i` (which must hold one), with its box.
+    fn remove_bucket(&mut self, i: usize) -> Option<Entry> {
+        let (removed, _) = self.table.get_bucket_entry(i).ok()?.remove();
+        self.boxes.release_entry(&removed);
+        Some(removed)
+    }
+
+    /// Drops every expired key (a whole pass over the shard: only for [`InMemoryBackend::sweep`]).
     fn sweep(&mut self) {
         let now = self.high_water;
         let boxes = &mut self.boxes;
@@ -560,31 +608,26 @@ impl Shard {
             }
             live
         });
-        self.inserts_since_sweep = 0;
     }
 
-    fn make_room(&mut self, inner: &Inner) -> Result<(), BackendError> {
+    /// Makes room for one more key at the cap, looking at no more than [`EVICTION_SCAN`]
+    /// buckets after the last one looked at: frees the first expired key found, or refuses.
+    fn make_room(&mut self, inner: &Inner, now: u64) -> Result<(), BackendError> {
         if self.table.len() < self.cap {
             return Ok(());
         }
-        self.sweep();
-        if self.table.len() < self.cap {
-            return Ok(());
-        }
-        match inner.eviction {
-            Eviction::RejectNew => Err(BackendError::Full { max_keys: inner.max_keys }),
-            Eviction::SoonestExpiring => {
-                let victim = self.table.iter().take(8).min_by_key(|e| e.expires_at()).map(|e| e.key);
-                if let Some(victim) = victim
-                    && let Ok(entry) = self.table.find_entry(victim, |e| e.key == victim)
-                {
-                    let (removed, _) = entry.remove();
-                    self.boxes.release_entry(&removed);
-                    inner.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
+        let buckets = self.table.num_buckets();
+        for _ in 0..EVICTION_SCAN.min(buckets) {
+            let i = self.hand % buckets;
+            self.hand = i + 1;
+            if self.table.get_bucket(i).is_some_and(|e| e.expires_at() <= now) {
+                self.remove_bucket(i);
+                inner.evictions.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
         }
+        inner.refusals.fetch_add(1, Ordering::Relaxed);
+        Err(BackendError::Full { max_keys: inner.max_keys })
     }
 }
 
@@ -685,32 +728,38 @@ mod tests {
     }
 
     #[test]
-    fn cap_evicts_or_rejects() {
+    fn at_the_cap_expired_keys_are_replaced_and_live_ones_kept() {
         let s = StrategyHandle::new(FixedWindow);
         let b = InMemoryBackend::builder().shards(1).max_keys(10).build();
-        for i in 0..100u32 {
-            let k = b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
-            assert!(b.decide_prepared(k, &s, &input(0), Mode::Consume).is_ok());
+        let key = |i: u32| b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
+        for i in 0..10u32 {
+            assert!(b.decide_prepared(key(i), &s, &input(0), Mode::Consume).is_ok());
         }
-        assert_eq!(b.len(), 10);
-        assert_eq!(b.evictions(), 90);
-
-        let b = InMemoryBackend::builder().shards(1).max_keys(3).eviction(Eviction::RejectNew).build();
-        let mut errors = 0;
-        for i in 0..5u32 {
-            let k = b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
-            if let Err(BackendError::Full { max_keys: 3 }) = b.decide_prepared(k, &s, &input(0), Mode::Consume) {
-                errors += 1;
-            }
+        // Every key is live: new keys are refused, and the live ones keep their state.
+        for i in 10..100u32 {
+            let r = b.decide_prepared(key(i), &s, &input(500_000), Mode::Consume);
+            assert!(matches!(r, Err(BackendError::Full { max_keys: 10 })), "{r:?}");
         }
-        assert_eq!((b.len(), errors), (3, 2));
+        assert_eq!((b.len(), b.evictions(), b.refusals()), (10, 0, 90));
+        for i in 0..10u32 {
+            let v = b.decide_prepared(key(i), &s, &input(600_000), Mode::Consume).unwrap();
+            assert_eq!((v.kind, v.remaining), (VerdictKind::Admit, 0), "key {i} kept its usage");
+        }
+        // A window later they have expired, and ten new keys replace them; the next are refused.
+        for i in 100..190u32 {
+            let r = b.decide_prepared(key(i), &s, &input(1_500_000), Mode::Consume);
+            assert_eq!(r.is_ok(), i < 110, "key {i}: {r:?}");
+        }
+        // (Expired keys go to the incremental sweep or, failing that, to the cap's scan.)
+        assert_eq!((b.len(), b.refusals()), (10, 170));
+        assert!(b.evictions() <= 10);
     }
 
     #[test]
     fn a_decision_touches_one_line_of_its_shard() {
         let padded = Padded(Mutex::new(Shard {
             high_water: 0,
-            inserts_since_sweep: 0,
+            hand: 0,
             table: HashTable::new(),
             boxes: Boxes::default(),
             cap: 1,
@@ -735,16 +784,19 @@ mod tests {
         let s = StrategyHandle::new(SlidingWindowLog);
         let b = InMemoryBackend::builder().shards(1).max_keys(4).build();
         let key = |i: u32| b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);
-        // Eviction at the cap releases the evicted key's box.
+        // Replacing an expired key at the cap releases its box: one window after another, four
+        // keys at a time.
         for i in 0..20u32 {
-            assert_eq!(b.decide_prepared(key(i), &s, &input(0), Mode::Consume).unwrap().kind, VerdictKind::Admit);
+            let now = u64::from(i / 4) * 1_000_000;
+            assert_eq!(b.decide_prepared(key(i), &s, &input(now), Mode::Consume).unwrap().kind, VerdictKind::Admit);
         }
         let boxes = |b: &InMemoryBackend| {
             let shard = b.inner.shards[0].0.lock();
             (shard.boxes.slots.iter().filter(|s| s.is_some()).count(), shard.boxes.slots.len())
         };
         assert_eq!(b.len(), 4);
-        assert_eq!(boxes(&b), (4, 4), "one live box per key: evicted keys free theirs for reuse");
+        assert_eq!(boxes(&b), (4, 4), "one live box per key: replaced keys free theirs for reuse");
+        let input = |now: u64| input(now + 4_000_000);
         // A live key keeps its state through repeated decisions: 2/s admits two, then denies.
         let k = key(19);
         assert_eq!(b.decide_prepared(k, &s, &input(1), Mode::Consume).unwrap().kind, VerdictKind::Admit);
@@ -764,7 +816,7 @@ mod tests {
     fn max_keys_is_a_hard_cap_whatever_the_shard_count() {
         let s = StrategyHandle::new(FixedWindow);
         for max_keys in [1, 3, 5, 7, 64, 100] {
-            for eviction in [Eviction::RejectNew, Eviction::SoonestExpiring] {
+            for eviction in [Eviction::RejectNew] {
                 let b = InMemoryBackend::builder().max_keys(max_keys).eviction(eviction).build();
                 for i in 0..1_000u32 {
                     let k = b.prepare(&Key::builder("t").part(&i.to_be_bytes()).build(), &s);

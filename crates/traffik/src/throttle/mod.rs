@@ -260,8 +260,14 @@ impl Throttle {
         // A plain hit (no per-hit context) on the common configuration.
         if mode == Mode::Consume && std::ptr::eq(ctx, &*NO_CONTEXT) {
             if self.inner.fast.load(Ordering::Acquire) {
-                if let Some(decision) = self.try_fast(req) {
+                let mut failed = None;
+                if let Some(decision) = self.try_fast(req, &mut failed) {
                     return Ok(decision);
+                }
+                if let Some((ready, error)) = failed {
+                    // The backend refused the hit (nothing was applied): the error policy
+                    // decides, without asking the backend a second time.
+                    return Box::pin(self.recover_shortcut(ready, req, error)).await;
                 }
             } else {
                 self.forget_cached();
@@ -299,17 +305,40 @@ impl Throttle {
             }
             None => Box::pin(self.decide(&config, primary, op, req)).await?,
         };
+        Ok(Self::conclude(&config, prepared, resolved))
+    }
+
+    /// The error policy's answer to a backend failure on the shortcut path.
+    #[cold]
+    async fn recover_shortcut(
+        &self,
+        ready: Ready,
+        req: &RequestView<'_>,
+        error: BackendError,
+    ) -> Result<Decision, Error> {
+        let config = self.inner.config.load_full();
+        let BackendChoice::Fixed(primary) = &config.backend else {
+            return Err(Error::NoBackendInContext(self.inner.uid.clone()));
+        };
+        let op = Operation { key: &ready.key, strategy: &config.strategy, input: ready.input, mode: Mode::Consume };
+        let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
+        let resolved = self.recover(&policy, &config, primary, op, req, error).await?;
+        Ok(Self::conclude(&config, ready, resolved))
+    }
+
+    /// The decision for a backend's (or an error policy's) answer.
+    fn conclude(config: &Config, prepared: Ready, resolved: Resolved) -> Decision {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
-                return Ok(Decision::failed_open(prepared.key, prepared.input.rate, prepared.input.cost));
+                return Decision::failed_open(prepared.key, prepared.input.rate, prepared.input.cost);
             }
             Resolved::Throttle(wait) => {
                 let v = Verdict::deny(0, crate::clock::to_us(wait.max(config.min_wait)), 0);
                 (v, Source::ErrorPolicy)
             }
         };
-        Ok(config.decision(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source))
+        config.decision(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source)
     }
 
     /// No shortcut any more: lets go of this thread's copy of an older configuration.
@@ -325,7 +354,7 @@ impl Throttle {
 
     /// Runs [`hit_fast`](Self::hit_fast) on this thread's cached copy of the configuration
     /// (no atomic read-modify-write on the hot path); `None` sends the hit down the general path.
-    fn try_fast(&self, req: &RequestView<'_>) -> Option<Decision> {
+    fn try_fast(&self, req: &RequestView<'_>, failed: &mut Option<(Ready, BackendError)>) -> Option<Decision> {
         let generation = self.inner.generation.load(Ordering::Acquire);
         // `with`, not `try_with`: the fallible form costs about 10 ns per hit here (its result
         // is copied through one more layer). `with` panics only when called from a thread-local
@@ -335,16 +364,22 @@ impl Throttle {
             let mut cache = cache.try_borrow_mut().ok()?;
             let config = cache.get(self.inner.id, generation, || self.inner.config.load_full())?;
             let fast = config.fast.as_ref()?;
-            self.hit_fast(config, fast, req)
+            self.hit_fast(config, fast, req, failed)
         })
     }
 
     /// [`FastPlan`]'s hit: the steps of `prepare_now`, `finish` and the backend call for that
-    /// configuration, on concrete types. `None` when the backend failed (nothing was applied:
-    /// the in-memory backend fails only when it refuses a new key), so that the general path
-    /// runs the error policy.
+    /// configuration, on concrete types. `None`, with the key, input and error in `failed`,
+    /// when the backend failed (nothing was applied: the in-memory backend fails only when it
+    /// refuses a new key), so that the caller runs the error policy.
     #[inline]
-    fn hit_fast(&self, config: &Config, fast: &FastPlan, req: &RequestView<'_>) -> Option<Decision> {
+    fn hit_fast(
+        &self,
+        config: &Config,
+        fast: &FastPlan,
+        req: &RequestView<'_>,
+        failed: &mut Option<(Ready, BackendError)>,
+    ) -> Option<Decision> {
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Some(Decision::skipped(Skip::Disabled));
         }
@@ -352,8 +387,13 @@ impl Throttle {
         fast.client_ip.identity(req).append_to(&mut key, false);
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
-        let verdict = fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume).ok()?;
-        Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend))
+        match fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume) {
+            Ok(verdict) => Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend)),
+            Err(error) => {
+                *failed = Some((Ready { key, input }, error));
+                None
+            }
+        }
     }
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
