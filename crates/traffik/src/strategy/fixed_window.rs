@@ -47,12 +47,13 @@ pub(crate) fn window_start(t: u64, w: u64) -> u64 {
 #[inline]
 fn current(state: Option<&FixedWindowState>, now: u64, w: u64) -> (u64, u64, u64) {
     let start = window_start(now, w);
+    let end = start.saturating_add(w);
     match state {
         Some(s) if s.period_us == w && s.last_us >= start && s.last_us < now.saturating_add(w) => {
-            let anchor = s.last_us.max(now);
-            (window_start(anchor, w).saturating_add(w), s.used, anchor)
+            // Ahead of `now` by less than a period: in this window or the next.
+            if s.last_us < end { (end, s.used, now.max(s.last_us)) } else { (end.saturating_add(w), s.used, s.last_us) }
         }
-        _ => (start.saturating_add(w), 0, now),
+        _ => (end, 0, now),
     }
 }
 
@@ -67,6 +68,7 @@ impl Strategy for FixedWindow {
         "fw"
     }
 
+    #[inline]
     fn decide(&self, state: Option<&FixedWindowState>, input: &Input) -> Step<FixedWindowState> {
         let limit = input.rate.limit();
         let w = input.rate.period_us();
@@ -99,19 +101,20 @@ impl Strategy for FixedWindow {
         Some(Builtin::FixedWindow)
     }
 
-    /// `[last | period_ms >> 32 << 53, period_ms << 32 | used]`: times below 2^53 µs, costs
-    /// below 2^32 and whole-millisecond periods (every rate's) pack; others are boxed.
+    /// `[last | period >> 32 << 53, period << 32 | used]`: times below 2^53 µs, costs below
+    /// 2^32 and periods below 2^43 µs (101 days) pack; others are boxed.
+    #[inline]
     fn pack(&self, s: &FixedWindowState) -> Option<Packed> {
-        let ms = s.period_us.is_multiple_of(1000).then_some(s.period_us / 1000)?;
-        if s.last_us > TIME_MASK || s.used > u64::from(u32::MAX) || ms >> 43 != 0 {
+        if s.last_us > TIME_MASK || s.used > u64::from(u32::MAX) || s.period_us >> 43 != 0 {
             return None;
         }
-        Some(Packed([s.last_us | (ms >> 32) << TIME_BITS, (ms & 0xffff_ffff) << 32 | s.used]))
+        Some(Packed([s.last_us | (s.period_us >> 32) << TIME_BITS, s.period_us << 32 | s.used]))
     }
 
+    #[inline]
     fn unpack(&self, p: Packed) -> Option<FixedWindowState> {
-        let ms = (p.0[0] >> TIME_BITS) << 32 | p.0[1] >> 32;
-        Some(FixedWindowState { last_us: p.0[0] & TIME_MASK, used: p.0[1] & 0xffff_ffff, period_us: ms * 1000 })
+        let period_us = (p.0[0] >> TIME_BITS) << 32 | p.0[1] >> 32;
+        Some(FixedWindowState { last_us: p.0[0] & TIME_MASK, used: p.0[1] & 0xffff_ffff, period_us })
     }
 }
 
@@ -185,7 +188,7 @@ mod tests {
         let fw = FixedWindow;
         for s in [
             FixedWindowState { last_us: 0, used: 0, period_us: 1_000 },
-            FixedWindowState { last_us: TIME_MASK, used: u64::from(u32::MAX), period_us: 3660 * 86_400_000_000 },
+            FixedWindowState { last_us: TIME_MASK, used: u64::from(u32::MAX), period_us: (1 << 43) - 1 },
             FixedWindowState { last_us: 1_700_000_000_123_456, used: 7, period_us: 60_000_000 },
         ] {
             assert_eq!(fw.pack(&s).and_then(|p| fw.unpack(p)), Some(s));
@@ -193,7 +196,7 @@ mod tests {
         for s in [
             FixedWindowState { last_us: TIME_MASK + 1, used: 0, period_us: 1_000 },
             FixedWindowState { last_us: 0, used: 1 << 32, period_us: 1_000 },
-            FixedWindowState { last_us: 0, used: 0, period_us: 1_500 },
+            FixedWindowState { last_us: 0, used: 0, period_us: 1 << 43 },
         ] {
             assert_eq!(fw.pack(&s), None, "{s:?}");
         }

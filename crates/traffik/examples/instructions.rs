@@ -1,0 +1,79 @@
+//! Runs one kind of in-memory decision many times, for counting instructions under callgrind
+//! (counts do not depend on how busy or fast the machine is):
+//!
+//! ```sh
+//! cargo build --release -p traffik --example instructions
+//! valgrind --tool=callgrind --toggle-collect='*hits*' target/release/examples/instructions hit
+//! valgrind --tool=callgrind --toggle-collect='*checks*' target/release/examples/instructions governor
+//! ```
+//!
+//! Instructions per operation = the reported `refs` / 100,000. `hit` is a whole `Throttle::hit`
+//! (client address, fixed window, 10,000 clients in turn); `governor` is governor's keyed
+//! `check_key` on the same 10,000 keys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::Future;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use traffik::strategy::FixedWindow;
+use traffik::{InMemoryBackend, RequestView, Throttle};
+
+const KEYS: u32 = 10_000;
+const OPS: u32 = 100_000;
+
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("in-memory hit waited"),
+    }
+}
+
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "hit".into());
+    let views: Vec<RequestView<'static>> = (0..KEYS)
+        .map(|i| RequestView::empty().peer(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 1))))
+        .collect();
+    let backend = InMemoryBackend::new();
+    let throttle = Throttle::builder()
+        .uid("instructions")
+        .rate("1000000/min")
+        .backend(backend)
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let quota = governor::Quota::per_minute(NonZeroU32::new(1_000_000).unwrap());
+    let limiter = governor::DefaultKeyedRateLimiter::<u32>::keyed(quota);
+    // Warm up: every key exists before counting starts.
+    for (i, v) in views.iter().enumerate() {
+        black_box(now_or_never(throttle.hit(v)).unwrap());
+        black_box(limiter.check_key(&(i as u32)).is_ok());
+    }
+    match what.as_str() {
+        "hit" => hits(&throttle, &views),
+        "governor" => checks(&limiter),
+        other => panic!("unknown operation {other:?}: use hit or governor"),
+    }
+}
+
+/// `OPS` whole hits; the only function callgrind counts (`--toggle-collect=*hits*`).
+#[inline(never)]
+fn hits(throttle: &Throttle, views: &[RequestView<'static>]) {
+    for i in 0..OPS {
+        black_box(now_or_never(throttle.hit(&views[(i % KEYS) as usize])).unwrap());
+    }
+}
+
+/// `OPS` keyed checks of governor (`--toggle-collect=*checks*`).
+#[inline(never)]
+fn checks(limiter: &governor::DefaultKeyedRateLimiter<u32>) {
+    for i in 0..OPS {
+        black_box(limiter.check_key(&(i % KEYS)).is_ok());
+    }
+}
