@@ -68,6 +68,15 @@ pub mod rules;
 pub mod strategy;
 mod throttle;
 
+/// The throttle builder's states and the sealed traits that mark a complete builder
+/// (see [`ThrottleBuilder`]).
+pub mod builder {
+    pub use crate::throttle::builder::{
+        BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
+        RateSet, ThrottleBuilder, Uid,
+    };
+}
+
 pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation, SharedBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::Context;
@@ -85,7 +94,5 @@ pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
 pub use strategy::StrategyHandle;
-pub use throttle::{
-    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
-};
+pub use throttle::{BackendChoice, IntoRate};
 pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

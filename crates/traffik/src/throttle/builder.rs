@@ -1,4 +1,8 @@
 //! The typestate builder: `build()` exists only once uid, rate, backend and strategy are set.
+//!
+//! The types here are the builder's states ([`NoUid`], [`Uid`], [`NoRate`], [`RateSet`], ...)
+//! and the sealed traits that mark a complete builder; they appear in
+//! [`ThrottleBuilder`]'s type parameters, and users rarely need to name them.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -37,7 +41,7 @@ pub struct NoStrategy;
 #[derive(Debug)]
 pub struct Uid(String);
 
-/// Where a throttle's backend comes from.
+/// Where a throttle's backend comes from (builder state: the backend is set).
 #[derive(Clone, Debug)]
 pub enum BackendChoice {
     /// A fixed backend.
@@ -49,12 +53,31 @@ pub enum BackendChoice {
 /// Builder state: the rate is set (a parse error, if any, is reported by `build()`).
 pub struct RateSet(Result<RateSource, RateError>);
 
+impl std::fmt::Debug for RateSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(source) => f.debug_tuple("RateSet").field(source).finish(),
+            Err(e) => f.debug_tuple("RateSet").field(e).finish(),
+        }
+    }
+}
+
+/// Keeps the marker traits closed: only this module's states implement them.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Uid {}
+    impl Sealed for super::RateSet {}
+    impl Sealed for super::BackendChoice {}
+    impl Sealed for crate::strategy::StrategyHandle {}
+}
+
 /// Marks a builder whose uid is set.
 #[diagnostic::on_unimplemented(
     message = "the throttle has no uid yet",
-    label = "call `.uid(\"...\")` before `.build()`"
+    label = "`build()` needs a uid",
+    note = "call `.uid(\"...\")` before `.build()`"
 )]
-pub trait HasUid {
+pub trait HasUid: sealed::Sealed {
     #[doc(hidden)]
     fn take(self) -> String;
 }
@@ -67,9 +90,10 @@ impl HasUid for Uid {
 /// Marks a builder whose rate is set.
 #[diagnostic::on_unimplemented(
     message = "the throttle has no rate yet",
-    label = "call `.rate(rate!(\"100/min\"))` (or `.rate_fn(...)`) before `.build()`"
+    label = "`build()` needs a rate",
+    note = "call `.rate(rate!(\"100/min\"))` (or `.rate_fn(...)`) before `.build()`"
 )]
-pub trait HasRate {
+pub trait HasRate: sealed::Sealed {
     #[doc(hidden)]
     fn take(self) -> Result<RateSource, RateError>;
 }
@@ -82,9 +106,10 @@ impl HasRate for RateSet {
 /// Marks a builder whose backend is set.
 #[diagnostic::on_unimplemented(
     message = "the throttle has no backend yet",
-    label = "call `.backend(InMemoryBackend::new())` or `.backend_from_context()` before `.build()`"
+    label = "`build()` needs a backend",
+    note = "call `.backend(InMemoryBackend::new())` or `.backend_from_context()` before `.build()`"
 )]
-pub trait HasBackend {
+pub trait HasBackend: sealed::Sealed {
     #[doc(hidden)]
     fn take(self) -> BackendChoice;
 }
@@ -97,9 +122,10 @@ impl HasBackend for BackendChoice {
 /// Marks a builder whose strategy is set.
 #[diagnostic::on_unimplemented(
     message = "the throttle has no strategy yet",
-    label = "call `.strategy(FixedWindow)` (or another strategy) before `.build()`"
+    label = "`build()` needs a strategy",
+    note = "call `.strategy(FixedWindow)` (or another strategy) before `.build()`"
 )]
-pub trait HasStrategy {
+pub trait HasStrategy: sealed::Sealed {
     #[doc(hidden)]
     fn take(self) -> StrategyHandle;
 }
@@ -367,12 +393,19 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
     }
 }
 
-impl<U: HasUid, R: HasRate, B: HasBackend, S: HasStrategy> ThrottleBuilder<U, R, B, S> {
-    /// Builds and registers the throttle.
+impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
+    /// Builds and registers the throttle. Exists only once uid, rate, backend and strategy are
+    /// set (the compiler says which is missing).
     ///
     /// Fails on an invalid rate string, an empty or overlong uid, or a uid already registered
     /// by a live throttle in the same registry.
-    pub fn build(self) -> Result<Throttle, Error> {
+    pub fn build(self) -> Result<Throttle, Error>
+    where
+        U: HasUid,
+        R: HasRate,
+        B: HasBackend,
+        S: HasStrategy,
+    {
         let uid = self.uid.take();
         if uid.is_empty() || uid.len() > 128 {
             return Err(Error::Config(format!("uid must be 1 to 128 bytes long, got {} bytes", uid.len())));

@@ -1,11 +1,8 @@
 //! [`Throttle`]: identity → key → rate, cost → backend decision → error policy.
 
-mod builder;
+pub(crate) mod builder;
 
-pub use builder::{
-    BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
-    ThrottleBuilder,
-};
+pub use builder::{BackendChoice, IntoRate, ThrottleBuilder};
 
 use std::any::Any;
 use std::cell::RefCell;
