@@ -65,6 +65,14 @@ pub enum BackendError {
         /// Which backend.
         backend: &'static str,
     },
+    /// The backend cannot do what was asked (for example, decide a group of throttles as one).
+    #[error("{backend} backend does not support {what}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// What it cannot do.
+        what: &'static str,
+    },
 }
 
 impl BackendError {

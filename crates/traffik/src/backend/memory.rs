@@ -8,7 +8,7 @@ use hashbrown::HashTable;
 
 use self::spin::Mutex;
 
-use super::{Backend, BoxFuture, Mode, Operation};
+use super::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
@@ -432,6 +432,7 @@ impl InMemoryBackend {
     }
 
     /// Decides on a prepared key, synchronously. This is the whole backend hot path.
+    #[inline]
     pub fn decide_prepared(
         &self,
         key: PreparedKey,
@@ -440,7 +441,62 @@ impl InMemoryBackend {
         mode: Mode,
     ) -> Result<Verdict, BackendError> {
         let mut guard = self.shard(key).lock();
-        let shard = &mut *guard;
+        self.decide_in(&mut guard, key, strategy, input, mode, 0)
+    }
+
+    /// Decides prepared keys as one, synchronously (see [`Backend::decide_group`]): every shard
+    /// involved is locked, in index order (so groups never wait on each other in a circle),
+    /// every member is asked without writing, then, if all are admitted and there is room for
+    /// their new keys, every member's decision is applied. Deterministic strategies answer the
+    /// same twice, so the applied verdicts are the ones asked.
+    pub fn decide_group_prepared(
+        &self,
+        members: &[(PreparedKey, &StrategyHandle, Input)],
+        mode: Mode,
+    ) -> Result<Vec<Verdict>, BackendError> {
+        let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
+        let mut order: Vec<usize> = members.iter().map(|m| shard_of(m.0)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<_> = order.iter().map(|&i| self.inner.shards[i].0.lock()).collect();
+        let guard_of = |key: PreparedKey| order.binary_search(&shard_of(key)).unwrap_or(0);
+        let mut verdicts = Vec::with_capacity(members.len());
+        for &(key, strategy, ref input) in members {
+            verdicts.push(self.decide_in(&mut guards[guard_of(key)], key, strategy, input, Mode::Peek, 0)?);
+        }
+        if mode == Mode::Peek || !verdicts.iter().all(Verdict::is_admitted) {
+            return Ok(verdicts);
+        }
+        // Room for every new key before anything is written (a refusal then changes nothing).
+        let mut new_keys = vec![0usize; order.len()];
+        let spare: Vec<u64> = members.iter().map(|m| m.0.0).collect();
+        for &(key, _, ref input) in members {
+            let g = guard_of(key);
+            let shard = &mut guards[g];
+            if shard.table.find(key.0, |e| e.key == key.0).is_none() {
+                shard.make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
+                new_keys[g] += 1;
+            }
+        }
+        for (i, &(key, strategy, ref input)) in members.iter().enumerate() {
+            let g = guard_of(key);
+            verdicts[i] = self.decide_in(&mut guards[g], key, strategy, input, Mode::Consume, 0)?;
+        }
+        Ok(verdicts)
+    }
+
+    /// One decision on a locked shard; `pending` new keys of the same group are already
+    /// counted against the shard's cap.
+    #[inline]
+    fn decide_in(
+        &self,
+        shard: &mut Shard,
+        key: PreparedKey,
+        strategy: &StrategyHandle,
+        input: &Input,
+        mode: Mode,
+        pending: usize,
+    ) -> Result<Verdict, BackendError> {
         // Expiries are stored below 2^63 (the top bit of `meta` marks boxes); clocks past that
         // (292,000 years after 1970, or a saturated test clock) compare as just below it.
         let now = input.now_us.min(EXPIRY - 1);
@@ -491,7 +547,7 @@ impl InMemoryBackend {
         };
         if ttl > 0 {
             shard.observe_insert(now);
-            shard.make_room(&self.inner, now)?;
+            shard.make_room(&self.inner, now, pending, &[])?;
             let mut entry = Entry { key: hash, meta: 0, state: [0; 2] };
             put_slot(&mut shard.boxes, &mut entry, Some(slot), now.saturating_add(ttl));
             shard.table.insert_unique(hash, entry, |e| e.key);
@@ -610,17 +666,19 @@ impl Shard {
         });
     }
 
-    /// Makes room for one more key at the cap, looking at no more than [`EVICTION_SCAN`]
-    /// buckets after the last one looked at: frees the first expired key found, or refuses.
-    fn make_room(&mut self, inner: &Inner, now: u64) -> Result<(), BackendError> {
-        if self.table.len() < self.cap {
+    /// Makes room for one more key at the cap (beyond `pending` keys already promised room),
+    /// looking at no more than [`EVICTION_SCAN`] buckets after the last one looked at: frees
+    /// the first expired key found (but none of `spare`, a group's own keys, which are
+    /// rewritten in place), or refuses.
+    fn make_room(&mut self, inner: &Inner, now: u64, pending: usize, spare: &[u64]) -> Result<(), BackendError> {
+        if self.table.len() + pending < self.cap {
             return Ok(());
         }
         let buckets = self.table.num_buckets();
         for _ in 0..EVICTION_SCAN.min(buckets) {
             let i = self.hand % buckets;
             self.hand = i + 1;
-            if self.table.get_bucket(i).is_some_and(|e| e.expires_at() <= now) {
+            if self.table.get_bucket(i).is_some_and(|e| e.expires_at() <= now && !spare.contains(&e.key)) {
                 self.remove_bucket(i);
                 inner.evictions.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -663,6 +721,14 @@ impl Backend for InMemoryBackend {
 
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
+    }
+
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        let members: Vec<_> =
+            group.ops.iter().map(|op| (self.prepare(op.key, op.strategy), op.strategy, op.input)).collect();
+        let mode = group.ops.first().map_or(Mode::Consume, |op| op.mode);
+        let result = self.decide_group_prepared(&members, mode);
+        Box::pin(async move { result })
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

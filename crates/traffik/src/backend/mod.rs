@@ -51,6 +51,16 @@ pub struct Operation<'a> {
     pub mode: Mode,
 }
 
+/// Several decisions to make as one: the members of a [`ThrottleGroup`](crate::ThrottleGroup).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupOperation<'a> {
+    /// A tag shared by every key of the group (Redis Cluster puts the group's keys in the
+    /// tag's hash slot, so one script can decide them all).
+    pub tag: &'a str,
+    /// The members' operations, in order, all with the same [`Mode`].
+    pub ops: &'a [Operation<'a>],
+}
+
 /// Storage for throttle state. See the [module docs](self).
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and errors (`"memory"`, `"redis"`, ...).
@@ -73,6 +83,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     #[doc(hidden)]
     fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         None
+    }
+
+    /// Decides every operation of `group` as one: if every member is admitted (an admission or
+    /// a delay), every member's state is updated; if any is not, no state changes at all. The
+    /// verdicts come back in order; when the group is denied, the members that would have been
+    /// admitted report what they would have answered. The default refuses with
+    /// [`BackendError::Unsupported`].
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        let _ = group;
+        let backend = self.kind();
+        Box::pin(async move { Err(BackendError::Unsupported { backend, what: "groups of throttles" }) })
     }
 
     /// What a hit would get now, plus strategy metadata; writes nothing.
@@ -109,6 +130,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         (**self).decide_now(op)
+    }
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        (**self).decide_group(group)
     }
     fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         (**self).as_in_memory()

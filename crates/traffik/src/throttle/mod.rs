@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::Rate;
-use crate::backend::{Backend, InMemoryBackend, Mode, Operation, SharedBackend};
+use crate::backend::{Backend, BoxFuture, InMemoryBackend, Mode, Operation, SharedBackend};
 use crate::clock::{Clock, us};
 use crate::context::Context;
 use crate::decision::{Decision, Outcome, Skip, Source, Stat};
@@ -89,7 +89,7 @@ impl Config {
 
     /// The decision for a verdict, with denied hits told to wait at least `min_wait`.
     #[inline]
-    fn decision(&self, verdict: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Decision {
+    pub(crate) fn decision(&self, verdict: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Decision {
         let mut decision = Decision::from_verdict(verdict, key, rate, cost, source);
         if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
             decision.wait = self.min_wait;
@@ -227,8 +227,18 @@ impl Throttle {
     /// A snapshot of `req`'s quota (`None` when the request is not limited at all: disabled,
     /// exempted, unlimited, zero cost or not matched by the rules).
     pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
+        self.stat_under(&self.inner.key_prefix, req, ctx).await
+    }
+
+    /// [`stat`](Self::stat) for keys that start with `prefix` (a group's member keys).
+    pub(crate) async fn stat_under(
+        &self,
+        prefix: &Key,
+        req: &RequestView<'_>,
+        ctx: &Context,
+    ) -> Result<Option<Stat>, Error> {
         let config = self.inner.config.load_full();
-        let prepared = match self.prepare(&config, req, ctx).await {
+        let prepared = match self.prepare(&config, prefix, req, ctx).await {
             Prepared::Skip(_) => return Ok(None),
             Prepared::Go(p) => p,
         };
@@ -271,9 +281,10 @@ impl Throttle {
             }
         }
         let config = self.inner.config.load();
-        let prepared = match self.prepare_now(&config, req, ctx) {
+        let prefix = &self.inner.key_prefix;
+        let prepared = match self.prepare_now(&config, prefix, req, ctx) {
             Some(p) => p,
-            None => Box::pin(self.prepare(&config, req, ctx)).await,
+            None => Box::pin(self.prepare(&config, prefix, req, ctx)).await,
         };
         let prepared = match prepared {
             Prepared::Skip(skip) => return Ok(Decision::skipped(skip)),
@@ -298,9 +309,9 @@ impl Throttle {
             Some(Ok(v)) => Resolved::Verdict(v, Source::Backend),
             Some(Err(e)) => {
                 let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
-                Box::pin(self.recover(&policy, &config, primary, op, req, e)).await?
+                Box::pin(self.recover(&policy, &config, primary, &Single(op), req, e)).await?
             }
-            None => Box::pin(self.decide(&config, primary, op, req)).await?,
+            None => Box::pin(self.decide(&config, primary, &Single(op), req)).await?,
         };
         Ok(Self::conclude(&config, prepared, resolved))
     }
@@ -319,12 +330,12 @@ impl Throttle {
         };
         let op = Operation { key: &ready.key, strategy: &config.strategy, input: ready.input, mode: Mode::Consume };
         let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
-        let resolved = self.recover(&policy, &config, primary, op, req, error).await?;
+        let resolved = self.recover(&policy, &config, primary, &Single(op), req, error).await?;
         Ok(Self::conclude(&config, ready, resolved))
     }
 
     /// The decision for a backend's (or an error policy's) answer.
-    fn conclude(config: &Config, prepared: Ready, resolved: Resolved) -> Decision {
+    fn conclude(config: &Config, prepared: Ready, resolved: Resolved<Verdict>) -> Decision {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
@@ -395,7 +406,7 @@ impl Throttle {
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
     #[inline]
-    fn prepare_now(&self, config: &Config, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
+    fn prepare_now(&self, config: &Config, prefix: &Key, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Some(Prepared::Skip(Skip::Disabled));
         }
@@ -405,10 +416,18 @@ impl Throttle {
         let identity = config.identifier.identify_now(req)?;
         let rate = config.rate.resolve_now(req, ctx)?;
         let cost = config.cost.resolve_now(req, ctx)?;
-        Some(self.finish(config, ctx, identity, rate, cost))
+        Some(self.finish(config, prefix, ctx, identity, rate, cost))
     }
 
-    async fn prepare(&self, config: &Config, req: &RequestView<'_>, ctx: &Context) -> Prepared {
+    /// Resolves identity, rate, cost and key (starting with `prefix`: the throttle's uid, or a
+    /// group's member prefix).
+    pub(crate) async fn prepare(
+        &self,
+        config: &Config,
+        prefix: &Key,
+        req: &RequestView<'_>,
+        ctx: &Context,
+    ) -> Prepared {
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Prepared::Skip(Skip::Disabled);
         }
@@ -421,11 +440,19 @@ impl Throttle {
         };
         let rate = config.rate.resolve(req, ctx).await;
         let cost = config.cost.resolve(req, ctx).await;
-        self.finish(config, ctx, identity, rate, cost)
+        self.finish(config, prefix, ctx, identity, rate, cost)
     }
 
     #[inline]
-    fn finish(&self, config: &Config, ctx: &Context, identity: Identity, rate: Rate, cost: u64) -> Prepared {
+    fn finish(
+        &self,
+        config: &Config,
+        prefix: &Key,
+        ctx: &Context,
+        identity: Identity,
+        rate: Rate,
+        cost: u64,
+    ) -> Prepared {
         if identity == Identity::Exempted {
             return Prepared::Skip(Skip::Exempted);
         }
@@ -435,7 +462,7 @@ impl Throttle {
         if cost == 0 {
             return Prepared::Skip(Skip::ZeroCost);
         }
-        let mut key = identity.write_key(Key::from_encoded(&self.inner.key_prefix), config.hash_identities);
+        let mut key = identity.write_key(Key::from_encoded(prefix), config.hash_identities);
         for part in config.scope.iter().chain(ctx.scope_parts()) {
             key = key.part(part.as_bytes());
         }
@@ -443,7 +470,7 @@ impl Throttle {
         Prepared::Go(Ready { key: key.build(), input })
     }
 
-    fn backend(&self, config: &Config) -> Result<SharedBackend, Error> {
+    pub(crate) fn backend(&self, config: &Config) -> Result<SharedBackend, Error> {
         match &config.backend {
             BackendChoice::Fixed(b) => Ok(Arc::clone(b)),
             BackendChoice::Context => {
@@ -453,13 +480,13 @@ impl Throttle {
     }
 
     /// Asks the backend, applying the error policy.
-    async fn decide(
+    pub(crate) async fn decide<A: Attempt>(
         &self,
         config: &Config,
         primary: &SharedBackend,
-        op: Operation<'_>,
+        attempt: &A,
         req: &RequestView<'_>,
-    ) -> Result<Resolved, Error> {
+    ) -> Result<Resolved<A::Output>, Error> {
         // Resolved once per configuration for fixed backends, so the hot path clones nothing.
         let looked_up;
         let policy = match &config.policy {
@@ -475,7 +502,7 @@ impl Throttle {
         {
             // Open circuit: the primary is not called at all.
             return Ok(match policy.failover_backend() {
-                Some(fallback) => match call(fallback.as_ref(), op, timeout).await {
+                Some(fallback) => match attempt.run(fallback.as_ref(), timeout).await {
                     Ok(v) => Resolved::Verdict(v, Source::Fallback),
                     Err(_) => Resolved::Throttle(self.fail_wait(config)),
                 },
@@ -485,30 +512,31 @@ impl Throttle {
                 },
             });
         }
-        match call(primary.as_ref(), op, timeout).await {
+        match attempt.run(primary.as_ref(), timeout).await {
             Ok(v) => {
                 if let Some(b) = policy.breaker() {
                     b.record_success();
                 }
                 Ok(Resolved::Verdict(v, Source::Backend))
             }
-            Err(e) => self.recover(policy, config, primary, op, req, e).await,
+            Err(e) => self.recover(policy, config, primary, attempt, req, e).await,
         }
     }
 
-    fn fail_wait(&self, config: &Config) -> Duration {
+    pub(crate) fn fail_wait(&self, config: &Config) -> Duration {
         if config.min_wait.is_zero() { Duration::from_secs(1) } else { config.min_wait }
     }
 
-    async fn recover(
+    pub(crate) async fn recover<A: Attempt>(
         &self,
         policy: &ErrorPolicy,
         config: &Config,
         primary: &SharedBackend,
-        op: Operation<'_>,
+        attempt: &A,
         req: &RequestView<'_>,
         mut error: BackendError,
-    ) -> Result<Resolved, Error> {
+    ) -> Result<Resolved<A::Output>, Error> {
+        let op = attempt.first();
         let now = op.input.now_us;
         let note = |e: &BackendError, what| self.inner.incidents.record(&self.inner.uid, e, what, now);
         let timeout = config.timeout;
@@ -557,14 +585,14 @@ impl Throttle {
                         note(&error, Incident::FailedClosed);
                         return Ok(Resolved::Throttle(self.fail_wait(config)));
                     }
-                    Ok(self.fall_back(backend, op, timeout, &error, config).await)
+                    Ok(self.fall_back(backend, attempt, timeout, &error, config).await)
                 }
                 PolicyKind::Retry { retry, then } => {
-                    let mut attempt = 0;
-                    while attempt < retry.max_retries_count() && retry.accepts(&error) {
-                        tokio::time::sleep(retry.delay_for(attempt)).await;
-                        attempt += 1;
-                        match call(primary.as_ref(), op, timeout).await {
+                    let mut tries = 0;
+                    while tries < retry.max_retries_count() && retry.accepts(&error) {
+                        tokio::time::sleep(retry.delay_for(tries)).await;
+                        tries += 1;
+                        match attempt.run(primary.as_ref(), timeout).await {
                             Ok(v) => return Ok(Resolved::Verdict(v, Source::Backend)),
                             Err(e) => error = e,
                         }
@@ -573,11 +601,11 @@ impl Throttle {
                     continue;
                 }
                 PolicyKind::Failover(f) => {
-                    let mut attempt = 0;
-                    while attempt < f.max_retries_count() && error.is_transient() {
+                    let mut tries = 0;
+                    while tries < f.max_retries_count() && error.is_transient() {
                         tokio::time::sleep(f.delay()).await;
-                        attempt += 1;
-                        match call(primary.as_ref(), op, timeout).await {
+                        tries += 1;
+                        match attempt.run(primary.as_ref(), timeout).await {
                             Ok(v) => {
                                 f.breaker_ref().record_success();
                                 return Ok(Resolved::Verdict(v, Source::Backend));
@@ -586,7 +614,7 @@ impl Throttle {
                         }
                     }
                     f.breaker_ref().record_failure();
-                    Ok(self.fall_back(f.backend_ref(), op, timeout, &error, config).await)
+                    Ok(self.fall_back(f.backend_ref(), attempt, timeout, &error, config).await)
                 }
                 PolicyKind::Breaker { breaker, wait } => {
                     breaker.record_failure();
@@ -597,16 +625,16 @@ impl Throttle {
         }
     }
 
-    async fn fall_back(
+    async fn fall_back<A: Attempt>(
         &self,
         backend: &SharedBackend,
-        op: Operation<'_>,
+        attempt: &A,
         timeout: Duration,
         error: &BackendError,
         config: &Config,
-    ) -> Resolved {
-        let now = op.input.now_us;
-        match call(backend.as_ref(), op, timeout).await {
+    ) -> Resolved<A::Output> {
+        let now = attempt.first().input.now_us;
+        match attempt.run(backend.as_ref(), timeout).await {
             Ok(v) => {
                 self.inner.incidents.record(&self.inner.uid, error, Incident::Fallback, now);
                 Resolved::Verdict(v, Source::Fallback)
@@ -765,12 +793,12 @@ impl fmt::Debug for Throttle {
     }
 }
 
-struct Ready {
-    key: Key,
-    input: Input,
+pub(crate) struct Ready {
+    pub(crate) key: Key,
+    pub(crate) input: Input,
 }
 
-enum Prepared {
+pub(crate) enum Prepared {
     Skip(Skip),
     Go(Ready),
 }
@@ -824,10 +852,42 @@ thread_local! {
 /// Source of [`ThrottleInner::id`] (0 marks an empty cache slot).
 pub(crate) static NEXT_THROTTLE_ID: AtomicU64 = AtomicU64::new(1);
 
-enum Resolved {
-    Verdict(Verdict, Source),
+/// A backend's answer as the error policy leaves it.
+pub(crate) enum Resolved<T> {
+    Verdict(T, Source),
     Allow,
     Throttle(Duration),
+}
+
+/// A decision the error policy may ask a backend for more than once (retries, fallbacks): one
+/// operation, or a group's.
+pub(crate) trait Attempt: Sync {
+    type Output: Send;
+
+    /// Asks `backend`, bounded by `timeout`.
+    fn run<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Self::Output, BackendError>>;
+
+    /// The operation a custom error handler is told about (a group's first).
+    fn first(&self) -> Operation<'_>;
+}
+
+/// One operation.
+pub(crate) struct Single<'o>(pub(crate) Operation<'o>);
+
+impl Attempt for Single<'_> {
+    type Output = Verdict;
+
+    fn run<'a>(&'a self, backend: &'a dyn Backend, timeout: Duration) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(call(backend, self.0, timeout))
+    }
+
+    fn first(&self) -> Operation<'_> {
+        self.0
+    }
 }
 
 /// One backend call, synchronous when the backend allows, otherwise bounded by `timeout`.
@@ -840,7 +900,7 @@ async fn call(backend: &dyn Backend, op: Operation<'_>, timeout: Duration) -> Re
 
 /// Awaits a backend call for at most `timeout`. Outside a Tokio runtime there is no timer to
 /// bound it with (and asking for one would panic), so the call is awaited as is.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     backend: &'static str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, BackendError>>,

@@ -1,0 +1,324 @@
+//! [`ThrottleGroup`]: stacked limits decided as one.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
+use crate::context::Context;
+use crate::decision::{Decision, Outcome, Skip, Source, Stat};
+use crate::error::{BackendError, Error};
+use crate::identity::RequestView;
+use crate::key::Key;
+use crate::strategy::Verdict;
+use crate::throttle::builder::BackendChoice;
+use crate::throttle::{Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend};
+
+static NO_CONTEXT: LazyLock<Context> = LazyLock::new(Context::new);
+
+/// Several throttles on one request (burst + sustained, per user + per tenant), decided as
+/// one: no member consumes anything unless every member admits the hit.
+///
+/// Stacked as separate middlewares, an outer limit is charged for hits an inner one refuses (a
+/// `10/min` over a `3/min` had 4 left after 3 admitted and 3 denied). A group asks its backend
+/// once for all members: in memory under the locks of every shard involved, on Redis in one
+/// script and one round trip, on Memcached by compare-and-swap with compensation (see that
+/// crate). Members may differ in strategy, rate, cost and identity; the group decides on its
+/// first member's backend. The [`GroupDecision`] carries every member's decision and names the binding one,
+/// the member whose answer the client gets.
+///
+/// A member's state inside a group is the group's own: its keys start with the group's uid,
+/// so hitting the member throttle on its own elsewhere counts separately. On Redis Cluster every
+/// key of a group lives in the hash slot of the group's uid.
+///
+/// ```
+/// use traffik::{rate, InMemoryBackend, RequestView, Throttle, ThrottleGroup, strategy::{FixedWindow, TokenBucket}};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), traffik::Error> {
+/// let backend = InMemoryBackend::new();
+/// let burst = Throttle::builder().uid("burst").rate(rate!("3/s")).backend(backend.clone())
+///     .strategy(TokenBucket::new()).no_registry().build()?;
+/// let sustained = Throttle::builder().uid("sustained").rate(rate!("5/min")).backend(backend)
+///     .strategy(FixedWindow).no_registry().build()?;
+/// let api = ThrottleGroup::new("api", [burst, sustained])?;
+/// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
+/// for _ in 0..3 {
+///     assert!(api.hit(&req).await?.is_allowed());
+/// }
+/// let fourth = api.hit(&req).await?;
+/// assert!(fourth.is_throttled());
+/// assert_eq!(fourth.binding_member().map(Throttle::uid), Some("burst"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ThrottleGroup {
+    inner: Arc<GroupInner>,
+}
+
+struct GroupInner {
+    uid: String,
+    members: Vec<Throttle>,
+    /// Per member: the start of its keys inside this group (the group's uid, then its own).
+    prefixes: Vec<Key>,
+    /// The group's uid, encoded: every key of the group shares it as a tag.
+    tag: String,
+}
+
+/// What a group decided for one hit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[must_use]
+pub struct GroupDecision {
+    /// Allowed only if every member that limits the request admitted it; otherwise what the
+    /// binding member answered.
+    pub outcome: Outcome,
+    /// The binding member's wait (the longest of the denying members', so that a retry after
+    /// it passes every member), or its delay.
+    #[serde(with = "crate::decision::millis")]
+    pub wait: Duration,
+    /// Every member's decision, in order. When the group is denied, nothing was consumed: the
+    /// members that would have admitted the hit say what they would have answered.
+    pub members: Vec<Decision>,
+    /// The member whose answer the client gets: a member that can never admit the cost, else
+    /// the denying member with the longest wait, else the member delaying longest, else the
+    /// admitting member with the fewest hits left. `None` when every member skipped the hit.
+    pub binding: Option<usize>,
+    /// The member throttles' uids, in order.
+    #[serde(skip)]
+    group: Option<ThrottleGroup>,
+}
+
+impl std::fmt::Debug for ThrottleGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uids: Vec<&str> = self.inner.members.iter().map(Throttle::uid).collect();
+        f.debug_struct("ThrottleGroup").field("uid", &self.inner.uid).field("members", &uids).finish()
+    }
+}
+
+impl PartialEq for ThrottleGroup {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl GroupDecision {
+    /// Whether the request goes through (now or after [`wait`](Self::wait)).
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
+    }
+
+    /// Whether the request is refused.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self.outcome, Outcome::Throttled | Outcome::Never)
+    }
+
+    /// The binding member's decision: what the client is told (headers, body).
+    pub fn binding_decision(&self) -> Option<&Decision> {
+        self.members.get(self.binding?)
+    }
+
+    /// The binding member throttle.
+    pub fn binding_member(&self) -> Option<&Throttle> {
+        self.group.as_ref()?.inner.members.get(self.binding?)
+    }
+
+    /// `Retry-After` in whole seconds, rounded up (for a throttled group).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        (self.outcome == Outcome::Throttled).then(|| self.wait.as_micros().div_ceil(1_000_000) as u64)
+    }
+}
+
+/// Bytes a group uid may have, like a throttle's.
+const MAX_UID: usize = 128;
+
+impl ThrottleGroup {
+    /// A group of `members`, in the order their decisions are reported.
+    ///
+    /// The group decides on its first member's backend (the member keys are the group's own,
+    /// so the other members' backends are not used by the group), with the first member's
+    /// error policy and timeout.
+    ///
+    /// Fails when the uid is empty or longer than 128 bytes, when there are no members, or when
+    /// two members share a uid.
+    pub fn new(uid: impl Into<String>, members: impl IntoIterator<Item = Throttle>) -> Result<Self, Error> {
+        let uid = uid.into();
+        if uid.is_empty() || uid.len() > MAX_UID {
+            return Err(Error::Config(format!("group uid must be 1 to {MAX_UID} bytes long, got {}", uid.len())));
+        }
+        let members: Vec<Throttle> = members.into_iter().collect();
+        if members.is_empty() {
+            return Err(Error::Config(format!("group `{uid}` has no members")));
+        }
+        for (i, m) in members.iter().enumerate() {
+            if members[..i].iter().any(|o| o.uid() == m.uid()) {
+                return Err(Error::Config(format!("group `{uid}` has member `{}` twice", m.uid())));
+            }
+        }
+        let group_key = Key::builder(&uid).build();
+        let prefixes = members.iter().map(|m| Key::builder(&uid).part(m.uid().as_bytes()).build()).collect();
+        Ok(ThrottleGroup { inner: Arc::new(GroupInner { tag: group_key.as_str().to_owned(), uid, members, prefixes }) })
+    }
+
+    /// The group's uid.
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    /// The member throttles, in order.
+    pub fn members(&self) -> &[Throttle] {
+        &self.inner.members
+    }
+
+    /// Checks and consumes quota on every member, as one.
+    pub async fn hit(&self, req: &RequestView<'_>) -> Result<GroupDecision, Error> {
+        self.run(req, &NO_CONTEXT, Mode::Consume).await
+    }
+
+    /// [`hit`](Self::hit) with per-hit options (cost override, scope, values) for every member.
+    pub async fn hit_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<GroupDecision, Error> {
+        self.run(req, ctx, Mode::Consume).await
+    }
+
+    /// What a hit would get, consuming nothing.
+    pub async fn check(&self, req: &RequestView<'_>, ctx: &Context) -> Result<GroupDecision, Error> {
+        self.run(req, ctx, Mode::Peek).await
+    }
+
+    /// A snapshot per member (`None` for members that do not limit the request).
+    pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Option<Stat>>, Error> {
+        let mut stats = Vec::with_capacity(self.inner.members.len());
+        for (member, prefix) in self.inner.members.iter().zip(&self.inner.prefixes) {
+            stats.push(member.stat_under(prefix, req, ctx).await?);
+        }
+        Ok(stats)
+    }
+
+    async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<GroupDecision, Error> {
+        let g = &*self.inner;
+        let configs: Vec<Arc<Config>> = g.members.iter().map(|m| m.inner.config.load_full()).collect();
+        // Each member's key, rate and cost, or why it does not limit this request.
+        let mut prepared = Vec::with_capacity(g.members.len());
+        for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
+            prepared.push(member.prepare(config, prefix, req, ctx).await);
+        }
+        let limiting: Vec<usize> = (0..prepared.len()).filter(|&i| matches!(prepared[i], Prepared::Go(_))).collect();
+        if limiting.is_empty() {
+            let members: Vec<Decision> = prepared
+                .iter()
+                .map(|p| match p {
+                    Prepared::Skip(skip) => Decision::skipped(*skip),
+                    Prepared::Go(_) => Decision::skipped(Skip::Rules),
+                })
+                .collect();
+            let outcome = members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome);
+            return Ok(GroupDecision {
+                outcome,
+                wait: Duration::ZERO,
+                members,
+                binding: None,
+                group: Some(self.clone()),
+            });
+        }
+        let primary = match &configs[0].backend {
+            BackendChoice::Fixed(b) => Arc::clone(b),
+            BackendChoice::Context => context_backend().ok_or_else(|| Error::NoBackendInContext(g.uid.clone()))?,
+        };
+        let ops: Vec<Operation<'_>> = limiting
+            .iter()
+            .filter_map(|&i| match &prepared[i] {
+                Prepared::Go(ready) => {
+                    Some(Operation { key: &ready.key, strategy: &configs[i].strategy, input: ready.input, mode })
+                }
+                Prepared::Skip(_) => None,
+            })
+            .collect();
+        let attempt = GroupAttempt { tag: &g.tag, ops: &ops };
+        let resolved = g.members[0].decide(&configs[0], &primary, &attempt, req).await?;
+        drop(ops);
+        let mut verdicts = match resolved {
+            Resolved::Verdict(v, source) if v.len() == limiting.len() => Some((v, source)),
+            Resolved::Verdict(v, _) => {
+                let error = BackendError::command(
+                    primary.kind(),
+                    format!("{} verdicts for a group of {}", v.len(), limiting.len()),
+                );
+                return Err(Error::Backend { uid: g.uid.clone(), source: error });
+            }
+            Resolved::Allow => None,
+            Resolved::Throttle(wait) => {
+                let deny = Verdict::deny(0, crate::clock::to_us(wait), 0);
+                Some((vec![deny; limiting.len()], Source::ErrorPolicy))
+            }
+        };
+        let mut members = Vec::with_capacity(prepared.len());
+        let mut next = 0;
+        for (i, p) in prepared.into_iter().enumerate() {
+            members.push(match p {
+                Prepared::Skip(skip) => Decision::skipped(skip),
+                Prepared::Go(Ready { key, input }) => {
+                    let decision = match &mut verdicts {
+                        Some((v, source)) => configs[i].decision(v[next], key, input.rate, input.cost, *source),
+                        None => Decision::failed_open(key, input.rate, input.cost),
+                    };
+                    next += 1;
+                    decision
+                }
+            });
+        }
+        Ok(conclude(members, self.clone()))
+    }
+}
+
+/// The group's outcome and binding member from its members' decisions.
+fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
+    let rank = |d: &Decision| match d.outcome {
+        Outcome::Never => 3,
+        Outcome::Throttled => 2,
+        Outcome::Delayed => 1,
+        Outcome::Allowed => 0,
+        Outcome::Skipped(_) => -1,
+    };
+    let worst = members.iter().map(rank).max().unwrap_or(-1);
+    let binding = match worst {
+        -1 => None,
+        // The admitting member with the fewest hits left.
+        0 => members
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| rank(d) == 0)
+            .min_by_key(|(_, d)| d.remaining.unwrap_or(u64::MAX))
+            .map(|(i, _)| i),
+        // The longest wait among the worst.
+        _ => members.iter().enumerate().filter(|(_, d)| rank(d) == worst).max_by_key(|(_, d)| d.wait).map(|(i, _)| i),
+    };
+    let (outcome, wait) = match binding.and_then(|b| members.get(b)) {
+        Some(d) => (d.outcome, d.wait),
+        None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
+    };
+    GroupDecision { outcome, wait, members, binding, group: Some(group) }
+}
+
+/// A group's operations, as one attempt of the error policy.
+struct GroupAttempt<'o> {
+    tag: &'o str,
+    ops: &'o [Operation<'o>],
+}
+
+impl Attempt for GroupAttempt<'_> {
+    type Output = Vec<Verdict>;
+
+    fn run<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        let group = GroupOperation { tag: self.tag, ops: self.ops };
+        Box::pin(bounded(backend.kind(), timeout, backend.decide_group(group)))
+    }
+
+    fn first(&self) -> Operation<'_> {
+        self.ops[0]
+    }
+}

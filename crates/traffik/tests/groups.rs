@@ -1,0 +1,186 @@
+//! Stacked limits as one decision: a `ThrottleGroup` on the in-memory backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use traffik::strategy::{FixedWindow, Gcra, SlidingWindowLog, TokenBucket};
+use traffik::{
+    Context, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, StrategyHandle, Throttle, ThrottleGroup,
+};
+
+fn view(ip: [u8; 4]) -> RequestView<'static> {
+    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
+}
+
+fn throttle(
+    uid: &str,
+    rate: &str,
+    strategy: impl Into<StrategyHandle>,
+    backend: &InMemoryBackend,
+    clock: &ManualClock,
+) -> Throttle {
+    Throttle::builder()
+        .uid(uid)
+        .rate(rate)
+        .backend(backend.clone())
+        .strategy(strategy)
+        .clock(clock.clone())
+        .no_registry()
+        .build()
+        .unwrap()
+}
+
+/// The observed defect: `10/min` stacked over `3/min` was charged for the hits `3/min` refused
+/// (10/min had 4 left after 3 admitted and 3 denied). As a group, it has 7 left.
+#[tokio::test]
+async fn a_refusing_member_leaves_the_others_uncharged() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let outer = throttle("outer", "10/min", FixedWindow, &backend, &clock);
+    let inner = throttle("inner", "3/min", FixedWindow, &backend, &clock);
+    let group = ThrottleGroup::new("data", [outer, inner]).unwrap();
+    let req = view([192, 0, 2, 1]);
+    let outcomes: Vec<Outcome> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(group.hit(&req).await.unwrap().outcome);
+        }
+        v
+    };
+    assert_eq!(outcomes[..3], [Outcome::Allowed; 3]);
+    assert_eq!(outcomes[3..], [Outcome::Throttled; 3]);
+    let stats = group.stat(&req, &Context::new()).await.unwrap();
+    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    assert_eq!(left, [7, 0], "the outer limit was charged only for the 3 admitted hits");
+}
+
+#[tokio::test]
+async fn the_decision_names_the_binding_member_and_waits_for_all() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let burst = throttle("burst", "2/s", TokenBucket::new(), &backend, &clock);
+    let sustained = throttle("sustained", "3/min", FixedWindow, &backend, &clock);
+    let group = ThrottleGroup::new("api", [burst, sustained]).unwrap();
+    let req = view([192, 0, 2, 2]);
+    let first = group.hit(&req).await.unwrap();
+    assert!(first.is_allowed());
+    assert_eq!(first.binding_member().map(Throttle::uid), Some("burst"), "fewest left: {first:?}");
+    assert!(group.hit(&req).await.unwrap().is_allowed());
+    // The burst is empty: it binds, with its own wait.
+    let d = group.hit(&req).await.unwrap();
+    assert_eq!((d.outcome, d.binding_member().map(Throttle::uid)), (Outcome::Throttled, Some("burst")));
+    assert_eq!(d.wait, Duration::from_millis(500));
+    assert_eq!(d.members[1].outcome, Outcome::Allowed, "the sustained limit would have admitted it");
+    clock.advance(d.wait);
+    assert!(group.hit(&req).await.unwrap().is_allowed());
+    // Now the sustained limit is spent: it binds, with the longer wait, and a retry after that
+    // wait passes both members.
+    clock.advance(Duration::from_secs(1));
+    let d = group.hit(&req).await.unwrap();
+    assert_eq!((d.outcome, d.binding_member().map(Throttle::uid)), (Outcome::Throttled, Some("sustained")));
+    assert_eq!(d.retry_after_secs(), Some(d.wait.as_micros().div_ceil(1_000_000) as u64));
+    clock.advance(d.wait);
+    assert!(group.hit(&req).await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn members_may_differ_in_identity_strategy_rate_and_cost() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let per_user = throttle("per-user", "3/min", SlidingWindowLog, &backend, &clock);
+    let per_tenant = Throttle::builder()
+        .uid("per-tenant")
+        .rate("5/min")
+        .backend(backend.clone())
+        .strategy(Gcra::with_tolerance(Duration::from_secs(60)))
+        .identifier(|_: &RequestView<'_>| Identity::named("tenant-a"))
+        .cost(1)
+        .clock(clock.clone())
+        .no_registry()
+        .build()
+        .unwrap();
+    let group = ThrottleGroup::new("tenancy", [per_user, per_tenant]).unwrap();
+    let mut admitted = Vec::new();
+    for user in 1..=4u8 {
+        let mut n = 0;
+        for _ in 0..4 {
+            n += u32::from(group.hit(&view([192, 0, 2, user])).await.unwrap().is_allowed());
+        }
+        admitted.push(n);
+    }
+    // Each user gets at most 3; the tenant's GCRA (one per 12 s, 60 s of tolerance) lets 6 in.
+    assert_eq!(admitted, [3, 3, 0, 0]);
+}
+
+#[tokio::test]
+async fn skipped_members_do_not_limit_and_check_consumes_nothing() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let a = throttle("a", "1/min", FixedWindow, &backend, &clock);
+    let b = throttle("b", "5/min", FixedWindow, &backend, &clock);
+    b.disable();
+    let group = ThrottleGroup::new("g", [a, b]).unwrap();
+    let req = view([192, 0, 2, 9]);
+    let peek = group.check(&req, &Context::new()).await.unwrap();
+    assert!(peek.is_allowed());
+    assert!(group.check(&req, &Context::new()).await.unwrap().is_allowed(), "a check consumed quota");
+    let d = group.hit(&req).await.unwrap();
+    assert_eq!(d.members[1].outcome, Outcome::Skipped(traffik::Skip::Disabled));
+    assert_eq!(d.binding, Some(0));
+    assert!(group.hit(&req).await.unwrap().is_throttled());
+    group.members()[0].disable();
+    let d = group.hit(&req).await.unwrap();
+    assert!(d.is_allowed() && d.binding.is_none(), "{d:?}");
+}
+
+#[tokio::test]
+async fn a_group_refused_at_the_key_cap_consumes_nothing() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    // One shard holding two keys: the first member's key fits, the second's does not.
+    let backend = InMemoryBackend::builder().shards(1).max_keys(2).build();
+    let filler = throttle("filler", "5/min", FixedWindow, &backend, &clock);
+    assert!(filler.hit(&view([10, 0, 0, 1])).await.unwrap().is_allowed());
+    let a = throttle("a", "5/min", FixedWindow, &backend, &clock);
+    let b = throttle("b", "5/min", FixedWindow, &backend, &clock);
+    let group = ThrottleGroup::new("g", [a, b]).unwrap();
+    let req = view([192, 0, 2, 10]);
+    let d = group.hit(&req).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Throttled, "refused under the default error policy: {d:?}");
+    assert_eq!(backend.len(), 1, "neither member's key was written");
+}
+
+#[test]
+fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::builder().shards(4).build();
+    let a = throttle("a", "100/min", FixedWindow, &backend, &clock);
+    let b = throttle("b", "60/min", TokenBucket::new(), &backend, &clock);
+    // The same members in both orders: a circle of lock waits would hang this test.
+    let ab = ThrottleGroup::new("ab", [a.clone(), b.clone()]).unwrap();
+    let ba = ThrottleGroup::new("ab", [b, a]).unwrap();
+    let admitted: u64 = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..64u8 {
+            let group = if t % 2 == 0 { ab.clone() } else { ba.clone() };
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                for _ in 0..4 {
+                    n += u64::from(group.hit(&view([192, 0, 2, 1])).await.unwrap().is_allowed());
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        total
+    });
+    assert_eq!(admitted, 60, "the tighter member's capacity");
+    let stats = rt.block_on(ab.stat(&view([192, 0, 2, 1]), &Context::new())).unwrap();
+    assert_eq!(stats[0].as_ref().unwrap().hits_remaining, 40, "the looser member was charged 60 times, no more");
+    assert_eq!(stats[1].as_ref().unwrap().hits_remaining, 0);
+}
