@@ -42,8 +42,10 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod custom;
+pub mod groups;
 pub mod rate_change;
 
+pub use groups::{check_group_concurrency, check_groups};
 pub use rate_change::check_rate_changes;
 
 use std::collections::HashMap;

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
-use traffik_property_tests::{SuiteConfig, builtin_suites, check_concurrency, check_rate_changes, check_suite};
+use traffik_property_tests::{
+    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+    check_suite,
+};
 
 fn memory() -> SharedBackend {
     Arc::new(InMemoryBackend::new())
@@ -35,4 +38,20 @@ fn tiny_shards_and_caps_do_not_change_decisions() {
 #[test]
 fn rate_changes_through_a_throttle_never_strand_a_client_in_memory() {
     check_rate_changes(memory);
+}
+
+#[test]
+fn groups_decide_as_one_on_the_in_memory_backend() {
+    check_groups(memory, &SuiteConfig::thorough(), true);
+    // One shard: every member's key in the same shard.
+    check_groups(
+        || Arc::new(InMemoryBackend::builder().shards(1).build()) as SharedBackend,
+        &SuiteConfig::quick(),
+        true,
+    );
+}
+
+#[test]
+fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity() {
+    check_group_concurrency(memory, 64);
 }

@@ -36,6 +36,16 @@ impl Call {
         Call::Script { lua, cmd }
     }
 
+    /// Starts a script call on several keys.
+    pub(crate) fn script_keys(lua: &'static Lua, keys: &[String]) -> Call {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(lua.hash.as_str()).arg(keys.len());
+        for k in keys {
+            cmd.arg(k);
+        }
+        Call::Script { lua, cmd }
+    }
+
     /// Appends an argument.
     pub(crate) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
         match self {

@@ -84,7 +84,7 @@ use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
-use traffik::backend::{Backend, BoxFuture, Mode, Operation};
+use traffik::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use traffik::policy::ErrorPolicy;
 use traffik::strategy::{Builtin, Input, Metadata, Verdict};
 use traffik::{BackendError, StrategyHandle};
@@ -600,6 +600,59 @@ impl RedisBackend {
         }
     }
 
+    /// The storage key of a group member: `<namespace>:{<tag>}:<key>:<strategy name>`, so that
+    /// every key of a group shares its hash slot.
+    pub fn group_storage_key(&self, tag: &str, key: &traffik::Key, strategy: &StrategyHandle) -> String {
+        format!("{}:{{{tag}}}:{}:{}", self.inner.namespace, key.as_str(), strategy.name())
+    }
+
+    /// A group: one script, one round trip (see `scripts.rs`, the group script).
+    async fn decide_group_impl(&self, group: GroupOperation<'_>) -> Result<Vec<Verdict>, BackendError> {
+        self.check_open()?;
+        let Some(first) = group.ops.first() else {
+            return Ok(Vec::new());
+        };
+        if self.inner.client_clock && first.input.now_us >= MAX_COST {
+            return Err(BackendError::command(KIND, "client timestamp beyond 2^53 microseconds"));
+        }
+        let keys: Vec<String> =
+            group.ops.iter().map(|op| self.group_storage_key(group.tag, op.key, op.strategy)).collect();
+        let mut call = Call::script_keys(&SCRIPTS.group, &keys);
+        let mode = if first.mode == Mode::Consume { ScriptMode::Consume } else { ScriptMode::Peek };
+        call.arg(mode.arg()).arg(self.now_arg(&first.input)).arg(self.inner.min_ttl_ms);
+        for op in group.ops {
+            let input = &op.input;
+            let cost = input.cost.min(MAX_COST);
+            match op.strategy.builtin() {
+                Some(Builtin::Meter(spec)) => {
+                    let p = spec.params(&input.rate);
+                    call.arg("m").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
+                }
+                Some(b) => {
+                    let which = match b {
+                        Builtin::FixedWindow => "fw",
+                        Builtin::SlidingWindowCounter => "swc",
+                        Builtin::SlidingWindowLog => "swl",
+                        _ => return Err(BackendError::command(KIND, "unknown built-in strategy (no Lua script)")),
+                    };
+                    call.arg(which).arg(cost).arg(input.rate.limit()).arg(input.rate.period_us()).arg(0).arg(0);
+                }
+                None => {
+                    return Err(BackendError::Unsupported {
+                        backend: KIND,
+                        what: "groups with custom strategies (every member must be a built-in strategy)",
+                    });
+                }
+            }
+        }
+        let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
+        let items = state::items(&reply)?;
+        if items.len() != 4 * group.ops.len() {
+            return Err(BackendError::command(KIND, format!("a group reply of {} fields", items.len())));
+        }
+        items.chunks_exact(4).map(state::verdict).collect()
+    }
+
     async fn stat_impl(&self, op: Operation<'_>) -> Result<(Verdict, Metadata), BackendError> {
         self.check_open()?;
         match op.strategy.builtin() {
@@ -771,6 +824,10 @@ impl Backend for RedisBackend {
 
     fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
         Box::pin(self.decide_impl(op))
+    }
+
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        Box::pin(self.decide_group_impl(group))
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

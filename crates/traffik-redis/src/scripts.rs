@@ -1,4 +1,5 @@
-//! The Lua scripts: one per built-in strategy, plus the two of the generic compare-and-swap path.
+//! The Lua scripts: one per built-in strategy, one for a group of them, plus the two of the
+//! generic compare-and-swap path.
 //!
 //! Every strategy script takes the storage key as `KEYS[1]` and
 //! `ARGV = mode, now, min_ttl_ms, cost, <strategy parameters...>` where `mode` is `c` (consume),
@@ -371,6 +372,89 @@ end
 return {0, now, cur}
 "#;
 
+/// The group script: decides every member of a group in one script. `KEYS` = the members'
+/// storage keys; `ARGV = mode, now, min_ttl_ms`, then per member six values: strategy (`fw`,
+/// `swc`, `swl` or `m`), cost, and the four parameters of its script (`limit, period_us` for the
+/// windows and the log, `interval_us, capacity_us, queue_us, period_us` for meters). Every
+/// member is decided on its current state with the bodies of the single scripts; the new states
+/// are written only in consume mode and only if every member admitted. Replies
+/// `{kind, remaining, wait_us, reset_us}` per member, flattened.
+const GROUP_HEAD: &str = r#"
+local gmode = ARGV[1]
+local now = ARGV[2]
+if now == '' then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+else
+  now = now * 1
+end
+local min_ttl = ARGV[3] * 1
+local out, states, ttls, all = {}, {}, {}, true
+for i = 1, #KEYS do
+  local o = 3 + (i - 1) * 6
+  local key = KEYS[i]
+  local which = ARGV[o + 1]
+  local cost = ARGV[o + 2] * 1
+  local mode = 'c'
+  local raw = redis.call('GET', key)
+  local kind, remaining, wait, reset = 3, 0, 0, 0
+  local state, ttl
+"#;
+
+const GROUP_TAIL: &str = r#"
+  out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = kind, remaining, wait, reset
+  states[i], ttls[i] = state, ttl
+  if kind > 1 then all = false end
+end
+if all and gmode == 'c' then
+  for i = 1, #KEYS do
+    if states[i] then
+      local ttl = ttls[i]
+      local ms = math.floor((ttl + 999) / 1000)
+      local r = ttl + 999 - ms * 1000
+      if r < 0 then
+        ms = ms - 1
+      elseif r >= 1000 then
+        ms = ms + 1
+      end
+      if ms < min_ttl then ms = min_ttl end
+      if ms < 1 then ms = 1 end
+      if ms > 1000000000000000 then ms = 1000000000000000 end
+      redis.call('SET', KEYS[i], states[i], 'PX', string.format('%d', ms))
+    end
+  end
+end
+return out
+"#;
+
+/// A single script's body for the group script: its parameters are the member's.
+fn member_body(body: &[&str]) -> String {
+    let text = body.concat();
+    let text = text
+        .replace("ARGV[5]", "ARGV[o + 3]")
+        .replace("ARGV[6]", "ARGV[o + 4]")
+        .replace("ARGV[7]", "ARGV[o + 5]")
+        .replace("ARGV[8]", "ARGV[o + 6]");
+    text
+}
+
+fn group_script() -> String {
+    [
+        GROUP_HEAD,
+        "  if which == 'fw' then\n",
+        &member_body(&[WINDOW, FIXED_WINDOW]),
+        "  elseif which == 'swc' then\n",
+        &member_body(&[WINDOW, SLIDING_COUNTER]),
+        "  elseif which == 'swl' then\n",
+        &member_body(&[SLIDING_LOG]),
+        "  else\n",
+        &member_body(&[METER]),
+        "  end\n",
+        GROUP_TAIL,
+    ]
+    .concat()
+}
+
 /// One script: its source (for the `EVAL` fallback) and SHA1 digest (for `EVALSHA`).
 #[derive(Debug)]
 pub(crate) struct Lua {
@@ -392,6 +476,7 @@ pub(crate) struct Scripts {
     pub(crate) sliding_counter: Lua,
     pub(crate) sliding_log: Lua,
     pub(crate) meter: Lua,
+    pub(crate) group: Lua,
     pub(crate) read: Lua,
     pub(crate) cas: Lua,
 }
@@ -405,6 +490,21 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     sliding_counter: Lua::new(strategy_script(&[WINDOW, SLIDING_COUNTER])),
     sliding_log: Lua::new(strategy_script(&[SLIDING_LOG])),
     meter: Lua::new(strategy_script(&[METER])),
+    group: Lua::new(group_script()),
     read: Lua::new(READ.to_owned()),
     cas: Lua::new(CAS.to_owned()),
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_group_script_reads_each_members_own_parameters() {
+        let members = member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER]);
+        for single in ["ARGV[4]", "ARGV[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]"] {
+            assert!(!members.contains(single), "{single} left in a member body");
+        }
+        assert!(members.contains("ARGV[o + 3]") && members.contains("ARGV[o + 6]"));
+    }
+}

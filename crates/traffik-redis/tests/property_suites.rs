@@ -4,7 +4,9 @@
 
 mod common;
 
-use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency, check_rate_changes};
+use traffik_property_tests::{
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+};
 use traffik_test_support::redis_server;
 
 #[test]
@@ -36,4 +38,20 @@ fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity_pooled() {
 fn rate_changes_through_a_throttle_never_strand_a_client_on_redis() {
     let server = redis_server();
     check_rate_changes(|| common::shared(common::client_clock(&server.url)));
+}
+
+#[test]
+fn groups_decide_as_one_in_one_script_on_redis() {
+    let server = redis_server();
+    check_groups(
+        || common::shared(common::client_clock(&server.url)),
+        &SuiteConfig { cases: 96, max_steps: 40 },
+        false,
+    );
+}
+
+#[test]
+fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_redis() {
+    let server = redis_server();
+    check_group_concurrency(|| common::shared(common::client_clock(&server.url)), 64);
 }
