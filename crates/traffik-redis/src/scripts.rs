@@ -429,13 +429,11 @@ return out
 
 /// A single script's body for the group script: its parameters are the member's.
 fn member_body(body: &[&str]) -> String {
-    let text = body.concat();
-    let text = text
+    body.concat()
         .replace("ARGV[5]", "ARGV[o + 3]")
         .replace("ARGV[6]", "ARGV[o + 4]")
         .replace("ARGV[7]", "ARGV[o + 5]")
-        .replace("ARGV[8]", "ARGV[o + 6]");
-    text
+        .replace("ARGV[8]", "ARGV[o + 6]")
 }
 
 fn group_script() -> String {
