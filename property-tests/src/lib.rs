@@ -44,9 +44,11 @@
 pub mod custom;
 pub mod groups;
 pub mod rate_change;
+pub mod refunds;
 
 pub use groups::{check_group_concurrency, check_groups};
 pub use rate_change::check_rate_changes;
+pub use refunds::check_refunds;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use traffik::{InMemoryBackend, SharedBackend};
 use traffik_property_tests::{
     SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
-    check_suite,
+    check_refunds, check_suite,
 };
 
 fn memory() -> SharedBackend {
@@ -54,4 +54,9 @@ fn groups_decide_as_one_on_the_in_memory_backend() {
 #[test]
 fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity() {
     check_group_concurrency(memory, 64);
+}
+
+#[test]
+fn a_refunded_hit_leaves_no_trace_on_any_built_in_strategy() {
+    check_refunds(2_000);
 }

@@ -75,6 +75,23 @@
 //! that other clients can observe. Every strategy therefore takes the compare-and-swap path:
 //! a denied hit costs one round trip and writes nothing.
 //!
+//! # Groups
+//!
+//! Memcached has no multi-key transaction, so a group of throttles
+//! ([`Backend::decide_group`]) is decided in two steps. First every member's state is read and
+//! decided; if any member refuses, nothing is written (the common refusal costs reads only).
+//! Then the members are written one by one with compare-and-swap. What is atomic: each member's
+//! own write (its `cas`). What is compensated: a member whose state changed since it was read
+//! is decided again; if it now refuses, the members already written are given their cost back
+//! ([`Strategy::refund`](traffik::strategy::Strategy::refund), again by compare-and-swap), and
+//! the group is refused. So a group never admits more than any member allows, but between a
+//! write and its refund other clients can see a member charged for a hit the group then
+//! refused (they may be refused in that moment: never the other way). Built-in strategies
+//! refund exactly; a custom strategy without [`refund`](traffik::strategy::Strategy::refund)
+//! stays charged. Tested with 64 tasks and with 4 processes x 64 tasks on one group: exactly
+//! the tightest member's capacity is admitted, and every refusal is refunded
+//! ([`MemcachedBackend::group_refunds`] counts them).
+//!
 //! # Time
 //!
 //! Memcached has no server time a client can use, so decisions use the throttle's `now`
@@ -109,7 +126,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memcache::exp::{AsyncMemcache, Get, Meta};
-use traffik::backend::{Backend, BoxFuture, Mode, Operation};
+use traffik::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use traffik::policy::ErrorPolicy;
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{BackendError, StrategyHandle};
@@ -340,6 +357,7 @@ impl MemcachedBackendBuilder {
                 client: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
+                refunds: AtomicU64::new(0),
             }),
         })
     }
@@ -363,6 +381,8 @@ struct Inner {
     client: Mutex<Option<AsyncMemcache>>,
     connecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Group members refunded because another member refused after they were written.
+    refunds: AtomicU64,
 }
 
 /// Throttle state in memcached; see the [crate docs](crate). Cheap to clone; clones share
@@ -447,6 +467,12 @@ impl MemcachedBackend {
         let server = self.inner.router.index_of_tail(tail.as_bytes());
         let version = self.refresh_version(&client, server).await?;
         Ok(keys::state_key(&self.inner.namespace, version, &tail))
+    }
+
+    /// Group members given back their cost so far, because another member of the group
+    /// refused after they had been written (see the crate docs, "Groups").
+    pub fn group_refunds(&self) -> u64 {
+        self.inner.refunds.load(Ordering::Relaxed)
     }
 
     /// Connects if needed and checks that every server answers (same as [`Backend::ready`]).
@@ -616,31 +642,149 @@ impl MemcachedBackend {
         Ok(result.applied())
     }
 
+    /// Reads the current state of `op`'s key, following the namespace version of its server:
+    /// the storage key and what it holds (value and CAS token).
+    async fn load(
+        &self,
+        client: &AsyncMemcache,
+        op: &Operation<'_>,
+        attempts: &mut u32,
+    ) -> Result<(String, Read), BackendError> {
+        let inner = &self.inner;
+        let tail = keys::key_tail(&inner.namespace, op.key.as_str(), op.strategy.name());
+        let server = inner.router.index_of_tail(tail.as_bytes());
+        loop {
+            *attempts += 1;
+            let version = self.version(client, server).await?;
+            let key = keys::state_key(&inner.namespace, version, &tail);
+            let read = self.read(client, server, &key).await?;
+            if read.version == Some(version) {
+                return Ok((key, read));
+            }
+            // A reset (or a lost version key): follow the server's version.
+            match read.version {
+                Some(v) => inner.versions[server].store(v, Ordering::Release),
+                None => {
+                    self.refresh_version(client, server).await?;
+                }
+            }
+            if *attempts >= inner.cas_attempts {
+                return Err(BackendError::Contention { backend: KIND, attempts: *attempts });
+            }
+        }
+    }
+
+    /// Decides a group (see the crate docs, "Groups"): reads and decides every member; if all
+    /// admit, writes them one by one with compare-and-swap; a member that now refuses (its
+    /// state changed since it was read) gets the members already written refunded.
+    async fn run_group(&self, ops: &[Operation<'_>]) -> Result<Vec<Verdict>, BackendError> {
+        let client = self.client().await?;
+        let write = ops.first().is_some_and(|op| op.mode == Mode::Consume);
+        let mut attempts = 0u32;
+        let mut members = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (key, read) = self.load(&client, op, &mut attempts).await?;
+            let step = op.strategy.decide_bytes(read.state.as_ref().map(|(b, _)| b.as_slice()), &op.input)?;
+            members.push((key, read, step));
+        }
+        let mut verdicts: Vec<Verdict> = members.iter().map(|m| m.2.verdict).collect();
+        if !write || !verdicts.iter().all(Verdict::is_admitted) {
+            return Ok(verdicts);
+        }
+        let mut applied: Vec<usize> = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let mut tries = 0u32;
+            loop {
+                let (key, read, step) = &members[i];
+                let Some((bytes, ttl_us)) = &step.write else {
+                    break;
+                };
+                let exptime = memcached_exptime(*ttl_us, self.inner.min_ttl_secs, wall_clock_secs());
+                let cas = read.state.as_ref().map(|(_, cas)| *cas);
+                match self.store(&client, key, bytes, exptime, cas).await {
+                    Ok(true) => {
+                        applied.push(i);
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.refund_all(&client, ops, &applied).await;
+                        return Err(e);
+                    }
+                }
+                // Someone wrote the member since it was read: decide it again.
+                tries += 1;
+                if tries >= self.inner.cas_attempts {
+                    self.refund_all(&client, ops, &applied).await;
+                    return Err(BackendError::Contention { backend: KIND, attempts: tries });
+                }
+                backoff(tries).await;
+                let again = match self.load(&client, op, &mut attempts).await {
+                    Ok((key, read)) => {
+                        let current = read.state.as_ref().map(|(b, _)| b.as_slice());
+                        match op.strategy.decide_bytes(current, &op.input) {
+                            Ok(step) => Ok((key, read, step)),
+                            Err(e) => Err(BackendError::from(e)),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                match again {
+                    Ok(member) => members[i] = member,
+                    Err(e) => {
+                        self.refund_all(&client, ops, &applied).await;
+                        return Err(e);
+                    }
+                }
+                verdicts[i] = members[i].2.verdict;
+                if !verdicts[i].is_admitted() {
+                    // The group is refused after all: give back what was charged.
+                    self.refund_all(&client, ops, &applied).await;
+                    return Ok(verdicts);
+                }
+            }
+        }
+        Ok(verdicts)
+    }
+
+    /// Gives back each applied member's cost, by compare-and-swap ([`StrategyHandle::refund_bytes`]);
+    /// best effort: a member that cannot be refunded (a custom strategy without refunds, a
+    /// server that fails) stays charged, which never admits more than the limits.
+    async fn refund_all(&self, client: &AsyncMemcache, ops: &[Operation<'_>], applied: &[usize]) {
+        for &i in applied {
+            let op = &ops[i];
+            let mut attempts = 0u32;
+            while attempts < self.inner.cas_attempts {
+                let Ok((key, read)) = self.load(client, op, &mut attempts).await else {
+                    break;
+                };
+                let Some((current, cas)) = &read.state else {
+                    break;
+                };
+                let refund = match op.strategy.refund_bytes(current, op.input.now_us, &op.input) {
+                    Ok(Some(r)) => r,
+                    _ => break,
+                };
+                let exptime = memcached_exptime(refund.1, self.inner.min_ttl_secs, wall_clock_secs());
+                match self.store(client, &key, &refund.0, exptime, Some(*cas)).await {
+                    Ok(false) => backoff(attempts).await,
+                    Ok(true) => {
+                        self.inner.refunds.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     /// The compare-and-swap loop shared by decide, peek and stat.
     async fn run(&self, op: &Operation<'_>, write: bool) -> Result<Outcome, BackendError> {
         let inner = &self.inner;
         let client = self.client().await?;
-        let tail = keys::key_tail(&inner.namespace, op.key.as_str(), op.strategy.name());
-        let server = inner.router.index_of_tail(tail.as_bytes());
         let mut attempts = 0u32;
         loop {
-            attempts += 1;
-            let version = self.version(&client, server).await?;
-            let key = keys::state_key(&inner.namespace, version, &tail);
-            let read = self.read(&client, server, &key).await?;
-            if read.version != Some(version) {
-                // A reset (or a lost version key): follow the server's version.
-                match read.version {
-                    Some(v) => inner.versions[server].store(v, Ordering::Release),
-                    None => {
-                        self.refresh_version(&client, server).await?;
-                    }
-                }
-                if attempts >= inner.cas_attempts {
-                    return Err(BackendError::Contention { backend: KIND, attempts });
-                }
-                continue;
-            }
+            let (key, read) = self.load(&client, op, &mut attempts).await?;
             let current = read.state.as_ref().map(|(bytes, _)| bytes.as_slice());
             let step = op.strategy.decide_bytes(current, &op.input)?;
             let Some((bytes, ttl_us)) = step.write.filter(|_| write) else {
@@ -679,6 +823,10 @@ impl Backend for MemcachedBackend {
             let write = op.mode == Mode::Consume;
             self.run(&op, write).await.map(|o| o.verdict)
         })
+    }
+
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        Box::pin(self.run_group(group.ops))
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

@@ -1,6 +1,8 @@
 //! Accuracy across processes: 4 OS processes x 64 tasks hit one key per strategy at one frozen
 //! `now`. Exact strategies admit exactly their capacity (and the queueing one delays exactly
-//! its queue); contention errors are counted separately and must not be needed.
+//! its queue); contention errors are counted separately and must not be needed. Then the same
+//! for a group of two (a fixed window of 50 and a token bucket of 30): exactly 30 admitted, and
+//! the fixed window charged exactly 30 times once every compensation is done.
 //!
 //! A `harness = false` test: without `TRAFFIK_MC_WORKER` it is the coordinator, which starts
 //! memcached, runs this same binary four times as workers and checks the totals; the workers
@@ -14,8 +16,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use traffik::strategy::{Input, VerdictKind};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate};
+use traffik::backend::GroupOperation;
+use traffik::strategy::{FixedWindow, Input, TokenBucket, Verdict, VerdictKind};
+use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 use traffik_property_tests::builtin_suites;
 
@@ -81,7 +84,54 @@ fn worker(spec: &str) {
             }
             println!("RESULT {} {} {} {} {}", suite.name, total[0], total[1], total[2], total[3]);
         }
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let backend = backend.clone();
+            let members = group_members(run);
+            tasks.push(tokio::spawn(async move {
+                let ops: Vec<Operation<'_>> = members
+                    .iter()
+                    .map(|(key, strategy, rate)| Operation {
+                        key,
+                        strategy,
+                        input: Input { now_us: NOW, rate: *rate, cost: 1 },
+                        mode: Mode::Consume,
+                    })
+                    .collect();
+                let mut c = [0u64; 4];
+                for _ in 0..HITS {
+                    match backend.decide_group(GroupOperation { tag: "g", ops: &ops }).await {
+                        Ok(v) if v.iter().all(Verdict::is_admitted) => c[0] += 1,
+                        Ok(_) => c[2] += 1,
+                        Err(BackendError::Contention { .. }) => c[3] += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                c
+            }));
+        }
+        let mut total = [0u64; 4];
+        for t in tasks {
+            let c = t.await.unwrap();
+            for i in 0..4 {
+                total[i] += c[i];
+            }
+        }
+        println!("RESULT group {} {} {} {}", total[0], total[1], total[2], total[3]);
+        println!("REFUNDS {}", backend.group_refunds());
     });
+}
+
+/// The group's members: keys, strategies and rates.
+fn group_members(run: &str) -> Vec<(Key, StrategyHandle, Rate)> {
+    vec![
+        (Key::builder(&format!("proc-{run}-group-fw")).build(), FixedWindow.into(), rate()),
+        (
+            Key::builder(&format!("proc-{run}-group-tb")).build(),
+            TokenBucket::new().into(),
+            Rate::per_millis(30, 1_000).unwrap(),
+        ),
+    ]
 }
 
 fn coordinator() {
@@ -109,9 +159,14 @@ fn coordinator() {
         c.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }
     let mut totals: HashMap<String, [u64; 4]> = HashMap::new();
+    let mut refunds = 0u64;
     for r in readers {
         for line in r.lines() {
             let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("REFUNDS ") {
+                refunds += n.parse::<u64>().unwrap();
+                continue;
+            }
             let mut f = line.split_whitespace();
             if f.next() != Some("RESULT") {
                 continue;
@@ -147,6 +202,27 @@ fn coordinator() {
         if contention > 0 {
             failures.push(format!("{}: {contention} contention errors despite a generous retry budget", suite.name));
         }
+    }
+    let [admitted, _, denied, contention] = totals.get("group").copied().expect("no result for the group");
+    println!(
+        "group                    admitted {admitted:>3} (capacity 30), denied {denied}, contention {contention}, members refunded {refunds}"
+    );
+    assert_eq!(admitted + denied + contention, all, "group: every hit accounted for");
+    if admitted > 30 {
+        failures.push(format!("the group over-admitted: {admitted}"));
+    }
+    if contention == 0 && admitted != 30 {
+        failures.push(format!("the group admitted {admitted}, want 30"));
+    }
+    // Every hit the group refused was refunded where it had been charged.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let backend = MemcachedBackend::builder().server(&server.addr).namespace(&ns).build().unwrap();
+    let members = group_members(&run);
+    let (key, strategy, rate) = &members[0];
+    let op = Operation { key, strategy, input: Input { now_us: NOW, rate: *rate, cost: 1 }, mode: Mode::Peek };
+    let left = rt.block_on(backend.decide(op)).unwrap();
+    if left.remaining != 50 - admitted - 1 {
+        failures.push(format!("the fixed window has {} left after {admitted} group admissions", left.remaining));
     }
     assert!(failures.is_empty(), "{failures:#?}");
     println!("processes: ok ({PROCESSES} processes x {TASKS} tasks x {HITS} hits per strategy)");

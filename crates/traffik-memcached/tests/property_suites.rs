@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use traffik::SharedBackend;
 use traffik_memcached::MemcachedBackend;
-use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency, check_rate_changes};
+use traffik_property_tests::{
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+};
 
 fn backend(addr: &str) -> SharedBackend {
     Arc::new(MemcachedBackend::builder().server(addr).namespace(common::unique("prop")).build().unwrap())
@@ -33,4 +35,16 @@ fn sixty_four_tasks_on_one_key_admit_exactly_the_capacity() {
 fn rate_changes_through_a_throttle_never_strand_a_client_on_memcached() {
     let server = common::memcached_server();
     check_rate_changes(|| backend(&server.addr));
+}
+
+#[test]
+fn groups_decide_as_one_on_memcached() {
+    let server = common::memcached_server();
+    check_groups(|| backend(&server.addr), &SuiteConfig { cases: 48, max_steps: 40 }, true);
+}
+
+#[test]
+fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_memcached() {
+    let server = common::memcached_server();
+    check_group_concurrency(|| backend(&server.addr), 64);
 }

@@ -3,7 +3,9 @@
 //! `cargo bench -p traffik --bench decisions` prints, for 1 key and 10,000 keys on 1 and 2
 //! threads: ns per decision for governor's `check_key` (the baseline), for
 //! `InMemoryBackend::decide_prepared` with each strategy, and for a whole `Throttle::hit`
-//! (identity, key, decision); then bytes per key with 1,000,000 keys. Each row's runs alternate
+//! (identity, key, decision), and for a `ThrottleGroup` of two (fixed window and sliding window
+//! counter) against one `Throttle::hit` (fixed window); then
+//! bytes per key with 1,000,000 keys. Each row's runs alternate
 //! with runs of governor on the same workload (so drift in the machine's speed hits both), and
 //! the ratio is of the two medians.
 
@@ -24,7 +26,9 @@ use traffik::strategy::{
     FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
     TokenBucketWithDebt,
 };
-use traffik::{Clock, InMemoryBackend, Key, Mode, Rate, RequestView, StrategyHandle, SystemClock, Throttle};
+use traffik::{
+    Clock, InMemoryBackend, Key, Mode, Rate, RequestView, StrategyHandle, SystemClock, Throttle, ThrottleGroup,
+};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -174,6 +178,45 @@ fn main() {
                 row(&label, keys, threads, ns, gov_ns);
                 summary.push((format!("Throttle::hit {name}, {keys} keys, {threads} thr"), ns / gov_ns, 2.0));
             }
+
+            // A group of two (fixed window + GCRA) against one hit of a fixed window.
+            let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
+            let member = |uid: &str, strategy: StrategyHandle| {
+                Throttle::builder()
+                    .uid(format!("{uid}-{keys}-{threads}"))
+                    .rate(rate)
+                    .backend(backend.clone())
+                    .strategy(strategy)
+                    .no_registry()
+                    .build()
+                    .unwrap()
+            };
+            let single = member("single", FixedWindow.into());
+            let group = ThrottleGroup::new(
+                "group",
+                [member("fw", FixedWindow.into()), member("swc", SlidingWindowCounter.into())],
+            )
+            .unwrap();
+            let peers: Vec<std::net::SocketAddr> = (0..keys)
+                .map(|k| std::net::SocketAddr::from(([10, (k >> 16) as u8, (k >> 8) as u8, k as u8], 40_000)))
+                .collect();
+            let (hit_ns, group_ns) = paired(
+                threads,
+                &|t, i| {
+                    let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
+                    black_box(now_or_never(single.hit(&req)).unwrap());
+                },
+                &|t, i| {
+                    let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
+                    let _ = black_box(now_or_never(group.hit(&req)).unwrap());
+                },
+            );
+            println!(
+                "{:<34} {keys:>6} {threads:>7} {group_ns:>9.1} {hit_ns:>9.1} {:>7.2}  (baseline: one Throttle::hit)",
+                "ThrottleGroup::hit fw + swc",
+                group_ns / hit_ns
+            );
+            summary.push((format!("group of 2 vs one hit, {keys} keys, {threads} thr"), group_ns / hit_ns, 2.0));
         }
     }
 

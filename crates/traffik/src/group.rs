@@ -3,7 +3,9 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use arc_swap::Guard;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use crate::context::Context;
@@ -11,6 +13,7 @@ use crate::decision::{Decision, Outcome, Skip, Source, Stat};
 use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
+use crate::policy::ErrorPolicy;
 use crate::strategy::Verdict;
 use crate::throttle::builder::BackendChoice;
 use crate::throttle::{Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend};
@@ -173,6 +176,13 @@ impl ThrottleGroup {
 
     /// Checks and consumes quota on every member, as one.
     pub async fn hit(&self, req: &RequestView<'_>) -> Result<GroupDecision, Error> {
+        let mut failed = None;
+        if let Some(decision) = self.hit_planned(req, &mut failed) {
+            return Ok(decision);
+        }
+        if let Some(Failed { configs, prepared, error }) = failed {
+            return self.decide(configs, prepared, req, Mode::Consume, Some(error)).await;
+        }
         self.run(req, &NO_CONTEXT, Mode::Consume).await
     }
 
@@ -195,80 +205,155 @@ impl ThrottleGroup {
         Ok(stats)
     }
 
+    /// A plain hit whose members all take their shortcut on one in-memory backend, decided
+    /// without awaiting. `None` when that does not apply, or when the backend failed: then
+    /// `failed` holds what was prepared and the error, for the error policy.
+    fn hit_planned(&self, req: &RequestView<'_>, failed: &mut Option<Failed>) -> Option<GroupDecision> {
+        let g = &*self.inner;
+        let configs: Configs = g.members.iter().map(|m| m.inner.config.load()).collect();
+        let memory = Throttle::planned_memory(&configs[0])?;
+        let mut prepared: SmallVec<[Prepared; 4]> = SmallVec::with_capacity(g.members.len());
+        for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
+            if !Throttle::planned_memory(config).is_some_and(|m| m.same_store(memory)) {
+                return None;
+            }
+            match member.prepare_planned(config, prefix, req)? {
+                go @ Prepared::Go(_) => prepared.push(go),
+                Prepared::Skip(_) => return None,
+            }
+        }
+        let members: SmallVec<[_; 4]> = prepared
+            .iter()
+            .zip(&configs)
+            .filter_map(|(p, config)| match p {
+                Prepared::Go(ready) => {
+                    Some((memory.prepare(&ready.key, &config.strategy), &config.strategy, ready.input))
+                }
+                Prepared::Skip(_) => None,
+            })
+            .collect();
+        match memory.decide_group_prepared(&members, Mode::Consume) {
+            Ok(verdicts) => Some(self.decisions(&configs, prepared, Some((verdicts, Source::Backend)))),
+            Err(error) => {
+                drop(members);
+                *failed = Some(Failed { configs, prepared, error });
+                None
+            }
+        }
+    }
+
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<GroupDecision, Error> {
         let g = &*self.inner;
-        let configs: Vec<Arc<Config>> = g.members.iter().map(|m| m.inner.config.load_full()).collect();
+        let configs: Configs = g.members.iter().map(|m| m.inner.config.load()).collect();
         // Each member's key, rate and cost, or why it does not limit this request.
-        let mut prepared = Vec::with_capacity(g.members.len());
+        let mut prepared: SmallVec<[Prepared; 4]> = SmallVec::with_capacity(g.members.len());
         for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
             prepared.push(member.prepare(config, prefix, req, ctx).await);
         }
-        let limiting: Vec<usize> = (0..prepared.len()).filter(|&i| matches!(prepared[i], Prepared::Go(_))).collect();
-        if limiting.is_empty() {
-            let members: Vec<Decision> = prepared
-                .iter()
-                .map(|p| match p {
-                    Prepared::Skip(skip) => Decision::skipped(*skip),
-                    Prepared::Go(_) => Decision::skipped(Skip::Rules),
-                })
-                .collect();
-            let outcome = members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome);
-            return Ok(GroupDecision {
-                outcome,
-                wait: Duration::ZERO,
-                members,
-                binding: None,
-                group: Some(self.clone()),
-            });
+        self.decide(configs, prepared, req, mode, None).await
+    }
+
+    /// Asks the backend about the prepared members (unless `failed` already holds its answer,
+    /// an error), applies the first member's error policy, and concludes.
+    async fn decide(
+        &self,
+        configs: Configs,
+        prepared: SmallVec<[Prepared; 4]>,
+        req: &RequestView<'_>,
+        mode: Mode,
+        failed: Option<BackendError>,
+    ) -> Result<GroupDecision, Error> {
+        let g = &*self.inner;
+        let limiting = prepared.iter().filter(|p| matches!(p, Prepared::Go(_))).count();
+        if limiting == 0 {
+            return Ok(self.decisions(&configs, prepared, None));
         }
         let primary = match &configs[0].backend {
             BackendChoice::Fixed(b) => Arc::clone(b),
             BackendChoice::Context => context_backend().ok_or_else(|| Error::NoBackendInContext(g.uid.clone()))?,
         };
-        let ops: Vec<Operation<'_>> = limiting
+        let ops: SmallVec<[Operation<'_>; 4]> = prepared
             .iter()
-            .filter_map(|&i| match &prepared[i] {
+            .zip(&configs)
+            .filter_map(|(p, config)| match p {
                 Prepared::Go(ready) => {
-                    Some(Operation { key: &ready.key, strategy: &configs[i].strategy, input: ready.input, mode })
+                    Some(Operation { key: &ready.key, strategy: &config.strategy, input: ready.input, mode })
                 }
                 Prepared::Skip(_) => None,
             })
             .collect();
         let attempt = GroupAttempt { tag: &g.tag, ops: &ops };
-        let resolved = g.members[0].decide(&configs[0], &primary, &attempt, req).await?;
+        // A backend that answers without awaiting, under a policy without a breaker: no timer
+        // and no boxed future (the in-memory backend). A failure still goes to the policy.
+        let quick = match (failed, &configs[0].policy) {
+            (Some(e), _) => Some(Err(e)),
+            (None, Some(policy)) if policy.breaker().is_none() => {
+                primary.decide_group_now(GroupOperation { tag: &g.tag, ops: &ops })
+            }
+            _ => None,
+        };
+        let resolved = match quick {
+            Some(Ok(v)) => Resolved::Verdict(v, Source::Backend),
+            Some(Err(e)) => {
+                let policy = configs[0].policy.clone().unwrap_or_else(ErrorPolicy::throttle);
+                Box::pin(g.members[0].recover(&policy, &configs[0], &primary, &attempt, req, e)).await?
+            }
+            None => Box::pin(g.members[0].decide(&configs[0], &primary, &attempt, req)).await?,
+        };
         drop(ops);
-        let mut verdicts = match resolved {
-            Resolved::Verdict(v, source) if v.len() == limiting.len() => Some((v, source)),
+        let verdicts = match resolved {
+            Resolved::Verdict(v, source) if v.len() == limiting => Some((v, source)),
             Resolved::Verdict(v, _) => {
-                let error = BackendError::command(
-                    primary.kind(),
-                    format!("{} verdicts for a group of {}", v.len(), limiting.len()),
-                );
+                let error =
+                    BackendError::command(primary.kind(), format!("{} verdicts for a group of {limiting}", v.len()));
                 return Err(Error::Backend { uid: g.uid.clone(), source: error });
             }
             Resolved::Allow => None,
             Resolved::Throttle(wait) => {
                 let deny = Verdict::deny(0, crate::clock::to_us(wait), 0);
-                Some((vec![deny; limiting.len()], Source::ErrorPolicy))
+                Some((vec![deny; limiting], Source::ErrorPolicy))
             }
         };
+        Ok(self.decisions(&configs, prepared, verdicts.or(Some((Vec::new(), Source::ErrorPolicy)))))
+    }
+
+    /// Every member's decision from the verdicts of the limiting members (an empty list: the
+    /// error policy failed open), and the group's conclusion. `None`: no member limits.
+    fn decisions(
+        &self,
+        configs: &Configs,
+        prepared: SmallVec<[Prepared; 4]>,
+        verdicts: Option<(Vec<Verdict>, Source)>,
+    ) -> GroupDecision {
         let mut members = Vec::with_capacity(prepared.len());
         let mut next = 0;
         for (i, p) in prepared.into_iter().enumerate() {
             members.push(match p {
                 Prepared::Skip(skip) => Decision::skipped(skip),
                 Prepared::Go(Ready { key, input }) => {
-                    let decision = match &mut verdicts {
-                        Some((v, source)) => configs[i].decision(v[next], key, input.rate, input.cost, *source),
-                        None => Decision::failed_open(key, input.rate, input.cost),
+                    let decision = match &verdicts {
+                        Some((v, source)) if next < v.len() => {
+                            configs[i].decision(v[next], key, input.rate, input.cost, *source)
+                        }
+                        _ => Decision::failed_open(key, input.rate, input.cost),
                     };
                     next += 1;
                     decision
                 }
             });
         }
-        Ok(conclude(members, self.clone()))
+        conclude(members, self.clone())
     }
+}
+
+/// The members' configurations, as loaded for one hit.
+type Configs = SmallVec<[Guard<Arc<Config>>; 4]>;
+
+/// What the shortcut had prepared when the backend failed.
+struct Failed {
+    configs: Configs,
+    prepared: SmallVec<[Prepared; 4]>,
+    error: BackendError,
 }
 
 /// The group's outcome and binding member from its members' decisions.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use self::spin::Mutex;
 
@@ -417,6 +418,11 @@ impl InMemoryBackend {
         InMemoryBuilder::default()
     }
 
+    /// Whether `self` and `other` are clones of one store.
+    pub(crate) fn same_store(&self, other: &InMemoryBackend) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Hashes a key for `strategy` once, for repeated [`decide_prepared`](Self::decide_prepared).
     #[inline]
     pub fn prepare(&self, key: &Key, strategy: &StrategyHandle) -> PreparedKey {
@@ -455,34 +461,64 @@ impl InMemoryBackend {
         mode: Mode,
     ) -> Result<Vec<Verdict>, BackendError> {
         let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
-        let mut order: Vec<usize> = members.iter().map(|m| shard_of(m.0)).collect();
+        let mut order: SmallVec<[usize; 4]> = members.iter().map(|m| shard_of(m.0)).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<_> = order.iter().map(|&i| self.inner.shards[i].0.lock()).collect();
+        let mut guards: SmallVec<[_; 4]> = order.iter().map(|&i| self.inner.shards[i].0.lock()).collect();
         let guard_of = |key: PreparedKey| order.binary_search(&shard_of(key)).unwrap_or(0);
+        // Every member decided on its current state; what an admission would write is kept.
         let mut verdicts = Vec::with_capacity(members.len());
+        let mut plans: SmallVec<[Plan; 4]> = SmallVec::with_capacity(members.len());
         for &(key, strategy, ref input) in members {
-            verdicts.push(self.decide_in(&mut guards[guard_of(key)], key, strategy, input, Mode::Peek, 0)?);
+            let (verdict, plan) = guards[guard_of(key)].plan(key.0, strategy, input);
+            verdicts.push(verdict);
+            plans.push(plan);
         }
         if mode == Mode::Peek || !verdicts.iter().all(Verdict::is_admitted) {
             return Ok(verdicts);
         }
         // Room for every new key before anything is written (a refusal then changes nothing).
-        let mut new_keys = vec![0usize; order.len()];
-        let spare: Vec<u64> = members.iter().map(|m| m.0.0).collect();
-        for &(key, _, ref input) in members {
-            let g = guard_of(key);
-            let shard = &mut guards[g];
-            if shard.table.find(key.0, |e| e.key == key.0).is_none() {
-                shard.make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
+        let mut new_keys: SmallVec<[usize; 4]> = smallvec::smallvec![0; order.len()];
+        let spare: SmallVec<[u64; 4]> = members.iter().map(|m| m.0.0).collect();
+        for (&(key, _, ref input), plan) in members.iter().zip(&plans) {
+            if let Plan::Insert(..) = plan {
+                let g = guard_of(key);
+                guards[g].make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
                 new_keys[g] += 1;
             }
         }
-        for (i, &(key, strategy, ref input)) in members.iter().enumerate() {
-            let g = guard_of(key);
-            verdicts[i] = self.decide_in(&mut guards[g], key, strategy, input, Mode::Consume, 0)?;
+        // In place first (bucket indexes stay valid until a key is inserted), then new keys.
+        for (&(key, strategy, ref input), plan) in members.iter().zip(plans.iter_mut()) {
+            let shard: &mut Shard = &mut guards[guard_of(key)];
+            match plan {
+                Plan::Update { bucket, state, expires_at } => {
+                    if let Some(e) = shard.table.get_bucket_mut(*bucket) {
+                        put_slot(&mut shard.boxes, e, Some(Slot::Packed(*state)), *expires_at);
+                    }
+                }
+                Plan::Again => {
+                    self.decide_in(shard, key, strategy, input, Mode::Consume, 0)?;
+                }
+                Plan::Nothing | Plan::Insert(..) => {}
+            }
+        }
+        for (&(key, _, ref input), plan) in members.iter().zip(plans) {
+            if let Plan::Insert(slot, expires_at) = plan {
+                let shard = &mut guards[guard_of(key)];
+                shard.observe_insert(input.now_us.min(EXPIRY - 1));
+                let mut entry = Entry { key: key.0, meta: 0, state: [0; 2] };
+                put_slot(&mut shard.boxes, &mut entry, Some(slot), expires_at);
+                shard.table.insert_unique(key.0, entry, |e| e.key);
+            }
         }
         Ok(verdicts)
+    }
+
+    fn decide_group_ops(&self, group: GroupOperation<'_>) -> Result<Vec<Verdict>, BackendError> {
+        let members: SmallVec<[_; 4]> =
+            group.ops.iter().map(|op| (self.prepare(op.key, op.strategy), op.strategy, op.input)).collect();
+        let mode = group.ops.first().map_or(Mode::Consume, |op| op.mode);
+        self.decide_group_prepared(&members, mode)
     }
 
     /// One decision on a locked shard; `pending` new keys of the same group are already
@@ -623,7 +659,51 @@ impl InMemoryBackend {
     }
 }
 
+/// What a group member's admission writes, decided while its shard is held.
+enum Plan {
+    /// Nothing (the strategy keeps its state).
+    Nothing,
+    /// Two words of state into the entry in this bucket.
+    Update { bucket: usize, state: Packed, expires_at: u64 },
+    /// A new key with this state.
+    Insert(Slot, u64),
+    /// A boxed state: decided again when applied (strategies are deterministic).
+    Again,
+}
+
 impl Shard {
+    /// A group member's verdict on its current state, and what admitting it writes.
+    fn plan(&mut self, hash: u64, strategy: &StrategyHandle, input: &Input) -> (Verdict, Plan) {
+        let now = input.now_us.min(EXPIRY - 1);
+        let Some(bucket) = self.table.find_bucket_index(hash, |e| e.key == hash) else {
+            return match strategy.decide_packed(None, input, true) {
+                PackedStep::Kept(v) => (v, Plan::Nothing),
+                PackedStep::Packed(v, _, 0) | PackedStep::Boxed(v, _, 0) => (v, Plan::Nothing),
+                PackedStep::Packed(v, p, ttl) => (v, Plan::Insert(Slot::Packed(p), now.saturating_add(ttl))),
+                PackedStep::Boxed(v, b, ttl) => (v, Plan::Insert(Slot::Boxed(b), now.saturating_add(ttl))),
+            };
+        };
+        let Some(e) = self.table.get_bucket_mut(bucket) else {
+            return (Verdict::never(), Plan::Nothing);
+        };
+        let live = e.expires_at() > now;
+        if live && e.boxed() {
+            let mut slot = take_slot(&mut self.boxes, e);
+            let (verdict, _) = strategy.decide_slot(&mut slot, input, false);
+            let expires_at = e.expires_at();
+            put_slot(&mut self.boxes, e, slot, expires_at);
+            return (verdict, Plan::Again);
+        }
+        let state = if live { Some(Packed(e.state)) } else { None };
+        match strategy.decide_packed(state, input, true) {
+            PackedStep::Kept(v) => (v, Plan::Nothing),
+            PackedStep::Packed(v, state, ttl) => {
+                (v, Plan::Update { bucket, state, expires_at: now.saturating_add(ttl) })
+            }
+            PackedStep::Boxed(v, ..) => (v, Plan::Again),
+        }
+    }
+
     /// Counts a new key and lets it pay for the sweep: the next [`SWEEP_STEP`] buckets lose
     /// their expired keys, so every key that has expired is gone after as many new keys as
     /// the table has buckets, a quarter of them ([`SWEEP_STEP`] = 4) at most.
@@ -724,11 +804,12 @@ impl Backend for InMemoryBackend {
     }
 
     fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
-        let members: Vec<_> =
-            group.ops.iter().map(|op| (self.prepare(op.key, op.strategy), op.strategy, op.input)).collect();
-        let mode = group.ops.first().map_or(Mode::Consume, |op| op.mode);
-        let result = self.decide_group_prepared(&members, mode);
+        let result = self.decide_group_ops(group);
         Box::pin(async move { result })
+    }
+
+    fn decide_group_now(&self, group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
+        Some(self.decide_group_ops(group))
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

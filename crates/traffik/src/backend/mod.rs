@@ -96,6 +96,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(async move { Err(BackendError::Unsupported { backend, what: "groups of throttles" }) })
     }
 
+    /// [`decide_group`](Self::decide_group) without awaiting, for backends that never block
+    /// (the in-memory one); `None` otherwise.
+    fn decide_group_now(&self, _group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
+        None
+    }
+
     /// What a hit would get now, plus strategy metadata; writes nothing.
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
@@ -133,6 +139,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
         (**self).decide_group(group)
+    }
+    fn decide_group_now(&self, group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
+        (**self).decide_group_now(group)
     }
     fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         (**self).as_in_memory()

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64};
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Epoch-aligned windows of the rate's period; a hit is admitted iff `used + cost <= limit` in
 /// its window. Denied hits consume nothing; the wait of a denial is exactly the time to the next
@@ -95,6 +95,17 @@ impl Strategy for FixedWindow {
         m.insert("window_us".into(), json_u64(w));
         m.insert("used".into(), json_u64(used));
         m
+    }
+
+    fn refund(&self, s: &FixedWindowState, charged_at_us: u64, input: &Input) -> Option<Write<FixedWindowState>> {
+        let w = input.rate.period_us();
+        let start = window_start(s.last_us, w);
+        let end = start.saturating_add(w);
+        if s.period_us != w || window_start(charged_at_us, w) != start || end <= input.now_us {
+            return None;
+        }
+        let state = FixedWindowState { used: s.used.saturating_sub(input.cost), ..*s };
+        Some(Write { state, ttl_us: end - input.now_us })
     }
 
     fn builtin(&self) -> Option<Builtin> {

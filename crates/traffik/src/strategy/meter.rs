@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64};
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 use crate::Rate;
 use crate::clock::to_us;
 
@@ -134,6 +134,16 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
     Step::unchanged(Verdict::deny(units(p.capacity_us.saturating_sub(level), t), wait, level))
 }
 
+/// Gives back `cost · T`: the theoretical arrival time moves back, never before now.
+fn refund(p: MeterParams, s: &MeterState, input: &Input) -> Option<Write<MeterState>> {
+    let now = input.now_us;
+    if s.tat <= now {
+        return None;
+    }
+    let tat = s.tat.saturating_sub(input.cost.saturating_mul(p.interval_us)).max(now);
+    Some(Write { state: MeterState { tat }, ttl_us: (tat - now).max(1) })
+}
+
 /// The stored theoretical arrival time and the fill level it means at `now`, as far as they
 /// can be believed under the current parameters. The level is at most `capacity + queue` when
 /// written at this rate; a level more than one period of the rate beyond that was written under
@@ -183,6 +193,10 @@ macro_rules! meter_strategy {
                 let mut m = meter_metadata($label, p, state, input.now_us);
                 self.extra_metadata(&mut m, p, state, input);
                 m
+            }
+
+            fn refund(&self, s: &MeterState, _charged_at_us: u64, input: &Input) -> Option<Write<MeterState>> {
+                refund(self.spec().params(&input.rate), s, input)
             }
 
             fn builtin(&self) -> Option<Builtin> {

@@ -216,6 +216,16 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
         Metadata::new()
     }
 
+    /// Gives back `input.cost` that a hit admitted at `charged_at_us` consumed, if `state`
+    /// still holds it: the new state and its time to live, or `None` when there is nothing to
+    /// give back (the window has passed, the meter has drained) or the strategy cannot. The
+    /// Memcached backend uses it to compensate a group hit it could not apply to every member.
+    /// Built-ins: the windows and the log take the cost off the window or entry that counted
+    /// it; a meter's theoretical arrival time moves back by `cost · T`, never before now.
+    fn refund(&self, _state: &Self::State, _charged_at_us: u64, _input: &Input) -> Option<Write<Self::State>> {
+        None
+    }
+
     /// The built-in this is, for backends with native implementations. Leave as `None`.
     fn builtin(&self) -> Option<Builtin> {
         None
@@ -254,6 +264,12 @@ trait Erased: Send + Sync + fmt::Debug {
     fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata;
     fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError>;
     fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError>;
+    fn refund_bytes(
+        &self,
+        state: &[u8],
+        charged_at_us: u64,
+        input: &Input,
+    ) -> Result<Option<(Vec<u8>, u64)>, StateError>;
 }
 
 /// The result of a decision over serialized state (the generic compare-and-swap path).
@@ -343,6 +359,24 @@ impl<S: Strategy> Erased for S {
         let state = self.read_state(state)?;
         Ok(self.metadata(state.as_ref(), input))
     }
+
+    fn refund_bytes(
+        &self,
+        state: &[u8],
+        charged_at_us: u64,
+        input: &Input,
+    ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
+        let Some(state) = self.read_state(Some(state))? else {
+            return Ok(None);
+        };
+        match self.refund(&state, charged_at_us, input) {
+            Some(w) => {
+                let bytes = serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?;
+                Ok(Some((bytes, w.ttl_us)))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 trait StoreExt: Strategy {
@@ -429,6 +463,17 @@ impl StrategyHandle {
     /// Metadata over serialized state.
     pub fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
         self.inner.metadata_bytes(state, input)
+    }
+
+    /// [`Strategy::refund`] over serialized state: the new serialized state and its time to
+    /// live, or `None` when nothing is given back.
+    pub fn refund_bytes(
+        &self,
+        state: &[u8],
+        charged_at_us: u64,
+        input: &Input,
+    ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
+        self.inner.refund_bytes(state, charged_at_us, input)
     }
 
     pub(crate) fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fixed_window::{TIME_BITS, TIME_MASK, window_start};
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, json_u64};
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Estimates the cost in the sliding window as `prev * (1 - elapsed / W) + cur` and admits iff
 /// `estimate + cost <= limit`. Since the estimate is never below `cur`, any epoch-aligned window
@@ -161,6 +161,24 @@ impl Strategy for SlidingWindowCounter {
         m.insert("current".into(), json_u64(v.cur));
         m.insert("estimate".into(), estimate(v.prev, v.cur, w, v.elapsed).into());
         m
+    }
+
+    fn refund(&self, s: &Self::State, charged_at_us: u64, input: &Input) -> Option<Write<Self::State>> {
+        let w = input.rate.period_us();
+        let latest = window_start(s.last_us, w);
+        let charged = window_start(charged_at_us, w);
+        let (prev, cur) = if s.period_us != w {
+            return None;
+        } else if charged == latest {
+            (s.prev, s.cur.saturating_sub(input.cost))
+        } else if charged.saturating_add(w) == latest {
+            (s.prev.saturating_sub(input.cost), s.cur)
+        } else {
+            return None;
+        };
+        let end = latest.saturating_add(2 * w);
+        (end > input.now_us)
+            .then(|| Write { state: SlidingWindowCounterState { prev, cur, ..*s }, ttl_us: end - input.now_us })
     }
 
     fn builtin(&self) -> Option<Builtin> {

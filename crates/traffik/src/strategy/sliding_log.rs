@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, json_u64};
+use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
 
 /// Exact sliding window: admits iff the cost admitted in `(now - W, now]` plus this cost is at
 /// most L. Stores one `(time, cost)` entry per distinct admission instant, so memory is
@@ -101,6 +101,18 @@ impl Strategy for SlidingWindowLog {
             m.insert("oldest_us".into(), json_u64(t));
         }
         m
+    }
+
+    fn refund(&self, s: &Self::State, charged_at_us: u64, input: &Input) -> Option<Write<Self::State>> {
+        let at = s.entries.iter().position(|&(t, _)| t == charged_at_us)?;
+        let mut entries = s.entries.clone();
+        entries[at].1 = entries[at].1.saturating_sub(input.cost);
+        if entries[at].1 == 0 {
+            entries.remove(at);
+        }
+        let newest = entries.last().map_or(input.now_us, |&(t, _)| t);
+        let ttl_us = newest.saturating_add(s.period_us).saturating_sub(input.now_us).max(1);
+        Some(Write { state: SlidingWindowLogState { period_us: s.period_us, entries }, ttl_us })
     }
 
     fn builtin(&self) -> Option<Builtin> {

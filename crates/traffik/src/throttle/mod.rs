@@ -404,6 +404,25 @@ impl Throttle {
         }
     }
 
+    /// The in-memory backend of the common configuration's shortcut, if the configuration has it.
+    pub(crate) fn planned_memory(config: &Config) -> Option<&InMemoryBackend> {
+        config.fast.as_ref().map(|f| &f.memory)
+    }
+
+    /// For a plain hit on the common configuration ([`FastPlan`]), the key (starting with
+    /// `prefix`) and input as the general path would resolve them, without dynamic dispatch.
+    #[inline]
+    pub(crate) fn prepare_planned(&self, config: &Config, prefix: &Key, req: &RequestView<'_>) -> Option<Prepared> {
+        let fast = config.fast.as_ref()?;
+        if self.inner.disabled.load(Ordering::Relaxed) {
+            return Some(Prepared::Skip(Skip::Disabled));
+        }
+        let mut key = prefix.clone();
+        fast.client_ip.identity(req).append_to(&mut key, false);
+        let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
+        Some(Prepared::Go(Ready { key, input }))
+    }
+
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
     #[inline]
     fn prepare_now(&self, config: &Config, prefix: &Key, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {

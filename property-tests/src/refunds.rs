@@ -1,0 +1,96 @@
+//! Refunds: a hit given back leaves the key as if it had not happened.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use traffik::strategy::Input;
+use traffik::{Rate, StrategyHandle};
+
+use crate::{builtin_suites, rates};
+
+#[derive(Clone, Debug)]
+struct RefundCase {
+    suite: usize,
+    rate: Rate,
+    /// Earlier hits: (microseconds after the previous, cost).
+    before: Vec<(u64, u64)>,
+    /// The hit given back: microseconds after the last earlier hit, and its cost.
+    hit: (u64, u64),
+    /// How long after the hit it is given back.
+    refund_after_us: u64,
+    /// Later peeks: microseconds after the refund, and cost.
+    later: Vec<(u64, u64)>,
+}
+
+fn case(suites: usize) -> impl proptest::strategy::Strategy<Value = RefundCase> {
+    let hit = (prop_oneof![2 => Just(0u64), 2 => 0u64..300_000, 1 => 0u64..3_000_000], 1u64..=3);
+    (
+        0..suites,
+        rates(),
+        prop::collection::vec(hit.clone(), 0..8),
+        hit,
+        prop_oneof![Just(0u64), 0u64..50],
+        prop::collection::vec((0u64..3_000_000, 1u64..=4), 1..8),
+    )
+        .prop_map(|(suite, rate, before, hit, refund_after_us, later)| RefundCase {
+            suite,
+            rate,
+            before,
+            hit,
+            refund_after_us,
+            later,
+        })
+}
+
+fn apply(s: &StrategyHandle, state: Option<Vec<u8>>, input: &Input) -> Result<(bool, Option<Vec<u8>>), TestCaseError> {
+    let step = s.decide_bytes(state.as_deref(), input).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let admitted = step.verdict.is_admitted();
+    Ok((admitted, step.write.map(|(b, _)| b).or(state)))
+}
+
+/// For every built-in strategy: after some hits, one more admitted hit is given back at most
+/// 50 µs later (as the Memcached backend compensates a group hit); from then on every peek
+/// answers exactly as it would have had that hit never been made. (The built-in refunds are
+/// exact for every strategy when given back that soon: the windows and the log take the cost
+/// off the window or entry that counted it, a meter's arrival time moves back by `cost · T`,
+/// never before now.)
+pub fn check_refunds(cases: u32) {
+    let suites: Vec<StrategyHandle> =
+        builtin_suites().into_iter().map(|s| s.strategy).filter(|s| s.builtin().is_some()).collect();
+    let mut runner = TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
+    let result = runner.run(&case(suites.len()), |c| {
+        let s = &suites[c.suite];
+        let mut now = 1_700_000_000_000_000u64;
+        let mut state = None;
+        for &(advance, cost) in &c.before {
+            now += advance;
+            state = apply(s, state, &Input { now_us: now, rate: c.rate, cost })?.1;
+        }
+        let without = state.clone();
+        now += c.hit.0;
+        let charged_at = now;
+        let hit = Input { now_us: now, rate: c.rate, cost: c.hit.1 };
+        let (admitted, with) = apply(s, state, &hit)?;
+        if !admitted {
+            return Ok(());
+        }
+        now += c.refund_after_us;
+        let refund = Input { now_us: now, rate: c.rate, cost: c.hit.1 };
+        let with = with.unwrap_or_default();
+        let refunded =
+            match s.refund_bytes(&with, charged_at, &refund).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                Some((bytes, _)) => Some(bytes),
+                None => Some(with),
+            };
+        for &(advance, cost) in &c.later {
+            now += advance;
+            let input = Input { now_us: now, rate: c.rate, cost };
+            let a = s.decide_bytes(refunded.as_deref(), &input).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let b = s.decide_bytes(without.as_deref(), &input).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(a.verdict, b.verdict, "{} at +{}us, cost {}", s.name(), now - charged_at, cost);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("a refunded hit left a trace: {e}");
+    }
+}
