@@ -179,7 +179,7 @@ fn main() {
                 summary.push((format!("Throttle::hit {name}, {keys} keys, {threads} thr"), ns / gov_ns, 2.0));
             }
 
-            // A group of two (fixed window + GCRA) against one hit of a fixed window.
+            // A group of two (fixed window + sliding window counter) against one hit of a fixed window.
             let backend = InMemoryBackend::builder().max_keys(2_000_000).build();
             let member = |uid: &str, strategy: StrategyHandle| {
                 Throttle::builder()

@@ -1,9 +1,10 @@
 //! [`ThrottleGroup`]: stacked limits decided as one.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use arc_swap::Guard;
 use serde::Serialize;
 use smallvec::SmallVec;
 
@@ -62,6 +63,8 @@ pub struct ThrottleGroup {
 }
 
 struct GroupInner {
+    /// Unique in this process (the key of the member configurations' thread cache).
+    id: u64,
     uid: String,
     members: Vec<Throttle>,
     /// Per member: the start of its keys inside this group (the group's uid, then its own).
@@ -133,6 +136,9 @@ impl GroupDecision {
     }
 }
 
+/// Source of group ids (0 marks an empty cache slot).
+static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Bytes a group uid may have, like a throttle's.
 const MAX_UID: usize = 128;
 
@@ -161,7 +167,15 @@ impl ThrottleGroup {
         }
         let group_key = Key::builder(&uid).build();
         let prefixes = members.iter().map(|m| Key::builder(&uid).part(m.uid().as_bytes()).build()).collect();
-        Ok(ThrottleGroup { inner: Arc::new(GroupInner { tag: group_key.as_str().to_owned(), uid, members, prefixes }) })
+        Ok(ThrottleGroup {
+            inner: Arc::new(GroupInner {
+                id: NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
+                tag: group_key.as_str().to_owned(),
+                uid,
+                members,
+                prefixes,
+            }),
+        })
     }
 
     /// The group's uid.
@@ -180,10 +194,12 @@ impl ThrottleGroup {
         if let Some(decision) = self.hit_planned(req, &mut failed) {
             return Ok(decision);
         }
+        // The slow paths are boxed: the future of a hit decided in place stays small (it is
+        // moved whole, wherever it is polled).
         if let Some(Failed { configs, prepared, error }) = failed {
-            return self.decide(configs, prepared, req, Mode::Consume, Some(error)).await;
+            return Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await;
         }
-        self.run(req, &NO_CONTEXT, Mode::Consume).await
+        Box::pin(self.run(req, &NO_CONTEXT, Mode::Consume)).await
     }
 
     /// [`hit`](Self::hit) with per-hit options (cost override, scope, values) for every member.
@@ -210,33 +226,52 @@ impl ThrottleGroup {
     /// `failed` holds what was prepared and the error, for the error policy.
     fn hit_planned(&self, req: &RequestView<'_>, failed: &mut Option<Failed>) -> Option<GroupDecision> {
         let g = &*self.inner;
-        let configs: Configs = g.members.iter().map(|m| m.inner.config.load()).collect();
-        let memory = Throttle::planned_memory(&configs[0])?;
-        let mut prepared: SmallVec<[Prepared; 4]> = SmallVec::with_capacity(g.members.len());
-        for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
+        MEMBER_CONFIGS.with(|cache| {
+            // Busy only if a clock or identifier re-entered a group: use the general path.
+            let mut cache = cache.try_borrow_mut().ok()?;
+            let configs = cache.get(g.id, &g.members);
+            self.hit_planned_with(configs, req, failed)
+        })
+    }
+
+    #[inline]
+    fn hit_planned_with(
+        &self,
+        configs: &[(u64, Arc<Config>)],
+        req: &RequestView<'_>,
+        failed: &mut Option<Failed>,
+    ) -> Option<GroupDecision> {
+        let g = &*self.inner;
+        let memory = Throttle::planned_memory(&configs.first()?.1)?;
+        let mut ready: SmallVec<[Ready; 4]> = SmallVec::new();
+        let mut keys: SmallVec<[_; 4]> = SmallVec::new();
+        for ((member, (_, config)), prefix) in g.members.iter().zip(configs).zip(&g.prefixes) {
             if !Throttle::planned_memory(config).is_some_and(|m| m.same_store(memory)) {
                 return None;
             }
             match member.prepare_planned(config, prefix, req)? {
-                go @ Prepared::Go(_) => prepared.push(go),
+                Prepared::Go(r) => {
+                    keys.push((memory.prepare(&r.key, &config.strategy), &config.strategy, r.input));
+                    ready.push(r);
+                }
                 Prepared::Skip(_) => return None,
             }
         }
-        let members: SmallVec<[_; 4]> = prepared
-            .iter()
-            .zip(&configs)
-            .filter_map(|(p, config)| match p {
-                Prepared::Go(ready) => {
-                    Some((memory.prepare(&ready.key, &config.strategy), &config.strategy, ready.input))
+        match memory.decide_group_prepared(&keys, Mode::Consume) {
+            Ok(verdicts) => {
+                let mut members = Vec::with_capacity(ready.len());
+                for ((r, verdict), (_, config)) in ready.into_iter().zip(verdicts).zip(configs) {
+                    members.push(config.decision(verdict, r.key, r.input.rate, r.input.cost, Source::Backend));
                 }
-                Prepared::Skip(_) => None,
-            })
-            .collect();
-        match memory.decide_group_prepared(&members, Mode::Consume) {
-            Ok(verdicts) => Some(self.decisions(&configs, prepared, Some((verdicts, Source::Backend)))),
+                Some(conclude(members, self.clone()))
+            }
             Err(error) => {
-                drop(members);
-                *failed = Some(Failed { configs, prepared, error });
+                drop(keys);
+                *failed = Some(Failed {
+                    configs: configs.iter().map(|(_, c)| Arc::clone(c)).collect(),
+                    prepared: ready.into_iter().map(Prepared::Go).collect(),
+                    error,
+                });
                 None
             }
         }
@@ -244,7 +279,7 @@ impl ThrottleGroup {
 
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<GroupDecision, Error> {
         let g = &*self.inner;
-        let configs: Configs = g.members.iter().map(|m| m.inner.config.load()).collect();
+        let configs: Configs = g.members.iter().map(|m| m.inner.config.load_full()).collect();
         // Each member's key, rate and cost, or why it does not limit this request.
         let mut prepared: SmallVec<[Prepared; 4]> = SmallVec::with_capacity(g.members.len());
         for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
@@ -347,7 +382,55 @@ impl ThrottleGroup {
 }
 
 /// The members' configurations, as loaded for one hit.
-type Configs = SmallVec<[Guard<Arc<Config>>; 4]>;
+type Configs = SmallVec<[Arc<Config>; 4]>;
+
+/// The member configurations of the groups this thread hit recently, with the generation each
+/// was loaded at: a plain hit reads them without an atomic read-modify-write (like a throttle's
+/// own cache). A configuration swapped out, or whose group was dropped, stays referenced by a
+/// thread until that thread reuses the slot or exits.
+#[derive(Default)]
+struct MemberConfigs {
+    slots: [(u64, SmallVec<[(u64, Arc<Config>); 4]>); MemberConfigs::SLOTS],
+    next: usize,
+}
+
+impl MemberConfigs {
+    const SLOTS: usize = 2;
+
+    /// The current configurations of group `id`'s `members`, reloading those that changed.
+    fn get(&mut self, id: u64, members: &[Throttle]) -> &[(u64, Arc<Config>)] {
+        let i = match self.slots.iter().position(|s| s.0 == id) {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.next = (i + 1) % Self::SLOTS;
+                self.slots[i] = (id, SmallVec::new());
+                i
+            }
+        };
+        let cached = &mut self.slots[i].1;
+        // The generation is read first: a configuration loaded after it is at least as new.
+        let load = |m: &Throttle| {
+            let generation = m.inner.generation.load(Ordering::Acquire);
+            (generation, m.inner.config.load_full())
+        };
+        if cached.len() == members.len() {
+            for (m, slot) in members.iter().zip(cached.iter_mut()) {
+                if slot.0 != m.inner.generation.load(Ordering::Acquire) {
+                    *slot = load(m);
+                }
+            }
+        } else {
+            cached.clear();
+            cached.extend(members.iter().map(load));
+        }
+        cached
+    }
+}
+
+thread_local! {
+    static MEMBER_CONFIGS: RefCell<MemberConfigs> = RefCell::new(MemberConfigs::default());
+}
 
 /// What the shortcut had prepared when the backend failed.
 struct Failed {

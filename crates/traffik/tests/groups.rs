@@ -184,3 +184,26 @@ fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock()
     assert_eq!(stats[0].as_ref().unwrap().hits_remaining, 40, "the looser member was charged 60 times, no more");
     assert_eq!(stats[1].as_ref().unwrap().hits_remaining, 0);
 }
+
+/// A plain group hit reads its members' configurations from a per-thread copy: a member whose
+/// rate changes is decided at the new rate on the very next hit, on this thread and others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rate_change_applies_to_the_next_group_hit() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let a = throttle("a", "2/min", FixedWindow, &backend, &clock);
+    let b = throttle("b", "100/min", FixedWindow, &backend, &clock);
+    let group = ThrottleGroup::new("g", [a, b]).unwrap();
+    let req = view([192, 0, 2, 10]);
+    assert!(group.hit(&req).await.unwrap().is_allowed());
+    assert!(group.hit(&req).await.unwrap().is_allowed());
+    assert!(group.hit(&req).await.unwrap().is_throttled(), "2/min admitted a third hit");
+    group.members()[0].update_rate("4/min".parse().unwrap());
+    let d = group.hit(&req).await.unwrap();
+    assert!(d.is_allowed(), "the new rate was not seen: {d:?}");
+    assert_eq!(d.members[0].rate.map(|r| r.limit()), Some(4));
+    let other = group.clone();
+    let d = tokio::spawn(async move { other.hit(&view([192, 0, 2, 10])).await.unwrap() }).await.unwrap();
+    assert!(d.is_allowed() && d.members[0].rate.map(|r| r.limit()) == Some(4), "{d:?}");
+    assert!(group.hit(&req).await.unwrap().is_throttled(), "4/min admitted a fifth hit");
+}

@@ -455,60 +455,77 @@ impl InMemoryBackend {
     /// every member is asked without writing, then, if all are admitted and there is room for
     /// their new keys, every member's decision is applied. Deterministic strategies answer the
     /// same twice, so the applied verdicts are the ones asked.
-    pub fn decide_group_prepared(
+    pub(crate) fn decide_group_prepared(
         &self,
         members: &[(PreparedKey, &StrategyHandle, Input)],
         mode: Mode,
-    ) -> Result<Vec<Verdict>, BackendError> {
+    ) -> Result<Verdicts, BackendError> {
         let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
-        let mut order: SmallVec<[usize; 4]> = members.iter().map(|m| shard_of(m.0)).collect();
+        let mut order: SmallVec<[usize; 4]> = SmallVec::new();
+        for m in members {
+            order.push(shard_of(m.0));
+        }
         order.sort_unstable();
         order.dedup();
-        let mut guards: SmallVec<[_; 4]> = order.iter().map(|&i| self.inner.shards[i].0.lock()).collect();
-        let guard_of = |key: PreparedKey| order.binary_search(&shard_of(key)).unwrap_or(0);
+        let mut guards: SmallVec<[_; 4]> = SmallVec::new();
+        for &i in &order {
+            guards.push(self.inner.shards[i].0.lock());
+        }
+        let one_shard = order.len() == 1;
+        let guard_of = |key: PreparedKey| if one_shard { 0 } else { order.binary_search(&shard_of(key)).unwrap_or(0) };
         // Every member decided on its current state; what an admission would write is kept.
-        let mut verdicts = Vec::with_capacity(members.len());
-        let mut plans: SmallVec<[Plan; 4]> = SmallVec::with_capacity(members.len());
+        let mut verdicts = Verdicts::new();
+        let mut plans: SmallVec<[Plan; 4]> = SmallVec::new();
+        let mut inserts = false;
         for &(key, strategy, ref input) in members {
             let (verdict, plan) = guards[guard_of(key)].plan(key.0, strategy, input);
+            inserts |= matches!(plan, Plan::Insert(..));
             verdicts.push(verdict);
             plans.push(plan);
         }
         if mode == Mode::Peek || !verdicts.iter().all(Verdict::is_admitted) {
             return Ok(verdicts);
         }
-        // Room for every new key before anything is written (a refusal then changes nothing).
-        let mut new_keys: SmallVec<[usize; 4]> = smallvec::smallvec![0; order.len()];
-        let spare: SmallVec<[u64; 4]> = members.iter().map(|m| m.0.0).collect();
-        for (&(key, _, ref input), plan) in members.iter().zip(&plans) {
-            if let Plan::Insert(..) = plan {
-                let g = guard_of(key);
-                guards[g].make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
-                new_keys[g] += 1;
+        if inserts {
+            // Room for every new key before anything is written (a refusal then changes nothing).
+            let mut new_keys: SmallVec<[usize; 4]> = smallvec::smallvec![0; order.len()];
+            let spare: SmallVec<[u64; 4]> = members.iter().map(|m| m.0.0).collect();
+            for (&(key, _, ref input), plan) in members.iter().zip(&plans) {
+                if let Plan::Insert(..) = plan {
+                    let g = guard_of(key);
+                    guards[g].make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
+                    new_keys[g] += 1;
+                }
             }
         }
         // In place first (bucket indexes stay valid until a key is inserted), then new keys.
         for (&(key, strategy, ref input), plan) in members.iter().zip(plans.iter_mut()) {
             let shard: &mut Shard = &mut guards[guard_of(key)];
             match plan {
-                Plan::Update { bucket, state, expires_at } => {
-                    if let Some(e) = shard.table.get_bucket_mut(*bucket) {
-                        put_slot(&mut shard.boxes, e, Some(Slot::Packed(*state)), *expires_at);
+                Plan::Update { bucket, state, expires_at } => match shard.table.get_bucket_mut(*bucket) {
+                    Some(e) if !e.boxed() => {
+                        e.state = state.0;
+                        e.set_expiry(*expires_at, false);
                     }
-                }
+                    // Expired boxed state replaced by packed state: the box is released.
+                    Some(e) => put_slot(&mut shard.boxes, e, Some(Slot::Packed(*state)), *expires_at),
+                    None => {}
+                },
                 Plan::Again => {
                     self.decide_in(shard, key, strategy, input, Mode::Consume, 0)?;
                 }
                 Plan::Nothing | Plan::Insert(..) => {}
             }
         }
-        for (&(key, _, ref input), plan) in members.iter().zip(plans) {
-            if let Plan::Insert(slot, expires_at) = plan {
-                let shard = &mut guards[guard_of(key)];
-                shard.observe_insert(input.now_us.min(EXPIRY - 1));
-                let mut entry = Entry { key: key.0, meta: 0, state: [0; 2] };
-                put_slot(&mut shard.boxes, &mut entry, Some(slot), expires_at);
-                shard.table.insert_unique(key.0, entry, |e| e.key);
+        if inserts {
+            for (&(key, _, ref input), plan) in members.iter().zip(plans) {
+                if let Plan::Insert(slot, expires_at) = plan {
+                    let shard = &mut guards[guard_of(key)];
+                    shard.observe_insert(input.now_us.min(EXPIRY - 1));
+                    let mut entry = Entry { key: key.0, meta: 0, state: [0; 2] };
+                    put_slot(&mut shard.boxes, &mut entry, Some(slot), expires_at);
+                    shard.table.insert_unique(key.0, entry, |e| e.key);
+                }
             }
         }
         Ok(verdicts)
@@ -518,7 +535,7 @@ impl InMemoryBackend {
         let members: SmallVec<[_; 4]> =
             group.ops.iter().map(|op| (self.prepare(op.key, op.strategy), op.strategy, op.input)).collect();
         let mode = group.ops.first().map_or(Mode::Consume, |op| op.mode);
-        self.decide_group_prepared(&members, mode)
+        self.decide_group_prepared(&members, mode).map(Verdicts::into_vec)
     }
 
     /// One decision on a locked shard; `pending` new keys of the same group are already
@@ -658,6 +675,9 @@ impl InMemoryBackend {
         }
     }
 }
+
+/// A group's verdicts, in member order (groups of up to four stay off the heap).
+pub(crate) type Verdicts = SmallVec<[Verdict; 4]>;
 
 /// What a group member's admission writes, decided while its shard is held.
 enum Plan {
