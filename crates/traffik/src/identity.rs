@@ -501,19 +501,57 @@ enum Hop {
     Unknown,
 }
 
+/// One hop of a forwarding header: an address, optionally quoted, optionally with a port
+/// (`192.0.2.60`, `"192.0.2.60:8080"`, `"[2001:db8::1]:4711"`, a bare IPv6 address in
+/// `X-Forwarded-For`). Anything else (an obfuscated or unknown node, an unclosed quote or
+/// bracket, a stray character) is [`Hop::Unknown`], which ends the walk.
 fn parse_hop(raw: &str) -> Hop {
-    let v = raw.trim().trim_matches('"');
+    let v = raw.trim();
+    let v = match v.strip_prefix('"') {
+        Some(quoted) => match quoted.strip_suffix('"') {
+            Some(inner) => inner,
+            None => return Hop::Unknown,
+        },
+        None => v,
+    };
+    if v.contains('"') {
+        return Hop::Unknown;
+    }
     let host = if let Some(rest) = v.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if v.matches(':').count() == 1 {
-        v.split(':').next().unwrap_or("")
+        let Some((host, after)) = rest.split_once(']') else {
+            return Hop::Unknown;
+        };
+        match after.strip_prefix(':') {
+            None if after.is_empty() => host,
+            Some(port) if valid_port(port) => host,
+            _ => return Hop::Unknown,
+        }
     } else {
-        v
+        match v.split_once(':') {
+            // `address:port`, one colon (IPv4 or a name).
+            Some((host, port)) if !port.contains(':') => {
+                if !valid_port(port) {
+                    return Hop::Unknown;
+                }
+                host
+            }
+            // No colon, or a bare IPv6 address.
+            _ => v,
+        }
     };
     match host.parse::<IpAddr>() {
         Ok(ip) => Hop::Addr(canonical(ip)),
         Err(_) => Hop::Unknown,
     }
+}
+
+/// A port as RFC 7239 writes it: digits, or an obfuscated `_name`.
+fn valid_port(port: &str) -> bool {
+    let digits = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+    let obfuscated = port.len() > 1
+        && port.starts_with('_')
+        && port[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    digits || obfuscated
 }
 
 fn list_hops(headers: &HeaderMap, name: &str) -> Vec<Hop> {
@@ -731,6 +769,56 @@ mod tests {
         assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Ip("198.51.100.9".parse().unwrap()));
         let h = headers(&[("forwarded", "for=_hidden, for=10.3.3.3")]);
         assert_eq!(ip.identity(&view_with("10.0.0.2:80", &h)), Identity::Ip("10.3.3.3".parse().unwrap()));
+    }
+
+    /// The observed defect: `for="[::1` (an unclosed quote and bracket) from a trusted proxy
+    /// was believed as `::1`. A malformed hop ends the walk: the client is the last hop believed.
+    #[test]
+    fn a_malformed_hop_ends_the_walk() {
+        let ip = ClientIp::new().trusted_proxies(TrustedProxies::private_networks());
+        let peer = "10.0.0.2:80";
+        let last_believed = Identity::Ip("10.0.0.2".parse().unwrap());
+        for bad in [
+            "for=\"[::1",
+            "for=\"[::1]",
+            "for=[::1",
+            "for=\"[::1]:80",
+            "for=[::1]:80\"",
+            "for=\"[::1]x\"",
+            "for=\"[::1]:\"",
+            "for=\"192.0.2.60:\"",
+            "for=\"192.0.2.60:80:90\"",
+            "for=\"\"",
+            "for=\"",
+            "for=\"1.2.3.4, for=5.6.7.8\"",
+        ] {
+            let h = headers(&[("forwarded", &format!("for=198.51.100.1, {bad}"))]);
+            assert_eq!(ip.identity(&view_with(peer, &h)), last_believed, "{bad} was believed");
+        }
+        // Well-formed hops still parse, quoted or not, with or without ports.
+        for (good, want) in [
+            ("for=\"[::1]\"", "::1"),
+            ("for=\"[::1]:4711\"", "::1"),
+            ("for=\"[::1]:_hidden\"", "::1"),
+            ("for=192.0.2.60", "192.0.2.60"),
+            ("for=\"192.0.2.60:8080\"", "192.0.2.60"),
+            ("FOR=192.0.2.61;proto=http", "192.0.2.61"),
+        ] {
+            let h = headers(&[("forwarded", &format!("for=198.51.100.1, {good}"))]);
+            let want: IpAddr = want.parse().unwrap();
+            let got = ip.identity(&view_with(peer, &h));
+            // ::1 is trusted (a private network): the walk goes on to the next hop.
+            let expect = if TrustedProxies::private_networks().contains(want) {
+                Identity::Ip("198.51.100.1".parse().unwrap())
+            } else {
+                Identity::Ip(want)
+            };
+            assert_eq!(got, expect, "{good}");
+        }
+        let h = headers(&[("x-forwarded-for", "198.51.100.1, [::1")]);
+        assert_eq!(ip.identity(&view_with(peer, &h)), last_believed, "x-forwarded-for `[::1`");
+        let h = headers(&[("x-forwarded-for", "198.51.100.1, \"10.1.1.1")]);
+        assert_eq!(ip.identity(&view_with(peer, &h)), last_believed, "x-forwarded-for with a stray quote");
     }
 
     #[test]
