@@ -31,6 +31,7 @@
 //! | where state lives | [`Backend`], [`InMemoryBackend`] |
 //! | who is limited | [`Identity`], [`ClientIp`], [`TrustedProxies`], [`Identifier`] |
 //! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
+//! | stacked limits, decided as one | [`ThrottleGroup`], [`GroupDecision`] |
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
 //! | what the client sees | [`Decision`], [`Headers`] |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
@@ -51,6 +52,28 @@
 //! the backend failed *and* the error policy chose to raise. A cost that can never fit the rate
 //! is [`Outcome::Never`], which integrations answer with a 429 that says so and no
 //! `Retry-After`.
+//!
+//! # When the rate changes
+//!
+//! A throttle's rate may change at any time ([`Throttle::update_rate`], a rate function whose
+//! answer changes). Strategies store absolute times and costs, with the period they were
+//! counted under where it matters, so every strategy reads state written under another rate:
+//! no wait is longer than the new rate can require, and no state outlives what the new rate
+//! needs. What carries over, per strategy: a fixed window keeps its usage when only the limit
+//! changed and starts fresh under another period; a sliding window counter likewise (both
+//! counts); a sliding log keeps the admissions within the shorter of the two periods; the
+//! meters (token and leaky buckets, GCRA) keep the moment they drain, and forgive a level more
+//! than one period beyond their new capacity. The README's "When the rate changes" has the
+//! table with each strategy's longest wait.
+//!
+//! # Stacked limits
+//!
+//! A [`ThrottleGroup`] decides several throttles (burst + sustained, per user + per tenant) as
+//! one: no member consumes quota unless every member admits, and the [`GroupDecision`] carries
+//! every member's decision and names the binding one. The in-memory backend locks the
+//! members' shards in index order; Redis runs one script in one round trip; Memcached writes
+//! member by member and refunds the earlier members when a later one refuses (see
+//! `traffik-memcached`, "Groups").
 
 pub mod backend;
 mod clock;
