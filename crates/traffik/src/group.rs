@@ -190,13 +190,15 @@ impl ThrottleGroup {
 
     /// Checks and consumes quota on every member, as one.
     pub async fn hit(&self, req: &RequestView<'_>) -> Result<GroupDecision, Error> {
-        let mut failed = None;
-        if let Some(decision) = self.hit_planned(req, &mut failed) {
-            return Ok(decision);
-        }
+        // Only the small failure box stays in the future across the awaits below.
+        let failed = match self.hit_planned(req) {
+            Ok(decision) => return Ok(decision),
+            Err(failed) => failed,
+        };
         // The slow paths are boxed: the future of a hit decided in place stays small (it is
         // moved whole, wherever it is polled).
-        if let Some(Failed { configs, prepared, error }) = failed {
+        if let Some(failed) = failed {
+            let Failed { configs, prepared, error } = *failed;
             return Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await;
         }
         Box::pin(self.run(req, &NO_CONTEXT, Mode::Consume)).await
@@ -222,16 +224,18 @@ impl ThrottleGroup {
     }
 
     /// A plain hit whose members all take their shortcut on one in-memory backend, decided
-    /// without awaiting. `None` when that does not apply, or when the backend failed: then
-    /// `failed` holds what was prepared and the error, for the error policy.
-    fn hit_planned(&self, req: &RequestView<'_>, failed: &mut Option<Failed>) -> Option<GroupDecision> {
+    /// without awaiting. `Err(None)` when that does not apply; `Err(Some(_))` when the backend
+    /// failed: what was prepared and the error, for the error policy.
+    fn hit_planned(&self, req: &RequestView<'_>) -> Result<GroupDecision, Option<Box<Failed>>> {
         let g = &*self.inner;
-        MEMBER_CONFIGS.with(|cache| {
+        let mut failed = None;
+        let decided = MEMBER_CONFIGS.with(|cache| {
             // Busy only if a clock or identifier re-entered a group: use the general path.
             let mut cache = cache.try_borrow_mut().ok()?;
             let configs = cache.get(g.id, &g.members);
-            self.hit_planned_with(configs, req, failed)
-        })
+            self.hit_planned_with(configs, req, &mut failed)
+        });
+        decided.ok_or(failed)
     }
 
     #[inline]
@@ -239,7 +243,7 @@ impl ThrottleGroup {
         &self,
         configs: &[(u64, Arc<Config>)],
         req: &RequestView<'_>,
-        failed: &mut Option<Failed>,
+        failed: &mut Option<Box<Failed>>,
     ) -> Option<GroupDecision> {
         let g = &*self.inner;
         let memory = Throttle::planned_memory(&configs.first()?.1)?;
@@ -249,7 +253,8 @@ impl ThrottleGroup {
             if !Throttle::planned_memory(config).is_some_and(|m| m.same_store(memory)) {
                 return None;
             }
-            match member.prepare_planned(config, prefix, req)? {
+            let like = ready.first().map(|first: &Ready| (&*configs[0].1, &g.prefixes[0], &first.key));
+            match member.prepare_planned(config, prefix, req, like)? {
                 Prepared::Go(r) => {
                     keys.push((memory.prepare(&r.key, &config.strategy), &config.strategy, r.input));
                     ready.push(r);
@@ -267,11 +272,11 @@ impl ThrottleGroup {
             }
             Err(error) => {
                 drop(keys);
-                *failed = Some(Failed {
+                *failed = Some(Box::new(Failed {
                     configs: configs.iter().map(|(_, c)| Arc::clone(c)).collect(),
                     prepared: ready.into_iter().map(Prepared::Go).collect(),
                     error,
-                });
+                }));
                 None
             }
         }

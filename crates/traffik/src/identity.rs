@@ -629,6 +629,13 @@ impl ClientIp {
         self
     }
 
+    /// Whether `other` identifies every request as this does (same proxies, same prefixes).
+    pub(crate) fn same_as(&self, other: &ClientIp) -> bool {
+        self.ipv4_prefix == other.ipv4_prefix
+            && self.ipv6_prefix == other.ipv6_prefix
+            && (Arc::ptr_eq(&self.proxies, &other.proxies) || self.proxies == other.proxies)
+    }
+
     /// The identity of a request.
     #[inline]
     pub fn identity(&self, req: &RequestView<'_>) -> Identity {

@@ -79,9 +79,9 @@ impl KeyText {
         self.push_ascii(s.as_bytes());
     }
 
-    /// Appends bytes that the caller guarantees are ASCII.
+    /// Appends bytes that the caller guarantees are ASCII (such as part of another key).
     #[inline]
-    fn push_ascii(&mut self, s: &[u8]) {
+    pub(crate) fn push_ascii(&mut self, s: &[u8]) {
         debug_assert!(s.is_ascii());
         match self {
             KeyText::Inline(inline) => {

@@ -207,3 +207,41 @@ async fn a_member_rate_change_applies_to_the_next_group_hit() {
     assert!(d.is_allowed() && d.members[0].rate.map(|r| r.limit()) == Some(4), "{d:?}");
     assert!(group.hit(&req).await.unwrap().is_throttled(), "4/min admitted a fifth hit");
 }
+
+/// Members that identify clients differently get keys of their own identity, and members that
+/// identify alike get the same identity part, on the shortcut as on the general path (`stat`).
+#[tokio::test]
+async fn members_key_their_own_identity() {
+    use traffik::{ClientIp, TrustedProxies};
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let member = |uid: &str, identifier: ClientIp| {
+        Throttle::builder()
+            .uid(uid)
+            .rate("10/min")
+            .backend(backend.clone())
+            .strategy(FixedWindow)
+            .identifier(identifier)
+            .clock(clock.clone())
+            .no_registry()
+            .build()
+            .unwrap()
+    };
+    let behind_proxy = || ClientIp::new().trusted_proxies(TrustedProxies::new(["10.0.0.0/8"]).unwrap());
+    let group = ThrottleGroup::new(
+        "ids",
+        [member("peer", ClientIp::new()), member("client", behind_proxy()), member("client2", behind_proxy())],
+    )
+    .unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-forwarded-for", http::HeaderValue::from_static("198.51.100.20"));
+    let (method, uri) = (http::Method::GET, http::Uri::from_static("/"));
+    let req = RequestView::new(&method, &uri, &headers).peer(Some(SocketAddr::from(([10, 0, 0, 1], 4000))));
+    let d = group.hit(&req).await.unwrap();
+    let keys: Vec<String> = d.members.iter().map(|m| m.key.as_ref().unwrap().as_str().to_owned()).collect();
+    assert!(keys[0].ends_with("10.0.0.1"), "{keys:?}");
+    assert!(keys[1].ends_with("198.51.100.20") && keys[2].ends_with("198.51.100.20"), "{keys:?}");
+    let stats = group.stat(&req, &Context::new()).await.unwrap();
+    let stat_keys: Vec<String> = stats.iter().map(|s| s.as_ref().unwrap().key.as_str().to_owned()).collect();
+    assert_eq!(keys, stat_keys, "the shortcut and the general path key members alike");
+}

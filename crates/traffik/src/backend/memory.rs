@@ -460,47 +460,85 @@ impl InMemoryBackend {
         members: &[(PreparedKey, &StrategyHandle, Input)],
         mode: Mode,
     ) -> Result<Verdicts, BackendError> {
+        const SMALL: usize = 4;
+        let n = members.len();
+        // Working space on the stack for small groups (the common case), on the heap beyond.
+        if n <= SMALL {
+            let mut order = [0usize; SMALL];
+            let mut guards: [Option<ShardGuard<'_>>; SMALL] = [const { None }; SMALL];
+            let mut plans: [Plan; SMALL] = [const { Plan::Nothing }; SMALL];
+            self.decide_group_in(members, mode, &mut order[..n], &mut guards[..n], &mut plans[..n])
+        } else {
+            let mut guards = Vec::new();
+            guards.resize_with(n, || None);
+            let mut plans = Vec::new();
+            plans.resize_with(n, || Plan::Nothing);
+            self.decide_group_in(members, mode, &mut vec![0; n], &mut guards, &mut plans)
+        }
+    }
+
+    /// [`decide_group_prepared`](Self::decide_group_prepared) with working space for one shard
+    /// index, guard and plan per member.
+    fn decide_group_in<'s>(
+        &'s self,
+        members: &[(PreparedKey, &StrategyHandle, Input)],
+        mode: Mode,
+        order: &mut [usize],
+        guards: &mut [Option<ShardGuard<'s>>],
+        plans: &mut [Plan],
+    ) -> Result<Verdicts, BackendError> {
         let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
-        let mut order: SmallVec<[usize; 4]> = SmallVec::new();
-        for m in members {
-            order.push(shard_of(m.0));
+        for (o, m) in order.iter_mut().zip(members) {
+            *o = shard_of(m.0);
         }
         order.sort_unstable();
-        order.dedup();
-        let mut guards: SmallVec<[_; 4]> = SmallVec::new();
-        for &i in &order {
-            guards.push(self.inner.shards[i].0.lock());
+        let mut shards = 0;
+        for i in 0..order.len() {
+            if i == 0 || order[i] != order[shards - 1] {
+                order[shards] = order[i];
+                shards += 1;
+            }
         }
-        let one_shard = order.len() == 1;
-        let guard_of = |key: PreparedKey| if one_shard { 0 } else { order.binary_search(&shard_of(key)).unwrap_or(0) };
+        let order = &order[..shards];
+        for (g, &i) in guards.iter_mut().zip(order) {
+            *g = Some(self.inner.shards[i].0.lock());
+        }
+        let guard_of = |key: PreparedKey| {
+            if shards == 1 { 0 } else { order.binary_search(&shard_of(key)).unwrap_or(0) }
+        };
+        // Every member's shard is locked above; the error only keeps this path free of panics.
+        let locked = || BackendError::command("memory", "a group member's shard was not locked");
         // Every member decided on its current state; what an admission would write is kept.
         let mut verdicts = Verdicts::new();
-        let mut plans: SmallVec<[Plan; 4]> = SmallVec::new();
         let mut inserts = false;
-        for &(key, strategy, ref input) in members {
-            let (verdict, plan) = guards[guard_of(key)].plan(key.0, strategy, input);
-            inserts |= matches!(plan, Plan::Insert(..));
+        let mut admitted = true;
+        for (&(key, strategy, ref input), plan) in members.iter().zip(plans.iter_mut()) {
+            let Some(shard) = guards[guard_of(key)].as_deref_mut() else { return Err(locked()) };
+            let (verdict, p) = shard.plan(key.0, strategy, input);
+            inserts |= matches!(p, Plan::Insert(..));
+            admitted &= verdict.is_admitted();
             verdicts.push(verdict);
-            plans.push(plan);
+            *plan = p;
         }
-        if mode == Mode::Peek || !verdicts.iter().all(Verdict::is_admitted) {
+        if mode == Mode::Peek || !admitted {
             return Ok(verdicts);
         }
         if inserts {
             // Room for every new key before anything is written (a refusal then changes nothing).
-            let mut new_keys: SmallVec<[usize; 4]> = smallvec::smallvec![0; order.len()];
+            let mut new_keys: SmallVec<[usize; 4]> = smallvec::smallvec![0; shards];
             let spare: SmallVec<[u64; 4]> = members.iter().map(|m| m.0.0).collect();
-            for (&(key, _, ref input), plan) in members.iter().zip(&plans) {
+            for (&(key, _, ref input), plan) in members.iter().zip(plans.iter()) {
                 if let Plan::Insert(..) = plan {
                     let g = guard_of(key);
-                    guards[g].make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
+                    let Some(shard) = guards[g].as_deref_mut() else { return Err(locked()) };
+                    shard.make_room(&self.inner, input.now_us.min(EXPIRY - 1), new_keys[g], &spare)?;
                     new_keys[g] += 1;
                 }
             }
         }
         // In place first (bucket indexes stay valid until a key is inserted), then new keys.
         for (&(key, strategy, ref input), plan) in members.iter().zip(plans.iter_mut()) {
-            let shard: &mut Shard = &mut guards[guard_of(key)];
+            let Some(shard) = guards[guard_of(key)].as_deref_mut() else { return Err(locked()) };
             match plan {
                 Plan::Update { bucket, state, expires_at } => match shard.table.get_bucket_mut(*bucket) {
                     Some(e) if !e.boxed() => {
@@ -518,9 +556,9 @@ impl InMemoryBackend {
             }
         }
         if inserts {
-            for (&(key, _, ref input), plan) in members.iter().zip(plans) {
-                if let Plan::Insert(slot, expires_at) = plan {
-                    let shard = &mut guards[guard_of(key)];
+            for (&(key, _, ref input), plan) in members.iter().zip(plans.iter_mut()) {
+                if let Plan::Insert(slot, expires_at) = std::mem::replace(plan, Plan::Nothing) {
+                    let Some(shard) = guards[guard_of(key)].as_deref_mut() else { return Err(locked()) };
                     shard.observe_insert(input.now_us.min(EXPIRY - 1));
                     let mut entry = Entry { key: key.0, meta: 0, state: [0; 2] };
                     put_slot(&mut shard.boxes, &mut entry, Some(slot), expires_at);
@@ -675,6 +713,9 @@ impl InMemoryBackend {
         }
     }
 }
+
+/// A locked shard.
+type ShardGuard<'a> = parking_lot::lock_api::MutexGuard<'a, spin::RawSpin, Shard>;
 
 /// A group's verdicts, in member order (groups of up to four stay off the heap).
 pub(crate) type Verdicts = SmallVec<[Verdict; 4]>;

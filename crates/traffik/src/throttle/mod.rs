@@ -411,14 +411,32 @@ impl Throttle {
 
     /// For a plain hit on the common configuration ([`FastPlan`]), the key (starting with
     /// `prefix`) and input as the general path would resolve them, without dynamic dispatch.
+    ///
+    /// `like`: an earlier member's configuration, prefix and key for the same request. When
+    /// both identify clients alike, the identity part of that key is copied rather than
+    /// worked out and written again.
     #[inline]
-    pub(crate) fn prepare_planned(&self, config: &Config, prefix: &Key, req: &RequestView<'_>) -> Option<Prepared> {
+    pub(crate) fn prepare_planned(
+        &self,
+        config: &Config,
+        prefix: &Key,
+        req: &RequestView<'_>,
+        like: Option<(&Config, &Key, &Key)>,
+    ) -> Option<Prepared> {
         let fast = config.fast.as_ref()?;
         if self.inner.disabled.load(Ordering::Relaxed) {
             return Some(Prepared::Skip(Skip::Disabled));
         }
         let mut key = prefix.clone();
-        fast.client_ip.identity(req).append_to(&mut key, false);
+        let same = like.and_then(|(other, other_prefix, other_key)| {
+            let other_fast = other.fast.as_ref()?;
+            let identity = other_key.as_bytes().get(other_prefix.as_bytes().len()..)?;
+            fast.client_ip.same_as(&other_fast.client_ip).then_some(identity)
+        });
+        match same {
+            Some(identity) => key.text_mut().push_ascii(identity),
+            None => fast.client_ip.identity(req).append_to(&mut key, false),
+        }
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         Some(Prepared::Go(Ready { key, input }))
     }
