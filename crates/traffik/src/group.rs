@@ -395,9 +395,12 @@ type Configs = SmallVec<[Arc<Config>; 4]>;
 /// thread until that thread reuses the slot or exits.
 #[derive(Default)]
 struct MemberConfigs {
-    slots: [(u64, SmallVec<[(u64, Arc<Config>); 4]>); MemberConfigs::SLOTS],
+    slots: [(u64, Loaded); MemberConfigs::SLOTS],
     next: usize,
 }
+
+/// One group's member configurations, each with the generation it was loaded at.
+type Loaded = SmallVec<[(u64, Arc<Config>); 4]>;
 
 impl MemberConfigs {
     const SLOTS: usize = 2;

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`Header::limit`] | `X-RateLimit-Limit` | the rate's limit |
 //! | [`Header::remaining`] | `X-RateLimit-Remaining` | unit-cost hits left (an integer) |
-//! | [`Header::reset_seconds`] | `Retry-After` | wait in whole seconds, rounded up |
+//! | [`Header::reset_seconds`] | `Retry-After` | wait in whole seconds, rounded up (throttled responses only) |
 //! | [`Header::reset_milliseconds`] | `X-RateLimit-Reset-Ms` | wait in milliseconds, rounded up |
 //!
 //! [`Headers::ietf_draft10`] emits the `RateLimit` and `RateLimit-Policy` structured fields of
@@ -109,14 +109,14 @@ impl Header {
         Header::resolver(|_, d| d.remaining.and_then(int), when)
     }
 
-    /// Seconds until a retry passes, rounded up (`0` when allowed); omitted when the cost can
-    /// never fit.
+    /// Seconds until a retry passes, rounded up, on throttled responses only: a request that
+    /// was let through (allowed, or delayed and then served) has nothing to retry, so its
+    /// response never carries `Retry-After`. Omitted too when the cost can never fit.
     pub fn reset_seconds(when: When) -> Self {
         Header::resolver(
             |_, d| match d.outcome {
-                Outcome::Never => None,
                 Outcome::Throttled => int(d.retry_after_secs().unwrap_or(1)),
-                _ => int(ceil_secs(d.wait)),
+                _ => None,
             },
             when,
         )
@@ -160,7 +160,7 @@ pub struct Headers {
     entries: Arc<Vec<(HeaderName, Header)>>,
 }
 
-/// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `Retry-After` on every response.
+/// `X-RateLimit-Limit` and `X-RateLimit-Remaining` on every response, `Retry-After` on throttled ones.
 pub static DEFAULT_HEADERS_ALWAYS: LazyLock<Headers> = LazyLock::new(|| Headers::defaults(|| When::Always));
 
 /// The same three headers on throttled responses only.
@@ -337,6 +337,11 @@ mod tests {
         assert_eq!(h["retry-after"], "2");
         let ok = DEFAULT_HEADERS_THROTTLED.resolve(&req, &decision(Outcome::Allowed, 4, 0));
         assert!(ok.is_empty());
+        for outcome in [Outcome::Allowed, Outcome::Delayed] {
+            let ok = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(outcome, 4, 0));
+            assert!(!ok.contains_key("retry-after"), "Retry-After on a request let through: {ok:?}");
+            assert_eq!(ok["x-ratelimit-remaining"], "4");
+        }
         let never = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(Outcome::Never, 0, 0));
         assert!(!never.contains_key("retry-after"));
         let skipped = DEFAULT_HEADERS_ALWAYS.resolve(&req, &Decision::skipped(Skip::Exempted));

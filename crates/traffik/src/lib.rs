@@ -33,7 +33,7 @@
 //! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
 //! | stacked limits, decided as one | [`ThrottleGroup`], [`GroupDecision`] |
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
-//! | what the client sees | [`Decision`], [`Headers`] |
+//! | what the client sees | [`Decision`], [`Headers`], [`Reply`] (429 and 503, for every integration) |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
 //! | dashboards | [`Stat`], [`BreakerInfo`], [`IncidentCounts`] |
 //!
@@ -88,6 +88,7 @@ mod key;
 pub mod policy;
 mod rate;
 mod registry;
+pub mod reply;
 pub mod rules;
 pub mod strategy;
 mod throttle;
@@ -117,6 +118,7 @@ pub use policy::{
 };
 pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
+pub use reply::{Reply, ReplyBody};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
 pub use strategy::StrategyHandle;
 pub use throttle::{BackendChoice, IntoRate};

@@ -9,7 +9,7 @@ use traffik::rules::Predicate;
 use traffik::{Context, Decision, Outcome, PathPattern, Rule, Throttle};
 
 use crate::middleware::{allowed_headers, record_shared};
-use crate::response::{error_response, throttled_response};
+use crate::response::{add_missing, error_response, throttled_response};
 use crate::view::request_view;
 
 static EMPTY: LazyLock<Context> = LazyLock::new(Context::new);
@@ -224,7 +224,7 @@ impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
         }
         let mut resp = self.inner.call(req).await?.into_response();
         if let Some(h) = headers {
-            resp.headers_mut().extend(h);
+            add_missing(resp.headers_mut(), h);
         }
         Ok(resp)
     }

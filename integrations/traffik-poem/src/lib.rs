@@ -50,12 +50,14 @@
 //!   throttle's configured headers, and
 //!   `{"error":"rate_limited","message":"Too many requests. Retry in 2 seconds.","retry_after_ms":1500}`.
 //! * **Never** (the cost can never fit the rate): 429 with
-//!   `{"error":"cost_exceeds_limit","message":..,"cost":..,"limit":..}` and no `Retry-After`.
+//!   `{"error":"cost_exceeds_limit","message":..,"cost":..,"limit":..,"retry_after_ms":null}` and no `Retry-After`.
 //! * **Delayed** (`LeakyBucketWithQueue` shaping): the request waits its slot, then proceeds.
 //! * **Backend failure** that the throttle's error policy raised:
 //!   `503 Service Unavailable` with `{"error":"rate_limiter_unavailable",..}`.
 //! * **Allowed**: the endpoint's response plus the throttle's headers that apply
-//!   ([`traffik::When::Always`]).
+//!   ([`traffik::When::Always`]) and that the response does not set already: a header set by the
+//!   application or an inner throttle (its 429) is never replaced. `Retry-After` is sent on
+//!   throttled responses only.
 //!
 //! A [`ThrottledHandler`] set on the throttle replaces the 429 response.
 //!

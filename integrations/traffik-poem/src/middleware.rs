@@ -8,7 +8,7 @@ use poem::http::HeaderMap;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use traffik::{Context, Decision, Outcome, Throttle};
 
-use crate::response::{error_response, throttled_response};
+use crate::response::{add_missing, error_response, throttled_response};
 use crate::view::request_view;
 
 type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
@@ -52,8 +52,9 @@ struct Options {
 /// [`Decision::wait`] and then calls the endpoint. The endpoint sees the [`Decision`] as request
 /// data (`Data<&Decision>`, the innermost throttle's) and every throttle's decision in
 /// [`ThrottleDecisions`]; the throttle's headers that apply to allowed requests
-/// ([`traffik::When::Always`]) are added to its response (errors returned by the endpoint pass
-/// through untouched).
+/// ([`traffik::When::Always`]) are added to its response where it does not set them already (a
+/// header the endpoint or an inner throttle set is never replaced; errors returned by the
+/// endpoint pass through untouched).
 ///
 /// Keys hold the client identity and never the path, so a route with path parameters
 /// (`/users/:id`) is limited per client for the whole route; [`per_path`](Self::per_path)
@@ -203,7 +204,7 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
         record_shared(&mut req, &t.uid, decision);
         let mut resp = self.inner.call(req).await?.into_response();
         if let Some(h) = headers {
-            resp.headers_mut().extend(h);
+            add_missing(resp.headers_mut(), h);
         }
         Ok(resp)
     }
@@ -348,7 +349,7 @@ pub async fn enforce(throttle: &Throttle, req: &Request, ctx: &Context) -> poem:
 /// allowed requests); for handlers that call [`hit`] or [`enforce`] themselves.
 pub fn apply_headers(throttle: &Throttle, req: &Request, decision: &Decision, resp: &mut Response) {
     if let Some(h) = allowed_headers(throttle, req, decision) {
-        resp.headers_mut().extend(h);
+        add_missing(resp.headers_mut(), h);
     }
 }
 

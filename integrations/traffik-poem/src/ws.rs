@@ -13,10 +13,8 @@ use poem::PathPattern;
 use poem::Request;
 use poem::http::{Extensions, HeaderMap, Method, Uri};
 use poem::web::websocket::{CloseCode, Message};
-use serde_json::json;
 use traffik::{Context, Decision, Outcome, RequestView, Throttle};
 
-use crate::response::rejection_json;
 use crate::view::peer_addr;
 
 /// What [`WsThrottle::hit`] does when a message is over the limit.
@@ -169,7 +167,7 @@ impl WsThrottle {
     /// Hits the throttle for one message (use `ctx` for a per-message cost or a scope such as
     /// a room) and reacts on `socket`: admitted → [`WsVerdict::Process`] (after waiting a
     /// shaping delay); over the limit → the [`WsReaction`]; throttle failure (the error policy
-    /// raised) → a `{"type":"error","error":"rate_limiter_unavailable",..}` message and a 1011
+    /// raised) → a `{"type":"rate_limit","error":"rate_limiter_unavailable",..}` notice and a 1011
     /// close. `Err` only when sending on the socket failed.
     pub async fn hit<S>(&self, socket: &mut S, ctx: &Context) -> Result<WsVerdict, S::Error>
     where
@@ -180,12 +178,8 @@ impl WsThrottle {
             Err(error) => {
                 tracing::debug!(throttle = self.throttle.uid(), %error,
                     "rate limiter failed; closing WebSocket with 1011");
-                let body = json!({
-                    "type": "error",
-                    "error": "rate_limiter_unavailable",
-                    "message": "The rate limiter could not reach its backend.",
-                });
-                socket.send(Message::text(body.to_string())).await?;
+                let body = traffik::ReplyBody::unavailable().to_notice_json();
+                socket.send(Message::text(body)).await?;
                 socket.send(Message::close_with(CloseCode::Error, "rate limiter unavailable")).await?;
                 return Ok(WsVerdict::Closed(None));
             }
@@ -218,5 +212,5 @@ impl WsThrottle {
 /// `{"type":"rate_limit","error":..,"message":..,"retry_after_ms":..}` (`retry_after_ms` is
 /// `null` when the cost can never fit).
 pub fn notice(decision: &Decision) -> String {
-    rejection_json(decision, true)
+    traffik::ReplyBody::for_decision(decision).to_notice_json()
 }

@@ -103,7 +103,7 @@ async fn a_cost_that_can_never_fit_answers_429_without_retry_after() {
     assert_eq!(body["error"], "cost_exceeds_limit");
     assert_eq!(body["cost"], 10);
     assert_eq!(body["limit"], 5);
-    assert!(body.get("retry_after_ms").is_none());
+    assert!(body["retry_after_ms"].is_null(), "no wait helps: {body}");
     assert!(body["message"].as_str().unwrap().contains("never"), "{body}");
 }
 
@@ -159,6 +159,9 @@ async fn a_backend_failure_the_policy_raises_answers_503_json() {
     let body = json(resp).await;
     assert_eq!(body["error"], "rate_limiter_unavailable");
     assert!(!body.to_string().contains("down for the test"), "backend details stay in the logs");
+    // The observed defect: the body named the throttle. It is the core's, naming nothing.
+    assert!(!body.to_string().contains(throttle.uid()), "the throttle's uid leaked: {body}");
+    assert_eq!(body, serde_json::to_value(traffik::ReplyBody::unavailable()).unwrap());
 
     // The default policy (throttle) fails closed with a 429 instead.
     let closed = throttle!(rate!("5/min")).backend(Broken).build().unwrap();
@@ -355,4 +358,51 @@ mod openapi {
             cli.get("/api/hello").send().await.assert_status_is_ok();
         }
     }
+}
+
+/// The observed defect (README quick start, `/data`): the outer throttle's allowed-headers were
+/// applied over the inner throttle's 429, which then said `Retry-After: 0` and
+/// `X-RateLimit-Limit: 10` while its body said "Retry in 60 seconds".
+#[tokio::test]
+async fn an_outer_throttle_never_rewrites_an_inner_429() {
+    let clock = ManualClock::new(0);
+    let outer =
+        throttle!(rate!("10/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let inner = throttle!(rate!("3/min")).clock(clock).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let cli = TestClient::new(get(hello).with(inner.middleware()).with(outer.middleware()));
+    for _ in 0..3 {
+        cli.get("/").send().await.assert_status_is_ok();
+    }
+    let denied = cli.get("/").send().await;
+    denied.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    denied.assert_header("retry-after", "60");
+    denied.assert_header("x-ratelimit-limit", "3");
+    denied.assert_header("x-ratelimit-remaining", "0");
+    let body = json(denied).await;
+    assert!(body["message"].as_str().unwrap().contains("60 seconds"), "{body}");
+}
+
+#[handler]
+fn unavailable() -> Response {
+    Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header("retry-after", "120").body("maintenance")
+}
+
+/// An application's own `Retry-After` (here on its 503) is never rewritten, and an admitted
+/// request's response never carries `Retry-After` at all.
+#[tokio::test]
+async fn the_application_keeps_its_headers_and_2xx_never_get_retry_after() {
+    let throttle = throttle!(rate!("10/min")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let cli = TestClient::new(
+        Route::new()
+            .at("/down", get(unavailable).with(throttle.middleware()))
+            .at("/hello", get(hello).with(throttle.middleware())),
+    );
+    let down = cli.get("/down").send().await;
+    down.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    down.assert_header("retry-after", "120");
+    down.assert_header("x-ratelimit-limit", "10");
+    let ok = cli.get("/hello").send().await;
+    ok.assert_status_is_ok();
+    ok.assert_header_is_not_exist("retry-after");
+    ok.assert_header("x-ratelimit-remaining", "8");
 }

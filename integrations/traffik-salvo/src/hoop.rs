@@ -8,8 +8,7 @@ use std::time::Duration;
 use salvo::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use serde_json::json;
-use traffik::{Context, Decision, Error, Outcome, Throttle};
+use traffik::{Context, Decision, Error, Outcome, Reply, ReplyBody, Throttle};
 
 use crate::depot::{ThrottleRecord, record};
 use crate::view::request_view;
@@ -282,77 +281,32 @@ impl Handler for SalvoThrottle {
     }
 }
 
-/// Milliseconds, rounded up.
-pub(crate) fn ceil_millis(d: Duration) -> u64 {
-    let whole = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    whole.saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
-}
-
-/// A human sentence about a denial.
-pub(crate) fn denial_message(decision: &Decision) -> String {
-    match decision.outcome {
-        Outcome::Never => match decision.rate {
-            Some(rate) => {
-                format!("this request costs {} but the limit is {rate}; it can never be admitted", decision.cost)
-            }
-            None => format!("this request costs {} and can never be admitted", decision.cost),
-        },
-        _ => format!("too many requests; retry in {} s", decision.retry_after_secs().unwrap_or(1)),
-    }
-}
-
-/// The JSON body of a denial: `{"error", "message", "retry_after_ms"}`; `error` is
-/// `"rate_limited"` or, when the cost can never fit, `"cost_exceeds_limit"` (with a `null`
-/// `retry_after_ms`).
+/// The JSON body of a denial: the core's [`ReplyBody`](traffik::ReplyBody),
+/// `{"error":"rate_limited","message":..,"retry_after_ms":..}`, or, when the cost can never fit,
+/// `{"error":"cost_exceeds_limit","message":..,"cost":..,"limit":..,"retry_after_ms":null}`.
 pub fn throttled_body(decision: &Decision) -> serde_json::Value {
-    let (error, retry) = match decision.outcome {
-        Outcome::Never => ("cost_exceeds_limit", None),
-        _ => ("rate_limited", Some(ceil_millis(decision.wait))),
-    };
-    json!({
-        "error": error,
-        "message": denial_message(decision),
-        "retry_after_ms": retry,
-    })
+    serde_json::to_value(ReplyBody::for_decision(decision)).unwrap_or_default()
 }
 
 /// Writes the default throttled response body ([`throttled_body`]) as JSON with status 429.
 /// The hoop has already set `Retry-After` and the configured headers when it calls this.
 pub fn write_throttled(decision: &Decision, res: &mut Response) {
     res.status_code(StatusCode::TOO_MANY_REQUESTS);
-    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    // The same document as `throttled_body`, written directly: every value is a number or
-    // fixed text that needs no escaping, and this is the hot path of a flood.
-    let body = match decision.outcome {
-        Outcome::Never => format!(
-            "{{\"error\":\"cost_exceeds_limit\",\"message\":\"{}\",\"retry_after_ms\":null}}",
-            denial_message(decision)
-        ),
-        _ => format!(
-            "{{\"error\":\"rate_limited\",\"message\":\"too many requests; retry in {} s\",\"retry_after_ms\":{}}}",
-            decision.retry_after_secs().unwrap_or(1),
-            ceil_millis(decision.wait)
-        ),
-    };
-    res.body(body);
+    write_body(res, &ReplyBody::for_decision(decision));
 }
 
-fn write_json(res: &mut Response, value: &serde_json::Value) {
-    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    res.body(value.to_string());
+fn write_body(res: &mut Response, body: &ReplyBody) {
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(Reply::CONTENT_TYPE));
+    res.body(body.to_json());
 }
 
-/// 503 for a backend failure the error policy chose to raise.
+/// 503 for a backend failure the error policy chose to raise. The throttle counts and logs
+/// backend incidents itself (once a second at most), so each reply adds only a `debug` event.
 fn unavailable(throttle: &Throttle, error: &Error, res: &mut Response) {
-    tracing::warn!(uid = throttle.uid(), %error, "rate limiter unavailable");
-    res.status_code(StatusCode::SERVICE_UNAVAILABLE);
-    write_json(
-        res,
-        &json!({
-            "error": "rate_limiter_unavailable",
-            "message": "the rate limiter could not decide; try again later",
-        }),
-    );
+    tracing::debug!(uid = throttle.uid(), %error, "rate limiter unavailable; answering 503");
+    let reply = Reply::unavailable();
+    res.status_code(reply.status);
+    write_body(res, &reply.body);
 }
 
 /// What a throttled request gets instead of the default JSON body.
@@ -476,7 +430,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_fast_body_is_the_documented_json() {
+    async fn the_body_is_the_cores_json() {
         use salvo::test::ResponseExt;
         for d in [
             decision(Outcome::Throttled, Duration::from_micros(1_500_001), 1),
@@ -492,14 +446,6 @@ mod tests {
         assert_eq!(never["retry_after_ms"], serde_json::Value::Null);
         let throttled = throttled_body(&decision(Outcome::Throttled, Duration::from_micros(1_500_001), 1));
         assert_eq!(throttled["retry_after_ms"], 1501);
-        assert_eq!(throttled["message"], "too many requests; retry in 2 s");
-    }
-
-    #[test]
-    fn millis_round_up() {
-        assert_eq!(ceil_millis(Duration::from_micros(1)), 1);
-        assert_eq!(ceil_millis(Duration::from_millis(1500)), 1500);
-        assert_eq!(ceil_millis(Duration::from_micros(1_500_001)), 1501);
-        assert_eq!(ceil_millis(Duration::ZERO), 0);
+        assert_eq!(throttled["message"], "Too many requests. Retry in 2 seconds.");
     }
 }

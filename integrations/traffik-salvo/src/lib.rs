@@ -49,11 +49,14 @@
 //!
 //! | decision | response |
 //! |---|---|
-//! | allowed | the handler's, plus headers the throttle sends `When::Always` |
+//! | allowed | the handler's, plus headers the throttle sends `When::Always` (a header the handler sets wins; never `Retry-After`) |
 //! | delayed (queueing strategies) | the request waits `Decision::wait`, then proceeds |
 //! | throttled | `429`, `Retry-After` in whole seconds (rounded up), the throttle's headers, and `{"error":"rate_limited","message":...,"retry_after_ms":...}` |
 //! | cost can never fit | `429`, `{"error":"cost_exceeds_limit",...,"retry_after_ms":null}`, no `Retry-After` |
-//! | backend failure the error policy raises | `503`, `{"error":"rate_limiter_unavailable",...}` |
+//! | backend failure the error policy raises | `503`, `{"error":"rate_limiter_unavailable",...}` (nothing internal named) |
+//!
+//! The statuses, `Retry-After` and bodies are the core's [`traffik::Reply`], the same as in
+//! `traffik-poem`.
 //!
 //! Replace the 429 body with a [`ThrottledHandler`] stored on the throttle. Downstream
 //! handlers (and the throttled handler) read the decisions from the depot through
@@ -116,4 +119,4 @@ pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, wri
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
 pub use view::{client_ip, peer_addr, request_view};
 #[cfg(feature = "websocket")]
-pub use ws::{POLICY_VIOLATION, WsConnection, WsThrottle, WsVerdict, ws_throttled_message};
+pub use ws::{INTERNAL_ERROR, POLICY_VIOLATION, WsConnection, WsThrottle, WsVerdict, ws_throttled_message};

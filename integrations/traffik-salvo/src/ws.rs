@@ -8,14 +8,15 @@ use salvo::Request;
 use salvo::http::uri::Uri;
 use salvo::http::{HeaderMap, Method};
 use salvo::websocket::{Message, WebSocket};
-use serde_json::json;
 use traffik::{Context, Decision, Error, Outcome, RequestView, Throttle};
 
-use crate::hoop::{ceil_millis, denial_message};
 use crate::view::peer_addr;
 
 /// The WebSocket close code for a policy violation.
 pub const POLICY_VIOLATION: u16 = 1008;
+
+/// WebSocket close code 1011 (internal error): the rate limiter could not decide.
+pub const INTERNAL_ERROR: u16 = 1011;
 
 type MessageFn = Arc<dyn Fn(&Decision) -> Message + Send + Sync>;
 
@@ -167,7 +168,8 @@ pub enum WsVerdict {
     Throttled(Decision),
     /// The socket was closed (1008) or could not be written to; stop using it.
     Closed(Decision),
-    /// The rate limiter failed and its error policy raised; the client was told.
+    /// The rate limiter failed and its error policy raised: the client was told, and the
+    /// socket closed with 1011 (as in `traffik-poem`); stop using it.
     Failed(Error),
 }
 
@@ -177,9 +179,10 @@ impl WsVerdict {
         matches!(self, WsVerdict::Allowed(_))
     }
 
-    /// Whether the socket is closed and the handler should return.
+    /// Whether the socket is closed (a 1008 on a denial, a 1011 on a failure) and the handler
+    /// should return.
     pub fn is_closed(&self) -> bool {
-        matches!(self, WsVerdict::Closed(_))
+        matches!(self, WsVerdict::Closed(_) | WsVerdict::Failed(_))
     }
 
     /// The decision, when the throttle reached one.
@@ -191,21 +194,12 @@ impl WsVerdict {
     }
 }
 
-/// The JSON text a denied message gets by default: `{"type":"rate_limit","error",
-/// "message","retry_after_ms"}` (`error` is `"cost_exceeds_limit"` and `retry_after_ms` is
-/// `null` when the cost can never fit).
+/// The JSON text a denied message gets by default: the core's notice,
+/// `{"type":"rate_limit","error":..,"message":..,"retry_after_ms":..}` (`error` is
+/// `"cost_exceeds_limit"`, with `cost` and `limit`, and `retry_after_ms` is `null` when the
+/// cost can never fit), the same in every integration.
 pub fn ws_throttled_message(decision: &Decision) -> Message {
-    let (error, retry) = match decision.outcome {
-        Outcome::Never => ("cost_exceeds_limit", None),
-        _ => ("rate_limited", Some(ceil_millis(decision.wait))),
-    };
-    let body = json!({
-        "type": "rate_limit",
-        "error": error,
-        "message": denial_message(decision),
-        "retry_after_ms": retry,
-    });
-    Message::text(body.to_string())
+    Message::text(traffik::ReplyBody::for_decision(decision).to_notice_json())
 }
 
 impl WsConnection {
@@ -237,15 +231,13 @@ impl WsConnection {
         let decision = match result {
             Ok(d) => d,
             Err(error) => {
-                tracing::warn!(uid = self.ws.throttle.uid(), %error, "rate limiter unavailable");
-                let body = json!({
-                    "type": "rate_limit",
-                    "error": "rate_limiter_unavailable",
-                    "message": "the rate limiter could not decide; try again later",
-                    "retry_after_ms": null,
-                });
+                // The throttle counts and logs backend incidents itself, once a second at most.
+                tracing::debug!(uid = self.ws.throttle.uid(), %error, "rate limiter unavailable");
+                let body = traffik::ReplyBody::unavailable().to_notice_json();
                 // A failed send shows up on the handler's next receive.
-                let _ = ws.send(Message::text(body.to_string())).await;
+                if ws.send(Message::text(body)).await.is_ok() {
+                    let _ = ws.send(Message::close_with(INTERNAL_ERROR, "rate limiter unavailable")).await;
+                }
                 return WsVerdict::Failed(error);
             }
         };

@@ -369,6 +369,7 @@ async fn a_raised_backend_error_is_503_json() {
     let body = json(&mut res).await;
     assert_eq!(body["error"], "rate_limiter_unavailable");
     assert!(!body.to_string().contains("always down"), "no backend details leak");
+    assert_eq!(body, serde_json::to_value(traffik::ReplyBody::unavailable()).unwrap(), "the core's body");
     assert_eq!(counter.calls(), 0);
 }
 
@@ -461,4 +462,56 @@ async fn a_context_function_scopes_and_prices_each_request() {
     // Another tenant has its own quota; the context's cost (4) wins over the hoop's.
     assert_eq!(call("globex", "/?bulk=true").await, StatusCode::OK);
     assert_eq!(call("globex", "/").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[handler]
+async fn unavailable(res: &mut Response) {
+    res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+    res.headers_mut().insert("retry-after", HeaderValue::from_static("120"));
+    res.render("maintenance");
+}
+
+/// Stacked hoops: the inner throttle's 429 says what the inner throttle decided; an
+/// application's own `Retry-After` survives; an admitted request never gets `Retry-After`.
+#[tokio::test]
+async fn headers_tell_the_truth_on_stacked_hoops_and_application_responses() {
+    let clock = ManualClock::new(0);
+    let outer =
+        throttle!(rate!("10/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let inner = throttle!(rate!("3/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let service = Service::new(
+        Router::new()
+            .push(
+                Router::with_path("data")
+                    .hoop(SalvoThrottle::new(outer))
+                    .hoop(SalvoThrottle::new(inner))
+                    .get(Counter::default()),
+            )
+            .push(
+                Router::with_path("down")
+                    .hoop(SalvoThrottle::new(
+                        throttle!(rate!("10/min"))
+                            .clock(clock)
+                            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+                            .build()
+                            .unwrap(),
+                    ))
+                    .get(unavailable),
+            ),
+    );
+    for _ in 0..3 {
+        let ok = get(&service, "/data", A).await;
+        assert_eq!(ok.status_code, Some(StatusCode::OK));
+        assert_eq!(header(&ok, "retry-after"), None, "Retry-After on a 200");
+    }
+    let mut denied = get(&service, "/data", A).await;
+    assert_eq!(denied.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(header(&denied, "retry-after").as_deref(), Some("60"));
+    assert_eq!(header(&denied, "x-ratelimit-limit").as_deref(), Some("3"));
+    let body = json(&mut denied).await;
+    assert!(body["message"].as_str().unwrap().contains("60 seconds"), "{body}");
+    let down = get(&service, "/down", A).await;
+    assert_eq!(down.status_code, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(header(&down, "retry-after").as_deref(), Some("120"));
+    assert_eq!(header(&down, "x-ratelimit-limit").as_deref(), Some("10"));
 }

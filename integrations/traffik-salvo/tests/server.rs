@@ -187,6 +187,30 @@ async fn websocket_close_on_throttle_sends_1008() {
     }
 }
 
+/// A backend failure the error policy raises: the core's notice, then a 1011 close (as in
+/// `traffik-poem`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_throttle_closes_the_websocket_with_1011() {
+    let failing = traffik::Throttle::builder()
+        .uid(common::uid("salvo-ws-broken"))
+        .rate(rate!("2/min"))
+        .backend(common::Broken)
+        .strategy(traffik::strategy::FixedWindow)
+        .on_error(traffik::ErrorPolicy::raise())
+        .no_registry()
+        .build()
+        .unwrap();
+    let url = ws_server(WsThrottle::new(failing), throttle!(rate!("100/h")).build().unwrap()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text("a")).await.unwrap();
+    let notice: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(notice, serde_json::from_str::<Value>(&traffik::ReplyBody::unavailable().to_notice_json()).unwrap());
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1011),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_upgrade_is_429_before_the_handshake() {
     let messages = WsThrottle::new(throttle!(rate!("100/h")).build().unwrap());
