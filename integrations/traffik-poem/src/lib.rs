@@ -36,6 +36,7 @@
 //! | need | use |
 //! |---|---|
 //! | limit a route (stackable) | [`PoemThrottle`] / [`ThrottleExt::middleware`] with `.with(..)` |
+//! | stacked limits decided as one (burst + sustained) | [`PoemGroup`] / [`GroupExt::middleware`] of a [`ThrottleGroup`](traffik::ThrottleGroup) |
 //! | limit the whole app by rules | [`ThrottleMiddleware`] of [`MiddlewareThrottle`]s |
 //! | limit inside a handler (cost by upload size, ...) | [`enforce`], [`hit`], [`request_view`] |
 //! | read the decision in a handler | `Data<&Decision>`, [`decisions`], [`is_throttled`] |
@@ -80,6 +81,7 @@
 //! configuration runs three times, interleaved, after a 1 s warm-up).
 
 mod global;
+mod group;
 mod middleware;
 mod response;
 mod view;
@@ -87,6 +89,7 @@ mod view;
 mod ws;
 
 pub use global::{MiddlewareThrottle, ThrottleMiddleware, ThrottleMiddlewareEndpoint};
+pub use group::{GroupEndpoint, GroupExt, PoemGroup};
 pub use middleware::{
     PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions, enforce, hit,
     is_throttled, record,

@@ -406,3 +406,50 @@ async fn the_application_keeps_its_headers_and_2xx_never_get_retry_after() {
     ok.assert_header_is_not_exist("retry-after");
     ok.assert_header("x-ratelimit-remaining", "8");
 }
+
+/// Stacked limits as one decision on a route: `10/min` over `3/min` as a group. After 3
+/// admitted and 3 refused requests the outer limit has 7 left (stacked middlewares left it 4),
+/// and each refusal is the binding member's 429.
+#[tokio::test]
+async fn a_group_on_a_route_charges_no_member_for_a_refusal() {
+    use traffik_poem::{GroupExt, ThrottleDecisions};
+    let clock = ManualClock::new(0);
+    let backend = traffik::InMemoryBackend::new();
+    let member = |uid: &str, r| {
+        Throttle::builder()
+            .uid(uid)
+            .rate(r)
+            .backend(backend.clone())
+            .strategy(traffik::strategy::FixedWindow)
+            .clock(clock.clone())
+            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .no_registry()
+            .build()
+            .unwrap()
+    };
+    let group =
+        traffik::ThrottleGroup::new("data", [member("outer", rate!("10/min")), member("inner", rate!("3/min"))])
+            .unwrap();
+
+    #[handler]
+    fn report(decision: Data<&Decision>, all: Data<&ThrottleDecisions>) -> String {
+        format!("{} {}", decision.remaining.unwrap_or(99), all.len())
+    }
+    let cli = TestClient::new(get(report).with(group.middleware()));
+    for left in [2, 1, 0] {
+        let ok = cli.get("/").send().await;
+        ok.assert_status_is_ok();
+        ok.assert_header("x-ratelimit-limit", "3");
+        ok.assert_header_is_not_exist("retry-after");
+        ok.assert_text(format!("{left} 2")).await;
+    }
+    for _ in 0..3 {
+        let denied = cli.get("/").send().await;
+        denied.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        denied.assert_header("retry-after", "60");
+        denied.assert_header("x-ratelimit-limit", "3");
+    }
+    let stats = group.stat(&traffik::RequestView::empty(), &Context::new()).await.unwrap();
+    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    assert_eq!(left, [7, 0]);
+}

@@ -186,7 +186,7 @@ impl SalvoThrottle {
             let decision = match result {
                 Ok(d) => d,
                 Err(error) => {
-                    unavailable(&self.throttle, &error, res);
+                    unavailable(self.throttle.uid(), &error, res);
                     return false;
                 }
             };
@@ -214,24 +214,37 @@ impl SalvoThrottle {
                 true
             }
             Outcome::Throttled | Outcome::Never => {
-                set_retry_after(&decision, res);
-                match self.throttle.throttled_handler::<ThrottledHandler>() {
-                    Some(handler) => {
-                        // The handler reads the decision from the depot.
-                        record(depot, ThrottleRecord { uid, decision: decision.clone(), stat });
-                        handler.respond(&decision, req, depot, res, ctrl).await;
-                    }
-                    None => {
-                        write_throttled(&decision, res);
-                        record(depot, ThrottleRecord { uid, decision, stat });
-                    }
-                }
+                refuse(&self.throttle, ThrottleRecord { uid, decision, stat }, req, depot, res, ctrl).await;
                 false
             }
             Outcome::Allowed | Outcome::Skipped(_) => {
                 record(depot, ThrottleRecord { uid, decision, stat });
                 true
             }
+        }
+    }
+}
+
+/// Answers a refusal of `throttle`: 429, `Retry-After` when a retry can help, then the
+/// throttle's [`ThrottledHandler`] (which reads the decision from the depot) or the core's body.
+pub(crate) async fn refuse(
+    throttle: &Throttle,
+    refused: ThrottleRecord,
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+    ctrl: &mut FlowCtrl,
+) {
+    set_retry_after(&refused.decision, res);
+    match throttle.throttled_handler::<ThrottledHandler>() {
+        Some(handler) => {
+            let decision = refused.decision.clone();
+            record(depot, refused);
+            handler.respond(&decision, req, depot, res, ctrl).await;
+        }
+        None => {
+            write_throttled(&refused.decision, res);
+            record(depot, refused);
         }
     }
 }
@@ -302,8 +315,8 @@ fn write_body(res: &mut Response, body: &ReplyBody) {
 
 /// 503 for a backend failure the error policy chose to raise. The throttle counts and logs
 /// backend incidents itself (once a second at most), so each reply adds only a `debug` event.
-fn unavailable(throttle: &Throttle, error: &Error, res: &mut Response) {
-    tracing::debug!(uid = throttle.uid(), %error, "rate limiter unavailable; answering 503");
+pub(crate) fn unavailable(uid: &str, error: &Error, res: &mut Response) {
+    tracing::debug!(uid, %error, "rate limiter unavailable; answering 503");
     let reply = Reply::unavailable();
     res.status_code(reply.status);
     write_body(res, &reply.body);
@@ -364,7 +377,7 @@ impl ThrottledHandler {
         ThrottledHandler { kind: Responder::Fn(Arc::new(f)) }
     }
 
-    async fn respond(
+    pub(crate) async fn respond(
         &self,
         decision: &Decision,
         req: &mut Request,

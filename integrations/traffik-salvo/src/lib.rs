@@ -108,6 +108,7 @@
 //! runtime reconfiguration and WebSocket message limits.
 
 mod depot;
+mod group;
 mod hoop;
 mod middleware;
 mod view;
@@ -115,6 +116,7 @@ mod view;
 mod ws;
 
 pub use depot::{DepotExt, ThrottleRecord, ThrottleRecords};
+pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
 pub use view::{client_ip, peer_addr, request_view};

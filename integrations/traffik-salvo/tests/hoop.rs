@@ -515,3 +515,49 @@ async fn headers_tell_the_truth_on_stacked_hoops_and_application_responses() {
     assert_eq!(header(&down, "retry-after").as_deref(), Some("120"));
     assert_eq!(header(&down, "x-ratelimit-limit").as_deref(), Some("10"));
 }
+
+/// Stacked limits as one decision on a route: `10/min` over `3/min` as a group hoop. After 3
+/// admitted and 3 refused requests the outer limit has 7 left, each refusal is the binding
+/// member's 429, and the depot holds both members' decisions, the binding one last.
+#[tokio::test]
+async fn a_group_hoop_charges_no_member_for_a_refusal() {
+    use traffik_salvo::GroupExt;
+    let clock = ManualClock::new(0);
+    let backend = traffik::InMemoryBackend::new();
+    let member = |uid: &str, r| {
+        traffik::Throttle::builder()
+            .uid(uid)
+            .rate(r)
+            .backend(backend.clone())
+            .strategy(traffik::strategy::FixedWindow)
+            .clock(clock.clone())
+            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .no_registry()
+            .build()
+            .unwrap()
+    };
+    let group =
+        traffik::ThrottleGroup::new("data", [member("outer", rate!("10/min")), member("inner", rate!("3/min"))])
+            .unwrap();
+    let service = Service::new(Router::with_path("data").hoop(group.hoop()).get(report));
+    for left in [2, 1, 0] {
+        let mut ok = get(&service, "/data", A).await;
+        assert_eq!(ok.status_code, Some(StatusCode::OK));
+        assert_eq!(header(&ok, "x-ratelimit-limit").as_deref(), Some("3"));
+        assert_eq!(header(&ok, "retry-after"), None);
+        let body = json(&mut ok).await;
+        let uids: Vec<&str> = body["records"].as_array().unwrap().iter().map(|r| r["uid"].as_str().unwrap()).collect();
+        assert_eq!(uids, ["outer", "inner"], "{body}");
+        assert_eq!(body["records"][1]["decision"]["remaining"], left);
+    }
+    for _ in 0..3 {
+        let denied = get(&service, "/data", A).await;
+        assert_eq!(denied.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(header(&denied, "retry-after").as_deref(), Some("60"));
+        assert_eq!(header(&denied, "x-ratelimit-limit").as_deref(), Some("3"));
+    }
+    let view = RequestView::empty().peer(Some(A.parse().unwrap()));
+    let stats = group.stat(&view, &Context::new()).await.unwrap();
+    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    assert_eq!(left, [7, 0]);
+}

@@ -1,5 +1,6 @@
-//! Poem quick start: in-memory throttles as route middleware (one, and two stacked), the
-//! decision read back in a handler, and a direct call with a per-request cost.
+//! Poem quick start: in-memory throttles as route middleware (one, and two stacked as a group
+//! decided as one), the decision read back in a handler, and a direct call with a per-request
+//! cost.
 //!
 //! Run: `cargo run -p traffik-poem-examples --bin quickstart`, then try the printed curl lines
 //! from another terminal.
@@ -9,9 +10,10 @@ use poem::web::{Data, Path};
 use poem::{Endpoint, EndpointExt, Request, Response, Route, Server, get, handler, post};
 use traffik::strategy::{FixedWindow, SlidingWindowCounter, TokenBucket};
 use traffik::{
-    Clock, Context, DEFAULT_HEADERS_ALWAYS, Decision, InMemoryBackend, StrategyHandle, SystemClock, Throttle, rate,
+    Clock, Context, DEFAULT_HEADERS_ALWAYS, Decision, InMemoryBackend, StrategyHandle, SystemClock, Throttle,
+    ThrottleGroup, rate,
 };
-use traffik_poem::{PoemThrottle, ThrottleExt};
+use traffik_poem::{GroupExt, ThrottleExt};
 
 const ADDR: &str = "127.0.0.1:3000";
 
@@ -66,13 +68,16 @@ fn app(clock: impl Clock + Clone) -> Result<impl Endpoint, traffik::Error> {
     let hello_limit = throttle("quickstart-hello", rate!("3/10s"), FixedWindow, &backend, &clock)?;
     let burst = throttle("quickstart-burst", rate!("2/s"), TokenBucket::new(), &backend, &clock)?;
     let sustained = throttle("quickstart-sustained", rate!("10/min"), SlidingWindowCounter, &backend, &clock)?;
+    // Burst + sustained as one decision: a request the burst limit refuses costs the minute's
+    // quota nothing, and a 429 carries the headers of the limit that refused it.
+    let data = ThrottleGroup::new("quickstart-data", [burst, sustained])?;
     let users = throttle("quickstart-users", rate!("5/min"), FixedWindow, &backend, &clock)?;
     let uploads = throttle("quickstart-uploads", rate!("64/min"), TokenBucket::new(), &backend, &clock)?;
 
     Ok(Route::new()
         .at("/hello", get(hello).with(hello_limit.middleware()))
-        // Stacked: both limits are enforced, the outer (sustained) one first.
-        .at("/data", get(hello).with(PoemThrottle::new(burst)).with(PoemThrottle::new(sustained)))
+        // Stacked: both limits are enforced, as one decision.
+        .at("/data", get(hello).with(data.middleware()))
         // One quota for the route, whatever the id.
         .at("/users/:id", get(user).with(users.middleware()))
         .at("/upload", post(upload).data(UploadThrottle(uploads))))
@@ -84,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("traffik + poem quick start on http://{ADDR}");
     println!("  curl -i http://{ADDR}/hello                  # 3 per 10 s, then 429 with Retry-After");
     println!("  for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\\n' http://{ADDR}/data; done");
-    println!("                                               # burst 2/s and 10/min, both enforced");
+    println!("                                               # burst 2/s and 10/min, decided as one");
     println!("  curl http://{ADDR}/users/1; curl http://{ADDR}/users/2   # one quota per route");
     println!("  head -c 20000 /dev/zero | curl -i --data-binary @- http://{ADDR}/upload");
     println!("                                               # costs 20 of 64/min");
@@ -111,8 +116,12 @@ mod tests {
         denied.assert_header_exist("retry-after");
 
         cli.get("/data").send().await.assert_status_is_ok();
-        cli.get("/data").send().await.assert_status_is_ok();
-        cli.get("/data").send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        cli.get("/data").send().await.assert_header("x-ratelimit-remaining", "0");
+        let refused = cli.get("/data").send().await;
+        refused.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        // The burst limit refused: the 429 carries its headers.
+        refused.assert_header("x-ratelimit-limit", "2");
+        refused.assert_header("retry-after", "1");
 
         cli.get("/users/1").send().await.assert_text("user 1; 4 lookups left this minute (for any user id)\n").await;
         cli.get("/users/2").send().await.assert_text("user 2; 3 lookups left this minute (for any user id)\n").await;

@@ -1,0 +1,148 @@
+//! Stacked limits as one decision: a [`ThrottleGroup`] as Poem middleware.
+
+use std::fmt;
+use std::sync::Arc;
+
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use traffik::{Decision, GroupDecision, Outcome, Throttle, ThrottleGroup};
+
+use crate::middleware::{allowed_headers, record_shared};
+use crate::response::{add_missing, error_response, throttled_response};
+use crate::view::request_view;
+
+/// A [`ThrottleGroup`] usable as Poem middleware: every member limits the route, decided as
+/// one, so no member is charged for a request another member refuses (two stacked
+/// [`PoemThrottle`](crate::PoemThrottle)s charge the outer one for requests the inner one
+/// refuses).
+///
+/// ```
+/// use poem::{EndpointExt, Route, get, handler};
+/// use traffik::{rate, InMemoryBackend, Throttle, ThrottleGroup, strategy::{FixedWindow, TokenBucket}};
+/// use traffik_poem::GroupExt;
+///
+/// #[handler]
+/// fn data() -> &'static str { "data" }
+///
+/// let backend = InMemoryBackend::new();
+/// let burst = Throttle::builder().uid("burst").rate(rate!("3/s")).backend(backend.clone())
+///     .strategy(TokenBucket::new()).no_registry().build()?;
+/// let sustained = Throttle::builder().uid("sustained").rate(rate!("100/hour")).backend(backend)
+///     .strategy(FixedWindow).no_registry().build()?;
+/// let group = ThrottleGroup::new("data", [burst, sustained])?;
+/// let app = Route::new().at("/data", get(data).with(group.middleware()));
+/// # let _ = app;
+/// # Ok::<(), traffik::Error>(())
+/// ```
+///
+/// Per request: a refusal answers the binding member's 429 (its headers, its
+/// [`ThrottledHandler`](crate::ThrottledHandler) if it has one, `Retry-After` long enough for
+/// every member); a backend failure the first member's error policy raised answers 503; a
+/// delayed decision waits, then calls the endpoint. The endpoint sees every member's decision
+/// in [`ThrottleDecisions`](crate::ThrottleDecisions) (in member order) and the binding
+/// member's as `Data<&Decision>`; the binding member's headers for allowed requests are added
+/// where the response does not set them.
+#[derive(Clone)]
+pub struct PoemGroup {
+    group: ThrottleGroup,
+    uid: Arc<str>,
+    members: Arc<[Arc<str>]>,
+}
+
+impl fmt::Debug for PoemGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoemGroup").field("group", &self.group).finish()
+    }
+}
+
+impl From<ThrottleGroup> for PoemGroup {
+    fn from(group: ThrottleGroup) -> Self {
+        PoemGroup::new(group)
+    }
+}
+
+impl PoemGroup {
+    /// Wraps a group.
+    pub fn new(group: ThrottleGroup) -> Self {
+        let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
+        PoemGroup { uid: Arc::from(group.uid()), members, group }
+    }
+
+    /// The wrapped group.
+    pub fn group(&self) -> &ThrottleGroup {
+        &self.group
+    }
+
+    /// Hits the group for `req`.
+    pub async fn hit(&self, req: &Request) -> Result<GroupDecision, traffik::Error> {
+        self.group.hit(&request_view(req)).await
+    }
+}
+
+/// The member whose answer the client gets, and its decision: the binding member, or (should a
+/// refused group name none) the first member that refused.
+fn answering<'g>(group: &'g ThrottleGroup, decided: &'g GroupDecision) -> Option<(&'g Throttle, &'g Decision)> {
+    let i = decided.binding.or_else(|| decided.members.iter().position(Decision::is_throttled))?;
+    Some((group.members().get(i)?, decided.members.get(i)?))
+}
+
+impl<E: Endpoint> Middleware<E> for PoemGroup {
+    type Output = GroupEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        GroupEndpoint { inner: ep, group: self.clone() }
+    }
+}
+
+/// The endpoint [`PoemGroup`] wraps around another.
+#[derive(Debug)]
+pub struct GroupEndpoint<E> {
+    inner: E,
+    group: PoemGroup,
+}
+
+impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let g = &self.group;
+        let decided = match g.hit(&req).await {
+            Ok(d) => d,
+            Err(e) => return Ok(error_response(&g.uid, &e)),
+        };
+        let answer = answering(&g.group, &decided);
+        if decided.is_throttled() {
+            return Ok(match answer {
+                Some((member, decision)) => throttled_response(member, &req, decision),
+                // A refused group always has a refusing member; this only keeps the path total.
+                None => error_response(&g.uid, &traffik::Error::Config("a refused group named no member".into())),
+            });
+        }
+        if decided.outcome == Outcome::Delayed {
+            tokio::time::sleep(decided.wait).await;
+        }
+        let headers = answer.and_then(|(member, decision)| allowed_headers(member, &req, decision));
+        for (uid, decision) in g.members.iter().zip(&decided.members) {
+            record_shared(&mut req, uid, decision.clone());
+        }
+        if let Some((_, decision)) = answer {
+            req.extensions_mut().insert(decision.clone());
+        }
+        let mut resp = self.inner.call(req).await?.into_response();
+        if let Some(h) = headers {
+            add_missing(resp.headers_mut(), h);
+        }
+        Ok(resp)
+    }
+}
+
+/// Poem conveniences on [`ThrottleGroup`].
+pub trait GroupExt {
+    /// The group as Poem middleware: `get(h).with(group.middleware())`.
+    fn middleware(&self) -> PoemGroup;
+}
+
+impl GroupExt for ThrottleGroup {
+    fn middleware(&self) -> PoemGroup {
+        PoemGroup::new(self.clone())
+    }
+}

@@ -1,0 +1,145 @@
+//! Stacked limits as one decision: a [`ThrottleGroup`] as a Salvo hoop.
+
+use std::fmt;
+use std::sync::Arc;
+
+use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
+use traffik::{Decision, GroupDecision, Outcome, ThrottleGroup};
+
+use crate::depot::{ThrottleRecord, record};
+use crate::hoop::{refuse, unavailable};
+use crate::view::request_view;
+
+/// A [`ThrottleGroup`] as a Salvo [`Handler`]: every member limits the route, decided as one,
+/// so no member is charged for a request another member refuses (two stacked
+/// [`SalvoThrottle`](crate::SalvoThrottle) hoops charge the outer one for requests the inner
+/// one refuses).
+///
+/// ```
+/// use salvo::prelude::*;
+/// use traffik::{rate, InMemoryBackend, Throttle, ThrottleGroup, strategy::{FixedWindow, TokenBucket}};
+/// use traffik_salvo::GroupExt;
+///
+/// #[handler]
+/// async fn data() -> &'static str { "data" }
+///
+/// let backend = InMemoryBackend::new();
+/// let burst = Throttle::builder().uid("burst").rate(rate!("3/s")).backend(backend.clone())
+///     .strategy(TokenBucket::new()).no_registry().build()?;
+/// let sustained = Throttle::builder().uid("sustained").rate(rate!("100/hour")).backend(backend)
+///     .strategy(FixedWindow).no_registry().build()?;
+/// let group = ThrottleGroup::new("data", [burst, sustained])?;
+/// let router = Router::with_path("data").hoop(group.hoop()).get(data);
+/// # let _ = router;
+/// # Ok::<(), traffik::Error>(())
+/// ```
+///
+/// Per request: the binding member's headers are added; a refusal answers the binding
+/// member's 429 (its [`ThrottledHandler`](crate::ThrottledHandler) if it has one, a
+/// `Retry-After` long enough for every member); a backend failure the first member's error
+/// policy raised answers 503; a delayed decision waits. Every member's decision is recorded in
+/// the [`Depot`] in member order, the binding member's last, so
+/// [`DepotExt::throttle_decision`](crate::DepotExt::throttle_decision) is the one the client
+/// was answered with.
+#[derive(Clone)]
+pub struct SalvoGroup {
+    group: ThrottleGroup,
+    members: Arc<[Arc<str>]>,
+}
+
+impl fmt::Debug for SalvoGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SalvoGroup").field("group", &self.group).finish()
+    }
+}
+
+impl From<ThrottleGroup> for SalvoGroup {
+    fn from(group: ThrottleGroup) -> Self {
+        SalvoGroup::new(group)
+    }
+}
+
+impl SalvoGroup {
+    /// Wraps a group.
+    pub fn new(group: ThrottleGroup) -> Self {
+        let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
+        SalvoGroup { group, members }
+    }
+
+    /// The wrapped group.
+    pub fn group(&self) -> &ThrottleGroup {
+        &self.group
+    }
+}
+
+/// The index of the member whose answer the client gets: the binding member, or (should a
+/// refused group name none) the first member that refused.
+fn answering(decided: &GroupDecision) -> Option<usize> {
+    decided.binding.or_else(|| decided.members.iter().position(Decision::is_throttled))
+}
+
+#[async_trait]
+impl Handler for SalvoGroup {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        let members = self.group.members();
+        let decided = {
+            let view = request_view(req);
+            let decided = match self.group.hit(&view).await {
+                Ok(d) => d,
+                Err(error) => {
+                    unavailable(self.group.uid(), &error, res);
+                    ctrl.skip_rest();
+                    return;
+                }
+            };
+            if let Some(i) = answering(&decided)
+                && let (Some(member), Some(decision)) = (members.get(i), decided.members.get(i))
+            {
+                member.headers().apply(&view, decision, None, res.headers_mut());
+            }
+            decided
+        };
+        let answer = answering(&decided);
+        let mut binding = None;
+        for (i, (uid, decision)) in self.members.iter().zip(decided.members).enumerate() {
+            let entry = ThrottleRecord { uid: Arc::clone(uid), decision, stat: None };
+            if Some(i) == answer {
+                binding = Some((i, entry));
+            } else {
+                record(depot, entry);
+            }
+        }
+        let Some((i, entry)) = binding else {
+            // Every member skipped the request (a refused group always names a member).
+            return;
+        };
+        match decided.outcome {
+            Outcome::Throttled | Outcome::Never => {
+                match members.get(i) {
+                    Some(member) => refuse(member, entry, req, depot, res, ctrl).await,
+                    None => record(depot, entry),
+                }
+                ctrl.skip_rest();
+            }
+            Outcome::Delayed => {
+                record(depot, entry);
+                if !decided.wait.is_zero() {
+                    tokio::time::sleep(decided.wait).await;
+                }
+            }
+            Outcome::Allowed | Outcome::Skipped(_) => record(depot, entry),
+        }
+    }
+}
+
+/// Salvo conveniences on [`ThrottleGroup`].
+pub trait GroupExt {
+    /// The group as a hoop ([`SalvoGroup`]).
+    fn hoop(&self) -> SalvoGroup;
+}
+
+impl GroupExt for ThrottleGroup {
+    fn hoop(&self) -> SalvoGroup {
+        SalvoGroup::new(self.clone())
+    }
+}
