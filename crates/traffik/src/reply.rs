@@ -218,6 +218,18 @@ impl Reply {
     pub const CONTENT_TYPE: &'static str = "application/json";
 }
 
+/// A response for refused requests, of an integration's own type, stored in a throttle (the
+/// builder's [`throttled_handler`](crate::ThrottleBuilder::throttled_handler),
+/// [`Throttle::update_throttled_handler`](crate::Throttle::update_throttled_handler)) and read
+/// back by that integration. Only handler types implement it, so a bare closure or a value
+/// no integration reads does not compile where a handler is expected.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a throttled handler",
+    label = "expected an integration's handler type",
+    note = "wrap the closure: `traffik_poem::ThrottledHandler::new(..)` or `traffik_salvo::ThrottledHandler::from_fn(..)`"
+)]
+pub trait RefusalHandler: std::any::Any + Send + Sync {}
+
 /// Adds the headers of `extra` that `out` does not have, with all their values: a header that
 /// the application, a handler or an inner layer set is never replaced.
 pub fn add_missing_headers(out: &mut HeaderMap, extra: HeaderMap) {

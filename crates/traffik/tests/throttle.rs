@@ -340,10 +340,18 @@ async fn runtime_updates_take_effect_on_the_next_hit() {
     assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Skipped(Skip::Exempted));
     t.update_headers(DEFAULT_HEADERS_ALWAYS.clone());
     assert_eq!(t.headers().names().count(), 3);
-    t.update_throttled_handler(String::from("custom"));
-    assert_eq!(t.throttled_handler::<String>().as_deref().map(String::as_str), Some("custom"));
-    assert!(t.throttled_handler::<u32>().is_none());
+    assert!(!t.has_throttled_handler());
+    t.update_throttled_handler(Custom("custom"));
+    assert_eq!(t.throttled_handler::<Custom>().map(|h| h.0), Some("custom"));
+    assert!(t.throttled_handler::<Other>().is_none(), "another integration's type is not returned");
+    assert!(t.has_throttled_handler());
 }
+
+/// Stand-ins for two integrations' handler types.
+struct Custom(&'static str);
+impl traffik::reply::RefusalHandler for Custom {}
+struct Other;
+impl traffik::reply::RefusalHandler for Other {}
 
 #[tokio::test]
 async fn stat_reads_without_consuming_and_serializes() {

@@ -16,6 +16,7 @@ type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
 struct Options {
     cost: Option<u64>,
     per_path: bool,
+    per_route: bool,
     enforce: bool,
     context: Option<Arc<ContextFn>>,
 }
@@ -72,6 +73,7 @@ impl fmt::Debug for PoemThrottle {
             .field("throttle", &self.throttle)
             .field("cost", &self.opts.cost)
             .field("per_path", &self.opts.per_path)
+            .field("per_route", &self.opts.per_route)
             .field("enforce", &self.opts.enforce)
             .finish()
     }
@@ -90,14 +92,19 @@ impl PoemThrottle {
         PoemThrottle {
             throttle,
             uid,
-            opts: Arc::new(Options { cost: None, per_path: false, enforce: true, context: None }),
+            opts: Arc::new(Options { cost: None, per_path: false, per_route: false, enforce: true, context: None }),
         }
     }
 
     fn with_opts(mut self, f: impl FnOnce(&mut Options)) -> Self {
         let old = &self.opts;
-        let mut next =
-            Options { cost: old.cost, per_path: old.per_path, enforce: old.enforce, context: old.context.clone() };
+        let mut next = Options {
+            cost: old.cost,
+            per_path: old.per_path,
+            per_route: old.per_route,
+            enforce: old.enforce,
+            context: old.context.clone(),
+        };
         f(&mut next);
         self.opts = Arc::new(next);
         self
@@ -118,6 +125,15 @@ impl PoemThrottle {
     #[must_use]
     pub fn per_path(self, yes: bool) -> Self {
         self.with_opts(|o| o.per_path = yes)
+    }
+
+    /// Gives every route pattern its own quota (`/users/:id` is one route, whatever the id): a
+    /// throttle shared by several routes then limits each route apart, as `traffik-salvo`'s
+    /// `per_route` does. Outside a [`Route`](poem::Route) there is no pattern and nothing is
+    /// added. Off by default: one throttle limits a client across every route it guards.
+    #[must_use]
+    pub fn per_route(self, yes: bool) -> Self {
+        self.with_opts(|o| o.per_route = yes)
     }
 
     /// With `false`, rejected requests still reach the endpoint, which decides what to do
@@ -147,12 +163,17 @@ impl PoemThrottle {
 
     fn context_for(&self, req: &Request) -> Option<Context> {
         let o = &self.opts;
-        if o.cost.is_none() && !o.per_path && o.context.is_none() {
+        if o.cost.is_none() && !o.per_path && !o.per_route && o.context.is_none() {
             return None;
         }
         let mut ctx = o.context.as_ref().map_or_else(Context::new, |f| f(req));
         if let Some(cost) = o.cost {
             ctx = ctx.cost(cost);
+        }
+        if o.per_route
+            && let Some(pattern) = req.data::<poem::PathPattern>()
+        {
+            ctx = ctx.scope(format!("route:{}", pattern.0));
         }
         if o.per_path {
             ctx = ctx.scope(crate::view::full_uri(req).path());

@@ -59,6 +59,8 @@ impl ThrottledHandler {
     }
 }
 
+impl traffik::reply::RefusalHandler for ThrottledHandler {}
+
 impl fmt::Debug for ThrottledHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ThrottledHandler(..)")
@@ -95,7 +97,24 @@ pub fn throttled_response(throttle: &Throttle, req: &Request, decision: &Decisio
             add_missing_headers(resp.headers_mut(), reply.headers);
             resp
         }
-        None => into_response(reply),
+        None => {
+            if throttle.has_throttled_handler() {
+                foreign_handler(throttle.uid());
+            }
+            into_response(reply)
+        }
+    }
+}
+
+/// Says once per process that a throttle's handler is of another integration's type (say a
+/// `traffik_salvo::ThrottledHandler`), which Poem cannot run: the default reply is sent.
+fn foreign_handler(uid: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            throttle = uid,
+            "the throttle's throttled handler is not a traffik_poem::ThrottledHandler; sending the default 429"
+        );
     }
 }
 

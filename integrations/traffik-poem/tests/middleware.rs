@@ -453,3 +453,33 @@ async fn a_group_on_a_route_charges_no_member_for_a_refusal() {
     let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
     assert_eq!(left, [7, 0]);
 }
+
+/// `per_route` keys the route pattern (as `traffik-salvo`'s does): every id of `/users/:id`
+/// shares one quota, and another route guarded by the same throttle has its own.
+#[tokio::test]
+async fn per_route_keys_the_route_pattern() {
+    let throttle = throttle!(rate!("2/min")).build().unwrap();
+    let limit = PoemThrottle::new(throttle).per_route(true);
+    let cli = TestClient::new(
+        Route::new().at("/users/:id", get(hello).with(limit.clone())).at("/items/:id", get(hello).with(limit)),
+    );
+    cli.get("/users/1").send().await.assert_status_is_ok();
+    cli.get("/users/2").send().await.assert_status_is_ok();
+    cli.get("/users/3").send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    cli.get("/items/1").send().await.assert_status_is_ok();
+}
+
+/// A handler of another integration's type cannot run here: the default 429 is sent (and a
+/// warning logged once), never a silent nothing.
+#[tokio::test]
+async fn a_foreign_throttled_handler_gets_the_default_reply() {
+    struct Elsewhere;
+    impl traffik::reply::RefusalHandler for Elsewhere {}
+    let throttle = throttle!(rate!("1/h")).throttled_handler(Elsewhere).build().unwrap();
+    assert!(throttle.has_throttled_handler());
+    let cli = TestClient::new(get(hello).with(throttle.middleware()));
+    cli.get("/").send().await.assert_status_is_ok();
+    let denied = cli.get("/").send().await;
+    denied.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(denied).await["error"], "rate_limited");
+}

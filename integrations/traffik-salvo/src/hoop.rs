@@ -22,6 +22,7 @@ pub(crate) struct Options {
     cost: Option<u64>,
     context: Option<ContextFn>,
     per_route: bool,
+    per_path: bool,
     with_stat: bool,
 }
 
@@ -104,6 +105,15 @@ impl SalvoThrottle {
         self.edit(|o| o.per_route = yes)
     }
 
+    /// Gives every concrete path its own quota (`/items/1` and `/items/2` apart), as
+    /// `traffik-poem`'s `per_path` does. Each distinct path a client requests then keeps its own
+    /// state, so a client can create as many keys as it can invent paths; the in-memory
+    /// backend's key cap bounds that. Off by default.
+    #[must_use]
+    pub fn per_path(self, yes: bool) -> Self {
+        self.edit(|o| o.per_path = yes)
+    }
+
     /// Also stores a [`Stat`](traffik::Stat) snapshot in the depot after each limited hit. This
     /// costs one more backend round trip per request, so it is off by default.
     #[must_use]
@@ -150,7 +160,7 @@ impl SalvoThrottle {
 
     fn build_context(&self, req: &Request, depot: &Depot, given: Option<Context>) -> Option<Context> {
         let o = &*self.opts;
-        if given.is_none() && o.context.is_none() && o.cost.is_none() && !o.per_route {
+        if given.is_none() && o.context.is_none() && o.cost.is_none() && !o.per_route && !o.per_path {
             return None;
         }
         let mut ctx = match (given, &o.context) {
@@ -163,6 +173,9 @@ impl SalvoThrottle {
         }
         if o.per_route {
             ctx = ctx.scope(format!("route:/{}", req.matched_path()));
+        }
+        if o.per_path {
+            ctx = ctx.scope(req.uri().path());
         }
         Some(ctx)
     }
@@ -243,9 +256,24 @@ pub(crate) async fn refuse(
             handler.respond(&decision, req, depot, res, ctrl).await;
         }
         None => {
+            if throttle.has_throttled_handler() {
+                foreign_handler(throttle.uid());
+            }
             write_throttled(&refused.decision, res);
             record(depot, refused);
         }
+    }
+}
+
+/// Says once per process that a throttle's handler is of another integration's type (say a
+/// `traffik_poem::ThrottledHandler`), which Salvo cannot run: the default reply is sent.
+fn foreign_handler(uid: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            throttle = uid,
+            "the throttle's throttled handler is not a traffik_salvo::ThrottledHandler; sending the default 429"
+        );
     }
 }
 
@@ -274,6 +302,7 @@ impl fmt::Debug for SalvoThrottle {
             .field("throttle", &self.throttle)
             .field("cost", &self.opts.cost)
             .field("per_route", &self.opts.per_route)
+            .field("per_path", &self.opts.per_path)
             .field("with_stat", &self.opts.with_stat)
             .finish()
     }
@@ -391,6 +420,8 @@ impl ThrottledHandler {
         }
     }
 }
+
+impl traffik::reply::RefusalHandler for ThrottledHandler {}
 
 impl fmt::Debug for ThrottledHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

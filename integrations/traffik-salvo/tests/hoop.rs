@@ -561,3 +561,16 @@ async fn a_group_hoop_charges_no_member_for_a_refusal() {
     let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
     assert_eq!(left, [7, 0]);
 }
+
+/// `per_path` keys the concrete path (as `traffik-poem`'s does): `/items/1` and `/items/2`
+/// have quotas of their own.
+#[tokio::test]
+async fn per_path_keys_the_concrete_path() {
+    let throttle = throttle!(rate!("1/min")).build().unwrap();
+    let service = Service::new(
+        Router::with_path("items/{id}").hoop(SalvoThrottle::new(throttle).per_path(true)).get(Counter::default()),
+    );
+    assert_eq!(get(&service, "/items/1", A).await.status_code, Some(StatusCode::OK));
+    assert_eq!(get(&service, "/items/1", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(get(&service, "/items/2", A).await.status_code, Some(StatusCode::OK));
+}

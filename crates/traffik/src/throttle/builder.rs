@@ -338,8 +338,10 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
         self
     }
 
-    /// A handler value for the integration to use when a request is throttled.
-    pub fn throttled_handler<H: Any + Send + Sync>(mut self, handler: H) -> Self {
+    /// The response for refused requests, as an integration's handler type
+    /// (`traffik_poem::ThrottledHandler`, `traffik_salvo::ThrottledHandler`; see
+    /// [`RefusalHandler`](crate::reply::RefusalHandler)).
+    pub fn throttled_handler<H: crate::reply::RefusalHandler>(mut self, handler: H) -> Self {
         self.opts.throttled_handler = Some(Arc::new(handler));
         self
     }

@@ -767,16 +767,22 @@ impl Throttle {
         self.update(|c| c.on_error = policy.clone());
     }
 
-    /// Swaps the throttled handler (a value of the integration's handler type).
-    pub fn update_throttled_handler<H: Any + Send + Sync>(&self, handler: H) {
+    /// Swaps the throttled handler (a value of an integration's handler type).
+    pub fn update_throttled_handler<H: crate::reply::RefusalHandler>(&self, handler: H) {
         let handler: Arc<dyn Any + Send + Sync> = Arc::new(handler);
         self.update(|c| c.throttled_handler = Some(Arc::clone(&handler)));
     }
 
     /// The throttled handler, if one of type `H` is set.
-    pub fn throttled_handler<H: Any + Send + Sync>(&self) -> Option<Arc<H>> {
+    pub fn throttled_handler<H: crate::reply::RefusalHandler>(&self) -> Option<Arc<H>> {
         let handler = self.inner.config.load().throttled_handler.clone()?;
         handler.downcast::<H>().ok()
+    }
+
+    /// Whether a throttled handler of any type is set (an integration that finds none of its
+    /// own type can say that it ignores another's).
+    pub fn has_throttled_handler(&self) -> bool {
+        self.inner.config.load().throttled_handler.is_some()
     }
 
     /// The response headers.
@@ -995,21 +1001,27 @@ mod tests {
         assert!(!planned(&t), "a breaker counts calls on the general path");
     }
 
+    /// A stand-in for an integration's handler type.
+    #[derive(Clone)]
+    struct Marker(#[allow(dead_code)] Arc<()>);
+
+    impl crate::reply::RefusalHandler for Marker {}
+
     #[tokio::test]
     async fn a_thread_lets_go_of_a_replaced_configuration() {
         let (first, second) = (Arc::new(()), Arc::new(()));
         let t = throttle();
         let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 1).into()));
         // Staying on the shortcut: the next plain hit replaces this thread's copy.
-        t.update_throttled_handler(Arc::clone(&first));
+        t.update_throttled_handler(Marker(Arc::clone(&first)));
         assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
-        t.update_throttled_handler(Arc::clone(&second));
+        t.update_throttled_handler(Marker(Arc::clone(&second)));
         assert_eq!(Arc::strong_count(&first), 2, "the replaced configuration, cached by this thread");
         assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
         assert_eq!(Arc::strong_count(&first), 1);
         // Leaving it: the next plain hit drops the copy.
         t.update_identifier(|_: &RequestView<'_>| Identity::Anonymous);
-        t.update_throttled_handler(Arc::clone(&first));
+        t.update_throttled_handler(Marker(Arc::clone(&first)));
         assert_eq!(Arc::strong_count(&second), 2, "cached by this thread");
         assert!(t.hit(&req).await.is_ok_and(|d| d.is_allowed()));
         assert_eq!(Arc::strong_count(&second), 1);
