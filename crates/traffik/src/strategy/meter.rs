@@ -76,7 +76,7 @@ pub struct MeterParams {
     /// Queue length in microseconds (0 unless shaping).
     pub queue_us: u64,
     /// The rate's period in microseconds: how far beyond `capacity + queue` a stored level is
-    /// still believed (see the [module docs](self)).
+    /// still believed (a level further beyond is forgiven: the meter starts empty).
     pub period_us: u64,
 }
 
