@@ -578,3 +578,29 @@ async fn the_plain_hit_shortcut_applies_the_error_policy() {
     assert_eq!(d.source, traffik::Source::ErrorPolicy, "{d:?}");
     assert_eq!(t.incidents().failed_open, 1);
 }
+
+/// The observed defect: in a Tokio runtime without a timer driver `hit` worked and `stat`
+/// panicked (it always asked for a timeout). The in-memory backend answers without awaiting,
+/// so neither needs a timer.
+#[test]
+fn stat_and_check_work_in_a_runtime_without_timers() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let t = Throttle::builder()
+        .uid("no-timer")
+        .rate(rate!("5/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .no_registry()
+        .build()
+        .unwrap();
+    let req = RequestView::empty().peer(Some(([192, 0, 2, 77], 1).into()));
+    rt.block_on(async {
+        assert!(t.hit(&req).await.unwrap().is_allowed());
+        let stat = t.stat(&req, &Context::new()).await.unwrap().unwrap();
+        assert_eq!(stat.hits_remaining, 4);
+        assert!(t.check(&req, &Context::new()).await.unwrap().is_allowed());
+        let group = traffik::ThrottleGroup::new("no-timer-group", [t.clone()]).unwrap();
+        assert!(group.hit(&req).await.unwrap().is_allowed());
+        assert_eq!(group.stat(&req, &Context::new()).await.unwrap()[0].as_ref().unwrap().hits_remaining, 4);
+    });
+}

@@ -878,6 +878,10 @@ impl Backend for InMemoryBackend {
         Box::pin(async move { Ok(result) })
     }
 
+    fn stat_now(&self, op: &Operation<'_>) -> Option<Result<(Verdict, Metadata), BackendError>> {
+        Some(Ok(self.stat_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input)))
+    }
+
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.clear();
         Box::pin(async { Ok(()) })

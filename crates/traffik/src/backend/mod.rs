@@ -105,6 +105,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// What a hit would get now, plus strategy metadata; writes nothing.
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
+    /// [`stat`](Self::stat) without awaiting, for backends that never block (the in-memory
+    /// one): no timeout, so no timer, is needed. `None` otherwise.
+    fn stat_now(&self, _op: &Operation<'_>) -> Option<Result<(Verdict, Metadata), BackendError>> {
+        None
+    }
+
     /// Deletes every key under this backend's namespace.
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 
@@ -148,6 +154,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)
+    }
+    fn stat_now(&self, op: &Operation<'_>) -> Option<Result<(Verdict, Metadata), BackendError>> {
+        (**self).stat_now(op)
     }
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).reset()

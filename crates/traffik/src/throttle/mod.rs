@@ -244,9 +244,11 @@ impl Throttle {
         };
         let backend = self.backend(&config)?;
         let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode: Mode::Peek };
-        let (verdict, metadata) = bounded(backend.kind(), config.timeout, backend.stat(op))
-            .await
-            .map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
+        let answer = match backend.stat_now(&op) {
+            Some(answer) => answer,
+            None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
+        };
+        let (verdict, metadata) = answer.map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
         Ok(Some(Stat {
             key: prepared.key,
             rate: prepared.input.rate,
