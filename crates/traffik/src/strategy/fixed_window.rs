@@ -75,10 +75,10 @@ impl Strategy for FixedWindow {
         if input.cost > limit {
             return Step::unchanged(Verdict::never());
         }
-        let (end, used, last) = current(state, input.now_us, w);
-        let reset = end.saturating_sub(input.now_us);
+        let (end, used, last) = current(state, input.clock_us(), w);
+        let reset = end.saturating_sub(input.clock_us());
         if used.saturating_add(input.cost) <= limit {
-            let used = used + input.cost;
+            let used = used.saturating_add(input.cost);
             let state = FixedWindowState { last_us: last, used, period_us: w };
             Step::write(Verdict::admit(limit - used, reset), state, reset)
         } else {
@@ -88,7 +88,7 @@ impl Strategy for FixedWindow {
 
     fn metadata(&self, state: Option<&FixedWindowState>, input: &Input) -> Metadata {
         let w = input.rate.period_us();
-        let (end, used, _) = current(state, input.now_us, w);
+        let (end, used, _) = current(state, input.clock_us(), w);
         let mut m = Metadata::new();
         m.insert("strategy".into(), "fixed_window".into());
         m.insert("window_start_us".into(), json_u64(end.saturating_sub(w)));
@@ -101,11 +101,11 @@ impl Strategy for FixedWindow {
         let w = input.rate.period_us();
         let start = window_start(s.last_us, w);
         let end = start.saturating_add(w);
-        if s.period_us != w || window_start(charged_at_us, w) != start || end <= input.now_us {
+        if s.period_us != w || window_start(charged_at_us, w) != start || end <= input.clock_us() {
             return None;
         }
         let state = FixedWindowState { used: s.used.saturating_sub(input.cost), ..*s };
-        Some(Write { state, ttl_us: end - input.now_us })
+        Some(Write { state, ttl_us: end - input.clock_us() })
     }
 
     fn builtin(&self) -> Option<Builtin> {

@@ -136,7 +136,7 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
 
 /// Gives back `cost · T`: the theoretical arrival time moves back, never before now.
 fn refund(p: MeterParams, s: &MeterState, input: &Input) -> Option<Write<MeterState>> {
-    let now = input.now_us;
+    let now = input.clock_us();
     if s.tat <= now {
         return None;
     }
@@ -185,12 +185,12 @@ macro_rules! meter_strategy {
 
             #[inline]
             fn decide(&self, state: Option<&MeterState>, input: &Input) -> Step<MeterState> {
-                decide(self.spec().params(&input.rate), state, input.now_us, input.cost)
+                decide(self.spec().params(&input.rate), state, input.clock_us(), input.cost)
             }
 
             fn metadata(&self, state: Option<&MeterState>, input: &Input) -> Metadata {
                 let p = self.spec().params(&input.rate);
-                let mut m = meter_metadata($label, p, state, input.now_us);
+                let mut m = meter_metadata($label, p, state, input.clock_us());
                 self.extra_metadata(&mut m, p, state, input);
                 m
             }
@@ -237,7 +237,7 @@ impl TokenBucket {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let (_, level) = believed(p, state, input.now_us);
+        let (_, level) = believed(p, state, input.clock_us());
         let tokens = (p.capacity_us - level.min(p.capacity_us)) as f64 / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
         m.insert("burst".into(), json_u64(p.capacity_us / p.interval_us));
@@ -269,7 +269,7 @@ impl TokenBucketWithDebt {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let (_, level) = believed(p, state, input.now_us);
+        let (_, level) = believed(p, state, input.clock_us());
         let burst_us = p.capacity_us.saturating_sub(span(u64::from(self.max_debt), p.interval_us));
         let tokens = (burst_us as f64 - level as f64) / p.interval_us as f64;
         m.insert("tokens".into(), tokens.into());
@@ -290,7 +290,7 @@ impl LeakyBucket {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let (_, level) = believed(p, state, input.now_us);
+        let (_, level) = believed(p, state, input.clock_us());
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
     }
 }
@@ -316,7 +316,7 @@ impl LeakyBucketWithQueue {
     }
 
     fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, state: Option<&MeterState>, input: &Input) {
-        let (_, level) = believed(p, state, input.now_us);
+        let (_, level) = believed(p, state, input.clock_us());
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
         m.insert("queued".into(), (level.saturating_sub(p.capacity_us) as f64 / p.interval_us as f64).into());
         m.insert("queue".into(), json_u64(u64::from(self.queue)));

@@ -82,6 +82,20 @@ pub struct Input {
     pub cost: u64,
 }
 
+/// Clocks stop at 2^62 µs for the strategies (about 146,000 years after 1970): a clock past
+/// it (a saturated test clock, corrupt input) reads as this, so times plus any period never
+/// overflow and limits keep holding.
+pub const CLOCK_END_US: u64 = 1 << 62;
+
+impl Input {
+    /// The time the built-in strategies decide at: [`now_us`](Self::now_us), stopped at
+    /// [`CLOCK_END_US`]. Custom strategies should read the clock through it too.
+    #[inline]
+    pub const fn clock_us(&self) -> u64 {
+        if self.now_us < CLOCK_END_US { self.now_us } else { CLOCK_END_US }
+    }
+}
+
 /// What a strategy decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -117,7 +117,7 @@ impl Strategy for SlidingWindowCounter {
     }
 
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State> {
-        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.now_us);
+        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.clock_us());
         if c > limit {
             return Step::unchanged(Verdict::never());
         }
@@ -125,7 +125,7 @@ impl Strategy for SlidingWindowCounter {
         let start = v.start;
         let est = estimate(v.prev, v.cur, w, v.elapsed);
         if est + c as f64 <= limit as f64 {
-            let cur = v.cur + c;
+            let cur = v.cur.saturating_add(c);
             let ttl = start.saturating_add(2 * w).saturating_sub(now);
             return Step::write(
                 Verdict::admit(floor_remaining(limit, est + c as f64), ttl),
@@ -134,16 +134,16 @@ impl Strategy for SlidingWindowCounter {
             );
         }
         // Denied: find the first instant at which the same hit fits.
-        let target = if v.cur + c <= limit && fits(v.prev, v.cur, c, limit, w, w - 1) {
-            start + first_fit(v.prev, v.cur, c, limit, w, v.elapsed)
+        let target = if v.cur.saturating_add(c) <= limit && fits(v.prev, v.cur, c, limit, w, w - 1) {
+            start.saturating_add(first_fit(v.prev, v.cur, c, limit, w, v.elapsed))
         } else if fits(v.cur, 0, c, limit, w, 0) {
-            start + w
+            start.saturating_add(w)
         } else if fits(v.cur, 0, c, limit, w, w - 1) {
-            start + w + first_fit(v.cur, 0, c, limit, w, 0)
+            start.saturating_add(w).saturating_add(first_fit(v.cur, 0, c, limit, w, 0))
         } else {
-            start + 2 * w
+            start.saturating_add(2 * w)
         };
-        let reset = if v.cur > 0 { start + 2 * w } else { start + w };
+        let reset = if v.cur > 0 { start.saturating_add(2 * w) } else { start.saturating_add(w) };
         Step::unchanged(Verdict::deny(
             floor_remaining(limit, est),
             target.saturating_sub(now),
@@ -153,7 +153,7 @@ impl Strategy for SlidingWindowCounter {
 
     fn metadata(&self, state: Option<&Self::State>, input: &Input) -> Metadata {
         let w = input.rate.period_us();
-        let v = view(state, input.now_us, w);
+        let v = view(state, input.clock_us(), w);
         let mut m = Metadata::new();
         m.insert("strategy".into(), "sliding_window_counter".into());
         m.insert("window_start_us".into(), json_u64(v.start));
@@ -177,8 +177,8 @@ impl Strategy for SlidingWindowCounter {
             return None;
         };
         let end = latest.saturating_add(2 * w);
-        (end > input.now_us)
-            .then(|| Write { state: SlidingWindowCounterState { prev, cur, ..*s }, ttl_us: end - input.now_us })
+        (end > input.clock_us())
+            .then(|| Write { state: SlidingWindowCounterState { prev, cur, ..*s }, ttl_us: end - input.clock_us() })
     }
 
     fn builtin(&self) -> Option<Builtin> {

@@ -30,9 +30,10 @@ pub struct SlidingWindowLogState {
 
 /// Entries still inside the window ending at `now` (those with `t + w > now`, where `w` is the
 /// shorter of the current period and the log's own), without those a period or more ahead of
-/// `now`, which are not believed (see [`SlidingWindowLog`]).
+/// `now`, which are not believed (see [`SlidingWindowLog`]). A log out of time order was not
+/// written by this strategy (corrupt or hostile storage) and is not believed at all.
 fn live(state: Option<&SlidingWindowLogState>, now: u64, w: u64) -> &[(u64, u64)] {
-    let Some(s) = state.filter(|s| s.period_us > 0) else {
+    let Some(s) = state.filter(|s| s.period_us > 0 && s.entries.is_sorted_by_key(|&(t, _)| t)) else {
         return &[];
     };
     let horizon = w.min(s.period_us);
@@ -49,7 +50,7 @@ impl Strategy for SlidingWindowLog {
     }
 
     fn decide(&self, state: Option<&Self::State>, input: &Input) -> Step<Self::State> {
-        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.now_us);
+        let (limit, w, c, now) = (input.rate.limit(), input.rate.period_us(), input.cost, input.clock_us());
         if c > limit {
             return Step::unchanged(Verdict::never());
         }
@@ -73,7 +74,7 @@ impl Strategy for SlidingWindowLog {
             return Step::write(Verdict::admit(limit - used - c, ttl), state, ttl);
         }
         // Free the oldest entries until the hit fits; it fits once the last of them expires.
-        let need = used + c - limit;
+        let need = used.saturating_add(c) - limit;
         let mut freed = 0u64;
         let mut target = now;
         for &(t, k) in entries {
@@ -92,7 +93,7 @@ impl Strategy for SlidingWindowLog {
     }
 
     fn metadata(&self, state: Option<&Self::State>, input: &Input) -> Metadata {
-        let entries = live(state, input.now_us, input.rate.period_us());
+        let entries = live(state, input.clock_us(), input.rate.period_us());
         let mut m = Metadata::new();
         m.insert("strategy".into(), "sliding_window_log".into());
         m.insert("entries".into(), json_u64(entries.len() as u64));
@@ -110,8 +111,8 @@ impl Strategy for SlidingWindowLog {
         if entries[at].1 == 0 {
             entries.remove(at);
         }
-        let newest = entries.last().map_or(input.now_us, |&(t, _)| t);
-        let ttl_us = newest.saturating_add(s.period_us).saturating_sub(input.now_us).max(1);
+        let newest = entries.last().map_or(input.clock_us(), |&(t, _)| t);
+        let ttl_us = newest.saturating_add(s.period_us).saturating_sub(input.clock_us()).max(1);
         Some(Write { state: SlidingWindowLogState { period_us: s.period_us, entries }, ttl_us })
     }
 
