@@ -18,7 +18,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -94,7 +94,9 @@ type ErrorFilter = Arc<dyn Fn(&BackendError) -> bool + Send + Sync>;
 
 /// Retry settings: up to `max_retries` more attempts, waiting `delay`, then `delay·multiplier`,
 /// ... (capped at `max_delay`), each with up to ±`jitter` of random spread, for errors that
-/// `retry_on` accepts (default: [`BackendError::is_transient`]).
+/// `retry_on` accepts (default: [`BackendError::is_transient`]), all within `deadline` of the
+/// first call (default 1 s): a retry starts only before the deadline and its call is cut off
+/// at it.
 #[derive(Clone)]
 #[must_use]
 pub struct Retry {
@@ -104,6 +106,7 @@ pub struct Retry {
     max_delay: Duration,
     jitter: f64,
     retry_on: Option<ErrorFilter>,
+    deadline: Duration,
 }
 
 impl Default for Retry {
@@ -115,6 +118,7 @@ impl Default for Retry {
             max_delay: Duration::from_secs(2),
             jitter: 0.2,
             retry_on: None,
+            deadline: Duration::from_secs(1),
         }
     }
 }
@@ -147,6 +151,18 @@ impl Retry {
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
         self
+    }
+
+    /// How long a request may be held by the first call and its retries together (default
+    /// 1 s): a retry starts only if its delay ends before the deadline, its call is cut off at
+    /// the deadline, and then the policy's `then` decides.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub(crate) fn deadline_span(&self) -> Duration {
+        self.deadline
     }
 
     /// Which errors to retry.
@@ -229,6 +245,9 @@ struct BreakerCell {
     successes: u32,
     opened_at_us: Option<u64>,
     times_opened: u64,
+    /// Half-open: whether a probe is out, and since when (a probe that never reports, say a
+    /// cancelled request, is presumed lost after `recovery_timeout` and another may go).
+    probing: Option<u64>,
 }
 
 struct BreakerInner {
@@ -236,11 +255,15 @@ struct BreakerInner {
     clock: Arc<dyn Clock>,
     /// Mirrors `cell.state` so the closed-state check takes no lock.
     fast: AtomicU8,
+    /// Mirrors `cell.failures` while closed, so a success with no failure streak to reset takes
+    /// no lock.
+    streak: AtomicU32,
     cell: Mutex<BreakerCell>,
 }
 
 /// Closed → (failure_threshold failures) → open → (recovery_timeout) → half-open →
-/// (success_threshold successes) → closed; a failure while half-open reopens it.
+/// (success_threshold successes) → closed; a failure while half-open reopens it. Half-open lets
+/// one probe through at a time. A closed breaker's checks and successes take no lock.
 /// Clones share state.
 #[derive(Clone)]
 pub struct CircuitBreaker {
@@ -263,31 +286,44 @@ impl CircuitBreaker {
                 config,
                 clock,
                 fast: AtomicU8::new(CLOSED),
+                streak: AtomicU32::new(0),
                 cell: Mutex::new(BreakerCell {
                     state: BreakerState::Closed,
                     failures: 0,
                     successes: 0,
                     opened_at_us: None,
                     times_opened: 0,
+                    probing: None,
                 }),
             }),
         }
     }
 
-    /// Whether a call may go to the protected backend now (moves open → half-open when due).
+    /// Whether a call may go to the protected backend now: always while closed; while open,
+    /// not until `recovery_timeout` has passed, then as the first probe of the half-open
+    /// state; while half-open, only when no other probe is out.
     pub fn allow(&self) -> bool {
         if self.inner.fast.load(Ordering::Acquire) == CLOSED {
             return true;
         }
+        let recovery = to_us(self.inner.config.recovery_timeout);
+        let now = self.inner.clock.now_us();
         let mut c = self.inner.cell.lock();
         match c.state {
-            BreakerState::Closed | BreakerState::HalfOpen => true,
+            BreakerState::Closed => true,
+            BreakerState::HalfOpen => match c.probing {
+                Some(since) if now.saturating_sub(since) < recovery => false,
+                _ => {
+                    c.probing = Some(now);
+                    true
+                }
+            },
             BreakerState::Open => {
-                let now = self.inner.clock.now_us();
                 let since = c.opened_at_us.unwrap_or(0);
-                if now.saturating_sub(since) >= to_us(self.inner.config.recovery_timeout) {
+                if now.saturating_sub(since) >= recovery {
                     c.state = BreakerState::HalfOpen;
                     c.successes = 0;
+                    c.probing = Some(now);
                     true
                 } else {
                     false
@@ -298,22 +334,24 @@ impl CircuitBreaker {
 
     /// Records a successful call.
     pub fn record_success(&self) {
-        if self.inner.fast.load(Ordering::Acquire) == CLOSED {
-            // Reset the failure streak only if there is one, to keep the hot path lock-free.
-            let c = self.inner.cell.lock().failures;
-            if c == 0 {
-                return;
-            }
+        if self.inner.fast.load(Ordering::Acquire) == CLOSED && self.inner.streak.load(Ordering::Relaxed) == 0 {
+            // Closed with no failure streak: nothing to reset, and no lock taken.
+            return;
         }
         let mut c = self.inner.cell.lock();
         match c.state {
-            BreakerState::Closed => c.failures = 0,
+            BreakerState::Closed => {
+                c.failures = 0;
+                self.inner.streak.store(0, Ordering::Relaxed);
+            }
             BreakerState::HalfOpen => {
+                c.probing = None;
                 c.successes += 1;
                 if c.successes >= self.inner.config.success_threshold {
                     c.state = BreakerState::Closed;
                     c.failures = 0;
                     c.successes = 0;
+                    self.inner.streak.store(0, Ordering::Relaxed);
                     self.inner.fast.store(CLOSED, Ordering::Release);
                 }
             }
@@ -326,7 +364,8 @@ impl CircuitBreaker {
         let mut c = self.inner.cell.lock();
         let open = match c.state {
             BreakerState::Closed => {
-                c.failures += 1;
+                c.failures = c.failures.saturating_add(1);
+                self.inner.streak.store(c.failures, Ordering::Relaxed);
                 c.failures >= self.inner.config.failure_threshold
             }
             BreakerState::HalfOpen => true,
@@ -336,6 +375,7 @@ impl CircuitBreaker {
             c.state = BreakerState::Open;
             c.opened_at_us = Some(self.inner.clock.now_us());
             c.successes = 0;
+            c.probing = None;
             c.times_opened += 1;
             self.inner.fast.store(NOT_CLOSED, Ordering::Release);
             tracing::warn!(failures = c.failures, "circuit breaker opened");
@@ -478,13 +518,29 @@ impl ErrorPolicy {
         ErrorPolicy { kind: PolicyKind::Breaker { breaker, wait } }
     }
 
-    /// The breaker this policy consults before calling the backend, if any.
+    /// The breaker this policy consults before calling the backend, if any (a breaker a retry
+    /// policy falls back to is consulted before the first call, too).
     pub(crate) fn breaker(&self) -> Option<&CircuitBreaker> {
         match &self.kind {
             PolicyKind::Failover(f) => Some(&f.breaker),
             PolicyKind::Breaker { breaker, .. } => Some(breaker),
+            PolicyKind::Retry { then, .. } => then.breaker(),
             _ => None,
         }
+    }
+
+    /// What a circuit-breaker policy (or one a retry policy falls back to) answers while open.
+    pub(crate) fn open_wait(&self) -> Option<Duration> {
+        match &self.kind {
+            PolicyKind::Breaker { wait, .. } => Some(*wait),
+            PolicyKind::Retry { then, .. } => then.open_wait(),
+            _ => None,
+        }
+    }
+
+    /// Whether a retry policy may hold the request, so that its start time matters.
+    pub(crate) fn retries(&self) -> bool {
+        matches!(self.kind, PolicyKind::Retry { .. })
     }
 
     pub(crate) fn failover_backend(&self) -> Option<&SharedBackend> {
@@ -635,6 +691,53 @@ mod tests {
         assert_eq!((info.times_opened, info.opened_at_ms), (2, Some(10_000)));
         let json = serde_json::to_value(info).unwrap();
         assert_eq!(json["state"], "closed");
+    }
+
+    /// The observed defect: half-open let any number of concurrent probes through. One probe
+    /// is out at a time; one that never reports is presumed lost after `recovery_timeout`.
+    #[test]
+    fn half_open_lets_one_probe_through_at_a_time() {
+        let clock = ManualClock::new(0);
+        let b = CircuitBreaker::with_clock(
+            BreakerConfig { failure_threshold: 1, recovery_timeout: Duration::from_secs(10), success_threshold: 2 },
+            Arc::new(clock.clone()),
+        );
+        b.record_failure();
+        clock.advance(Duration::from_secs(10));
+        let let_through = (0..8).filter(|_| b.allow()).count();
+        assert_eq!(let_through, 1, "concurrent requests while a probe is out");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record_success();
+        assert!(b.allow(), "the next probe, after the first reported");
+        assert!(!b.allow());
+        // That probe never reports (a cancelled request): after the recovery timeout another goes.
+        clock.advance(Duration::from_secs(10));
+        assert!(b.allow());
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!((0..8).all(|_| b.allow()), "closed lets everything through");
+    }
+
+    /// The observed defect: every successful call took the breaker's mutex (its comment said
+    /// lock-free). A closed breaker with no failure streak answers while another thread holds
+    /// the mutex.
+    #[test]
+    fn a_closed_breaker_takes_no_lock_on_success() {
+        let b = CircuitBreaker::new(BreakerConfig::default());
+        let held = b.inner.cell.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = b.clone();
+        let worker = std::thread::spawn(move || {
+            assert!(other.allow());
+            other.record_success();
+            let _ = tx.send(());
+        });
+        // A generous bound: a lock-free success is done at once; one that waits for the mutex
+        // is still waiting when this gives up (the guard is released only after it).
+        let done = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        drop(held);
+        let _ = worker.join();
+        assert!(done, "record_success waited for the breaker's mutex");
     }
 
     #[test]

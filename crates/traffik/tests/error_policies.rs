@@ -314,3 +314,72 @@ async fn a_breaker_policy_on_a_healthy_in_memory_backend_counts_each_hit_once() 
     };
     assert_eq!(outcomes, vec![Outcome::Allowed, Outcome::Allowed, Outcome::Throttled]);
 }
+
+/// The observed defect: a breaker nested inside a retry policy was never consulted, so every
+/// request still went to the failing backend (and waited for its retries).
+#[tokio::test(start_paused = true)]
+async fn a_breaker_inside_a_retry_policy_is_consulted() {
+    let clock = ManualClock::new(0);
+    let breaker = CircuitBreaker::with_clock(
+        BreakerConfig { failure_threshold: 1, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
+        Arc::new(clock.clone()),
+    );
+    let primary = Flaky::failing(u32::MAX);
+    let policy = ErrorPolicy::retry(
+        Retry::new(1).delay(Duration::from_millis(10)).jitter(0.0),
+        ErrorPolicy::circuit_breaker(breaker.clone(), Duration::from_secs(5)),
+    );
+    let t = throttle("retry-breaker", Arc::clone(&primary), Some(policy));
+    let d = t.hit(&req()).await.unwrap();
+    assert_eq!((d.outcome, d.wait), (Outcome::Throttled, Duration::from_secs(5)));
+    assert_eq!((primary.calls(), breaker.state()), (2, BreakerState::Open), "a try and a retry, then open");
+    for _ in 0..3 {
+        assert_eq!(t.hit(&req()).await.unwrap().wait, Duration::from_secs(5));
+    }
+    assert_eq!(primary.calls(), 2, "an open breaker keeps requests off the backend");
+}
+
+/// The observed defect: `Retry::new(3)` could hold a request for about 4.7 s (its backoff plus
+/// each attempt's timeout). A retry policy has an overall deadline (default 1 s): a retry starts
+/// only before it and its call is cut off at it.
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_their_deadline() {
+    let hanging = Flaky::hanging();
+    let t = Throttle::builder()
+        .uid("retry-deadline")
+        .rate(rate!("1/min"))
+        .shared_backend(Arc::clone(&hanging) as Arc<dyn Backend>)
+        .strategy(FixedWindow)
+        .timeout(Duration::from_millis(300))
+        .on_error(ErrorPolicy::retry(Retry::new(3).jitter(0.0), ErrorPolicy::throttle()))
+        .no_registry()
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(t.hit(&req()).await.unwrap().outcome, Outcome::Throttled);
+    let held = started.elapsed();
+    assert!(held <= Duration::from_secs(1), "held {held:?}, past the default deadline of 1 s");
+    // 300 ms, 100 ms of backoff, 300 ms, 200 ms of backoff, a call cut off after 100 ms; the
+    // third retry's 400 ms of backoff would end past the deadline.
+    assert_eq!(held, Duration::from_secs(1));
+    assert_eq!(hanging.calls(), 3);
+
+    let longer = Throttle::builder()
+        .uid("retry-deadline-3s")
+        .rate(rate!("1/min"))
+        .shared_backend(Arc::clone(&hanging) as Arc<dyn Backend>)
+        .strategy(FixedWindow)
+        .timeout(Duration::from_millis(300))
+        .on_error(ErrorPolicy::retry(
+            Retry::new(3).jitter(0.0).deadline(Duration::from_secs(3)),
+            ErrorPolicy::throttle(),
+        ))
+        .no_registry()
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(longer.hit(&req()).await.unwrap().outcome, Outcome::Throttled);
+    // 300 + 100 + 300 + 200 + 300 + 400 + 300 ms: all three retries fit in 3 s.
+    assert_eq!(started.elapsed(), Duration::from_millis(1900));
+    assert_eq!(hanging.calls(), 3 + 4);
+}

@@ -545,12 +545,11 @@ impl Throttle {
                     Ok(v) => Resolved::Verdict(v, Source::Fallback),
                     Err(_) => Resolved::Throttle(self.fail_wait(config)),
                 },
-                None => match &policy.kind {
-                    PolicyKind::Breaker { wait, .. } => Resolved::Throttle(*wait),
-                    _ => Resolved::Throttle(self.fail_wait(config)),
-                },
+                None => Resolved::Throttle(policy.open_wait().unwrap_or_else(|| self.fail_wait(config))),
             });
         }
+        // A retry policy's deadline counts from the first call.
+        let started = policy.retries().then(tokio::time::Instant::now);
         match attempt.run(primary.as_ref(), timeout).await {
             Ok(v) => {
                 if let Some(b) = policy.breaker() {
@@ -558,7 +557,7 @@ impl Throttle {
                 }
                 Ok(Resolved::Verdict(v, Source::Backend))
             }
-            Err(e) => self.recover(policy, config, primary, attempt, req, e).await,
+            Err(e) => self.recover_since(policy, config, primary, attempt, req, e, started).await,
         }
     }
 
@@ -566,6 +565,8 @@ impl Throttle {
         if config.min_wait.is_zero() { Duration::from_secs(1) } else { config.min_wait }
     }
 
+    /// Applies `policy` to a failed call (one that failed without waiting, so a retry policy's
+    /// deadline counts from now).
     pub(crate) async fn recover<A: Attempt>(
         &self,
         policy: &ErrorPolicy,
@@ -573,7 +574,22 @@ impl Throttle {
         primary: &SharedBackend,
         attempt: &A,
         req: &RequestView<'_>,
+        error: BackendError,
+    ) -> Result<Resolved<A::Output>, Error> {
+        self.recover_since(policy, config, primary, attempt, req, error, None).await
+    }
+
+    /// Applies `policy` to a call that failed; `started`: when the first call began.
+    #[allow(clippy::too_many_arguments)]
+    async fn recover_since<A: Attempt>(
+        &self,
+        policy: &ErrorPolicy,
+        config: &Config,
+        primary: &SharedBackend,
+        attempt: &A,
+        req: &RequestView<'_>,
         mut error: BackendError,
+        started: Option<tokio::time::Instant>,
     ) -> Result<Resolved<A::Output>, Error> {
         let op = attempt.first();
         let now = op.input.now_us;
@@ -627,12 +643,27 @@ impl Throttle {
                     Ok(self.fall_back(backend, attempt, timeout, &error, config).await)
                 }
                 PolicyKind::Retry { retry, then } => {
+                    let deadline = started.unwrap_or_else(tokio::time::Instant::now) + retry.deadline_span();
                     let mut tries = 0;
                     while tries < retry.max_retries_count() && retry.accepts(&error) {
-                        tokio::time::sleep(retry.delay_for(tries)).await;
+                        let pause = retry.delay_for(tries);
+                        // A retry starts only before the deadline, and is bounded by what is
+                        // left of it.
+                        let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now() + pause) else {
+                            break;
+                        };
+                        if left.is_zero() {
+                            break;
+                        }
+                        tokio::time::sleep(pause).await;
                         tries += 1;
-                        match attempt.run(primary.as_ref(), timeout).await {
-                            Ok(v) => return Ok(Resolved::Verdict(v, Source::Backend)),
+                        match attempt.run(primary.as_ref(), timeout.min(left)).await {
+                            Ok(v) => {
+                                if let Some(b) = then.breaker() {
+                                    b.record_success();
+                                }
+                                return Ok(Resolved::Verdict(v, Source::Backend));
+                            }
                             Err(e) => error = e,
                         }
                     }
