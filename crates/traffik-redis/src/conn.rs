@@ -129,6 +129,15 @@ fn breaks(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_io_error())
 }
 
+/// Whether a call that failed with `e` is sent once more on a fresh connection: the connection
+/// was found dead (closed, reset, a broken pipe: what a server restart leaves behind), so the
+/// call almost surely never reached a server that could run it. A call whose reply was lost
+/// after the server ran it would be counted twice; that needs the connection to drop in the
+/// middle of one round trip, and costs one extra unit of quota at most.
+fn resend(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -273,11 +282,20 @@ impl Conn {
         match self {
             Conn::Multiplexed(r) => {
                 let (generation, mut c) = r.get(t).await?;
-                let res = call.send(&mut c).await;
+                let mut res = call.send(&mut c).await;
                 if let Err(e) = &res
                     && breaks(e)
                 {
                     r.invalidate(generation);
+                    if resend(e) {
+                        let (generation, mut fresh) = r.get(t).await?;
+                        res = call.send(&mut fresh).await;
+                        if let Err(e) = &res
+                            && breaks(e)
+                        {
+                            r.invalidate(generation);
+                        }
+                    }
                 }
                 res.map_err(|e| map_err(e, Phase::Command, t))
             }
@@ -294,14 +312,19 @@ impl Conn {
                     }
                     Err(bb8::RunError::User(e)) => return Err(map_err(e, Phase::Connect, t)),
                 };
-                let res = call.send(&mut *pooled).await;
+                let mut res = call.send(&mut *pooled).await;
                 if let Err(e) = &res
                     && breaks(e)
                 {
                     // bb8-redis never reports a connection as broken and pings are off, so
                     // replace it in place; the pool gets the fresh one back.
                     match tokio::time::timeout(t.connect, pool.dedicated_connection()).await {
-                        Ok(Ok(fresh)) => *pooled = fresh,
+                        Ok(Ok(fresh)) => {
+                            *pooled = fresh;
+                            if resend(e) {
+                                res = call.send(&mut *pooled).await;
+                            }
+                        }
                         _ => tracing::debug!("broken pooled redis connection kept: reconnect failed"),
                     }
                 }

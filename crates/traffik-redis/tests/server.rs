@@ -284,6 +284,58 @@ fn a_stopped_server_is_a_typed_error_quickly_and_a_restarted_one_serves_again() 
     }
 }
 
+/// The observed defect: after a restart on the same port, the first decision on each old
+/// connection failed with `broken pipe` (a false 429 under the default policy; with
+/// `pooled(4)`, four of them). A command sent on a connection that turns out to be dead is sent
+/// once more on a fresh connection, so a restart costs no decision.
+#[test]
+fn a_restart_on_the_same_port_costs_no_decision() {
+    for pooled in [false, true] {
+        let mut server = common::private_server();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let mut builder = RedisBackend::builder().url(&server.url).use_client_clock(true);
+        if pooled {
+            builder = builder.pooled(4);
+        }
+        let backend = Arc::new(builder.build().expect("backend"));
+        let s = StrategyHandle::from(FixedWindow);
+        let rate = Rate::per_millis(1_000, 1_000).expect("rate");
+        // Eight decisions at once: every connection of the pool is opened and used.
+        let burst = |now: u64| {
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let (backend, s) = (Arc::clone(&backend), s.clone());
+                    tokio::spawn(async move {
+                        let k = key(&format!("restart-{pooled}-{i}"));
+                        backend.decide(op(&k, &s, now, rate, 1, Mode::Consume)).await
+                    })
+                })
+                .collect();
+            async move {
+                let mut results = Vec::new();
+                for t in tasks {
+                    results.push(t.await.expect("task"));
+                }
+                results
+            }
+        };
+        rt.block_on(async {
+            for r in burst(1).await {
+                assert!(r.expect("up").is_admitted());
+            }
+        });
+        server.guard.stop();
+        let _restarted = common::start_redis_on(server.port);
+        rt.block_on(async {
+            for r in burst(2).await {
+                let v = r.unwrap_or_else(|e| panic!("a decision failed after the restart (pooled: {pooled}): {e}"));
+                // The restarted server is empty: each key starts over.
+                assert_eq!(v.remaining, 999);
+            }
+        });
+    }
+}
+
 #[test]
 fn a_backend_that_never_connected_reports_a_connection_error() {
     let port = traffik_test_support::free_port();
