@@ -308,7 +308,7 @@ impl Conn {
                 let mut pooled = match pool.get().await {
                     Ok(c) => c,
                     Err(bb8::RunError::TimedOut) => {
-                        return Err(BackendError::Timeout { backend: KIND, after: t.connect });
+                        return Err(BackendError::PoolExhausted { backend: KIND, after: t.connect });
                     }
                     Err(bb8::RunError::User(e)) => return Err(map_err(e, Phase::Connect, t)),
                 };

@@ -574,3 +574,34 @@ fn lost_compare_and_swaps_are_retried_then_reported_as_contention() {
         assert!(backend.decide(op(&k, &s, 0, rate, 1, Mode::Peek)).await.expect("peek").is_admitted());
     });
 }
+
+/// The observed defect: a pool checkout that timed out was reported as "redis backend did not
+/// answer within 1s" while the server was answering. It is its own error, which says so.
+#[test]
+fn a_pool_checkout_timeout_says_the_pool_was_busy() {
+    let server = redis_server();
+    let rt = rt();
+    rt.block_on(async {
+        let manager = bb8_redis::RedisConnectionManager::new(server.url.as_str()).expect("manager");
+        let pool = bb8::Pool::builder()
+            .max_size(1)
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_millis(200))
+            .build(manager)
+            .await
+            .expect("pool");
+        let backend = RedisBackend::builder().pool(pool.clone()).build().expect("backend");
+        let s = StrategyHandle::from(FixedWindow);
+        let rate = Rate::per_millis(10, 1_000).expect("rate");
+        let k = key("busy-pool");
+        assert!(backend.decide(op(&k, &s, 1, rate, 1, Mode::Consume)).await.expect("free").is_admitted());
+        // The only connection is taken (and never given back while the decision waits).
+        let held = pool.get().await.expect("checkout");
+        let e = backend.decide(op(&k, &s, 2, rate, 1, Mode::Consume)).await.expect_err("no connection is free");
+        assert!(matches!(e, BackendError::PoolExhausted { .. }), "{e:?}");
+        assert!(e.to_string().contains("no pooled connection"), "{e}");
+        assert!(e.is_transient());
+        drop(held);
+        assert!(backend.decide(op(&k, &s, 3, rate, 1, Mode::Consume)).await.expect("free again").is_admitted());
+    });
+}

@@ -31,6 +31,15 @@ pub enum BackendError {
         /// The timeout that expired.
         after: Duration,
     },
+    /// Every connection of the backend's pool was in use for as long as the pool waits for
+    /// one (the server itself may be answering: the pool is too small for the load).
+    #[error("{backend} backend: no pooled connection came free within {after:?}")]
+    PoolExhausted {
+        /// Which backend.
+        backend: &'static str,
+        /// How long the checkout waited.
+        after: Duration,
+    },
     /// The backend answered with an error (script error, protocol error, bad reply).
     #[error("{backend} backend failed: {message}")]
     Command {
@@ -76,9 +85,16 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// Whether retrying the same call may succeed (connection problems, timeouts, contention).
+    /// Whether retrying the same call may succeed (connection problems, timeouts, a busy pool,
+    /// contention).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BackendError::Connection { .. } | BackendError::Timeout { .. } | BackendError::Contention { .. })
+        matches!(
+            self,
+            BackendError::Connection { .. }
+                | BackendError::Timeout { .. }
+                | BackendError::PoolExhausted { .. }
+                | BackendError::Contention { .. }
+        )
     }
 
     /// Shorthand for a [`BackendError::Connection`].
