@@ -118,7 +118,7 @@ pub use policy::{
 };
 pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
-pub use reply::{Reply, ReplyBody};
+pub use reply::{Reply, ReplyBody, WsVerdict};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
 pub use strategy::StrategyHandle;
 pub use throttle::{BackendChoice, IntoRate};

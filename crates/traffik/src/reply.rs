@@ -218,6 +218,62 @@ impl Reply {
     pub const CONTENT_TYPE: &'static str = "application/json";
 }
 
+/// What a WebSocket handler does with the message it just received, after an integration's
+/// per-message throttle (`traffik_poem::WsThrottle`, `traffik_salvo::WsConnection`) reacted on
+/// the socket. The same in every integration.
+#[derive(Debug)]
+#[must_use]
+pub enum WsVerdict {
+    /// Process the message (a shaping delay has already been waited out).
+    Allowed(Decision),
+    /// Drop the message: the client was sent a notice ([`ReplyBody::to_notice_json`]) and the
+    /// socket stays open.
+    Throttled(Decision),
+    /// The socket was closed (1008, the close reaction to a message over the limit) or could
+    /// not be written to: stop reading.
+    Closed(Decision),
+    /// The rate limiter failed and its error policy raised: the client was sent the
+    /// `rate_limiter_unavailable` notice and the socket closed with 1011: stop reading.
+    Failed(crate::Error),
+}
+
+impl WsVerdict {
+    /// Whether the message may be processed.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, WsVerdict::Allowed(_))
+    }
+
+    /// Whether the message was over the limit (dropped, or the socket closed for it).
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            WsVerdict::Throttled(_) => true,
+            WsVerdict::Closed(d) => d.is_throttled(),
+            WsVerdict::Allowed(_) | WsVerdict::Failed(_) => false,
+        }
+    }
+
+    /// Whether the socket is closed and the handler should stop.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, WsVerdict::Closed(_) | WsVerdict::Failed(_))
+    }
+
+    /// The throttle's decision, when it reached one.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            WsVerdict::Allowed(d) | WsVerdict::Throttled(d) | WsVerdict::Closed(d) => Some(d),
+            WsVerdict::Failed(_) => None,
+        }
+    }
+
+    /// The failure, when the rate limiter could not decide.
+    pub fn error(&self) -> Option<&crate::Error> {
+        match self {
+            WsVerdict::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A response for refused requests, of an integration's own type, stored in a throttle (the
 /// builder's [`throttled_handler`](crate::ThrottleBuilder::throttled_handler),
 /// [`Throttle::update_throttled_handler`](crate::Throttle::update_throttled_handler)) and read

@@ -95,6 +95,8 @@ pub use middleware::{
     is_throttled, record,
 };
 pub use response::{ThrottledHandler, default_throttled_response, error_response, throttled_response};
+#[cfg(feature = "websocket")]
+pub use traffik::WsVerdict;
 pub use view::{client_ip, full_uri, peer_addr, request_view};
 #[cfg(feature = "websocket")]
-pub use ws::{WsReaction, WsThrottle, WsVerdict, notice};
+pub use ws::{WsReaction, WsThrottle, notice};

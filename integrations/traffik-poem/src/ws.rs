@@ -13,7 +13,7 @@ use poem::PathPattern;
 use poem::Request;
 use poem::http::{Extensions, HeaderMap, Method, Uri};
 use poem::web::websocket::{CloseCode, Message};
-use traffik::{Context, Decision, Outcome, RequestView, Throttle};
+use traffik::{Context, Decision, Outcome, RequestView, Throttle, WsVerdict};
 
 use crate::view::peer_addr;
 
@@ -27,47 +27,6 @@ pub enum WsReaction {
     Notify,
     /// Send a close frame with code 1008 (policy violation).
     Close,
-}
-
-/// What the handler should do with the message it just received.
-#[derive(Clone, Debug, PartialEq)]
-pub enum WsVerdict {
-    /// Process it (after any shaping delay, already waited).
-    Process(Decision),
-    /// Drop it: the client was told it is rate limited; the socket stays open.
-    Skip(Decision),
-    /// The socket was closed (1008 when throttled under [`WsReaction::Close`], 1011 when the
-    /// throttle failed); stop reading.
-    Closed(Option<Decision>),
-}
-
-impl WsVerdict {
-    /// Whether the message may be processed.
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, WsVerdict::Process(_))
-    }
-
-    /// Whether the message was over the limit (skipped or closed for it).
-    pub fn is_throttled(&self) -> bool {
-        match self {
-            WsVerdict::Process(_) => false,
-            WsVerdict::Skip(_) => true,
-            WsVerdict::Closed(d) => d.as_ref().is_some_and(Decision::is_throttled),
-        }
-    }
-
-    /// Whether the socket was closed.
-    pub fn is_closed(&self) -> bool {
-        matches!(self, WsVerdict::Closed(_))
-    }
-
-    /// The throttle's decision, when it made one.
-    pub fn decision(&self) -> Option<&Decision> {
-        match self {
-            WsVerdict::Process(d) | WsVerdict::Skip(d) => Some(d),
-            WsVerdict::Closed(d) => d.as_ref(),
-        }
-    }
 }
 
 /// A throttle bound to one WebSocket connection: it remembers the upgrade request (peer,
@@ -165,10 +124,11 @@ impl WsThrottle {
     }
 
     /// Hits the throttle for one message (use `ctx` for a per-message cost or a scope such as
-    /// a room) and reacts on `socket`: admitted → [`WsVerdict::Process`] (after waiting a
+    /// a room) and reacts on `socket`: admitted → [`WsVerdict::Allowed`] (after waiting a
     /// shaping delay); over the limit → the [`WsReaction`]; throttle failure (the error policy
-    /// raised) → a `{"type":"rate_limit","error":"rate_limiter_unavailable",..}` notice and a 1011
-    /// close. `Err` only when sending on the socket failed.
+    /// raised) → a `{"type":"rate_limit","error":"rate_limiter_unavailable",..}` notice, a 1011
+    /// close and [`WsVerdict::Failed`]. The verdict is the core's, the same as in
+    /// `traffik-salvo`. `Err` only when sending on the socket failed.
     pub async fn hit<S>(&self, socket: &mut S, ctx: &Context) -> Result<WsVerdict, S::Error>
     where
         S: Sink<Message> + Unpin,
@@ -181,19 +141,19 @@ impl WsThrottle {
                 let body = traffik::ReplyBody::unavailable().to_notice_json();
                 socket.send(Message::text(body)).await?;
                 socket.send(Message::close_with(CloseCode::Error, "rate limiter unavailable")).await?;
-                return Ok(WsVerdict::Closed(None));
+                return Ok(WsVerdict::Failed(error));
             }
         };
         if decision.is_allowed() {
             if decision.outcome == Outcome::Delayed {
                 tokio::time::sleep(decision.wait).await;
             }
-            return Ok(WsVerdict::Process(decision));
+            return Ok(WsVerdict::Allowed(decision));
         }
         match self.reaction {
             WsReaction::Notify => {
                 socket.send(Message::text(notice(&decision))).await?;
-                Ok(WsVerdict::Skip(decision))
+                Ok(WsVerdict::Throttled(decision))
             }
             WsReaction::Close => {
                 let reason = if decision.outcome == Outcome::Never {
@@ -202,7 +162,7 @@ impl WsThrottle {
                     "rate limit exceeded"
                 };
                 socket.send(Message::close_with(CloseCode::Policy, reason)).await?;
-                Ok(WsVerdict::Closed(Some(decision)))
+                Ok(WsVerdict::Closed(decision))
             }
         }
     }

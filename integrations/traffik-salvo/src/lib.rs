@@ -119,6 +119,8 @@ pub use depot::{DepotExt, ThrottleRecord, ThrottleRecords};
 pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
+#[cfg(feature = "websocket")]
+pub use traffik::WsVerdict;
 pub use view::{client_ip, peer_addr, request_view};
 #[cfg(feature = "websocket")]
-pub use ws::{INTERNAL_ERROR, POLICY_VIOLATION, WsConnection, WsThrottle, WsVerdict, ws_throttled_message};
+pub use ws::{INTERNAL_ERROR, POLICY_VIOLATION, WsConnection, WsThrottle, ws_throttled_message};

@@ -8,7 +8,7 @@ use salvo::Request;
 use salvo::http::uri::Uri;
 use salvo::http::{HeaderMap, Method};
 use salvo::websocket::{Message, WebSocket};
-use traffik::{Context, Decision, Error, Outcome, RequestView, Throttle};
+use traffik::{Context, Decision, Error, Outcome, RequestView, Throttle, WsVerdict};
 
 use crate::view::peer_addr;
 
@@ -156,41 +156,6 @@ impl fmt::Debug for WsConnection {
             .field("peer", &self.peer)
             .field("uri", &self.uri)
             .finish()
-    }
-}
-
-/// What happened to one WebSocket message.
-#[derive(Debug)]
-pub enum WsVerdict {
-    /// Process the message (a `Delayed` decision has already been waited out).
-    Allowed(Decision),
-    /// Drop the message; the client was told and the socket is open.
-    Throttled(Decision),
-    /// The socket was closed (1008) or could not be written to; stop using it.
-    Closed(Decision),
-    /// The rate limiter failed and its error policy raised: the client was told, and the
-    /// socket closed with 1011 (as in `traffik-poem`); stop using it.
-    Failed(Error),
-}
-
-impl WsVerdict {
-    /// Whether the message may be processed.
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, WsVerdict::Allowed(_))
-    }
-
-    /// Whether the socket is closed (a 1008 on a denial, a 1011 on a failure) and the handler
-    /// should return.
-    pub fn is_closed(&self) -> bool {
-        matches!(self, WsVerdict::Closed(_) | WsVerdict::Failed(_))
-    }
-
-    /// The decision, when the throttle reached one.
-    pub fn decision(&self) -> Option<&Decision> {
-        match self {
-            WsVerdict::Allowed(d) | WsVerdict::Throttled(d) | WsVerdict::Closed(d) => Some(d),
-            WsVerdict::Failed(_) => None,
-        }
     }
 }
 
