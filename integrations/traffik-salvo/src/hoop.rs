@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use salvo::handler::Skipper;
 use salvo::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
@@ -23,6 +24,7 @@ pub(crate) struct Options {
     context: Option<ContextFn>,
     per_route: bool,
     per_path: bool,
+    skipper: Option<Arc<dyn Skipper>>,
     with_stat: bool,
 }
 
@@ -95,6 +97,14 @@ impl SalvoThrottle {
     #[must_use]
     pub fn context(self, f: impl Fn(&Request, &Depot) -> Context + Send + Sync + 'static) -> Self {
         self.edit(|o| o.context = Some(Arc::new(f)))
+    }
+
+    /// Lets requests the `skipper` picks through without a hit, as Salvo's own middlewares do
+    /// (`|req: &mut Request, depot: &Depot| ...`, or any [`Skipper`]): they are not counted,
+    /// get no headers and record no decision. [`apply`](Self::apply) ignores it.
+    #[must_use]
+    pub fn skipper(self, skipper: impl Skipper) -> Self {
+        self.edit(|o| o.skipper = Some(Arc::new(skipper)))
     }
 
     /// Gives every route its own quota: the matched route pattern (e.g. `users/{id}`, never the
@@ -317,6 +327,11 @@ impl From<Throttle> for SalvoThrottle {
 #[async_trait]
 impl Handler for SalvoThrottle {
     async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if let Some(skipper) = &self.opts.skipper
+            && skipper.skipped(req, depot)
+        {
+            return;
+        }
         if !self.run(req, depot, res, ctrl, None).await {
             ctrl.skip_rest();
         }

@@ -574,3 +574,21 @@ async fn per_path_keys_the_concrete_path() {
     assert_eq!(get(&service, "/items/1", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(get(&service, "/items/2", A).await.status_code, Some(StatusCode::OK));
 }
+
+/// Salvo users get a skipper, as Salvo's own middlewares offer: skipped requests are not
+/// counted and record nothing.
+#[tokio::test]
+async fn a_skipper_lets_picked_requests_through_uncounted() {
+    let throttle = throttle!(rate!("1/h")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let hoop = SalvoThrottle::new(throttle)
+        .skipper(|req: &mut Request, _: &Depot| req.headers().contains_key("x-health-check"));
+    let service = Service::new(Router::new().hoop(hoop).get(report));
+    for _ in 0..3 {
+        let mut res = send(&service, Method::GET, "/", A, &[("x-health-check", "1")]).await;
+        assert_eq!(res.status_code, Some(StatusCode::OK));
+        assert_eq!(header(&res, "x-ratelimit-limit"), None, "a skipped request gets no headers");
+        assert_eq!(json(&mut res).await["records"], json!([]));
+    }
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK), "the hour's one request is left");
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+}
