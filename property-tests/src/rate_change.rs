@@ -82,7 +82,7 @@ pub fn check_rate_changes(make: impl Fn() -> SharedBackend) {
                 let t = throttle(backend, &suite, before, after, change, &clock, &flip);
                 rt.block_on(async {
                     for _ in 0..3 {
-                        t.hit(&req).await.expect("hit");
+                        let _warm_up = t.hit(&req).await.expect("hit");
                         clock.advance(Duration::from_millis(150));
                     }
                     match change {

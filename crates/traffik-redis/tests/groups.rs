@@ -58,7 +58,7 @@ fn a_two_member_group_costs_one_evalsha_per_decision() {
     let sustained = member("sustained", "10/min", FixedWindow, &backend, &clock);
     let group = ThrottleGroup::new("api", [burst, sustained]).unwrap();
     // Load the group script (a fresh server answers the first EVALSHA with NOSCRIPT).
-    let _ = rt.block_on(group.check(&view(1), &traffik::Context::new())).unwrap();
+    let _ = rt.block_on(group.check(&view(1))).unwrap();
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut admin).unwrap();
     let mut admitted = 0;
     rt.block_on(async {

@@ -209,7 +209,7 @@ fn hostile_identities_work_through_a_throttle() {
                     v
                 };
                 assert_eq!(outcomes, vec![Outcome::Allowed, Outcome::Allowed, Outcome::Throttled], "identity {i}");
-                let stat = throttle.stat(&req, &traffik::Context::new()).await.expect("stat").expect("limited");
+                let stat = throttle.stat(&req).await.expect("stat").expect("limited");
                 assert_eq!(stat.hits_remaining, 0, "identity {i}");
             }
         }

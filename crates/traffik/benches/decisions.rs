@@ -172,7 +172,7 @@ fn main() {
                     .collect();
                 let (gov_ns, ns) = paired(threads, &gov, &|t, i| {
                     let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
-                    black_box(now_or_never(throttle.hit(&req)).unwrap());
+                    let _ = black_box(now_or_never(throttle.hit(&req)).unwrap());
                 });
                 let label = format!("Throttle::hit {name}");
                 row(&label, keys, threads, ns, gov_ns);
@@ -205,7 +205,7 @@ fn main() {
                 threads,
                 &|t, i| {
                     let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));
-                    black_box(now_or_never(single.hit(&req)).unwrap());
+                    let _ = black_box(now_or_never(single.hit(&req)).unwrap());
                 },
                 &|t, i| {
                     let req = RequestView::empty().peer(Some(peers[(i + t * 7919) % keys]));

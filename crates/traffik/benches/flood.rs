@@ -143,7 +143,7 @@ fn main() {
             while backend.len() < cap {
                 for _ in 0..cap / 4 {
                     next += 1;
-                    now_or_never(flood.hit(&view(identity(next, v6)))).unwrap();
+                    let _ = now_or_never(flood.hit(&view(identity(next, v6)))).unwrap();
                 }
                 filling += 1;
                 assert!(filling < 40, "the backend does not fill: {} of {cap} keys", backend.len());
@@ -163,7 +163,7 @@ fn main() {
                         let mut n = next;
                         while !stop.load(Ordering::Relaxed) {
                             n += 1;
-                            now_or_never(flood.hit(&view(identity(n, v6)))).unwrap();
+                            let _ = now_or_never(flood.hit(&view(identity(n, v6)))).unwrap();
                         }
                         hits.store(n - next, Ordering::Relaxed);
                     });

@@ -55,8 +55,10 @@ pub enum Source {
     None,
 }
 
-/// A throttle's decision for one hit.
+/// A throttle's decision for one hit. A hit whose decision is ignored is almost always a bug
+/// (the request goes through whatever it says), hence `#[must_use]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[must_use]
 pub struct Decision {
     /// What happened.
     pub outcome: Outcome,

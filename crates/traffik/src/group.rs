@@ -210,12 +210,22 @@ impl ThrottleGroup {
     }
 
     /// What a hit would get, consuming nothing.
-    pub async fn check(&self, req: &RequestView<'_>, ctx: &Context) -> Result<GroupDecision, Error> {
+    pub async fn check(&self, req: &RequestView<'_>) -> Result<GroupDecision, Error> {
+        self.run(req, &NO_CONTEXT, Mode::Peek).await
+    }
+
+    /// [`check`](Self::check) with per-hit options for every member.
+    pub async fn check_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<GroupDecision, Error> {
         self.run(req, ctx, Mode::Peek).await
     }
 
     /// A snapshot per member (`None` for members that do not limit the request).
-    pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Option<Stat>>, Error> {
+    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Vec<Option<Stat>>, Error> {
+        self.stat_with(req, &NO_CONTEXT).await
+    }
+
+    /// [`stat`](Self::stat) with per-hit options for every member.
+    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Option<Stat>>, Error> {
         let mut stats = Vec::with_capacity(self.inner.members.len());
         for (member, prefix) in self.inner.members.iter().zip(&self.inner.prefixes) {
             stats.push(member.stat_under(prefix, req, ctx).await?);

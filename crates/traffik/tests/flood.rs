@@ -78,7 +78,7 @@ async fn a_limited_client_gets_no_more_than_its_quota_under_a_flood_at_the_cap()
                 }
                 for _ in 0..40 {
                     n += 1;
-                    flood.hit(&peer(flooder(n, v6))).await.unwrap();
+                    let _ = flood.hit(&peer(flooder(n, v6))).await.unwrap();
                 }
                 assert!(backend.len() <= 256, "{name}: {} keys stored", backend.len());
                 clock.advance(Duration::from_secs(1));

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use traffik::strategy::{FixedWindow, Gcra, SlidingWindowLog, TokenBucket};
-use traffik::{
-    Context, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, StrategyHandle, Throttle, ThrottleGroup,
-};
+use traffik::{Identity, InMemoryBackend, ManualClock, Outcome, RequestView, StrategyHandle, Throttle, ThrottleGroup};
 
 fn view(ip: [u8; 4]) -> RequestView<'static> {
     RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
@@ -51,7 +49,7 @@ async fn a_refusing_member_leaves_the_others_uncharged() {
     };
     assert_eq!(outcomes[..3], [Outcome::Allowed; 3]);
     assert_eq!(outcomes[3..], [Outcome::Throttled; 3]);
-    let stats = group.stat(&req, &Context::new()).await.unwrap();
+    let stats = group.stat(&req).await.unwrap();
     let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
     assert_eq!(left, [7, 0], "the outer limit was charged only for the 3 admitted hits");
 }
@@ -123,9 +121,9 @@ async fn skipped_members_do_not_limit_and_check_consumes_nothing() {
     b.disable();
     let group = ThrottleGroup::new("g", [a, b]).unwrap();
     let req = view([192, 0, 2, 9]);
-    let peek = group.check(&req, &Context::new()).await.unwrap();
+    let peek = group.check(&req).await.unwrap();
     assert!(peek.is_allowed());
-    assert!(group.check(&req, &Context::new()).await.unwrap().is_allowed(), "a check consumed quota");
+    assert!(group.check(&req).await.unwrap().is_allowed(), "a check consumed quota");
     let d = group.hit(&req).await.unwrap();
     assert_eq!(d.members[1].outcome, Outcome::Skipped(traffik::Skip::Disabled));
     assert_eq!(d.binding, Some(0));
@@ -180,7 +178,7 @@ fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock()
         total
     });
     assert_eq!(admitted, 60, "the tighter member's capacity");
-    let stats = rt.block_on(ab.stat(&view([192, 0, 2, 1]), &Context::new())).unwrap();
+    let stats = rt.block_on(ab.stat(&view([192, 0, 2, 1]))).unwrap();
     assert_eq!(stats[0].as_ref().unwrap().hits_remaining, 40, "the looser member was charged 60 times, no more");
     assert_eq!(stats[1].as_ref().unwrap().hits_remaining, 0);
 }
@@ -241,7 +239,7 @@ async fn members_key_their_own_identity() {
     let keys: Vec<String> = d.members.iter().map(|m| m.key.as_ref().unwrap().as_str().to_owned()).collect();
     assert!(keys[0].ends_with("10.0.0.1"), "{keys:?}");
     assert!(keys[1].ends_with("198.51.100.20") && keys[2].ends_with("198.51.100.20"), "{keys:?}");
-    let stats = group.stat(&req, &Context::new()).await.unwrap();
+    let stats = group.stat(&req).await.unwrap();
     let stat_keys: Vec<String> = stats.iter().map(|s| s.as_ref().unwrap().key.as_str().to_owned()).collect();
     assert_eq!(keys, stat_keys, "the shortcut and the general path key members alike");
 }

@@ -365,14 +365,14 @@ async fn stat_reads_without_consuming_and_serializes() {
         .build()
         .unwrap();
     let req = view("192.0.2.50");
-    t.hit_with(&req, &Context::new().cost(3)).await.unwrap();
+    let _ = t.hit_with(&req, &Context::new().cost(3)).await.unwrap();
     for _ in 0..3 {
-        let s = t.stat(&req, &Context::new()).await.unwrap().unwrap();
+        let s = t.stat(&req).await.unwrap().unwrap();
         assert_eq!(s.hits_remaining, 1);
         assert_eq!(s.wait, Duration::ZERO);
         assert!(s.admissible);
     }
-    let s = t.stat(&req, &Context::new().cost(3)).await.unwrap().unwrap();
+    let s = t.stat_with(&req, &Context::new().cost(3)).await.unwrap().unwrap();
     assert_eq!(s.wait, Duration::from_secs(30), "two more tokens at 15 s each");
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["rate"], "4/min");
@@ -380,9 +380,9 @@ async fn stat_reads_without_consuming_and_serializes() {
     assert_eq!(json["metadata"]["strategy"], "token_bucket");
     let back: traffik::Stat = serde_json::from_value(json).unwrap();
     assert_eq!(back.key, s.key);
-    assert!(!t.check(&req, &Context::new().cost(2)).await.unwrap().is_allowed());
-    assert!(t.check(&req, &Context::new().cost(1)).await.unwrap().is_allowed());
-    assert!(t.check(&req, &Context::new().cost(1)).await.unwrap().is_allowed(), "check consumes nothing");
+    assert!(!t.check_with(&req, &Context::new().cost(2)).await.unwrap().is_allowed());
+    assert!(t.check_with(&req, &Context::new().cost(1)).await.unwrap().is_allowed());
+    assert!(t.check_with(&req, &Context::new().cost(1)).await.unwrap().is_allowed(), "check consumes nothing");
 }
 
 #[tokio::test]
@@ -496,7 +496,7 @@ fn hits_and_stats_work_outside_a_tokio_runtime() {
         .unwrap();
     let req = view("192.0.2.80");
     assert!(run(t.hit(&req)).unwrap().is_allowed());
-    let stat = run(t.stat(&req, &Context::new())).unwrap().unwrap();
+    let stat = run(t.stat(&req)).unwrap().unwrap();
     assert_eq!(stat.hits_remaining, 0);
     assert!(run(t.hit(&req)).unwrap().is_throttled());
 }
@@ -596,11 +596,28 @@ fn stat_and_check_work_in_a_runtime_without_timers() {
     let req = RequestView::empty().peer(Some(([192, 0, 2, 77], 1).into()));
     rt.block_on(async {
         assert!(t.hit(&req).await.unwrap().is_allowed());
-        let stat = t.stat(&req, &Context::new()).await.unwrap().unwrap();
+        let stat = t.stat(&req).await.unwrap().unwrap();
         assert_eq!(stat.hits_remaining, 4);
-        assert!(t.check(&req, &Context::new()).await.unwrap().is_allowed());
+        assert!(t.check(&req).await.unwrap().is_allowed());
         let group = traffik::ThrottleGroup::new("no-timer-group", [t.clone()]).unwrap();
         assert!(group.hit(&req).await.unwrap().is_allowed());
-        assert_eq!(group.stat(&req, &Context::new()).await.unwrap()[0].as_ref().unwrap().hits_remaining, 4);
+        assert_eq!(group.stat(&req).await.unwrap()[0].as_ref().unwrap().hits_remaining, 4);
     });
+}
+
+/// A partly configured builder is a template: clone it, finish each copy.
+#[tokio::test]
+async fn a_builder_is_a_template() {
+    let template = Throttle::builder()
+        .rate(rate!("2/min"))
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .no_registry();
+    let a = template.clone().uid("template-a").build().unwrap();
+    let b = template.uid("template-b").rate(rate!("5/min")).build().unwrap();
+    let req = RequestView::empty().peer(Some(([192, 0, 2, 60], 1).into()));
+    assert_eq!(a.hit(&req).await.unwrap().remaining, Some(1));
+    assert_eq!(b.hit(&req).await.unwrap().remaining, Some(4), "its own uid and rate, the template's backend");
+    assert_eq!((a.headers().names().count(), b.headers().names().count()), (3, 3));
 }

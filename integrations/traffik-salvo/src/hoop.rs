@@ -215,7 +215,7 @@ impl SalvoThrottle {
             };
             let stat = if self.opts.with_stat && !matches!(decision.outcome, Outcome::Skipped(_)) {
                 let empty = Context::new();
-                match self.throttle.stat(&view, ctx.as_ref().unwrap_or(&empty)).await {
+                match self.throttle.stat_with(&view, ctx.as_ref().unwrap_or(&empty)).await {
                     Ok(stat) => stat,
                     Err(error) => {
                         tracing::debug!(uid = self.throttle.uid(), %error, "stat snapshot failed");

@@ -25,20 +25,20 @@ use crate::strategy::StrategyHandle;
 use crate::{Context, Rate, RateError};
 
 /// Builder state: no uid yet.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoUid;
 /// Builder state: no rate yet.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoRate;
 /// Builder state: no backend yet.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoBackend;
 /// Builder state: no strategy yet.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoStrategy;
 
 /// Builder state: the uid is set.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Uid(String);
 
 /// Where a throttle's backend comes from (builder state: the backend is set).
@@ -51,6 +51,7 @@ pub enum BackendChoice {
 }
 
 /// Builder state: the rate is set (a parse error, if any, is reported by `build()`).
+#[derive(Clone)]
 pub struct RateSet(Result<RateSource, RateError>);
 
 impl std::fmt::Debug for RateSet {
@@ -139,6 +140,7 @@ impl HasStrategy for StrategyHandle {
 /// [`backend`](Self::backend) and [`strategy`](Self::strategy); `build()` does not exist until
 /// all four are set.
 #[must_use]
+#[derive(Clone)]
 pub struct ThrottleBuilder<U = NoUid, R = NoRate, B = NoBackend, S = NoStrategy> {
     uid: U,
     rate: R,
@@ -147,6 +149,7 @@ pub struct ThrottleBuilder<U = NoUid, R = NoRate, B = NoBackend, S = NoStrategy>
     opts: Options,
 }
 
+#[derive(Clone)]
 struct Options {
     cost: Cost,
     identifier: Arc<dyn Identifier>,

@@ -220,13 +220,24 @@ impl Throttle {
     }
 
     /// What a hit would get, without consuming anything.
-    pub async fn check(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Decision, Error> {
+    pub async fn check(&self, req: &RequestView<'_>) -> Result<Decision, Error> {
+        self.run(req, &NO_CONTEXT, Mode::Peek).await
+    }
+
+    /// [`check`](Self::check) with per-hit options (cost override, scope, values).
+    pub async fn check_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Decision, Error> {
         self.run(req, ctx, Mode::Peek).await
     }
 
     /// A snapshot of `req`'s quota (`None` when the request is not limited at all: disabled,
     /// exempted, unlimited, zero cost or not matched by the rules).
-    pub async fn stat(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
+    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Option<Stat>, Error> {
+        self.stat_under(&self.inner.key_prefix, req, &NO_CONTEXT).await
+    }
+
+    /// [`stat`](Self::stat) with per-hit options (a cost or scope changes which key and cost
+    /// the snapshot is for).
+    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
         self.stat_under(&self.inner.key_prefix, req, ctx).await
     }
 
