@@ -1,0 +1,370 @@
+//! One table of cases, two frameworks: a Poem app and a Salvo app built alike are served on
+//! 127.0.0.1, the same requests go to both through a real HTTP client (and a real WebSocket
+//! client), and each answer must be what the table says: status, `Retry-After`, the limit
+//! headers and the JSON body, which is the core's `ReplyBody`. So both integrations answer alike.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use traffik::backend::{BoxFuture, Operation};
+use traffik::strategy::{FixedWindow, Metadata, Verdict};
+use traffik::{
+    Backend, BackendError, DEFAULT_HEADERS_ALWAYS, ErrorPolicy, InMemoryBackend, ManualClock, Rate, ReplyBody,
+    Throttle, ThrottleGroup, rate,
+};
+
+/// A backend that is always down.
+#[derive(Debug)]
+struct Down;
+
+impl Backend for Down {
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+    fn namespace(&self) -> &str {
+        "down"
+    }
+    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(async { Err(BackendError::command("down", "always down")) })
+    }
+    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(async { Err(BackendError::command("down", "always down")) })
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The throttles of one app (each app gets its own, on its own backend; time stands still at 0,
+/// so every wait is exact).
+struct Throttles {
+    limited: Throttle,
+    costly: Throttle,
+    down: Throttle,
+    app_headers: Throttle,
+    outer: Throttle,
+    inner: Throttle,
+    group: ThrottleGroup,
+    per_message: Throttle,
+    per_message_down: Throttle,
+}
+
+fn throttles(app: &str) -> Throttles {
+    let backend = InMemoryBackend::new();
+    let clock = ManualClock::new(0);
+    let build = |uid: &str, rate: Rate| {
+        Throttle::builder()
+            .uid(format!("{app}-{uid}"))
+            .rate(rate)
+            .backend(backend.clone())
+            .strategy(FixedWindow)
+            .clock(clock.clone())
+            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .no_registry()
+    };
+    Throttles {
+        limited: build("limited", rate!("2/h")).build().unwrap(),
+        costly: build("costly", rate!("5/min")).build().unwrap(),
+        down: build("down", rate!("5/min")).backend(Down).on_error(ErrorPolicy::raise()).build().unwrap(),
+        app_headers: build("app-headers", rate!("10/min")).build().unwrap(),
+        outer: build("outer", rate!("10/min")).build().unwrap(),
+        inner: build("inner", rate!("3/min")).build().unwrap(),
+        group: ThrottleGroup::new(
+            format!("{app}-group"),
+            [build("g-outer", rate!("10/min")).build().unwrap(), build("g-inner", rate!("3/min")).build().unwrap()],
+        )
+        .unwrap(),
+        per_message: build("per-message", rate!("1/h")).build().unwrap(),
+        per_message_down: build("per-message-down", rate!("1/h"))
+            .backend(Down)
+            .on_error(ErrorPolicy::raise())
+            .build()
+            .unwrap(),
+    }
+}
+
+mod poem_app {
+    use poem::http::StatusCode;
+    use poem::listener::{Acceptor, Listener, TcpListener};
+    use poem::web::websocket::{Message, WebSocket};
+    use poem::web::{Data, websocket::WebSocketStream};
+    use poem::{EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler};
+    use traffik::{Context, Throttle};
+    use traffik_poem::{GroupExt, PoemThrottle, ThrottleExt, WsThrottle};
+
+    use super::*;
+
+    #[handler]
+    fn ok() -> &'static str {
+        "ok"
+    }
+
+    #[handler]
+    fn maintenance() -> Response {
+        Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header("retry-after", "120").body("maintenance")
+    }
+
+    #[derive(Clone)]
+    struct PerMessage(Throttle);
+
+    /// Echoes text messages, each charged to the throttle the route carries.
+    #[handler]
+    fn echo(ws: WebSocket, req: &Request, per_message: Data<&PerMessage>) -> impl IntoResponse {
+        let limiter = WsThrottle::new(per_message.0.0.clone(), req);
+        ws.on_upgrade(move |mut socket: WebSocketStream| async move {
+            while let Some(Ok(Message::Text(text))) = socket.next().await {
+                match limiter.hit(&mut socket, &Context::new()).await {
+                    Ok(v) if v.is_allowed() => {
+                        if socket.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(v) if v.is_closed() => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    }
+
+    pub(super) async fn serve(t: Throttles) -> SocketAddr {
+        let app = Route::new()
+            .at("/limited", get(ok).with(t.limited.middleware()))
+            .at("/costly", get(ok).with(PoemThrottle::new(t.costly).cost(10)))
+            .at("/down", get(ok).with(t.down.middleware()))
+            .at("/app-headers", get(maintenance).with(t.app_headers.middleware()))
+            .at("/stacked", get(ok).with(t.inner.middleware()).with(t.outer.middleware()))
+            .at("/group", get(ok).with(t.group.middleware()))
+            .at("/ws", get(echo).data(PerMessage(t.per_message)))
+            .at("/ws-down", get(echo).data(PerMessage(t.per_message_down)));
+        let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
+        let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
+        tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+        addr
+    }
+}
+
+mod salvo_app {
+    use salvo::prelude::*;
+    use salvo::websocket::{Message, WebSocketUpgrade};
+    use traffik::Context;
+    use traffik_salvo::{GroupExt, SalvoThrottle, ThrottleExt, WsThrottle};
+
+    use super::*;
+
+    #[handler]
+    async fn ok() -> &'static str {
+        "ok"
+    }
+
+    #[handler]
+    async fn maintenance(res: &mut Response) {
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+        res.headers_mut().insert("retry-after", salvo::http::HeaderValue::from_static("120"));
+        res.render("maintenance");
+    }
+
+    /// Echoes text messages, each charged to the per-message throttle.
+    struct Echo(WsThrottle);
+
+    #[async_trait]
+    impl Handler for Echo {
+        async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+            let conn = self.0.connection(req);
+            let upgraded = WebSocketUpgrade::new()
+                .upgrade(req, res, move |mut ws| async move {
+                    while let Some(Ok(msg)) = ws.recv().await {
+                        let Ok(text) = msg.as_str().map(str::to_owned) else { continue };
+                        let verdict = conn.hit_with(&mut ws, &Context::new()).await;
+                        if verdict.is_closed() {
+                            return;
+                        }
+                        if verdict.is_allowed() && ws.send(Message::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+            if let Err(e) = upgraded {
+                res.render(e);
+            }
+        }
+    }
+
+    pub(super) async fn serve(t: Throttles) -> SocketAddr {
+        let router = Router::new()
+            .push(Router::with_path("limited").hoop(t.limited.hoop()).get(ok))
+            .push(Router::with_path("costly").hoop(SalvoThrottle::new(t.costly).cost(10)).get(ok))
+            .push(Router::with_path("down").hoop(t.down.hoop()).get(ok))
+            .push(Router::with_path("app-headers").hoop(t.app_headers.hoop()).get(maintenance))
+            .push(Router::with_path("stacked").hoop(t.outer.hoop()).hoop(t.inner.hoop()).get(ok))
+            .push(Router::with_path("group").hoop(t.group.hoop()).get(ok))
+            .push(Router::with_path("ws").goal(Echo(WsThrottle::new(t.per_message))))
+            .push(Router::with_path("ws-down").goal(Echo(WsThrottle::new(t.per_message_down))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
+        tokio::spawn(Server::new(acceptor).serve(router));
+        addr
+    }
+}
+
+/// What a client sees of one response.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    retry_after: Option<String>,
+    limit: Option<String>,
+    remaining: Option<String>,
+    /// The JSON body, for JSON responses.
+    json: Option<Value>,
+}
+
+async fn get(client: &reqwest::Client, addr: SocketAddr, path: &str) -> Seen {
+    let resp = client.get(format!("http://{addr}{path}")).send().await.unwrap();
+    let header = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (retry_after, limit, remaining) =
+        (header("retry-after"), header("x-ratelimit-limit"), header("x-ratelimit-remaining"));
+    let is_json = header("content-type").is_some_and(|c| c.starts_with("application/json"));
+    let status = resp.status().as_u16();
+    let json = if is_json { Some(resp.json().await.unwrap()) } else { None };
+    Seen { status, retry_after, limit, remaining, json }
+}
+
+fn seen(
+    status: u16,
+    retry_after: Option<&str>,
+    limit: Option<&str>,
+    remaining: Option<&str>,
+    json: Option<Value>,
+) -> Seen {
+    Seen {
+        status,
+        retry_after: retry_after.map(str::to_owned),
+        limit: limit.map(str::to_owned),
+        remaining: remaining.map(str::to_owned),
+        json,
+    }
+}
+
+fn body(b: &ReplyBody) -> Option<Value> {
+    Some(serde_json::to_value(b).unwrap())
+}
+
+/// The table: a path, how many requests to send first, and what the next one must get.
+fn cases() -> Vec<(&'static str, &'static str, usize, Seen)> {
+    let rate_limited = |secs: u64| {
+        body(&ReplyBody::RateLimited {
+            message: format!("Too many requests. Retry in {secs} seconds."),
+            retry_after_ms: secs * 1000,
+        })
+    };
+    let never = body(&ReplyBody::CostExceedsLimit {
+        message: "This request costs 10 but the rate limit is 5/min; it can never be admitted, so retrying will not \
+                  help."
+            .into(),
+        cost: 10,
+        limit: Some(5),
+        retry_after_ms: None,
+    });
+    vec![
+        ("allowed: limit headers, never Retry-After", "/limited", 0, seen(200, None, Some("2"), Some("1"), None)),
+        (
+            "throttled: 429, Retry-After, the core's body",
+            "/limited",
+            1,
+            seen(429, Some("3600"), Some("2"), Some("0"), rate_limited(3600)),
+        ),
+        ("a cost that never fits: 429 without Retry-After", "/costly", 0, seen(429, None, Some("5"), None, never)),
+        (
+            "the backend is down and the policy raises: 503",
+            "/down",
+            0,
+            seen(503, None, None, None, body(&ReplyBody::unavailable())),
+        ),
+        (
+            "the application's own Retry-After is kept",
+            "/app-headers",
+            0,
+            seen(503, Some("120"), Some("10"), Some("9"), None),
+        ),
+        (
+            "stacked: the inner throttle's 429 is not rewritten",
+            "/stacked",
+            3,
+            seen(429, Some("60"), Some("3"), Some("0"), rate_limited(60)),
+        ),
+        (
+            "a group answers with its binding member",
+            "/group",
+            3,
+            seen(429, Some("60"), Some("3"), Some("0"), rate_limited(60)),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poem_and_salvo_answer_every_http_case_alike() {
+    let apps =
+        [("poem", poem_app::serve(throttles("poem")).await), ("salvo", salvo_app::serve(throttles("salvo")).await)];
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (framework, addr) in apps {
+        for (case, path, before, want) in cases() {
+            for _ in 0..before {
+                let _ = get(&client, addr, path).await;
+            }
+            let got = get(&client, addr, path).await;
+            assert_eq!(got, want, "{framework}: {case}");
+        }
+    }
+}
+
+async fn next_message<S>(socket: &mut S) -> Message
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap().unwrap().unwrap();
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return msg;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poem_and_salvo_answer_every_websocket_case_alike() {
+    let apps =
+        [("poem", poem_app::serve(throttles("poem")).await), ("salvo", salvo_app::serve(throttles("salvo")).await)];
+    let notice: Value = serde_json::from_str(
+        &ReplyBody::RateLimited {
+            message: "Too many requests. Retry in 3600 seconds.".into(),
+            retry_after_ms: 3_600_000,
+        }
+        .to_notice_json(),
+    )
+    .unwrap();
+    let unavailable: Value = serde_json::from_str(&ReplyBody::unavailable().to_notice_json()).unwrap();
+    for (framework, addr) in apps {
+        // Over the limit: the core's notice, and the socket stays open.
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+        ws.send(Message::text("one")).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text("one"), "{framework}: echo");
+        for _ in 0..2 {
+            ws.send(Message::text("two")).await.unwrap();
+            let Message::Text(text) = next_message(&mut ws).await else { panic!("{framework}: expected a notice") };
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), notice, "{framework}: notice");
+        }
+        // The rate limiter fails: the core's notice, then a 1011 close.
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws-down")).await.unwrap();
+        ws.send(Message::text("one")).await.unwrap();
+        let Message::Text(text) = next_message(&mut ws).await else { panic!("{framework}: expected a notice") };
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), unavailable, "{framework}: failure notice");
+        let Message::Close(Some(frame)) = next_message(&mut ws).await else { panic!("{framework}: expected a close") };
+        assert_eq!(u16::from(frame.code), 1011, "{framework}: close code");
+    }
+}
