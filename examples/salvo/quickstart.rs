@@ -9,7 +9,8 @@ use std::time::Duration;
 use salvo::http::Method;
 use salvo::prelude::*;
 use traffik::strategy::{FixedWindow, SlidingWindowCounter, TokenBucket};
-use traffik::{Context, DEFAULT_HEADERS_ALWAYS, InMemoryBackend, Throttle, rate};
+use traffik::{Context, InMemoryBackend, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_salvo::{DepotExt, MiddlewareThrottle, SalvoThrottle, ThrottleExt, ThrottleMiddleware};
 
 const ADDR: &str = "127.0.0.1:3001";
@@ -57,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .rate(rate!("5/min"))
         .backend(backend.clone())
         .strategy(SlidingWindowCounter)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .build()?;
     // A burst limit for the whole API, as a global middleware for writes only.
     let writes = Throttle::builder()

@@ -7,7 +7,8 @@
 
 use salvo::prelude::*;
 use traffik::strategy::TokenBucket;
-use traffik::{DEFAULT_HEADERS_ALWAYS, ErrorPolicy, InMemoryBackend, Throttle, rate};
+use traffik::{ErrorPolicy, InMemoryBackend, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_redis::RedisBackend;
 use traffik_salvo::{DepotExt, SalvoThrottle};
 
@@ -31,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .rate(rate!("10/min"))
         .backend(redis)
         .strategy(TokenBucket::new()) // bursts of up to 10, refilled at 10/min
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .on_error(ErrorPolicy::fallback(InMemoryBackend::new()))
         .build()?;
 

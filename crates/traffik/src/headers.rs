@@ -10,13 +10,15 @@
 //! | [`Header::reset_seconds`] | `Retry-After` | wait in whole seconds, rounded up (throttled responses only) |
 //! | [`Header::reset_milliseconds`] | `X-RateLimit-Reset-Ms` | wait in milliseconds, rounded up |
 //!
-//! [`Headers::ietf_draft10`] emits the `RateLimit` and `RateLimit-Policy` structured fields of
+//! Presets are constructors: [`Headers::x_ratelimit`] (the three headers above, the limit pair
+//! on every response or on 429s only) and [`Headers::ietf_draft10`], which emits the
+//! `RateLimit` and `RateLimit-Policy` structured fields of
 //! draft-ietf-httpapi-ratelimit-headers-10. A header whose value is unknown for a decision (for
 //! example `Retry-After` when the cost can never fit) is omitted rather than invented.
 
 use std::fmt;
 use std::ops::BitOr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -160,12 +162,6 @@ pub struct Headers {
     entries: Arc<Vec<(HeaderName, Header)>>,
 }
 
-/// `X-RateLimit-Limit` and `X-RateLimit-Remaining` on every response, `Retry-After` on throttled ones.
-pub static DEFAULT_HEADERS_ALWAYS: LazyLock<Headers> = LazyLock::new(|| Headers::defaults(|| When::Always));
-
-/// The same three headers on throttled responses only.
-pub static DEFAULT_HEADERS_THROTTLED: LazyLock<Headers> = LazyLock::new(|| Headers::defaults(|| When::Throttled));
-
 /// Per-call header overrides: replace a header, or disable it for this response.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderOverrides {
@@ -199,11 +195,14 @@ impl Headers {
         Headers::default()
     }
 
-    fn defaults(when: impl Fn() -> When) -> Self {
+    /// `X-RateLimit-Limit` and `X-RateLimit-Remaining` when `when` holds (`When::Always`: on
+    /// every response; `When::Throttled`: on 429s only), and `Retry-After` on throttled
+    /// responses (never on a request that was let through).
+    pub fn x_ratelimit(when: When) -> Self {
         Headers::new()
-            .with(HeaderName::from_static("x-ratelimit-limit"), Header::limit(when()))
-            .with(HeaderName::from_static("x-ratelimit-remaining"), Header::remaining(when()))
-            .with(http::header::RETRY_AFTER, Header::reset_seconds(when()))
+            .with(HeaderName::from_static("x-ratelimit-limit"), Header::limit(when.clone()))
+            .with(HeaderName::from_static("x-ratelimit-remaining"), Header::remaining(when.clone()))
+            .with(http::header::RETRY_AFTER, Header::reset_seconds(when))
     }
 
     /// `RateLimit-Policy: "<policy>";q=<limit>;w=<window s>` and
@@ -331,20 +330,20 @@ mod tests {
     #[test]
     fn defaults_render_integers_and_round_up() {
         let req = RequestView::empty();
-        let h = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(Outcome::Throttled, 0, 1500));
+        let h = Headers::x_ratelimit(When::Always).resolve(&req, &decision(Outcome::Throttled, 0, 1500));
         assert_eq!(h["x-ratelimit-limit"], "100");
         assert_eq!(h["x-ratelimit-remaining"], "0");
         assert_eq!(h["retry-after"], "2");
-        let ok = DEFAULT_HEADERS_THROTTLED.resolve(&req, &decision(Outcome::Allowed, 4, 0));
+        let ok = Headers::x_ratelimit(When::Throttled).resolve(&req, &decision(Outcome::Allowed, 4, 0));
         assert!(ok.is_empty());
         for outcome in [Outcome::Allowed, Outcome::Delayed] {
-            let ok = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(outcome, 4, 0));
+            let ok = Headers::x_ratelimit(When::Always).resolve(&req, &decision(outcome, 4, 0));
             assert!(!ok.contains_key("retry-after"), "Retry-After on a request let through: {ok:?}");
             assert_eq!(ok["x-ratelimit-remaining"], "4");
         }
-        let never = DEFAULT_HEADERS_ALWAYS.resolve(&req, &decision(Outcome::Never, 0, 0));
+        let never = Headers::x_ratelimit(When::Always).resolve(&req, &decision(Outcome::Never, 0, 0));
         assert!(!never.contains_key("retry-after"));
-        let skipped = DEFAULT_HEADERS_ALWAYS.resolve(&req, &Decision::skipped(Skip::Exempted));
+        let skipped = Headers::x_ratelimit(When::Always).resolve(&req, &Decision::skipped(Skip::Exempted));
         assert!(skipped.is_empty());
     }
 
@@ -356,11 +355,11 @@ mod tests {
             HeaderName::from_static("x-ratelimit-limit"),
             Header::fixed(HeaderValue::from_static("lots"), When::Always),
         );
-        let merged = &*DEFAULT_HEADERS_ALWAYS | &custom;
+        let merged = &Headers::x_ratelimit(When::Always) | &custom;
         assert_eq!(merged.resolve(&req, &d)["x-ratelimit-limit"], "lots");
         let mut out = HeaderMap::new();
         let o = HeaderOverrides::new().disable(HeaderName::from_static("x-ratelimit-remaining"));
-        DEFAULT_HEADERS_ALWAYS.apply(&req, &d, Some(&o), &mut out);
+        Headers::x_ratelimit(When::Always).apply(&req, &d, Some(&o), &mut out);
         assert!(!out.contains_key("x-ratelimit-remaining") && out.contains_key("x-ratelimit-limit"));
         let ietf = Headers::ietf_draft10("default").resolve(&req, &d);
         assert_eq!(ietf["ratelimit-policy"], "\"default\";q=100;w=60");

@@ -109,7 +109,7 @@ pub use decision::{Decision, Outcome, Skip, Source, Stat};
 pub use error::{BackendError, BoxError, Error};
 pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
 pub use group::{GroupDecision, ThrottleGroup};
-pub use headers::{DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, Header, HeaderOverrides, Headers, When};
+pub use headers::{Header, HeaderOverrides, Headers, When};
 pub use identity::{AsyncIdentifier, ClientIp, Identifier, Identity, IpNet, RequestView, TrustedProxies};
 pub use key::{Key, KeyBuilder};
 pub use policy::{

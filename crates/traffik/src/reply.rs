@@ -305,7 +305,7 @@ pub fn add_missing_headers(out: &mut HeaderMap, extra: HeaderMap) {
 mod tests {
     use super::*;
     use crate::decision::Skip;
-    use crate::headers::DEFAULT_HEADERS_ALWAYS;
+    use crate::headers::When;
     use crate::rate::Rate;
 
     fn decision(outcome: Outcome, cost: u64, wait: Duration) -> Decision {
@@ -362,12 +362,13 @@ mod tests {
         assert_eq!(r.headers[header::RETRY_AFTER], "2");
         let r = Reply::refused(
             &decision(Outcome::Throttled, 1, Duration::from_millis(1500)),
-            &DEFAULT_HEADERS_ALWAYS,
+            &Headers::x_ratelimit(When::Always),
             &req,
         );
         assert_eq!(r.headers[header::RETRY_AFTER], "2");
         assert_eq!(r.headers["x-ratelimit-limit"], "5");
-        let never = Reply::refused(&decision(Outcome::Never, 9, Duration::ZERO), &DEFAULT_HEADERS_ALWAYS, &req);
+        let never =
+            Reply::refused(&decision(Outcome::Never, 9, Duration::ZERO), &Headers::x_ratelimit(When::Always), &req);
         assert!(!never.headers.contains_key(header::RETRY_AFTER));
         let down = Reply::unavailable();
         assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -11,9 +11,10 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket};
 use traffik::{
-    ClientIp, Context, DEFAULT_HEADERS_ALWAYS, Error, Identity, InMemoryBackend, ManualClock, Outcome, RequestView,
-    Rule, Skip, Throttle, ThrottleRegistry, TrustedProxies, rate, with_backend,
+    ClientIp, Context, Error, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Rule, Skip, Throttle,
+    ThrottleRegistry, TrustedProxies, rate, with_backend,
 };
+use traffik::{Headers, When};
 
 fn peer(ip: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip.parse().unwrap(), 40000))
@@ -338,7 +339,7 @@ async fn runtime_updates_take_effect_on_the_next_hit() {
     assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Never, "cost 2 never fits a burst of 1");
     t.update_identifier(|_: &RequestView<'_>| Identity::Exempted);
     assert_eq!(t.hit(&req).await.unwrap().outcome, Outcome::Skipped(Skip::Exempted));
-    t.update_headers(DEFAULT_HEADERS_ALWAYS.clone());
+    t.update_headers(Headers::x_ratelimit(When::Always));
     assert_eq!(t.headers().names().count(), 3);
     assert!(!t.has_throttled_handler());
     t.update_throttled_handler(Custom("custom"));
@@ -612,7 +613,7 @@ async fn a_builder_is_a_template() {
         .rate(rate!("2/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .no_registry();
     let a = template.clone().uid("template-a").build().unwrap();
     let b = template.uid("template-b").rate(rate!("5/min")).build().unwrap();

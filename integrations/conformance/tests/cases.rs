@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use traffik::backend::{BoxFuture, Operation};
 use traffik::strategy::{FixedWindow, Metadata, Verdict};
 use traffik::{
-    Backend, BackendError, DEFAULT_HEADERS_ALWAYS, ErrorPolicy, InMemoryBackend, ManualClock, Rate, ReplyBody,
-    Throttle, ThrottleGroup, rate,
+    Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, Rate, ReplyBody, Throttle, ThrottleGroup, rate,
 };
+use traffik::{Headers, When};
 
 /// A backend that is always down.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ fn throttles(app: &str) -> Throttles {
             .backend(backend.clone())
             .strategy(FixedWindow)
             .clock(clock.clone())
-            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .headers(Headers::x_ratelimit(When::Always))
             .no_registry()
     };
     Throttles {

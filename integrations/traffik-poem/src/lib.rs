@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use poem::{EndpointExt, Route, get, handler, test::TestClient};
-//! use traffik::{rate, InMemoryBackend, Throttle, DEFAULT_HEADERS_ALWAYS, strategy::FixedWindow};
+//! use traffik::{rate, Headers, InMemoryBackend, Throttle, When, strategy::FixedWindow};
 //! use traffik_poem::ThrottleExt;
 //!
 //! #[handler]
@@ -19,7 +19,7 @@
 //!     .rate(rate!("2/min"))
 //!     .backend(InMemoryBackend::new())
 //!     .strategy(FixedWindow)
-//!     .headers(DEFAULT_HEADERS_ALWAYS.clone())
+//!     .headers(Headers::x_ratelimit(When::Always))
 //!     .no_registry()
 //!     .build()?;
 //! let app = Route::new().at("/hello", get(hello).with(throttle.middleware()));

@@ -8,7 +8,8 @@ use poem::http::{Method, StatusCode};
 use poem::test::TestClient;
 use poem::web::Data;
 use poem::{EndpointExt, Route, get, handler};
-use traffik::{AsyncPredicate, Context, DEFAULT_HEADERS_ALWAYS, RequestView, rate};
+use traffik::{AsyncPredicate, Context, RequestView, rate};
+use traffik::{Headers, When};
 use traffik_poem::{MiddlewareThrottle, ThrottleDecisions, ThrottleMiddleware};
 
 #[handler]
@@ -122,8 +123,8 @@ fn list(all: Data<&ThrottleDecisions>) -> String {
 
 #[tokio::test]
 async fn throttles_run_in_order_and_the_first_rejection_stops_the_rest() {
-    let first = throttle!(rate!("1/h")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
-    let second = throttle!(rate!("10/h")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let first = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let second = throttle!(rate!("10/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let (a, b) = (first.uid().to_owned(), second.uid().to_owned());
     let cli = TestClient::new(
         Route::new()

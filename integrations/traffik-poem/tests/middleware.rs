@@ -13,10 +13,8 @@ use poem::web::Data;
 use poem::{EndpointExt, Request, Response, Route, get, handler, post};
 use serde_json::json;
 use traffik::strategy::LeakyBucketWithQueue;
-use traffik::{
-    Context, DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, Decision, ErrorPolicy, ManualClock, Outcome, Throttle,
-    rate,
-};
+use traffik::{Context, Decision, ErrorPolicy, ManualClock, Outcome, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_poem::{PoemThrottle, ThrottleDecisions, ThrottleExt, ThrottledHandler, is_throttled};
 
 #[handler]
@@ -28,7 +26,7 @@ fn hello() -> &'static str {
 async fn allowed_requests_pass_with_integer_headers_then_429_with_json_and_retry_after_rounded_up() {
     // Windows are aligned to the epoch: at 7.5 s into a 10 s window the wait is 2.5 s.
     let clock = ManualClock::new(7_500_000);
-    let throttle = throttle!(rate!("2/10s")).clock(clock).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let throttle = throttle!(rate!("2/10s")).clock(clock).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let cli = TestClient::new(Route::new().at("/hello", get(hello).with(throttle.middleware())));
 
     let first = cli.get("/hello").send().await;
@@ -51,7 +49,7 @@ async fn allowed_requests_pass_with_integer_headers_then_429_with_json_and_retry
 
 #[tokio::test]
 async fn throttled_only_headers_stay_off_allowed_responses() {
-    let throttle = throttle!(rate!("1/h")).headers(DEFAULT_HEADERS_THROTTLED.clone()).build().unwrap();
+    let throttle = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Throttled)).build().unwrap();
     let cli = TestClient::new(get(hello).with(throttle.middleware()));
     let ok = cli.get("/").send().await;
     ok.assert_status_is_ok();
@@ -94,7 +92,7 @@ async fn the_inner_limit_alone_also_stops_requests() {
 
 #[tokio::test]
 async fn a_cost_that_can_never_fit_answers_429_without_retry_after() {
-    let throttle = throttle!(rate!("5/min")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let throttle = throttle!(rate!("5/min")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let cli = TestClient::new(get(hello).with(PoemThrottle::new(throttle).cost(10)));
     let resp = cli.get("/").send().await;
     resp.assert_status(StatusCode::TOO_MANY_REQUESTS);
@@ -125,7 +123,7 @@ async fn a_delayed_decision_holds_the_request_for_its_slot() {
 async fn a_custom_throttled_handler_replaces_the_response_and_keeps_configured_headers() {
     let throttle = throttle!(rate!("1/h"))
         .clock(ManualClock::new(0))
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .throttled_handler(ThrottledHandler::new(|req: &Request, d: &Decision| {
             Response::builder()
                 .status(StatusCode::IM_A_TEAPOT)
@@ -247,7 +245,7 @@ async fn upload(req: &Request, body: Vec<u8>, uploads: Data<&Throttle>) -> poem:
 
 #[tokio::test]
 async fn direct_calls_charge_a_per_call_cost_and_reject_with_429() {
-    let uploads = throttle!(rate!("4/h")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let uploads = throttle!(rate!("4/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let cli = TestClient::new(Route::new().at("/upload", post(upload)).data(uploads));
     let big = cli.post("/upload").body(vec![0u8; 3000]).send().await;
     big.assert_status_is_ok();
@@ -283,7 +281,7 @@ async fn direct_hits_return_decisions_as_values() {
 #[tokio::test]
 async fn exempted_clients_get_no_headers_and_no_limit() {
     let throttle = throttle!(rate!("1/h"))
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .identifier(|req: &traffik::RequestView<'_>| match req.headers().get("x-api-key") {
             Some(k) if k == "admin" => traffik::Identity::Exempted,
             Some(k) => traffik::Identity::Bytes(k.as_bytes().to_vec()),
@@ -367,8 +365,8 @@ mod openapi {
 async fn an_outer_throttle_never_rewrites_an_inner_429() {
     let clock = ManualClock::new(0);
     let outer =
-        throttle!(rate!("10/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
-    let inner = throttle!(rate!("3/min")).clock(clock).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+        throttle!(rate!("10/min")).clock(clock.clone()).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let inner = throttle!(rate!("3/min")).clock(clock).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let cli = TestClient::new(get(hello).with(inner.middleware()).with(outer.middleware()));
     for _ in 0..3 {
         cli.get("/").send().await.assert_status_is_ok();
@@ -391,7 +389,7 @@ fn unavailable() -> Response {
 /// request's response never carries `Retry-After` at all.
 #[tokio::test]
 async fn the_application_keeps_its_headers_and_2xx_never_get_retry_after() {
-    let throttle = throttle!(rate!("10/min")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let throttle = throttle!(rate!("10/min")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let cli = TestClient::new(
         Route::new()
             .at("/down", get(unavailable).with(throttle.middleware()))
@@ -422,7 +420,7 @@ async fn a_group_on_a_route_charges_no_member_for_a_refusal() {
             .backend(backend.clone())
             .strategy(traffik::strategy::FixedWindow)
             .clock(clock.clone())
-            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .headers(Headers::x_ratelimit(When::Always))
             .no_registry()
             .build()
             .unwrap()

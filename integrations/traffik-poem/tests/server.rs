@@ -15,7 +15,8 @@ use poem::{EndpointExt, IntoResponse, Request, Route, get, handler};
 use serde_json::Value;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::{self, Message};
-use traffik::{ClientIp, Context, DEFAULT_HEADERS_ALWAYS, ManualClock, Throttle, TrustedProxies, rate};
+use traffik::{ClientIp, Context, ManualClock, Throttle, TrustedProxies, rate};
+use traffik::{Headers, When};
 use traffik_poem::{ThrottleExt, WsThrottle};
 
 #[handler]
@@ -25,7 +26,7 @@ fn hello() -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_requests_get_429_retry_after_headers_and_json() {
-    let throttle = throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(DEFAULT_HEADERS_ALWAYS.clone());
+    let throttle = throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(Headers::x_ratelimit(When::Always));
     let throttle = throttle.build().unwrap();
     let addr = serve(Route::new().at("/api", get(hello).with(throttle.middleware()))).await;
     let client = http_client();

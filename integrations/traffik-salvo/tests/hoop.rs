@@ -13,10 +13,10 @@ use salvo::http::{HeaderName, HeaderValue, Method, StatusCode};
 use salvo::prelude::*;
 use salvo::test::ResponseExt;
 use serde_json::json;
+use traffik::Headers;
 use traffik::strategy::LeakyBucketWithQueue;
 use traffik::{
-    ClientIp, Context, DEFAULT_HEADERS_ALWAYS, DEFAULT_HEADERS_THROTTLED, ErrorPolicy, Header, Identity, ManualClock,
-    Outcome, RequestView, TrustedProxies, When, rate,
+    ClientIp, Context, ErrorPolicy, Header, Identity, ManualClock, Outcome, RequestView, TrustedProxies, When, rate,
 };
 use traffik_salvo::{DepotExt, MiddlewareThrottle, SalvoThrottle, ThrottleExt, ThrottleMiddleware, ThrottledHandler};
 
@@ -57,7 +57,7 @@ async fn report(depot: &mut Depot, res: &mut Response) {
 #[tokio::test]
 async fn allows_then_answers_429_with_retry_after_headers_and_json() {
     let throttle =
-        throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+        throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let counter = Counter::default();
     let service = Service::new(Router::with_path("api").hoop(SalvoThrottle::new(throttle)).get(counter.clone()));
 
@@ -89,7 +89,7 @@ async fn allows_then_answers_429_with_retry_after_headers_and_json() {
 async fn retry_after_rounds_up_and_throttled_only_headers_stay_off_allowed_responses() {
     let clock = ManualClock::new(0);
     let throttle =
-        throttle!(rate!("1/10s")).clock(clock.clone()).headers(DEFAULT_HEADERS_THROTTLED.clone()).build().unwrap();
+        throttle!(rate!("1/10s")).clock(clock.clone()).headers(Headers::x_ratelimit(When::Throttled)).build().unwrap();
     let service = Service::new(Router::new().hoop(throttle.hoop()).get(Counter::default()));
     let res = get(&service, "/", A).await;
     assert_eq!(res.status_code, Some(StatusCode::OK));
@@ -260,7 +260,7 @@ async fn forwarding_headers_count_only_from_trusted_proxies() {
 
 #[tokio::test]
 async fn a_cost_that_can_never_fit_is_429_without_retry_after() {
-    let throttle = throttle!(rate!("2/h")).cost(5).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let throttle = throttle!(rate!("2/h")).cost(5).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let counter = Counter::default();
     let service = Service::new(Router::new().hoop(throttle.hoop()).get(counter.clone()));
     let mut res = get(&service, "/", A).await;
@@ -414,7 +414,7 @@ async fn exempted_requests_get_no_headers() {
                 if req.headers().contains_key("x-internal") { Identity::Exempted } else { Identity::Anonymous }
             },
         )
-        .headers(DEFAULT_HEADERS_ALWAYS.clone().with(
+        .headers(Headers::x_ratelimit(When::Always).with(
             HeaderName::from_static("x-policy"),
             Header::fixed(HeaderValue::from_static("default"), When::Always),
         ))
@@ -477,8 +477,9 @@ async fn unavailable(res: &mut Response) {
 async fn headers_tell_the_truth_on_stacked_hoops_and_application_responses() {
     let clock = ManualClock::new(0);
     let outer =
-        throttle!(rate!("10/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
-    let inner = throttle!(rate!("3/min")).clock(clock.clone()).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+        throttle!(rate!("10/min")).clock(clock.clone()).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let inner =
+        throttle!(rate!("3/min")).clock(clock.clone()).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let service = Service::new(
         Router::new()
             .push(
@@ -492,7 +493,7 @@ async fn headers_tell_the_truth_on_stacked_hoops_and_application_responses() {
                     .hoop(SalvoThrottle::new(
                         throttle!(rate!("10/min"))
                             .clock(clock)
-                            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+                            .headers(Headers::x_ratelimit(When::Always))
                             .build()
                             .unwrap(),
                     ))
@@ -531,7 +532,7 @@ async fn a_group_hoop_charges_no_member_for_a_refusal() {
             .backend(backend.clone())
             .strategy(traffik::strategy::FixedWindow)
             .clock(clock.clone())
-            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .headers(Headers::x_ratelimit(When::Always))
             .no_registry()
             .build()
             .unwrap()
@@ -579,7 +580,7 @@ async fn per_path_keys_the_concrete_path() {
 /// counted and record nothing.
 #[tokio::test]
 async fn a_skipper_lets_picked_requests_through_uncounted() {
-    let throttle = throttle!(rate!("1/h")).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+    let throttle = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let hoop = SalvoThrottle::new(throttle)
         .skipper(|req: &mut Request, _: &Depot| req.headers().contains_key("x-health-check"));
     let service = Service::new(Router::new().hoop(hoop).get(report));

@@ -12,7 +12,8 @@ use salvo::websocket::{Message as ServerMessage, WebSocketUpgrade};
 use serde_json::Value;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::{self, Message};
-use traffik::{ClientIp, Context, DEFAULT_HEADERS_ALWAYS, ManualClock, TrustedProxies, rate};
+use traffik::{ClientIp, Context, ManualClock, TrustedProxies, rate};
+use traffik::{Headers, When};
 use traffik_salvo::{ThrottleExt, WsThrottle};
 
 #[handler]
@@ -23,7 +24,7 @@ async fn hello() -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_requests_get_429_retry_after_headers_and_json() {
     let throttle =
-        throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(DEFAULT_HEADERS_ALWAYS.clone()).build().unwrap();
+        throttle!(rate!("2/h")).clock(ManualClock::new(0)).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
     let addr = common::serve(Router::with_path("api").hoop(throttle.hoop()).get(hello)).await;
     let url = format!("http://{addr}/api");
     let client = reqwest::Client::new();

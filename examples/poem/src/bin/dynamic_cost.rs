@@ -14,9 +14,8 @@ use poem::listener::TcpListener;
 use poem::web::Data;
 use poem::{Endpoint, EndpointExt, Request, Response, Route, Server, get, handler, post};
 use traffik::strategy::TokenBucket;
-use traffik::{
-    Clock, Context, DEFAULT_HEADERS_ALWAYS, Decision, InMemoryBackend, RequestView, SystemClock, Throttle, rate,
-};
+use traffik::{Clock, Context, Decision, InMemoryBackend, RequestView, SystemClock, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_poem::{PoemThrottle, ThrottleExt};
 
 const ADDR: &str = "127.0.0.1:3000";
@@ -58,7 +57,7 @@ fn app(clock: impl Clock + Clone) -> Result<impl Endpoint, traffik::Error> {
             .rate(rate)
             .backend(backend.clone())
             .strategy(TokenBucket::new())
-            .headers(DEFAULT_HEADERS_ALWAYS.clone())
+            .headers(Headers::x_ratelimit(When::Always))
             .clock(clock.clone())
     };
     let api = build("cost-api", rate!("100/min")).cost_fn(operation_cost).build()?;

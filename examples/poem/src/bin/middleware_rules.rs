@@ -10,10 +10,8 @@ use poem::listener::TcpListener;
 use poem::web::{Data, Path};
 use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
 use traffik::strategy::{FixedWindow, SlidingWindowLog};
-use traffik::{
-    Clock, Context, DEFAULT_HEADERS_ALWAYS, InMemoryBackend, Rate, RequestView, StrategyHandle, SystemClock, Throttle,
-    rate,
-};
+use traffik::{Clock, Context, InMemoryBackend, Rate, RequestView, StrategyHandle, SystemClock, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_poem::{MiddlewareThrottle, ThrottleDecisions, ThrottleMiddleware};
 
 const ADDR: &str = "127.0.0.1:3000";
@@ -49,7 +47,7 @@ fn throttle(
         .rate(rate)
         .backend(backend.clone())
         .strategy(strategy)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .clock(clock.clone())
         .build()
 }

@@ -10,9 +10,9 @@ use poem::web::Data;
 use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
 use traffik::strategy::SlidingWindowCounter;
 use traffik::{
-    ClientIp, Clock, Context, DEFAULT_HEADERS_ALWAYS, Decision, Identity, InMemoryBackend, RequestView, SystemClock,
-    Throttle, rate,
+    ClientIp, Clock, Context, Decision, Identity, InMemoryBackend, RequestView, SystemClock, Throttle, rate,
 };
+use traffik::{Headers, When};
 use traffik_poem::ThrottleExt;
 
 const ADDR: &str = "127.0.0.1:3000";
@@ -68,7 +68,7 @@ fn app(clock: impl Clock) -> Result<impl Endpoint, traffik::Error> {
         .strategy(SlidingWindowCounter)
         .identifier(identify)
         .clock(clock)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .build()?;
     Ok(Route::new().at("/me", get(me).with(throttle.middleware())))
 }

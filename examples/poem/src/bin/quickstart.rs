@@ -9,10 +9,8 @@ use poem::listener::TcpListener;
 use poem::web::{Data, Path};
 use poem::{Endpoint, EndpointExt, Request, Response, Route, Server, get, handler, post};
 use traffik::strategy::{FixedWindow, SlidingWindowCounter, TokenBucket};
-use traffik::{
-    Clock, Context, DEFAULT_HEADERS_ALWAYS, Decision, InMemoryBackend, StrategyHandle, SystemClock, Throttle,
-    ThrottleGroup, rate,
-};
+use traffik::{Clock, Context, Decision, InMemoryBackend, StrategyHandle, SystemClock, Throttle, ThrottleGroup, rate};
+use traffik::{Headers, When};
 use traffik_poem::{GroupExt, ThrottleExt};
 
 const ADDR: &str = "127.0.0.1:3000";
@@ -57,7 +55,7 @@ fn throttle(
         .rate(rate)
         .backend(backend.clone())
         .strategy(strategy)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .clock(clock.clone())
         .build()
 }

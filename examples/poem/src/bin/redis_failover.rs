@@ -14,10 +14,8 @@ use poem::web::{Data, Json};
 use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
 use serde_json::{Value, json};
 use traffik::strategy::SlidingWindowCounter;
-use traffik::{
-    BreakerConfig, CircuitBreaker, DEFAULT_HEADERS_ALWAYS, Decision, ErrorPolicy, Failover, InMemoryBackend, Throttle,
-    rate,
-};
+use traffik::{BreakerConfig, CircuitBreaker, Decision, ErrorPolicy, Failover, InMemoryBackend, Throttle, rate};
+use traffik::{Headers, When};
 use traffik_poem::ThrottleExt;
 use traffik_redis::RedisBackend;
 
@@ -57,7 +55,7 @@ fn app(redis_url: &str) -> Result<impl Endpoint + use<>, Box<dyn std::error::Err
         .rate(rate!("10/min"))
         .backend(redis)
         .strategy(SlidingWindowCounter)
-        .headers(DEFAULT_HEADERS_ALWAYS.clone())
+        .headers(Headers::x_ratelimit(When::Always))
         .timeout(Duration::from_millis(250))
         .on_error(ErrorPolicy::failover(failover))
         .build()?;
