@@ -130,6 +130,73 @@ impl GroupDecision {
         self.group.as_ref()?.inner.members.get(self.binding?)
     }
 
+    /// The draft-10 rate-limit fields for the whole group
+    /// (draft-ietf-httpapi-ratelimit-headers-10): `RateLimit-Policy` and `RateLimit`, each one
+    /// RFC 8941 List with an entry per member that limits the request, named by the member's
+    /// uid (`"burst";q=3;w=1, "sustained";q=100;w=3600` and `"burst";r=0;t=1, "sustained";r=97;t=3412`).
+    /// A throttled member's `t` is its wait, an admitting member's the time to its reset; `r` is
+    /// what each member has left (a refused group charged nobody).
+    /// Members whose uid is not printable ASCII are left out.
+    pub fn ietf_draft10(&self) -> http::HeaderMap {
+        let mut out = http::HeaderMap::new();
+        let Some(group) = &self.group else {
+            return out;
+        };
+        let mut policy = sfv::ListSerializer::new();
+        let mut state = sfv::ListSerializer::new();
+        let (Ok(q), Ok(w), Ok(r), Ok(t)) = (
+            sfv::KeyRef::from_str("q"),
+            sfv::KeyRef::from_str("w"),
+            sfv::KeyRef::from_str("r"),
+            sfv::KeyRef::from_str("t"),
+        ) else {
+            return out;
+        };
+        let int = |v: u64| sfv::Integer::try_from(v.min(999_999_999_999_999)).unwrap_or(sfv::Integer::MAX);
+        for (member, d) in group.inner.members.iter().zip(&self.members) {
+            let (Some(rate), Some(remaining)) = (d.rate, d.remaining) else {
+                continue;
+            };
+            let Ok(name) = sfv::StringRef::from_str(member.uid()) else {
+                continue;
+            };
+            // A refused group charged nobody: a member that would have admitted still has the
+            // cost it reported as spent.
+            let remaining =
+                if self.is_throttled() && d.is_allowed() { remaining.saturating_add(d.cost) } else { remaining };
+            let window = rate.period().as_secs().max(1);
+            let seconds = match d.retry_after_secs() {
+                Some(wait) => wait,
+                None => crate::decision::ceil_secs(d.reset),
+            };
+            policy.bare_item(name).parameter(q, int(rate.limit())).parameter(w, int(window));
+            state.bare_item(name).parameter(r, int(remaining)).parameter(t, int(seconds));
+        }
+        for (field, list) in [("ratelimit-policy", policy.finish()), ("ratelimit", state.finish())] {
+            if let Some(value) = list.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+                out.insert(http::HeaderName::from_static(field), value);
+            }
+        }
+        out
+    }
+
+    /// Replaces the draft-10 fields that `headers` carries (a member configured with
+    /// [`Headers::ietf_draft10`](crate::Headers::ietf_draft10)) with the group's
+    /// ([`ietf_draft10`](Self::ietf_draft10)); other headers are left alone. Integrations call
+    /// it on the answering member's headers.
+    pub fn list_members_in(&self, headers: &mut http::HeaderMap) {
+        if !headers.contains_key("ratelimit") && !headers.contains_key("ratelimit-policy") {
+            return;
+        }
+        for (name, value) in self.ietf_draft10() {
+            if let Some(name) = name
+                && headers.contains_key(&name)
+            {
+                headers.insert(name, value);
+            }
+        }
+    }
+
     /// `Retry-After` in whole seconds, rounded up (for a throttled group).
     pub fn retry_after_secs(&self) -> Option<u64> {
         (self.outcome == Outcome::Throttled).then(|| self.wait.as_micros().div_ceil(1_000_000) as u64)

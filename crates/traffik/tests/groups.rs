@@ -243,3 +243,31 @@ async fn members_key_their_own_identity() {
     let stat_keys: Vec<String> = stats.iter().map(|s| s.as_ref().unwrap().key.as_str().to_owned()).collect();
     assert_eq!(keys, stat_keys, "the shortcut and the general path key members alike");
 }
+
+/// For a group, the draft-10 fields carry every member as one RFC 8941 List.
+#[tokio::test]
+async fn the_draft_fields_list_every_member() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let backend = InMemoryBackend::new();
+    let group = ThrottleGroup::new(
+        "api",
+        [
+            throttle("burst", "3/s", FixedWindow, &backend, &clock),
+            throttle("sustained", "100/h", FixedWindow, &backend, &clock),
+        ],
+    )
+    .unwrap();
+    let req = view([192, 0, 2, 11]);
+    let d = group.hit(&req).await.unwrap();
+    let h = d.ietf_draft10();
+    assert_eq!(h["ratelimit-policy"], r#""burst";q=3;w=1, "sustained";q=100;w=3600"#);
+    // 1,700,000,000 s is 1,700,000,000 mod 3600 = 800 s into its hour: the window resets in 2800 s.
+    assert_eq!(h["ratelimit"], r#""burst";r=2;t=1, "sustained";r=99;t=2800"#);
+    for _ in 0..2 {
+        let _ = group.hit(&req).await.unwrap();
+    }
+    let refused = group.hit(&req).await.unwrap();
+    assert!(refused.is_throttled());
+    // The refusal charged nobody: 97 left of the hour, not the 96 an admission would leave.
+    assert_eq!(refused.ietf_draft10()["ratelimit"], r#""burst";r=0;t=1, "sustained";r=97;t=2800"#);
+}

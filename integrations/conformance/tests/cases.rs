@@ -50,6 +50,7 @@ struct Throttles {
     outer: Throttle,
     inner: Throttle,
     group: ThrottleGroup,
+    draft_group: ThrottleGroup,
     per_message: Throttle,
     per_message_down: Throttle,
 }
@@ -77,6 +78,15 @@ fn throttles(app: &str) -> Throttles {
         group: ThrottleGroup::new(
             format!("{app}-group"),
             [build("g-outer", rate!("10/min")).build().unwrap(), build("g-inner", rate!("3/min")).build().unwrap()],
+        )
+        .unwrap(),
+        draft_group: ThrottleGroup::new(
+            format!("{app}-draft"),
+            [
+                // The members' uids name them in the draft fields: the same in both apps.
+                build("burst", rate!("2/s")).uid("burst").headers(Headers::ietf_draft10("burst")).build().unwrap(),
+                build("hourly", rate!("100/h")).uid("hourly").headers(Headers::ietf_draft10("hourly")).build().unwrap(),
+            ],
         )
         .unwrap(),
         per_message: build("per-message", rate!("1/h")).build().unwrap(),
@@ -140,6 +150,7 @@ mod poem_app {
             .at("/app-headers", get(maintenance).with(t.app_headers.middleware()))
             .at("/stacked", get(ok).with(t.inner.middleware()).with(t.outer.middleware()))
             .at("/group", get(ok).with(t.group.middleware()))
+            .at("/draft", get(ok).with(t.draft_group.middleware()))
             .at("/ws", get(echo).data(PerMessage(t.per_message)))
             .at("/ws-down", get(echo).data(PerMessage(t.per_message_down)));
         let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
@@ -204,6 +215,7 @@ mod salvo_app {
             .push(Router::with_path("app-headers").hoop(t.app_headers.hoop()).get(maintenance))
             .push(Router::with_path("stacked").hoop(t.outer.hoop()).hoop(t.inner.hoop()).get(ok))
             .push(Router::with_path("group").hoop(t.group.hoop()).get(ok))
+            .push(Router::with_path("draft").hoop(t.draft_group.hoop()).get(ok))
             .push(Router::with_path("ws").goal(Echo(WsThrottle::new(t.per_message))))
             .push(Router::with_path("ws-down").goal(Echo(WsThrottle::new(t.per_message_down))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,6 +233,8 @@ struct Seen {
     retry_after: Option<String>,
     limit: Option<String>,
     remaining: Option<String>,
+    /// The draft-10 fields, `RateLimit-Policy` and `RateLimit`.
+    draft: Option<(String, String)>,
     /// The JSON body, for JSON responses.
     json: Option<Value>,
 }
@@ -230,10 +244,11 @@ async fn get(client: &reqwest::Client, addr: SocketAddr, path: &str) -> Seen {
     let header = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
     let (retry_after, limit, remaining) =
         (header("retry-after"), header("x-ratelimit-limit"), header("x-ratelimit-remaining"));
+    let draft = header("ratelimit-policy").zip(header("ratelimit"));
     let is_json = header("content-type").is_some_and(|c| c.starts_with("application/json"));
     let status = resp.status().as_u16();
     let json = if is_json { Some(resp.json().await.unwrap()) } else { None };
-    Seen { status, retry_after, limit, remaining, json }
+    Seen { status, retry_after, limit, remaining, draft, json }
 }
 
 fn seen(
@@ -248,6 +263,7 @@ fn seen(
         retry_after: retry_after.map(str::to_owned),
         limit: limit.map(str::to_owned),
         remaining: remaining.map(str::to_owned),
+        draft: None,
         json,
     }
 }
@@ -263,6 +279,9 @@ fn cases() -> Vec<(&'static str, &'static str, usize, Seen)> {
             message: format!("Too many requests. Retry in {secs} seconds."),
             retry_after_ms: secs * 1000,
         })
+    };
+    let rate_limited_one = || {
+        body(&ReplyBody::RateLimited { message: "Too many requests. Retry in 1 second.".into(), retry_after_ms: 1000 })
     };
     let never = body(&ReplyBody::CostExceedsLimit {
         message: "This request costs 10 but the rate limit is 5/min; it can never be admitted, so retrying will not \
@@ -304,6 +323,30 @@ fn cases() -> Vec<(&'static str, &'static str, usize, Seen)> {
             "/group",
             3,
             seen(429, Some("60"), Some("3"), Some("0"), rate_limited(60)),
+        ),
+        (
+            "a group's draft fields list every member",
+            "/draft",
+            0,
+            Seen {
+                draft: Some((
+                    r#""burst";q=2;w=1, "hourly";q=100;w=3600"#.into(),
+                    r#""burst";r=1;t=1, "hourly";r=99;t=3600"#.into(),
+                )),
+                ..seen(200, None, None, None, None)
+            },
+        ),
+        (
+            "refused, the draft fields still list every member, and nobody was charged",
+            "/draft",
+            1,
+            Seen {
+                draft: Some((
+                    r#""burst";q=2;w=1, "hourly";q=100;w=3600"#.into(),
+                    r#""burst";r=0;t=1, "hourly";r=98;t=3600"#.into(),
+                )),
+                ..seen(429, Some("1"), None, None, rate_limited_one())
+            },
         ),
     ]
 }

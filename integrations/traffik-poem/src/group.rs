@@ -40,7 +40,9 @@ use crate::view::request_view;
 /// delayed decision waits, then calls the endpoint. The endpoint sees every member's decision
 /// in [`ThrottleDecisions`](crate::ThrottleDecisions) (in member order) and the binding
 /// member's as `Data<&Decision>`; the binding member's headers for allowed requests are added
-/// where the response does not set them.
+/// where the response does not set them. When those include the draft-10 fields
+/// ([`Headers::ietf_draft10`](traffik::Headers::ietf_draft10)), they list every member
+/// ([`GroupDecision::ietf_draft10`]).
 #[derive(Clone)]
 pub struct PoemGroup {
     group: ThrottleGroup,
@@ -112,7 +114,11 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
         let answer = answering(&g.group, &decided);
         if decided.is_throttled() {
             return Ok(match answer {
-                Some((member, decision)) => throttled_response(member, &req, decision),
+                Some((member, decision)) => {
+                    let mut resp = throttled_response(member, &req, decision);
+                    decided.list_members_in(resp.headers_mut());
+                    resp
+                }
                 // A refused group always has a refusing member; this only keeps the path total.
                 None => error_response(&g.uid, &traffik::Error::Config("a refused group named no member".into())),
             });
@@ -120,7 +126,10 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
         if decided.outcome == Outcome::Delayed {
             tokio::time::sleep(decided.wait).await;
         }
-        let headers = answer.and_then(|(member, decision)| allowed_headers(member, &req, decision));
+        let headers = answer.and_then(|(member, decision)| allowed_headers(member, &req, decision)).map(|mut h| {
+            decided.list_members_in(&mut h);
+            h
+        });
         for (uid, decision) in g.members.iter().zip(&decided.members) {
             record_shared(&mut req, uid, decision.clone());
         }

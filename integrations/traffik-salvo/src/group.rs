@@ -34,7 +34,8 @@ use crate::view::request_view;
 /// # Ok::<(), traffik::Error>(())
 /// ```
 ///
-/// Per request: the binding member's headers are added; a refusal answers the binding
+/// Per request: the binding member's headers are added (the draft-10 fields, when it sends them,
+/// list every member: [`GroupDecision::ietf_draft10`]); a refusal answers the binding
 /// member's 429 (its [`ThrottledHandler`](crate::ThrottledHandler) if it has one, a
 /// `Retry-After` long enough for every member); a backend failure the first member's error
 /// policy raised answers 503; a delayed decision waits. Every member's decision is recorded in
@@ -96,6 +97,8 @@ impl Handler for SalvoGroup {
                 && let (Some(member), Some(decision)) = (members.get(i), decided.members.get(i))
             {
                 member.headers().apply(&view, decision, None, res.headers_mut());
+                // Where the member sends the draft-10 fields, the group's list every member.
+                decided.list_members_in(res.headers_mut());
             }
             decided
         };
