@@ -170,6 +170,12 @@ fn push_opt(out: &mut String, v: Option<u64>) {
 /// A JSON string literal: quotes, backslashes and control characters escaped.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // The common case (every message of ours): nothing to escape.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

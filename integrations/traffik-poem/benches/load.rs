@@ -135,25 +135,34 @@ fn main() {
     let redis_server = traffik_test_support::redis_server();
     let redis: SharedBackend =
         Arc::new(traffik_redis::RedisBackend::builder().url(&redis_server.url).namespace("bench").build().unwrap());
+    // Like with like: every row is the same route and handler, the throttled ones with the
+    // middleware added.
     let targets: Vec<(&str, SocketAddr)> = vec![
         ("unthrottled", spawn_server(&server_rt, Route::new().at("/", get(hello)))),
         (
             "throttled, in memory (never limited)",
             spawn_server(
                 &server_rt,
-                get(hello).with(throttle("bench-open", rate!("4000000000/h"), Arc::clone(&memory)).middleware()),
+                Route::new().at(
+                    "/",
+                    get(hello).with(throttle("bench-open", rate!("4000000000/h"), Arc::clone(&memory)).middleware()),
+                ),
             ),
         ),
         (
             "throttled, Redis (never limited)",
             spawn_server(
                 &server_rt,
-                get(hello).with(throttle("bench-redis", rate!("4000000000/h"), redis).middleware()),
+                Route::new()
+                    .at("/", get(hello).with(throttle("bench-redis", rate!("4000000000/h"), redis).middleware())),
             ),
         ),
         (
             "throttled, rejection path (429)",
-            spawn_server(&server_rt, get(hello).with(throttle("bench-closed", rate!("1/h"), memory).middleware())),
+            spawn_server(
+                &server_rt,
+                Route::new().at("/", get(hello).with(throttle("bench-closed", rate!("1/h"), memory).middleware())),
+            ),
         ),
     ];
 
@@ -174,7 +183,10 @@ fn main() {
     let min_cpu = |runs: &[Run]| runs.iter().filter_map(|r| r.cpu_per_request).min();
     let base_rps = mean_rps(&results[0]);
     let base_cpu = min_cpu(&results[0]);
-    println!("{:<40} {:>10} {:>7} {:>14} {:>7}", "endpoint", "req/s", "ratio", "server CPU/req", "ratio");
+    println!(
+        "{:<40} {:>10} {:>7} {:>14} {:>7} {:>10}",
+        "endpoint", "req/s", "ratio", "server CPU/req", "ratio", "added CPU"
+    );
     for ((name, _), runs) in targets.iter().zip(&results) {
         let rps = mean_rps(runs);
         let (cpu, cpu_ratio) = match (min_cpu(runs), base_cpu) {
@@ -183,7 +195,11 @@ fn main() {
             }
             _ => ("-".to_owned(), "-".to_owned()),
         };
-        println!("{name:<40} {rps:>10.0} {:>6.2}x {cpu:>14} {cpu_ratio:>7}", rps / base_rps);
+        let added = match (min_cpu(runs), base_cpu) {
+            (Some(c), Some(b)) => format!("{:+.2} us", (c.as_secs_f64() - b.as_secs_f64()) * 1e6),
+            _ => "-".to_owned(),
+        };
+        println!("{name:<40} {rps:>10.0} {:>6.2}x {cpu:>14} {cpu_ratio:>7} {added:>10}", rps / base_rps);
     }
     println!("(ratios > 1 are faster than unthrottled; the CPU ratio is baseline CPU/req over this row's)");
     drop(redis_server);
