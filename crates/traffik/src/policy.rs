@@ -416,12 +416,30 @@ pub struct Failover {
     breaker: CircuitBreaker,
     max_retries: u32,
     retry_delay: Duration,
+    deadline: Duration,
 }
 
 impl Failover {
     /// Falls back to `backend`, guarded by `breaker`, with no retries.
     pub fn new(backend: impl Backend, breaker: CircuitBreaker) -> Self {
-        Failover { backend: Arc::new(backend), breaker, max_retries: 0, retry_delay: Duration::from_millis(20) }
+        Failover {
+            backend: Arc::new(backend),
+            breaker,
+            max_retries: 0,
+            retry_delay: Duration::from_millis(20),
+            deadline: Duration::from_secs(1),
+        }
+    }
+
+    /// How long the first call and the retries of the primary may hold a request together
+    /// (default 1 s), as [`Retry::deadline`]; then the fallback decides.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub(crate) fn deadline_span(&self) -> Duration {
+        self.deadline
     }
 
     /// Retries of the primary before falling back.
@@ -538,9 +556,9 @@ impl ErrorPolicy {
         }
     }
 
-    /// Whether a retry policy may hold the request, so that its start time matters.
+    /// Whether a policy retries (and may hold the request), so that its start time matters.
     pub(crate) fn retries(&self) -> bool {
-        matches!(self.kind, PolicyKind::Retry { .. })
+        matches!(self.kind, PolicyKind::Retry { .. } | PolicyKind::Failover(_))
     }
 
     pub(crate) fn failover_backend(&self) -> Option<&SharedBackend> {

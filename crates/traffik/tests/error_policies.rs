@@ -383,3 +383,27 @@ async fn retries_stop_at_their_deadline() {
     assert_eq!(started.elapsed(), Duration::from_millis(1900));
     assert_eq!(hanging.calls(), 3 + 4);
 }
+
+/// A failover's retries of the primary stop at its deadline too (default 1 s): a hanging
+/// primary with many retries holds a request no longer, and the fallback decides.
+#[tokio::test(start_paused = true)]
+async fn failover_retries_stop_at_their_deadline() {
+    let hanging = Flaky::hanging();
+    let breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() });
+    let t = Throttle::builder()
+        .uid("failover-deadline")
+        .rate(rate!("1/min"))
+        .shared_backend(Arc::clone(&hanging) as Arc<dyn Backend>)
+        .strategy(FixedWindow)
+        .timeout(Duration::from_millis(300))
+        .on_error(ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker).max_retries(20)))
+        .no_registry()
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let d = t.hit(&req()).await.unwrap();
+    let held = started.elapsed();
+    assert_eq!(d.source, Source::Fallback);
+    assert!(held <= Duration::from_secs(1), "held {held:?}, past the default deadline of 1 s");
+    assert!(hanging.calls() <= 5, "{} calls of the primary within 1 s of 300 ms each", hanging.calls());
+}

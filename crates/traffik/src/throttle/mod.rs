@@ -660,12 +660,9 @@ impl Throttle {
                         let pause = retry.delay_for(tries);
                         // A retry starts only before the deadline, and is bounded by what is
                         // left of it.
-                        let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now() + pause) else {
+                        let Some(left) = time_left(deadline, pause) else {
                             break;
                         };
-                        if left.is_zero() {
-                            break;
-                        }
                         tokio::time::sleep(pause).await;
                         tries += 1;
                         match attempt.run(primary.as_ref(), timeout.min(left)).await {
@@ -682,11 +679,17 @@ impl Throttle {
                     continue;
                 }
                 PolicyKind::Failover(f) => {
+                    let deadline = started.unwrap_or_else(tokio::time::Instant::now) + f.deadline_span();
                     let mut tries = 0;
                     while tries < f.max_retries_count() && error.is_transient() {
-                        tokio::time::sleep(f.delay()).await;
+                        let pause = f.delay();
+                        // As for `Retry`: start only before the deadline, cut off at it.
+                        let Some(left) = time_left(deadline, pause) else {
+                            break;
+                        };
+                        tokio::time::sleep(pause).await;
                         tries += 1;
-                        match attempt.run(primary.as_ref(), timeout).await {
+                        match attempt.run(primary.as_ref(), timeout.min(left)).await {
                             Ok(v) => {
                                 f.breaker_ref().record_success();
                                 return Ok(Resolved::Verdict(v, Source::Backend));
@@ -983,6 +986,15 @@ async fn call(backend: &dyn Backend, op: Operation<'_>, timeout: Duration) -> Re
         return result;
     }
     bounded(backend.kind(), timeout, backend.decide(op)).await
+}
+
+/// What is left of `deadline` after a pause of `pause` from now, in whole milliseconds (the
+/// timer's resolution, so a call cut off at it never ends past the deadline); `None` when
+/// nothing is.
+fn time_left(deadline: tokio::time::Instant, pause: Duration) -> Option<Duration> {
+    let left = deadline.checked_duration_since(tokio::time::Instant::now() + pause)?;
+    let whole = Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+    (!whole.is_zero()).then_some(whole)
 }
 
 /// Awaits a backend call for at most `timeout`. Outside a Tokio runtime there is no timer to
