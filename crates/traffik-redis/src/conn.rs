@@ -232,17 +232,22 @@ pub(crate) struct PoolConfig {
 pub(crate) struct LazyPool {
     pool: OnceLock<bb8::Pool<RedisConnectionManager>>,
     init: Option<(RedisConnectionManager, PoolConfig)>,
+    /// One permit per connection of a pool this crate sized, taken in arrival order before a
+    /// checkout: bb8 hands a returned connection to whoever asks next, ahead of the callers
+    /// already waiting, so without it some waiters starve under more tasks than connections.
+    gate: Option<tokio::sync::Semaphore>,
 }
 
 impl LazyPool {
     pub(crate) fn ready(pool: bb8::Pool<RedisConnectionManager>) -> Self {
         let cell = OnceLock::new();
         let _ = cell.set(pool);
-        LazyPool { pool: cell, init: None }
+        LazyPool { pool: cell, init: None, gate: None }
     }
 
     pub(crate) fn lazy(manager: RedisConnectionManager, config: PoolConfig) -> Self {
-        LazyPool { pool: OnceLock::new(), init: Some((manager, config)) }
+        let gate = Some(tokio::sync::Semaphore::new(config.max_size.max(1) as usize));
+        LazyPool { pool: OnceLock::new(), init: Some((manager, config)), gate }
     }
 
     fn get(&self, t: Timeouts) -> Result<&bb8::Pool<RedisConnectionManager>, BackendError> {
@@ -305,6 +310,16 @@ impl Conn {
             }
             Conn::Pool(p) => {
                 let pool = p.get(t)?;
+                // Waiters are served in arrival order (the semaphore is fair), within the
+                // connection timeout.
+                let _turn = match &p.gate {
+                    Some(gate) => match tokio::time::timeout(t.connect, gate.acquire()).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        Ok(Err(_)) => return Err(BackendError::Closed { backend: KIND }),
+                        Err(_) => return Err(BackendError::PoolExhausted { backend: KIND, after: t.connect }),
+                    },
+                    None => None,
+                };
                 let mut pooled = match pool.get().await {
                     Ok(c) => c,
                     Err(bb8::RunError::TimedOut) => {
