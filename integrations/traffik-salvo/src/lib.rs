@@ -101,6 +101,8 @@
 //! | guard (the algorithm) | strategy: fixed window, sliding log and counter, token bucket (with debt), leaky bucket (with queue), GCRA |
 //! | store | backend: [`traffik::InMemoryBackend`], or Redis and Memcached for several app instances |
 //! | `RateLimiter` hoop | [`SalvoThrottle`] (or [`ThrottleMiddleware`] for filtered, global limits) |
+//! | skipper | [`SalvoThrottle::skipper`] (any Salvo `Skipper`) |
+//! | several limits on one route | a [`ThrottleGroup`](traffik::ThrottleGroup) as one hoop ([`SalvoGroup`]), decided as one |
 //!
 //! What you gain: shared state across instances (Redis, Memcached) with error policies for
 //! outages, weighted requests (cost), `Retry-After` and rate-limit headers out of the box,
