@@ -655,50 +655,40 @@ impl Throttle {
                 }
                 PolicyKind::Retry { retry, then } => {
                     let deadline = started.unwrap_or_else(tokio::time::Instant::now) + retry.deadline_span();
-                    let mut tries = 0;
-                    while tries < retry.max_retries_count() && retry.accepts(&error) {
-                        let pause = retry.delay_for(tries);
-                        // A retry starts only before the deadline, and is bounded by what is
-                        // left of it.
-                        let Some(left) = time_left(deadline, pause) else {
-                            break;
-                        };
-                        tokio::time::sleep(pause).await;
-                        tries += 1;
-                        match attempt.run(primary.as_ref(), timeout.min(left)).await {
-                            Ok(v) => {
-                                if let Some(b) = then.breaker() {
-                                    b.record_success();
-                                }
-                                return Ok(Resolved::Verdict(v, Source::Backend));
+                    let again = Again {
+                        max: retry.max_retries_count(),
+                        accepts: &|e: &BackendError| retry.accepts(e),
+                        pause: &|tries| retry.delay_for(tries),
+                    };
+                    match again.run(attempt, primary, timeout, deadline, error).await {
+                        Ok(v) => {
+                            if let Some(b) = then.breaker() {
+                                b.record_success();
                             }
-                            Err(e) => error = e,
+                            return Ok(Resolved::Verdict(v, Source::Backend));
                         }
+                        Err(e) => error = e,
                     }
                     policy = then;
                     continue;
                 }
                 PolicyKind::Failover(f) => {
                     let deadline = started.unwrap_or_else(tokio::time::Instant::now) + f.deadline_span();
-                    let mut tries = 0;
-                    while tries < f.max_retries_count() && error.is_transient() {
-                        let pause = f.delay();
-                        // As for `Retry`: start only before the deadline, cut off at it.
-                        let Some(left) = time_left(deadline, pause) else {
-                            break;
-                        };
-                        tokio::time::sleep(pause).await;
-                        tries += 1;
-                        match attempt.run(primary.as_ref(), timeout.min(left)).await {
-                            Ok(v) => {
-                                f.breaker_ref().record_success();
-                                return Ok(Resolved::Verdict(v, Source::Backend));
-                            }
-                            Err(e) => error = e,
+                    let again = Again {
+                        max: f.max_retries_count(),
+                        accepts: &BackendError::is_transient,
+                        pause: &|_| f.delay(),
+                    };
+                    match again.run(attempt, primary, timeout, deadline, error).await {
+                        Ok(v) => {
+                            f.breaker_ref().record_success();
+                            Ok(Resolved::Verdict(v, Source::Backend))
+                        }
+                        Err(e) => {
+                            f.breaker_ref().record_failure();
+                            Ok(self.fall_back(f.backend_ref(), attempt, timeout, &e, config).await)
                         }
                     }
-                    f.breaker_ref().record_failure();
-                    Ok(self.fall_back(f.backend_ref(), attempt, timeout, &error, config).await)
                 }
                 PolicyKind::Breaker { breaker, wait } => {
                     breaker.record_failure();
@@ -986,6 +976,44 @@ async fn call(backend: &dyn Backend, op: Operation<'_>, timeout: Duration) -> Re
         return result;
     }
     bounded(backend.kind(), timeout, backend.decide(op)).await
+}
+
+/// Calls of the primary again after a failure (a retry policy's, a failover's).
+struct Again<'p> {
+    /// At most this many.
+    max: u32,
+    /// While the last error is one of these.
+    accepts: &'p (dyn Fn(&BackendError) -> bool + Sync),
+    /// Pausing this long before retry number `n` (0-based).
+    pause: &'p (dyn Fn(u32) -> Duration + Sync),
+}
+
+impl Again<'_> {
+    /// The first success, or the last error. A retry starts only before `deadline`, and its
+    /// call is cut off at it.
+    async fn run<A: Attempt>(
+        &self,
+        attempt: &A,
+        primary: &SharedBackend,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        mut error: BackendError,
+    ) -> Result<A::Output, BackendError> {
+        let mut tries = 0;
+        while tries < self.max && (self.accepts)(&error) {
+            let pause = (self.pause)(tries);
+            let Some(left) = time_left(deadline, pause) else {
+                break;
+            };
+            tokio::time::sleep(pause).await;
+            tries += 1;
+            match attempt.run(primary.as_ref(), timeout.min(left)).await {
+                Ok(v) => return Ok(v),
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
+    }
 }
 
 /// What is left of `deadline` after a pause of `pause` from now, in whole milliseconds (the
