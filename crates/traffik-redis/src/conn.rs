@@ -312,6 +312,7 @@ impl Conn {
                 let pool = p.get(t)?;
                 // Waiters are served in arrival order (the semaphore is fair), within the
                 // connection timeout.
+                let asked = Instant::now();
                 let _turn = match &p.gate {
                     Some(gate) => match tokio::time::timeout(t.connect, gate.acquire()).await {
                         Ok(Ok(permit)) => Some(permit),
@@ -320,12 +321,23 @@ impl Conn {
                     },
                     None => None,
                 };
-                let mut pooled = match pool.get().await {
-                    Ok(c) => c,
-                    Err(bb8::RunError::TimedOut) => {
-                        return Err(BackendError::PoolExhausted { backend: KIND, after: t.connect });
+                // The checkout gets what is left of the connection timeout. Behind the gate a
+                // connection is free or being opened, so running out means it could not be
+                // opened (the server is unreachable); without the gate (your pool) it may also
+                // mean every connection was busy.
+                let left = t.connect.saturating_sub(asked.elapsed());
+                let gated = p.gate.is_some();
+                let out_of_time = || {
+                    if gated {
+                        BackendError::Timeout { backend: KIND, after: t.connect }
+                    } else {
+                        BackendError::PoolExhausted { backend: KIND, after: t.connect }
                     }
-                    Err(bb8::RunError::User(e)) => return Err(map_err(e, Phase::Connect, t)),
+                };
+                let mut pooled = match tokio::time::timeout(left, pool.get()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(bb8::RunError::TimedOut)) | Err(_) => return Err(out_of_time()),
+                    Ok(Err(bb8::RunError::User(e))) => return Err(map_err(e, Phase::Connect, t)),
                 };
                 let mut res = call.send(&mut *pooled).await;
                 if let Err(e) = &res

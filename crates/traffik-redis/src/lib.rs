@@ -68,8 +68,11 @@
 //! --example pool_fairness` (256 tasks, `pooled(16)`, 20,480 decisions) measured the slowest
 //! decision at 8 to 12 ms, p99 6 to 11 ms, against 340 to 490 ms and 64 to 94 ms without it
 //! (p50 rose from 0.3 to 5.5 ms: everyone waits their turn). Your own pool
-//! ([`pool`](RedisBackendBuilder::pool)) is used as it is. A checkout that times out is
-//! [`BackendError::PoolExhausted`], not a server timeout.
+//! ([`pool`](RedisBackendBuilder::pool)) is used as it is. Waiting for a turn longer than
+//! the connection timeout is [`BackendError::PoolExhausted`]; a connection that cannot be
+//! opened in what is left of it is a [`BackendError::Timeout`] (for your own pool, whose size
+//! is unknown, both are `PoolExhausted`). The whole checkout stays within the connection
+//! timeout.
 //!
 //! # Timeouts
 //!

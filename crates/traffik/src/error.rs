@@ -31,8 +31,9 @@ pub enum BackendError {
         /// The timeout that expired.
         after: Duration,
     },
-    /// Every connection of the backend's pool was in use for as long as the pool waits for
-    /// one (the server itself may be answering: the pool is too small for the load).
+    /// No connection of the backend's pool came free for as long as the pool waits for one:
+    /// every connection was in use (the server itself may be answering: the pool is too small
+    /// for the load), or, for a pool the backend does not size itself, none could be opened.
     #[error("{backend} backend: no pooled connection came free within {after:?}")]
     PoolExhausted {
         /// Which backend.

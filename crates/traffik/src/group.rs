@@ -183,7 +183,8 @@ impl GroupDecision {
     /// Replaces the draft-10 fields that `headers` carries (a member configured with
     /// [`Headers::ietf_draft10`](crate::Headers::ietf_draft10)) with the group's
     /// ([`ietf_draft10`](Self::ietf_draft10)); other headers are left alone. Integrations call
-    /// it on the answering member's headers.
+    /// it on the answering member's resolved headers, before merging them into a response (so
+    /// what an application or handler set itself still wins).
     pub fn list_members_in(&self, headers: &mut http::HeaderMap) {
         if !headers.contains_key("ratelimit") && !headers.contains_key("ratelimit-policy") {
             return;

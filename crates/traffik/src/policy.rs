@@ -95,8 +95,8 @@ type ErrorFilter = Arc<dyn Fn(&BackendError) -> bool + Send + Sync>;
 /// Retry settings: up to `max_retries` more attempts, waiting `delay`, then `delay·multiplier`,
 /// ... (capped at `max_delay`), each with up to ±`jitter` of random spread, for errors that
 /// `retry_on` accepts (default: [`BackendError::is_transient`]), all within `deadline` of the
-/// first call (default 1 s): a retry starts only before the deadline and its call is cut off
-/// at it.
+/// first failure (default 1 s): a retry starts only before the deadline and its call is cut
+/// off at it. A request is held at most the first call's timeout plus the deadline.
 #[derive(Clone)]
 #[must_use]
 pub struct Retry {
@@ -153,9 +153,9 @@ impl Retry {
         self
     }
 
-    /// How long a request may be held by the first call and its retries together (default
-    /// 1 s): a retry starts only if its delay ends before the deadline, its call is cut off at
-    /// the deadline, and then the policy's `then` decides.
+    /// How long the retries may hold a request after the first call failed (default 1 s): a
+    /// retry starts only if its delay ends before the deadline, its call is cut off at the
+    /// deadline, and then the policy's `then` decides. `Duration::MAX` means no deadline.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -263,7 +263,10 @@ struct BreakerInner {
 
 /// Closed → (failure_threshold failures) → open → (recovery_timeout) → half-open →
 /// (success_threshold successes) → closed; a failure while half-open reopens it. Half-open lets
-/// one probe through at a time. A closed breaker's checks and successes take no lock.
+/// one probe through at a time. (Calls report without a token, so a success from a call that
+/// started before the circuit opened, and ends after the recovery timeout, counts as the
+/// probe's and lets the next probe go; with timeouts shorter than the recovery timeout, the
+/// default, that cannot happen.) A closed breaker's checks and successes take no lock.
 /// Clones share state.
 #[derive(Clone)]
 pub struct CircuitBreaker {
@@ -431,7 +434,7 @@ impl Failover {
         }
     }
 
-    /// How long the first call and the retries of the primary may hold a request together
+    /// How long the retries of the primary may hold a request after its first call failed
     /// (default 1 s), as [`Retry::deadline`]; then the fallback decides.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -556,14 +559,12 @@ impl ErrorPolicy {
         }
     }
 
-    /// Whether a policy retries (and may hold the request), so that its start time matters.
-    pub(crate) fn retries(&self) -> bool {
-        matches!(self.kind, PolicyKind::Retry { .. } | PolicyKind::Failover(_))
-    }
-
+    /// The backend that decides while this policy's breaker is open (a failover's, also when
+    /// a retry policy falls back to it).
     pub(crate) fn failover_backend(&self) -> Option<&SharedBackend> {
         match &self.kind {
             PolicyKind::Failover(f) => Some(&f.backend),
+            PolicyKind::Retry { then, .. } => then.failover_backend(),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use traffik::{Decision, GroupDecision, Outcome, Throttle, ThrottleGroup};
 
 use crate::middleware::{allowed_headers, record_shared};
-use crate::response::{add_missing, error_response, throttled_response};
+use crate::response::{add_missing, error_response, throttled_response_with};
 use crate::view::request_view;
 
 /// A [`ThrottleGroup`] usable as Poem middleware: every member limits the route, decided as
@@ -114,10 +114,10 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
         let answer = answering(&g.group, &decided);
         if decided.is_throttled() {
             return Ok(match answer {
+                // The group's draft fields go into the throttle's headers, which a handler's
+                // own headers still win over.
                 Some((member, decision)) => {
-                    let mut resp = throttled_response(member, &req, decision);
-                    decided.list_members_in(resp.headers_mut());
-                    resp
+                    throttled_response_with(member, &req, decision, |h| decided.list_members_in(h))
                 }
                 // A refused group always has a refusing member; this only keeps the path total.
                 None => error_response(&g.uid, &traffik::Error::Config("a refused group named no member".into())),

@@ -90,7 +90,19 @@ pub fn default_throttled_response(decision: &Decision) -> Response {
 /// does not set them already. [`Outcome::Never`](traffik::Outcome::Never) never gets
 /// `Retry-After` from here.
 pub fn throttled_response(throttle: &Throttle, req: &Request, decision: &Decision) -> Response {
-    let reply = Reply::refused(decision, &throttle.headers(), &request_view(req));
+    throttled_response_with(throttle, req, decision, |_| {})
+}
+
+/// [`throttled_response`], with `edit` applied to the throttle's headers before they are added
+/// (a group lists every member in the draft fields there).
+pub(crate) fn throttled_response_with(
+    throttle: &Throttle,
+    req: &Request,
+    decision: &Decision,
+    edit: impl FnOnce(&mut HeaderMap),
+) -> Response {
+    let mut reply = Reply::refused(decision, &throttle.headers(), &request_view(req));
+    edit(&mut reply.headers);
     match throttle.throttled_handler::<ThrottledHandler>() {
         Some(handler) => {
             let mut resp = handler.respond(req, decision);

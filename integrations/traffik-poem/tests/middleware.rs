@@ -481,3 +481,43 @@ async fn a_foreign_throttled_handler_gets_the_default_reply() {
     denied.assert_status(StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(json(denied).await["error"], "rate_limited");
 }
+
+/// A group's 429 through the binding member's own handler: the handler's headers win, the
+/// group's draft fields fill in only what it did not set.
+#[tokio::test]
+async fn a_groups_draft_fields_never_replace_a_handlers_headers() {
+    use traffik_poem::GroupExt;
+    let backend = traffik::InMemoryBackend::new();
+    let member = |uid: &str, r, handler: bool| {
+        let b = Throttle::builder()
+            .uid(uid)
+            .rate(r)
+            .backend(backend.clone())
+            .strategy(traffik::strategy::FixedWindow)
+            .clock(ManualClock::new(0))
+            .headers(Headers::ietf_draft10(uid))
+            .no_registry();
+        let b = if handler {
+            b.throttled_handler(ThrottledHandler::new(|_, _| {
+                Response::builder().status(StatusCode::TOO_MANY_REQUESTS).header("ratelimit", "mine").body("slow down")
+            }))
+        } else {
+            b
+        };
+        b.build().unwrap()
+    };
+    let group = traffik::ThrottleGroup::new(
+        "hg",
+        [member("outer", rate!("10/min"), false), member("inner", rate!("1/min"), true)],
+    )
+    .unwrap();
+    let cli = TestClient::new(get(hello).with(group.middleware()));
+    let ok = cli.get("/").send().await;
+    ok.assert_status_is_ok();
+    ok.assert_header("ratelimit", r#""outer";r=9;t=60, "inner";r=0;t=60"#);
+    let denied = cli.get("/").send().await;
+    denied.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    denied.assert_header("ratelimit", "mine");
+    denied.assert_header("ratelimit-policy", r#""outer";q=10;w=60, "inner";q=1;w=60"#);
+    denied.assert_text("slow down").await;
+}

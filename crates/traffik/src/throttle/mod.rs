@@ -559,8 +559,6 @@ impl Throttle {
                 None => Resolved::Throttle(policy.open_wait().unwrap_or_else(|| self.fail_wait(config))),
             });
         }
-        // A retry policy's deadline counts from the first call.
-        let started = policy.retries().then(tokio::time::Instant::now);
         match attempt.run(primary.as_ref(), timeout).await {
             Ok(v) => {
                 if let Some(b) = policy.breaker() {
@@ -568,7 +566,7 @@ impl Throttle {
                 }
                 Ok(Resolved::Verdict(v, Source::Backend))
             }
-            Err(e) => self.recover_since(policy, config, primary, attempt, req, e, started).await,
+            Err(e) => self.recover(policy, config, primary, attempt, req, e).await,
         }
     }
 
@@ -576,8 +574,7 @@ impl Throttle {
         if config.min_wait.is_zero() { Duration::from_secs(1) } else { config.min_wait }
     }
 
-    /// Applies `policy` to a failed call (one that failed without waiting, so a retry policy's
-    /// deadline counts from now).
+    /// Applies `policy` to a call that failed (a retry policy's deadline counts from now).
     pub(crate) async fn recover<A: Attempt>(
         &self,
         policy: &ErrorPolicy,
@@ -585,22 +582,7 @@ impl Throttle {
         primary: &SharedBackend,
         attempt: &A,
         req: &RequestView<'_>,
-        error: BackendError,
-    ) -> Result<Resolved<A::Output>, Error> {
-        self.recover_since(policy, config, primary, attempt, req, error, None).await
-    }
-
-    /// Applies `policy` to a call that failed; `started`: when the first call began.
-    #[allow(clippy::too_many_arguments)]
-    async fn recover_since<A: Attempt>(
-        &self,
-        policy: &ErrorPolicy,
-        config: &Config,
-        primary: &SharedBackend,
-        attempt: &A,
-        req: &RequestView<'_>,
         mut error: BackendError,
-        started: Option<tokio::time::Instant>,
     ) -> Result<Resolved<A::Output>, Error> {
         let op = attempt.first();
         let now = op.input.now_us;
@@ -654,7 +636,7 @@ impl Throttle {
                     Ok(self.fall_back(backend, attempt, timeout, &error, config).await)
                 }
                 PolicyKind::Retry { retry, then } => {
-                    let deadline = started.unwrap_or_else(tokio::time::Instant::now) + retry.deadline_span();
+                    let deadline = tokio::time::Instant::now().checked_add(retry.deadline_span());
                     let again = Again {
                         max: retry.max_retries_count(),
                         accepts: &|e: &BackendError| retry.accepts(e),
@@ -673,7 +655,7 @@ impl Throttle {
                     continue;
                 }
                 PolicyKind::Failover(f) => {
-                    let deadline = started.unwrap_or_else(tokio::time::Instant::now) + f.deadline_span();
+                    let deadline = tokio::time::Instant::now().checked_add(f.deadline_span());
                     let again = Again {
                         max: f.max_retries_count(),
                         accepts: &BackendError::is_transient,
@@ -989,14 +971,14 @@ struct Again<'p> {
 }
 
 impl Again<'_> {
-    /// The first success, or the last error. A retry starts only before `deadline`, and its
-    /// call is cut off at it.
+    /// The first success, or the last error. A retry starts only before `deadline` (none: a
+    /// deadline too far to represent), and its call is cut off at it.
     async fn run<A: Attempt>(
         &self,
         attempt: &A,
         primary: &SharedBackend,
         timeout: Duration,
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
         mut error: BackendError,
     ) -> Result<A::Output, BackendError> {
         let mut tries = 0;
@@ -1018,9 +1000,12 @@ impl Again<'_> {
 
 /// What is left of `deadline` after a pause of `pause` from now, in whole milliseconds (the
 /// timer's resolution, so a call cut off at it never ends past the deadline); `None` when
-/// nothing is.
-fn time_left(deadline: tokio::time::Instant, pause: Duration) -> Option<Duration> {
-    let left = deadline.checked_duration_since(tokio::time::Instant::now() + pause)?;
+/// nothing is. No deadline leaves all the time there is.
+fn time_left(deadline: Option<tokio::time::Instant>, pause: Duration) -> Option<Duration> {
+    let Some(deadline) = deadline else {
+        return Some(Duration::MAX);
+    };
+    let left = deadline.checked_duration_since(tokio::time::Instant::now().checked_add(pause)?)?;
     let whole = Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
     (!whole.is_zero()).then_some(whole)
 }
