@@ -1,4 +1,4 @@
-//! Cost and rate functions: static values, sync closures or async closures.
+//! Cost, rate and identity functions: static values, sync closures or async closures.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::Rate;
 use crate::backend::BoxFuture;
 use crate::context::Context;
-use crate::identity::RequestView;
+use crate::identity::{Identifier, Identity, RequestView};
 
 /// Computes the cost of a hit from the request and context.
 pub trait CostFn: Send + Sync + 'static {
@@ -65,6 +65,7 @@ macro_rules! adapters {
 
 adapters!(CostFn, cost, cost_now, u64);
 adapters!(RateFn, rate, rate_now, Rate);
+adapters!(Identifier, identify, identify_now, Identity);
 
 /// A throttle's cost: a constant or a function.
 #[derive(Clone)]

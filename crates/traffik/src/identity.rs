@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 use http::{Extensions, HeaderMap, Method, Uri};
 
 use crate::backend::BoxFuture;
+use crate::context::Context;
 use crate::error::Error;
 use crate::key::{self, Key, KeyBuilder};
 
@@ -300,13 +301,27 @@ impl From<IpAddr> for Identity {
 /// Maps a request to an [`Identity`].
 ///
 /// Implemented by [`ClientIp`] (the default), by sync closures
-/// `Fn(&RequestView<'_>) -> Identity`, and by [`AsyncIdentifier`].
+/// `Fn(&RequestView<'_>) -> Identity`, by [`AsyncIdentifier`], and by
+/// [`SyncFn`](crate::SyncFn)/[`AsyncFn`](crate::AsyncFn) around closures that also read the hit's
+/// [`Context`] (where an integration puts what earlier middleware stored: a user from Salvo's
+/// `Depot`, a tenant from Poem's extensions):
+///
+/// ```
+/// use traffik::{Context, Identity, RequestView, SyncFn};
+/// #[derive(Clone)]
+/// struct User(String);
+/// let by_user = SyncFn(|_req: &RequestView<'_>, ctx: &Context| match ctx.get::<User>() {
+///     Some(user) => Identity::Named(user.0.clone()),
+///     None => Identity::Anonymous,
+/// });
+/// # let _ = traffik::Throttle::builder().identifier(by_user);
+/// ```
 pub trait Identifier: Send + Sync + 'static {
-    /// The identity of `req`.
-    fn identify<'a>(&'a self, req: &'a RequestView<'a>) -> BoxFuture<'a, Identity>;
+    /// The identity of `req`, with the hit's context.
+    fn identify<'a>(&'a self, req: &'a RequestView<'a>, ctx: &'a Context) -> BoxFuture<'a, Identity>;
 
     /// The identity without awaiting, when the identifier never needs to (skips a boxed future).
-    fn identify_now(&self, _req: &RequestView<'_>) -> Option<Identity> {
+    fn identify_now(&self, _req: &RequestView<'_>, _ctx: &Context) -> Option<Identity> {
         None
     }
 
@@ -322,13 +337,13 @@ impl<F> Identifier for F
 where
     F: Fn(&RequestView<'_>) -> Identity + Send + Sync + 'static,
 {
-    fn identify<'a>(&'a self, req: &'a RequestView<'a>) -> BoxFuture<'a, Identity> {
+    fn identify<'a>(&'a self, req: &'a RequestView<'a>, _ctx: &'a Context) -> BoxFuture<'a, Identity> {
         let id = self(req);
         Box::pin(async move { id })
     }
 
     #[inline]
-    fn identify_now(&self, req: &RequestView<'_>) -> Option<Identity> {
+    fn identify_now(&self, req: &RequestView<'_>, _ctx: &Context) -> Option<Identity> {
         Some(self(req))
     }
 }
@@ -356,7 +371,7 @@ where
     F: Fn(&RequestView<'_>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Identity> + Send + 'static,
 {
-    fn identify<'a>(&'a self, req: &'a RequestView<'a>) -> BoxFuture<'a, Identity> {
+    fn identify<'a>(&'a self, req: &'a RequestView<'a>, _ctx: &'a Context) -> BoxFuture<'a, Identity> {
         Box::pin((self.0)(req))
     }
 }
@@ -668,13 +683,13 @@ impl ClientIp {
 }
 
 impl Identifier for ClientIp {
-    fn identify<'a>(&'a self, req: &'a RequestView<'a>) -> BoxFuture<'a, Identity> {
+    fn identify<'a>(&'a self, req: &'a RequestView<'a>, _ctx: &'a Context) -> BoxFuture<'a, Identity> {
         let id = self.identity(req);
         Box::pin(async move { id })
     }
 
     #[inline]
-    fn identify_now(&self, req: &RequestView<'_>) -> Option<Identity> {
+    fn identify_now(&self, req: &RequestView<'_>, _ctx: &Context) -> Option<Identity> {
         Some(self.identity(req))
     }
 

@@ -14,7 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use traffik::backend::{BoxFuture, Operation};
 use traffik::strategy::{FixedWindow, Metadata, Verdict};
 use traffik::{
-    Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, Rate, ReplyBody, Throttle, ThrottleGroup, rate,
+    Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, ReplyBody, RequestView,
+    SyncFn, Throttle, ThrottleGroup, rate,
 };
 use traffik::{Headers, When};
 
@@ -40,6 +41,20 @@ impl Backend for Down {
     }
 }
 
+/// The user an earlier middleware authenticated (here: from the `u` query parameter), stored
+/// where each framework keeps such things (Poem: request extensions; Salvo: the depot).
+#[derive(Clone, Debug)]
+struct User(String);
+
+fn user_from_query(query: Option<&str>) -> Option<User> {
+    query?.split('&').find_map(|p| p.strip_prefix("u=")).map(|u| User(u.to_owned()))
+}
+
+/// Identifies a hit by the user the integration put in its context.
+fn by_user(_req: &RequestView<'_>, ctx: &Context) -> Identity {
+    ctx.get::<User>().map_or(Identity::Anonymous, |u| Identity::Named(u.0.clone()))
+}
+
 /// The throttles of one app (each app gets its own, on its own backend; time stands still at 0,
 /// so every wait is exact).
 struct Throttles {
@@ -53,6 +68,8 @@ struct Throttles {
     draft_group: ThrottleGroup,
     per_message: Throttle,
     per_message_down: Throttle,
+    per_user: Throttle,
+    group_per_user: ThrottleGroup,
 }
 
 fn throttles(app: &str) -> Throttles {
@@ -95,6 +112,15 @@ fn throttles(app: &str) -> Throttles {
             .on_error(ErrorPolicy::raise())
             .build()
             .unwrap(),
+        per_user: build("per-user", rate!("1/h")).identifier(SyncFn(by_user)).build().unwrap(),
+        group_per_user: ThrottleGroup::new(
+            format!("{app}-group-per-user"),
+            [
+                build("gu-hourly", rate!("1/h")).identifier(SyncFn(by_user)).build().unwrap(),
+                build("gu-daily", rate!("10/d")).identifier(SyncFn(by_user)).build().unwrap(),
+            ],
+        )
+        .unwrap(),
     }
 }
 
@@ -103,9 +129,11 @@ mod poem_app {
     use poem::listener::{Acceptor, Listener, TcpListener};
     use poem::web::websocket::{Message, WebSocket};
     use poem::web::{Data, websocket::WebSocketStream};
-    use poem::{EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler};
-    use traffik::{Context, Throttle};
-    use traffik_poem::{GroupExt, PoemThrottle, ThrottleExt, WsThrottle};
+    use std::sync::Arc;
+
+    use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler};
+    use traffik::Throttle;
+    use traffik_poem::{GroupExt, PoemGroup, PoemThrottle, ThrottleExt, WsThrottle};
 
     use super::*;
 
@@ -142,6 +170,21 @@ mod poem_app {
         })
     }
 
+    /// An earlier middleware: puts the user in the request's extensions.
+    async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+        if let Some(user) = user_from_query(req.uri().query()) {
+            req.extensions_mut().insert(user);
+        }
+        Ok(ep.call(req).await?.into_response())
+    }
+
+    fn user_context(req: &Request) -> Context {
+        match req.extensions().get::<User>() {
+            Some(user) => Context::new().with(user.clone()),
+            None => Context::new(),
+        }
+    }
+
     pub(super) async fn serve(t: Throttles) -> SocketAddr {
         let app = Route::new()
             .at("/limited", get(ok).with(t.limited.middleware()))
@@ -152,7 +195,12 @@ mod poem_app {
             .at("/group", get(ok).with(t.group.middleware()))
             .at("/draft", get(ok).with(t.draft_group.middleware()))
             .at("/ws", get(echo).data(PerMessage(t.per_message)))
-            .at("/ws-down", get(echo).data(PerMessage(t.per_message_down)));
+            .at("/ws-down", get(echo).data(PerMessage(t.per_message_down)))
+            .at("/per-user", get(ok).with(t.per_user.middleware().context(user_context)).around(authenticate))
+            .at(
+                "/group-per-user",
+                get(ok).with(PoemGroup::new(t.group_per_user).context(user_context)).around(authenticate),
+            );
         let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
         let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
@@ -163,8 +211,7 @@ mod poem_app {
 mod salvo_app {
     use salvo::prelude::*;
     use salvo::websocket::{Message, WebSocketUpgrade};
-    use traffik::Context;
-    use traffik_salvo::{GroupExt, SalvoThrottle, ThrottleExt, WsThrottle};
+    use traffik_salvo::{GroupExt, SalvoGroup, SalvoThrottle, ThrottleExt, WsThrottle};
 
     use super::*;
 
@@ -207,6 +254,21 @@ mod salvo_app {
         }
     }
 
+    /// An earlier hoop: puts the user in the depot.
+    #[handler]
+    async fn authenticate(req: &mut Request, depot: &mut Depot) {
+        if let Some(user) = user_from_query(req.uri().query()) {
+            depot.insert_typed(user);
+        }
+    }
+
+    fn user_context(_req: &Request, depot: &Depot) -> Context {
+        match depot.get_typed::<User>() {
+            Ok(user) => Context::new().with(user.clone()),
+            Err(_) => Context::new(),
+        }
+    }
+
     pub(super) async fn serve(t: Throttles) -> SocketAddr {
         let router = Router::new()
             .push(Router::with_path("limited").hoop(t.limited.hoop()).get(ok))
@@ -217,7 +279,19 @@ mod salvo_app {
             .push(Router::with_path("group").hoop(t.group.hoop()).get(ok))
             .push(Router::with_path("draft").hoop(t.draft_group.hoop()).get(ok))
             .push(Router::with_path("ws").goal(Echo(WsThrottle::new(t.per_message))))
-            .push(Router::with_path("ws-down").goal(Echo(WsThrottle::new(t.per_message_down))));
+            .push(Router::with_path("ws-down").goal(Echo(WsThrottle::new(t.per_message_down))))
+            .push(
+                Router::with_path("per-user")
+                    .hoop(authenticate)
+                    .hoop(SalvoThrottle::new(t.per_user).context(user_context))
+                    .get(ok),
+            )
+            .push(
+                Router::with_path("group-per-user")
+                    .hoop(authenticate)
+                    .hoop(SalvoGroup::new(t.group_per_user).context(user_context))
+                    .get(ok),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
@@ -347,6 +421,44 @@ fn cases() -> Vec<(&'static str, &'static str, usize, Seen)> {
                 )),
                 ..seen(429, Some("1"), None, None, rate_limited_one())
             },
+        ),
+        // Every request comes from 127.0.0.1: only the user an earlier middleware stored tells
+        // alice from bob.
+        (
+            "identity from earlier middleware: alice",
+            "/per-user?u=alice",
+            0,
+            seen(200, None, Some("1"), Some("0"), None),
+        ),
+        (
+            "identity from earlier middleware: alice again is refused",
+            "/per-user?u=alice",
+            0,
+            seen(429, Some("3600"), Some("1"), Some("0"), rate_limited(3600)),
+        ),
+        (
+            "identity from earlier middleware: bob has his own quota",
+            "/per-user?u=bob",
+            0,
+            seen(200, None, Some("1"), Some("0"), None),
+        ),
+        (
+            "a group's members see the context too: alice",
+            "/group-per-user?u=alice",
+            0,
+            seen(200, None, Some("1"), Some("0"), None),
+        ),
+        (
+            "a group's members see the context too: alice again is refused",
+            "/group-per-user?u=alice",
+            0,
+            seen(429, Some("3600"), Some("1"), Some("0"), rate_limited(3600)),
+        ),
+        (
+            "a group's members see the context too: bob",
+            "/group-per-user?u=bob",
+            0,
+            seen(200, None, Some("1"), Some("0"), None),
         ),
     ]
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use traffik::{Decision, GroupDecision, Outcome, Throttle, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, Outcome, Throttle, ThrottleGroup};
 
 use crate::middleware::{allowed_headers, record_shared};
 use crate::response::{add_missing, error_response, throttled_response_with};
@@ -48,7 +48,10 @@ pub struct PoemGroup {
     group: ThrottleGroup,
     uid: Arc<str>,
     members: Arc<[Arc<str>]>,
+    context: Option<Arc<ContextFn>>,
 }
+
+type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
 
 impl fmt::Debug for PoemGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,7 +69,16 @@ impl PoemGroup {
     /// Wraps a group.
     pub fn new(group: ThrottleGroup) -> Self {
         let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
-        PoemGroup { uid: Arc::from(group.uid()), members, group }
+        PoemGroup { uid: Arc::from(group.uid()), members, group, context: None }
+    }
+
+    /// Builds the per-request [`Context`] every member sees (cost override, scope parts, typed
+    /// values for identifiers, rules, cost and rate functions) from the request, e.g. a user an
+    /// earlier middleware put in the request's extensions.
+    #[must_use]
+    pub fn context(mut self, f: impl Fn(&Request) -> Context + Send + Sync + 'static) -> Self {
+        self.context = Some(Arc::new(f));
+        self
     }
 
     /// The wrapped group.
@@ -76,7 +88,10 @@ impl PoemGroup {
 
     /// Hits the group for `req`.
     pub async fn hit(&self, req: &Request) -> Result<GroupDecision, traffik::Error> {
-        self.group.hit(&request_view(req)).await
+        match &self.context {
+            Some(f) => self.group.hit_with(&request_view(req), &f(req)).await,
+            None => self.group.hit(&request_view(req)).await,
+        }
     }
 }
 

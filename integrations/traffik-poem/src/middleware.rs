@@ -143,8 +143,9 @@ impl PoemThrottle {
         self.with_opts(|o| o.enforce = yes)
     }
 
-    /// Builds the per-request [`Context`] (cost override, scope parts, typed values for cost and
-    /// rate functions) from the request. [`cost`](Self::cost) and
+    /// Builds the per-request [`Context`] (cost override, scope parts, typed values for the
+    /// throttle's identifier, rules, cost and rate functions) from the request, e.g. a user an
+    /// earlier middleware put in the request's extensions. [`cost`](Self::cost) and
     /// [`per_path`](Self::per_path) are applied on top of it.
     #[must_use]
     pub fn context(self, f: impl Fn(&Request) -> Context + Send + Sync + 'static) -> Self {

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use salvo::handler::Skipper;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Decision, GroupDecision, Outcome, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, Outcome, ThrottleGroup};
 
 use crate::depot::{ThrottleRecord, record};
 use crate::hoop::{refuse, unavailable};
@@ -46,7 +47,11 @@ use crate::view::request_view;
 pub struct SalvoGroup {
     group: ThrottleGroup,
     members: Arc<[Arc<str>]>,
+    context: Option<ContextFn>,
+    skipper: Option<Arc<dyn Skipper>>,
 }
+
+type ContextFn = Arc<dyn Fn(&Request, &Depot) -> Context + Send + Sync>;
 
 impl fmt::Debug for SalvoGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,12 +69,30 @@ impl SalvoGroup {
     /// Wraps a group.
     pub fn new(group: ThrottleGroup) -> Self {
         let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
-        SalvoGroup { group, members }
+        SalvoGroup { group, members, context: None, skipper: None }
     }
 
     /// The wrapped group.
     pub fn group(&self) -> &ThrottleGroup {
         &self.group
+    }
+
+    /// Builds the per-hit [`Context`] every member sees (cost override, scope parts, typed values
+    /// for identifiers, rules, cost and rate functions) from the request and the depot, as
+    /// [`SalvoThrottle::context`](crate::SalvoThrottle::context) does for one throttle.
+    #[must_use]
+    pub fn context(mut self, f: impl Fn(&Request, &Depot) -> Context + Send + Sync + 'static) -> Self {
+        self.context = Some(Arc::new(f));
+        self
+    }
+
+    /// Lets requests the `skipper` picks through without a hit, as
+    /// [`SalvoThrottle::skipper`](crate::SalvoThrottle::skipper) does: no member is charged, no
+    /// headers are added and no decision is recorded.
+    #[must_use]
+    pub fn skipper(mut self, skipper: impl Skipper) -> Self {
+        self.skipper = Some(Arc::new(skipper));
+        self
     }
 }
 
@@ -82,10 +105,20 @@ fn answering(decided: &GroupDecision) -> Option<usize> {
 #[async_trait]
 impl Handler for SalvoGroup {
     async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if let Some(skipper) = &self.skipper
+            && skipper.skipped(req, depot)
+        {
+            return;
+        }
         let members = self.group.members();
+        let ctx = self.context.as_ref().map(|f| f(req, depot));
         let decided = {
             let view = request_view(req);
-            let decided = match self.group.hit(&view).await {
+            let hit = match &ctx {
+                Some(ctx) => self.group.hit_with(&view, ctx).await,
+                None => self.group.hit(&view).await,
+            };
+            let decided = match hit {
                 Ok(d) => d,
                 Err(error) => {
                     unavailable(self.group.uid(), &error, res);

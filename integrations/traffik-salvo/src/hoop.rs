@@ -92,7 +92,8 @@ impl SalvoThrottle {
     }
 
     /// Builds the per-hit [`Context`] (cost override, scope parts, typed values for the
-    /// throttle's cost and rate functions) from the request and the depot. A
+    /// throttle's identifier, rules, cost and rate functions) from the request and the depot,
+    /// e.g. the user an authentication hoop stored in the [`Depot`]. A
     /// [`cost`](Self::cost) set on the hoop applies when the context sets none.
     #[must_use]
     pub fn context(self, f: impl Fn(&Request, &Depot) -> Context + Send + Sync + 'static) -> Self {

@@ -593,3 +593,23 @@ async fn a_skipper_lets_picked_requests_through_uncounted() {
     assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK), "the hour's one request is left");
     assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
 }
+
+/// A group hoop has the same skipper: skipped requests charge no member, get no headers and
+/// record nothing.
+#[tokio::test]
+async fn a_group_hoop_has_a_skipper_too() {
+    use traffik_salvo::GroupExt;
+    let member =
+        |uid: &str| throttle!(rate!("1/h")).uid(uid).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let group = traffik::ThrottleGroup::new("skipped-group", [member("skip-a"), member("skip-b")]).unwrap();
+    let hoop = group.hoop().skipper(|req: &mut Request, _: &Depot| req.headers().contains_key("x-health-check"));
+    let service = Service::new(Router::new().hoop(hoop).get(report));
+    for _ in 0..3 {
+        let mut res = send(&service, Method::GET, "/", A, &[("x-health-check", "1")]).await;
+        assert_eq!(res.status_code, Some(StatusCode::OK));
+        assert_eq!(header(&res, "x-ratelimit-limit"), None, "a skipped request gets no headers");
+        assert_eq!(json(&mut res).await["records"], json!([]));
+    }
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK), "the hour's one request is left");
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+}

@@ -463,7 +463,7 @@ impl Throttle {
         if !config.rules.is_empty() && !config.rules.allows_now(req, ctx)? {
             return Some(Prepared::Skip(Skip::Rules));
         }
-        let identity = config.identifier.identify_now(req)?;
+        let identity = config.identifier.identify_now(req, ctx)?;
         let rate = config.rate.resolve_now(req, ctx)?;
         let cost = config.cost.resolve_now(req, ctx)?;
         Some(self.finish(config, prefix, ctx, identity, rate, cost))
@@ -484,9 +484,9 @@ impl Throttle {
         if !config.rules.is_empty() && !config.rules.allows(req, ctx).await {
             return Prepared::Skip(Skip::Rules);
         }
-        let identity = match config.identifier.identify_now(req) {
+        let identity = match config.identifier.identify_now(req, ctx) {
             Some(id) => id,
-            None => config.identifier.identify(req).await,
+            None => config.identifier.identify(req, ctx).await,
         };
         let rate = config.rate.resolve(req, ctx).await;
         let cost = config.cost.resolve(req, ctx).await;

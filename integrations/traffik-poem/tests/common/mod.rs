@@ -17,8 +17,9 @@ pub fn uid(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A throttle builder with a fresh uid, the rate, an in-memory backend, a fixed window and no
-/// registry; chain more options, then `.build()`.
+/// A throttle builder with a fresh uid, the rate, an in-memory backend, a fixed window, a clock
+/// that stands still at 0 (so no window boundary can fall inside a test, however slow the
+/// machine) and no registry; chain more options (another clock, too), then `.build()`.
 #[macro_export]
 macro_rules! throttle {
     ($rate:expr) => {
@@ -27,6 +28,7 @@ macro_rules! throttle {
             .rate($rate)
             .backend(traffik::InMemoryBackend::new())
             .strategy(traffik::strategy::FixedWindow)
+            .clock(traffik::ManualClock::new(0))
             .no_registry()
     };
 }
