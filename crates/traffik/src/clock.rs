@@ -23,6 +23,15 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
+/// The one `SystemClock` every throttle built without a clock shares, so a group can tell that
+/// its members read the same clock (and read it once per decision).
+static SHARED_SYSTEM: LazyLock<Arc<dyn Clock>> = LazyLock::new(|| Arc::new(SystemClock));
+
+/// The shared system clock.
+pub(crate) fn system() -> Arc<dyn Clock> {
+    Arc::clone(&SHARED_SYSTEM)
+}
+
 struct Anchored {
     clock: quanta::Clock,
     /// Raw counter value at the anchor.

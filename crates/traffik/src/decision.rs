@@ -108,6 +108,37 @@ impl Decision {
         }
     }
 
+    /// A decision on `key` still waiting for its verdict ([`settle`](Self::settle)): built
+    /// where the key is, so the key is not moved again.
+    #[inline]
+    pub(crate) fn pending(key: Key, rate: Rate, cost: u64) -> Self {
+        Decision {
+            outcome: Outcome::Skipped(Skip::Disabled),
+            key: Some(key),
+            rate: Some(rate),
+            cost,
+            remaining: None,
+            wait: Duration::ZERO,
+            reset: Duration::ZERO,
+            source: Source::Backend,
+        }
+    }
+
+    /// Fills a [`pending`](Self::pending) decision in from the backend's verdict.
+    #[inline]
+    pub(crate) fn settle(&mut self, v: Verdict, source: Source) {
+        self.outcome = match v.kind {
+            VerdictKind::Admit => Outcome::Allowed,
+            VerdictKind::Delay => Outcome::Delayed,
+            VerdictKind::Deny => Outcome::Throttled,
+            VerdictKind::Never => Outcome::Never,
+        };
+        self.remaining = if v.kind == VerdictKind::Never { None } else { Some(v.remaining) };
+        self.wait = Duration::from_micros(v.wait_us);
+        self.reset = Duration::from_micros(v.reset_us);
+        self.source = source;
+    }
+
     #[inline]
     pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Self {
         let outcome = match v.kind {

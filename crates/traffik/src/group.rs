@@ -71,6 +71,9 @@ struct GroupInner {
     prefixes: Vec<Key>,
     /// The group's uid, encoded: every key of the group shares it as a tag.
     tag: String,
+    /// Every member reads the same clock (the shared system clock, or one the application
+    /// gave them all): a decision reads it once.
+    shared_clock: bool,
 }
 
 /// What a group decided for one hit.
@@ -240,6 +243,7 @@ impl ThrottleGroup {
                 id: NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
                 tag: group_key.as_str().to_owned(),
                 uid,
+                shared_clock: members.iter().all(|m| m.same_clock(&members[0])),
                 members,
                 prefixes,
             }),
@@ -325,34 +329,42 @@ impl ThrottleGroup {
     ) -> Option<GroupDecision> {
         let g = &*self.inner;
         let memory = Throttle::planned_memory(&configs.first()?.1)?;
-        let mut ready: SmallVec<[Ready; 4]> = SmallVec::new();
+        // One clock read for the whole group when every member reads the same clock.
+        let now = g.shared_clock.then(|| g.members[0].now_us());
+        // Each member's decision is built where it will stay, holding its key; the verdicts
+        // fill them in.
+        let mut members: Vec<Decision> = Vec::with_capacity(g.members.len());
         let mut keys: SmallVec<[_; 4]> = SmallVec::new();
         for ((member, (_, config)), prefix) in g.members.iter().zip(configs).zip(&g.prefixes) {
             if !Throttle::planned_memory(config).is_some_and(|m| m.same_store(memory)) {
                 return None;
             }
-            let like = ready.first().map(|first: &Ready| (&*configs[0].1, &g.prefixes[0], &first.key));
-            match member.prepare_planned(config, prefix, req, like)? {
+            let like = members.first().and_then(|d| d.key.as_ref()).map(|key| (&*configs[0].1, &g.prefixes[0], key));
+            match member.prepare_planned(config, prefix, req, like, now)? {
                 Prepared::Go(r) => {
                     keys.push((memory.prepare(&r.key, &config.strategy), &config.strategy, r.input));
-                    ready.push(r);
+                    members.push(Decision::pending(r.key, r.input.rate, r.input.cost));
                 }
                 Prepared::Skip(_) => return None,
             }
         }
         match memory.decide_group_prepared(&keys, Mode::Consume) {
             Ok(verdicts) => {
-                let mut members = Vec::with_capacity(ready.len());
-                for ((r, verdict), (_, config)) in ready.into_iter().zip(verdicts).zip(configs) {
-                    members.push(config.decision(verdict, r.key, r.input.rate, r.input.cost, Source::Backend));
+                for ((decision, verdict), (_, config)) in members.iter_mut().zip(verdicts).zip(configs) {
+                    config.settle(decision, verdict, Source::Backend);
                 }
                 Some(conclude(members, self.clone()))
             }
             Err(error) => {
+                let prepared = members
+                    .into_iter()
+                    .zip(&keys)
+                    .filter_map(|(d, &(_, _, input))| Some(Prepared::Go(Ready { key: d.key?, input })))
+                    .collect();
                 drop(keys);
                 *failed = Some(Box::new(Failed {
                     configs: configs.iter().map(|(_, c)| Arc::clone(c)).collect(),
-                    prepared: ready.into_iter().map(Prepared::Go).collect(),
+                    prepared,
                     error,
                 }));
                 None

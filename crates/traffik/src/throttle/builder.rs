@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use super::{Config, Throttle, ThrottleInner};
 use crate::backend::{Backend, SharedBackend};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::functions::{AsyncFn, Cost, CostFn, RateSource, SyncFn};
 use crate::headers::Headers;
@@ -190,7 +190,7 @@ impl ThrottleBuilder {
                 scope: Vec::new(),
                 hash_identities: false,
                 timeout: Duration::from_secs(1),
-                clock: Arc::new(SystemClock),
+                clock: crate::clock::system(),
                 registry: Some(GLOBAL_REGISTRY.clone()),
                 rules: Vec::new(),
                 disabled: false,

@@ -97,6 +97,15 @@ impl Config {
         decision
     }
 
+    /// Completes a decision made by [`Decision::pending`] with the backend's verdict.
+    #[inline]
+    pub(crate) fn settle(&self, decision: &mut Decision, verdict: Verdict, source: Source) {
+        decision.settle(verdict, source);
+        if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
+            decision.wait = self.min_wait;
+        }
+    }
+
     fn fast_plan(&self) -> Option<FastPlan> {
         let (RateSource::Fixed(rate), Cost::Fixed(cost), BackendChoice::Fixed(backend), Some(policy)) =
             (&self.rate, &self.cost, &self.backend, &self.policy)
@@ -435,6 +444,7 @@ impl Throttle {
         prefix: &Key,
         req: &RequestView<'_>,
         like: Option<(&Config, &Key, &Key)>,
+        now_us: Option<u64>,
     ) -> Option<Prepared> {
         let fast = config.fast.as_ref()?;
         if self.inner.disabled.load(Ordering::Relaxed) {
@@ -450,8 +460,19 @@ impl Throttle {
             Some(identity) => key.text_mut().push_ascii(identity),
             None => fast.client_ip.identity(req).append_to(&mut key, false),
         }
-        let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
+        let now_us = now_us.unwrap_or_else(|| self.inner.clock.now_us());
+        let input = Input { now_us, rate: fast.rate, cost: fast.cost };
         Some(Prepared::Go(Ready { key, input }))
+    }
+
+    /// Whether this throttle and `other` read the very same clock.
+    pub(crate) fn same_clock(&self, other: &Throttle) -> bool {
+        Arc::ptr_eq(&self.inner.clock, &other.inner.clock)
+    }
+
+    /// The throttle's clock, now.
+    pub(crate) fn now_us(&self) -> u64 {
+        self.inner.clock.now_us()
     }
 
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
