@@ -464,6 +464,9 @@ impl InMemoryBackend {
         let n = members.len();
         // Working space on the stack for small groups (the common case), on the heap beyond.
         if n <= SMALL {
+            if let Some(verdicts) = self.decide_group_known(members, mode) {
+                return Ok(verdicts);
+            }
             let mut order = [0usize; SMALL];
             let mut guards: [Option<ShardGuard<'_>>; SMALL] = [const { None }; SMALL];
             let mut plans: [Plan; SMALL] = [const { Plan::Nothing }; SMALL];
@@ -475,6 +478,78 @@ impl InMemoryBackend {
             plans.resize_with(n, || Plan::Nothing);
             self.decide_group_in(members, mode, &mut vec![0; n], &mut guards, &mut plans)
         }
+    }
+
+    /// The common case of a small group, decided with less bookkeeping: every member's key is
+    /// already stored with its state in the entry itself (no new key, no boxed state). `None`,
+    /// having written nothing, when that does not hold: the general path decides.
+    #[inline]
+    fn decide_group_known(&self, members: &[(PreparedKey, &StrategyHandle, Input)], mode: Mode) -> Option<Verdicts> {
+        const SMALL: usize = 4;
+        let n = members.len();
+        if n > SMALL {
+            return None;
+        }
+        let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
+        // Each member's shard, and the distinct shards in index order (the locking order).
+        let mut of = [0usize; SMALL];
+        for (o, m) in of.iter_mut().zip(members) {
+            *o = shard_of(m.0);
+        }
+        let mut order = of;
+        let order = &mut order[..n];
+        order.sort_unstable();
+        let mut shards = 0;
+        for i in 0..n {
+            if i == 0 || order[i] != order[shards - 1] {
+                order[shards] = order[i];
+                shards += 1;
+            }
+        }
+        let mut guards: [Option<ShardGuard<'_>>; SMALL] = [const { None }; SMALL];
+        for (g, &i) in guards.iter_mut().zip(&order[..shards]) {
+            *g = Some(self.inner.shards[i].0.lock());
+        }
+        // Which guard holds each member's shard.
+        let mut guard = [0usize; SMALL];
+        for (g, o) in guard.iter_mut().zip(&of[..n]) {
+            *g = order[..shards].iter().position(|s| s == o).unwrap_or(0);
+        }
+        // Every member decided on its current state; what an admission writes is kept.
+        let mut writes: [Option<(usize, Packed, u64)>; SMALL] = [None; SMALL];
+        let mut verdicts = Verdicts::new();
+        let mut admitted = true;
+        for (i, &(key, strategy, ref input)) in members.iter().enumerate() {
+            let shard = guards[guard[i]].as_deref_mut()?;
+            let now = input.now_us.min(EXPIRY - 1);
+            let bucket = shard.table.find_bucket_index(key.0, |e| e.key == key.0)?;
+            let e = shard.table.get_bucket_mut(bucket)?;
+            if e.boxed() {
+                return None;
+            }
+            let state = (e.expires_at() > now).then_some(Packed(e.state));
+            let verdict = match strategy.decide_packed(state, input, true) {
+                PackedStep::Kept(v) => v,
+                PackedStep::Packed(v, state, ttl) => {
+                    writes[i] = Some((bucket, state, now.saturating_add(ttl)));
+                    v
+                }
+                PackedStep::Boxed(..) => return None,
+            };
+            admitted &= verdict.is_admitted();
+            verdicts.push(verdict);
+        }
+        if mode == Mode::Consume && admitted {
+            for (i, write) in writes[..n].iter().enumerate() {
+                if let Some((bucket, state, expires_at)) = *write
+                    && let Some(e) = guards[guard[i]].as_deref_mut().and_then(|s| s.table.get_bucket_mut(bucket))
+                {
+                    e.state = state.0;
+                    e.set_expiry(expires_at, false);
+                }
+            }
+        }
+        Some(verdicts)
     }
 
     /// [`decide_group_prepared`](Self::decide_group_prepared) with working space for one shard
