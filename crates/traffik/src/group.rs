@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
+use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation, Verdicts};
 use crate::context::Context;
 use crate::decision::{Decision, Outcome, Skip, Source, Stat};
 use crate::error::{BackendError, Error};
@@ -348,9 +348,10 @@ impl ThrottleGroup {
                 Prepared::Skip(_) => return None,
             }
         }
-        match memory.decide_group_prepared(&keys, Mode::Consume) {
-            Ok(verdicts) => {
-                for ((decision, verdict), (_, config)) in members.iter_mut().zip(verdicts).zip(configs) {
+        let mut verdicts = Verdicts::new();
+        match memory.decide_group_prepared(&keys, Mode::Consume, &mut verdicts) {
+            Ok(()) => {
+                for ((decision, &verdict), (_, config)) in members.iter_mut().zip(&verdicts).zip(configs) {
                     config.settle(decision, verdict, Source::Backend);
                 }
                 Some(conclude(members, self.clone()))

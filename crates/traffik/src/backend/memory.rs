@@ -459,24 +459,25 @@ impl InMemoryBackend {
         &self,
         members: &[(PreparedKey, &StrategyHandle, Input)],
         mode: Mode,
-    ) -> Result<Verdicts, BackendError> {
+        verdicts: &mut Verdicts,
+    ) -> Result<(), BackendError> {
         const SMALL: usize = 4;
         let n = members.len();
         // Working space on the stack for small groups (the common case), on the heap beyond.
         if n <= SMALL {
-            if let Some(verdicts) = self.decide_group_known(members, mode) {
-                return Ok(verdicts);
+            if self.decide_group_known(members, mode, verdicts) {
+                return Ok(());
             }
             let mut order = [0usize; SMALL];
             let mut guards: [Option<ShardGuard<'_>>; SMALL] = [const { None }; SMALL];
             let mut plans: [Plan; SMALL] = [const { Plan::Nothing }; SMALL];
-            self.decide_group_in(members, mode, &mut order[..n], &mut guards[..n], &mut plans[..n])
+            self.decide_group_in(members, mode, &mut order[..n], &mut guards[..n], &mut plans[..n], verdicts)
         } else {
             let mut guards = Vec::new();
             guards.resize_with(n, || None);
             let mut plans = Vec::new();
             plans.resize_with(n, || Plan::Nothing);
-            self.decide_group_in(members, mode, &mut vec![0; n], &mut guards, &mut plans)
+            self.decide_group_in(members, mode, &mut vec![0; n], &mut guards, &mut plans, verdicts)
         }
     }
 
@@ -484,11 +485,16 @@ impl InMemoryBackend {
     /// already stored with its state in the entry itself (no new key, no boxed state). `None`,
     /// having written nothing, when that does not hold: the general path decides.
     #[inline]
-    fn decide_group_known(&self, members: &[(PreparedKey, &StrategyHandle, Input)], mode: Mode) -> Option<Verdicts> {
+    fn decide_group_known(
+        &self,
+        members: &[(PreparedKey, &StrategyHandle, Input)],
+        mode: Mode,
+        verdicts: &mut Verdicts,
+    ) -> bool {
         const SMALL: usize = 4;
         let n = members.len();
         if n > SMALL {
-            return None;
+            return false;
         }
         let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
         // Each member's shard, and the distinct shards in index order (the locking order).
@@ -517,15 +523,15 @@ impl InMemoryBackend {
         }
         // Every member decided on its current state; what an admission writes is kept.
         let mut writes: [Option<(usize, Packed, u64)>; SMALL] = [None; SMALL];
-        let mut verdicts = Verdicts::new();
+        verdicts.clear();
         let mut admitted = true;
         for (i, &(key, strategy, ref input)) in members.iter().enumerate() {
-            let shard = guards[guard[i]].as_deref_mut()?;
+            let Some(shard) = guards[guard[i]].as_deref_mut() else { return false };
             let now = input.now_us.min(EXPIRY - 1);
-            let bucket = shard.table.find_bucket_index(key.0, |e| e.key == key.0)?;
-            let e = shard.table.get_bucket_mut(bucket)?;
+            let Some(bucket) = shard.table.find_bucket_index(key.0, |e| e.key == key.0) else { return false };
+            let Some(e) = shard.table.get_bucket_mut(bucket) else { return false };
             if e.boxed() {
-                return None;
+                return false;
             }
             let state = (e.expires_at() > now).then_some(Packed(e.state));
             let verdict = match strategy.decide_packed(state, input, true) {
@@ -534,7 +540,7 @@ impl InMemoryBackend {
                     writes[i] = Some((bucket, state, now.saturating_add(ttl)));
                     v
                 }
-                PackedStep::Boxed(..) => return None,
+                PackedStep::Boxed(..) => return false,
             };
             admitted &= verdict.is_admitted();
             verdicts.push(verdict);
@@ -549,7 +555,7 @@ impl InMemoryBackend {
                 }
             }
         }
-        Some(verdicts)
+        true
     }
 
     /// [`decide_group_prepared`](Self::decide_group_prepared) with working space for one shard
@@ -561,7 +567,8 @@ impl InMemoryBackend {
         order: &mut [usize],
         guards: &mut [Option<ShardGuard<'s>>],
         plans: &mut [Plan],
-    ) -> Result<Verdicts, BackendError> {
+        verdicts: &mut Verdicts,
+    ) -> Result<(), BackendError> {
         let shard_of = |key: PreparedKey| ((key.0 >> 32) as usize) & self.inner.shard_mask;
         for (o, m) in order.iter_mut().zip(members) {
             *o = shard_of(m.0);
@@ -584,7 +591,7 @@ impl InMemoryBackend {
         // Every member's shard is locked above; the error only keeps this path free of panics.
         let locked = || BackendError::command("memory", "a group member's shard was not locked");
         // Every member decided on its current state; what an admission would write is kept.
-        let mut verdicts = Verdicts::new();
+        verdicts.clear();
         let mut inserts = false;
         let mut admitted = true;
         for (&(key, strategy, ref input), plan) in members.iter().zip(plans.iter_mut()) {
@@ -596,7 +603,7 @@ impl InMemoryBackend {
             *plan = p;
         }
         if mode == Mode::Peek || !admitted {
-            return Ok(verdicts);
+            return Ok(());
         }
         if inserts {
             // Room for every new key before anything is written (a refusal then changes nothing).
@@ -641,14 +648,16 @@ impl InMemoryBackend {
                 }
             }
         }
-        Ok(verdicts)
+        Ok(())
     }
 
     fn decide_group_ops(&self, group: GroupOperation<'_>) -> Result<Vec<Verdict>, BackendError> {
         let members: SmallVec<[_; 4]> =
             group.ops.iter().map(|op| (self.prepare(op.key, op.strategy), op.strategy, op.input)).collect();
         let mode = group.ops.first().map_or(Mode::Consume, |op| op.mode);
-        self.decide_group_prepared(&members, mode).map(Verdicts::into_vec)
+        let mut verdicts = Verdicts::new();
+        self.decide_group_prepared(&members, mode, &mut verdicts)?;
+        Ok(verdicts.into_vec())
     }
 
     /// One decision on a locked shard; `pending` new keys of the same group are already

@@ -14,6 +14,7 @@
 mod memory;
 
 pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
+pub(crate) use memory::Verdicts;
 
 use std::fmt;
 use std::future::Future;
