@@ -339,14 +339,10 @@ impl ThrottleGroup {
             if !Throttle::planned_memory(config).is_some_and(|m| m.same_store(memory)) {
                 return None;
             }
-            let like = members.first().and_then(|d| d.key.as_ref()).map(|key| (&*configs[0].1, &g.prefixes[0], key));
-            match member.prepare_planned(config, prefix, req, like, now)? {
-                Prepared::Go(r) => {
-                    keys.push((memory.prepare(&r.key, &config.strategy), &config.strategy, r.input));
-                    members.push(Decision::pending(r.key, r.input.rate, r.input.cost));
-                }
-                Prepared::Skip(_) => return None,
-            }
+            let like = (!members.is_empty()).then(|| (&*configs[0].1, &g.prefixes[0]));
+            let input = member.prepare_planned_into(config, prefix, req, like, now, &mut members)?;
+            let key = members.last().and_then(|d| d.key.as_ref())?;
+            keys.push((memory.prepare(key, &config.strategy), &config.strategy, input));
         }
         let mut verdicts = Verdicts::new();
         match memory.decide_group_prepared(&keys, Mode::Consume, &mut verdicts) {

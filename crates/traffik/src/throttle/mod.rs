@@ -431,38 +431,45 @@ impl Throttle {
         config.fast.as_ref().map(|f| &f.memory)
     }
 
-    /// For a plain hit on the common configuration ([`FastPlan`]), the key (starting with
-    /// `prefix`) and input as the general path would resolve them, without dynamic dispatch.
+    /// For a plain hit on the common configuration ([`FastPlan`]): pushes onto `out` a pending
+    /// decision holding the key (starting with `prefix`) the general path would build, and
+    /// returns the input, without dynamic dispatch. The key is written where the decision
+    /// stays, never moved. `None` (perhaps after pushing) when the shortcut does not apply or
+    /// the throttle is disabled: the caller takes the general path.
     ///
-    /// `like`: an earlier member's configuration, prefix and key for the same request. When
-    /// both identify clients alike, the identity part of that key is copied rather than
-    /// worked out and written again.
+    /// `like`: the first member's configuration and prefix, whose decision is `out[0]`. When
+    /// both identify clients alike, the identity part of that key is copied rather than worked
+    /// out and written again.
     #[inline]
-    pub(crate) fn prepare_planned(
+    pub(crate) fn prepare_planned_into(
         &self,
         config: &Config,
         prefix: &Key,
         req: &RequestView<'_>,
-        like: Option<(&Config, &Key, &Key)>,
+        like: Option<(&Config, &Key)>,
         now_us: Option<u64>,
-    ) -> Option<Prepared> {
+        out: &mut Vec<Decision>,
+    ) -> Option<Input> {
         let fast = config.fast.as_ref()?;
         if self.inner.disabled.load(Ordering::Relaxed) {
-            return Some(Prepared::Skip(Skip::Disabled));
+            return None;
         }
-        let mut key = prefix.clone();
-        let same = like.and_then(|(other, other_prefix, other_key)| {
+        out.push(Decision::pending(prefix.clone(), fast.rate, fast.cost));
+        let at = out.len().checked_sub(1)?;
+        let (earlier, last) = out.split_at_mut(at);
+        let key = last.first_mut()?.key.as_mut()?;
+        let same = like.and_then(|(other, other_prefix)| {
             let other_fast = other.fast.as_ref()?;
+            let other_key = earlier.first()?.key.as_ref()?;
             let identity = other_key.as_bytes().get(other_prefix.as_bytes().len()..)?;
             fast.client_ip.same_as(&other_fast.client_ip).then_some(identity)
         });
         match same {
             Some(identity) => key.text_mut().push_ascii(identity),
-            None => fast.client_ip.identity(req).append_to(&mut key, false),
+            None => fast.client_ip.identity(req).append_to(key, false),
         }
         let now_us = now_us.unwrap_or_else(|| self.inner.clock.now_us());
-        let input = Input { now_us, rate: fast.rate, cost: fast.cost };
-        Some(Prepared::Go(Ready { key, input }))
+        Some(Input { now_us, rate: fast.rate, cost: fast.cost })
     }
 
     /// Whether this throttle and `other` read the very same clock.
