@@ -536,31 +536,50 @@ struct Failed {
 
 /// The group's outcome and binding member from its members' decisions.
 fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
-    let rank = |d: &Decision| match d.outcome {
-        Outcome::Never => 3,
-        Outcome::Throttled => 2,
-        Outcome::Delayed => 1,
-        Outcome::Allowed => 0,
-        Outcome::Skipped(_) => -1,
-    };
-    let worst = members.iter().map(rank).max().unwrap_or(-1);
-    let binding = match worst {
-        -1 => None,
-        // The admitting member with the fewest hits left.
-        0 => members
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| rank(d) == 0)
-            .min_by_key(|(_, d)| d.remaining.unwrap_or(u64::MAX))
-            .map(|(i, _)| i),
-        // The longest wait among the worst.
-        _ => members.iter().enumerate().filter(|(_, d)| rank(d) == worst).max_by_key(|(_, d)| d.wait).map(|(i, _)| i),
-    };
+    let mut binding: Option<usize> = None;
+    for (i, d) in members.iter().enumerate() {
+        let binds = match binding.and_then(|b| members.get(b)) {
+            None => rank(d.outcome) >= 0,
+            Some(b) => binds_over(d, b),
+        };
+        if binds {
+            binding = Some(i);
+        }
+    }
     let (outcome, wait) = match binding.and_then(|b| members.get(b)) {
         Some(d) => (d.outcome, d.wait),
         None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
     };
     GroupDecision { outcome, wait, members, binding, group: Some(group) }
+}
+
+/// How strongly an outcome binds a group: a cost that never fits, then a refusal, a delay, an
+/// admission; a skipped member never binds.
+#[inline]
+fn rank(outcome: Outcome) -> i8 {
+    match outcome {
+        Outcome::Never => 3,
+        Outcome::Throttled => 2,
+        Outcome::Delayed => 1,
+        Outcome::Allowed => 0,
+        Outcome::Skipped(_) => -1,
+    }
+}
+
+/// Whether member decision `d` (later in the group) binds rather than `b`: a stronger outcome;
+/// among admissions fewer hits left (the first on a tie); among refusals and delays the longest
+/// wait (the last on a tie).
+#[inline]
+fn binds_over(d: &Decision, b: &Decision) -> bool {
+    let (rd, rb) = (rank(d.outcome), rank(b.outcome));
+    if rd != rb {
+        return rd > rb;
+    }
+    match rd {
+        0 => d.remaining.unwrap_or(u64::MAX) < b.remaining.unwrap_or(u64::MAX),
+        r if r > 0 => d.wait >= b.wait,
+        _ => false,
+    }
 }
 
 /// A group's operations, as one attempt of the error policy.
