@@ -226,6 +226,7 @@ pub fn builtin_suites() -> Vec<Suite> {
             Gcra::with_tolerance(gcra_tol).into(),
             Bound::Meter(MeterSpec::Gcra { tolerance_us: 300_000 }),
         ),
+        Suite::new("gcra_burst", Gcra::with_burst(3).into(), Bound::Meter(MeterSpec::GcraBurst { burst: 3 })),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
     ]

@@ -13,8 +13,8 @@
 
 mod memory;
 
-pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
 pub(crate) use memory::Verdicts;
+pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
 
 use std::fmt;
 use std::future::Future;

@@ -13,6 +13,7 @@
 //! | `LeakyBucket` | L·T | 0 |
 //! | `LeakyBucketWithQueue { queue: Q }` | L·T | Q·T |
 //! | `Gcra { tolerance: τ }` | τ + T | 0 |
+//! | `Gcra` with a burst of B | B·T | 0 |
 //!
 //! Capacities and queues are capped at 2^50 µs (about 35 years), which keeps every value exact
 //! in the doubles of Redis' Lua.
@@ -64,6 +65,11 @@ pub enum MeterSpec {
         /// Burst tolerance τ in microseconds.
         tolerance_us: u64,
     },
+    /// GCRA whose tolerance admits exactly `burst` unit-cost hits at once: τ = (burst - 1)·T.
+    GcraBurst {
+        /// Hits at once.
+        burst: u32,
+    },
 }
 
 /// A [`MeterSpec`] resolved against a rate: what the state machine (and the Lua script) needs.
@@ -98,6 +104,7 @@ impl MeterSpec {
             MeterSpec::LeakyBucket => (span(l, t), 0),
             MeterSpec::LeakyBucketWithQueue { queue } => (span(l, t), span(u64::from(queue), t)),
             MeterSpec::Gcra { tolerance_us } => (tolerance_us.saturating_add(t).min(MAX_SPAN_US), 0),
+            MeterSpec::GcraBurst { burst } => (span(u64::from(burst.max(1)), t), 0),
         };
         MeterParams { interval_us: t, capacity_us, queue_us, period_us: rate.period_us().min(MAX_SPAN_US) }
     }
@@ -328,28 +335,66 @@ meter_strategy!(LeakyBucketWithQueue, "lbq", "leaky_bucket_with_queue");
 /// tolerance τ. A hit of cost c is admitted iff all its c cells conform, i.e.
 /// `level + c·T <= τ + T`; the wait of a denial excludes the tolerance (it is the time until the
 /// last cell conforms).
+///
+/// Say the burst in hits with [`with_burst`](Self::with_burst): `T` is rounded up to whole
+/// microseconds (at 3/s it is 333,334 µs), so a tolerance computed from the exact interval
+/// (two thirds of a second for a burst of 3) falls short of the burst by one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gcra {
     tolerance_us: u64,
+    /// A burst in hits; the tolerance is then `(burst - 1)·T` of whatever rate applies.
+    burst: Option<u32>,
 }
 
 impl Gcra {
     /// Perfectly smooth: one unit of cost per emission interval.
     pub const fn new() -> Self {
-        Gcra { tolerance_us: 0 }
+        Gcra { tolerance_us: 0, burst: None }
     }
 
     /// With a burst tolerance.
     pub fn with_tolerance(tolerance: Duration) -> Self {
-        Gcra { tolerance_us: to_us(tolerance) }
+        Gcra { tolerance_us: to_us(tolerance), burst: None }
+    }
+
+    /// Exactly `burst` unit-cost hits at once from a full tolerance, then one per emission
+    /// interval: the tolerance is `(burst - 1)·T` of the rate in force, so it follows the rate
+    /// when it changes. A burst of 0 or 1 is [`Gcra::new`].
+    ///
+    /// ```
+    /// use traffik::strategy::{Gcra, Input, Strategy, VerdictKind};
+    /// use traffik::rate;
+    /// let gcra = Gcra::with_burst(3);
+    /// let input = Input { now_us: 0, rate: rate!("3/s"), cost: 1 };
+    /// let mut state = None;
+    /// let mut admitted = 0;
+    /// for _ in 0..5 {
+    ///     let step = gcra.decide(state.as_ref(), &input);
+    ///     if step.verdict.kind == VerdictKind::Admit {
+    ///         admitted += 1;
+    ///     }
+    ///     if let Some(w) = step.write {
+    ///         state = Some(w.state);
+    ///     }
+    /// }
+    /// assert_eq!(admitted, 3);
+    /// ```
+    pub const fn with_burst(burst: u32) -> Self {
+        Gcra { tolerance_us: 0, burst: if burst > 1 { Some(burst) } else { None } }
     }
 
     fn spec(&self) -> MeterSpec {
-        MeterSpec::Gcra { tolerance_us: self.tolerance_us }
+        match self.burst {
+            Some(burst) => MeterSpec::GcraBurst { burst },
+            None => MeterSpec::Gcra { tolerance_us: self.tolerance_us },
+        }
     }
 
-    fn extra_metadata(&self, m: &mut Metadata, _p: MeterParams, _s: Option<&MeterState>, _i: &Input) {
-        m.insert("tolerance_us".into(), json_u64(self.tolerance_us));
+    fn extra_metadata(&self, m: &mut Metadata, p: MeterParams, _s: Option<&MeterState>, _i: &Input) {
+        m.insert("tolerance_us".into(), json_u64(p.capacity_us.saturating_sub(p.interval_us)));
+        if let Some(burst) = self.burst {
+            m.insert("burst".into(), json_u64(u64::from(burst)));
+        }
     }
 }
 meter_strategy!(Gcra, "gcra", "gcra");
@@ -362,6 +407,43 @@ mod tests {
 
     fn p(spec: MeterSpec, r: Rate) -> MeterParams {
         spec.params(&r)
+    }
+
+    /// Unit-cost hits admitted at one instant from an empty meter.
+    fn burst_of(spec: MeterSpec, r: Rate) -> u32 {
+        let params = p(spec, r);
+        let mut s: Option<MeterState> = None;
+        let mut admitted = 0;
+        for _ in 0..100 {
+            let step = decide(params, s.as_ref(), 1_000_000, 1);
+            if step.verdict.kind != VerdictKind::Admit {
+                break;
+            }
+            admitted += 1;
+            s = step.write.map(|w| w.state);
+        }
+        admitted
+    }
+
+    #[test]
+    fn gcra_with_burst_admits_exactly_the_burst_asked_for() {
+        // The pitfall: at 3/s the interval rounds up to 333,334 µs, so a tolerance of two exact
+        // thirds of a second gives a burst of 2, not 3.
+        let two_thirds = MeterSpec::Gcra { tolerance_us: 666_666 };
+        assert_eq!(burst_of(two_thirds, rate!("3/s")), 2);
+        for (burst, r) in [(3, rate!("3/s")), (1, rate!("3/s")), (7, rate!("100/min")), (10, rate!("7/13s"))] {
+            assert_eq!(burst_of(Gcra::with_burst(burst).spec(), r), burst, "burst {burst} at {r}");
+        }
+        assert_eq!(Gcra::with_burst(0), Gcra::new());
+        assert_eq!(Gcra::with_burst(1), Gcra::new());
+        // After the burst, one hit per interval.
+        let params = p(Gcra::with_burst(3).spec(), rate!("3/s"));
+        let mut s = None;
+        for _ in 0..3 {
+            s = decide(params, s.as_ref(), 0, 1).write.map(|w| w.state);
+        }
+        assert_eq!(decide(params, s.as_ref(), 0, 1).verdict.kind, VerdictKind::Deny);
+        assert_eq!(decide(params, s.as_ref(), 333_334, 1).verdict.kind, VerdictKind::Admit);
     }
 
     #[test]
