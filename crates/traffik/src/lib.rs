@@ -90,6 +90,7 @@ mod rate;
 mod registry;
 pub mod reply;
 pub mod rules;
+pub mod sources;
 pub mod strategy;
 mod throttle;
 

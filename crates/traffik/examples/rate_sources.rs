@@ -1,0 +1,67 @@
+//! Rates that depend on who asks and when: a rate per plan, and office hours.
+//!
+//! ```sh
+//! cargo run -p traffik --example rate_sources
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use traffik::sources::{Schedule, Tiers};
+use traffik::strategy::FixedWindow;
+use traffik::{Context, InMemoryBackend, ManualClock, RequestView, Throttle, rate};
+
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    match pin!(f).as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("an in-memory hit waited"),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Plan {
+    Free,
+    Pro,
+}
+
+fn main() -> Result<(), traffik::Error> {
+    // A rate per plan; the plan is what an authentication layer put in the context.
+    let tiers = Tiers::builder(|_req: &RequestView<'_>, ctx: &Context| ctx.get::<Plan>().cloned())
+        .tier(Plan::Free, rate!("3/min"))
+        .tier(Plan::Pro, rate!("10/min"))
+        .default_tier(Plan::Free)
+        .build()?;
+    let clock = ManualClock::new(1_796_288_400_000_000); // 2026-12-03 09:00 UTC
+    let per_plan = Throttle::builder()
+        .uid("per-plan")
+        .rate_source(tiers.into())
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .no_registry()
+        .build()?;
+    for (who, ctx) in [
+        ("anonymous", Context::new()),
+        ("free", Context::new().with(Plan::Free)),
+        ("pro", Context::new().with(Plan::Pro)),
+    ] {
+        let view = RequestView::empty().peer(Some(([192, 0, 2, who.len() as u8], 1000).into()));
+        let admitted = (0..20).filter(|_| now_or_never(per_plan.hit_with(&view, &ctx)).unwrap().is_allowed()).count();
+        println!("{who:>9}: {admitted} of 20 admitted this minute");
+    }
+
+    // Office hours in New York get a lower rate than the night.
+    let schedule = Schedule::builder(rate!("300/min"))
+        .window("09:00", "17:00", rate!("100/min"))?
+        .zone("America/New_York")?
+        .clock(clock.clone())
+        .build();
+    for (label, at) in [("04:00 New York", 1_796_288_400u64), ("09:30 New York", 1_796_308_200)] {
+        clock.set_us(at * 1_000_000);
+        println!("{label}: {}", schedule.rate_for(&RequestView::empty(), &Context::new()));
+    }
+    Ok(())
+}
