@@ -9,7 +9,9 @@ use crate::error::Error;
 use crate::rules::Rule;
 use crate::throttle::{Throttle, ThrottleInner};
 
-/// The registry throttles join unless built with `.registry(..)` or `.no_registry()`.
+/// The process-wide registry: a throttle joins it when built with
+/// `.registry(&GLOBAL_REGISTRY)`. Throttles join no registry by default, so the same app can
+/// be built twice in one process (tests, a second server) without a duplicate uid.
 pub static GLOBAL_REGISTRY: LazyLock<ThrottleRegistry> = LazyLock::new(ThrottleRegistry::new);
 
 /// Throttles by uid. Holds weak references: a dropped throttle disappears. Cheap to clone.

@@ -246,6 +246,23 @@ async fn shaping_delays_then_rejects() {
     );
 }
 
+/// A throttle joins no registry unless asked, so the same app builds twice in one process;
+/// the process-wide registry is one call away and keeps its duplicate check.
+#[test]
+fn throttles_join_no_registry_unless_asked() {
+    let make = || {
+        Throttle::builder().uid("built-twice").rate(rate!("1/min")).backend(InMemoryBackend::new()).strategy(Gcra::new())
+    };
+    let first = make().build().unwrap();
+    let second = make().build().unwrap();
+    assert!(!traffik::GLOBAL_REGISTRY.exists("built-twice"));
+    let global = || make().uid("built-twice-global").registry(&traffik::GLOBAL_REGISTRY).build();
+    let joined = global().unwrap();
+    assert!(traffik::GLOBAL_REGISTRY.exists("built-twice-global"));
+    assert!(matches!(global(), Err(Error::DuplicateUid(uid)) if uid == "built-twice-global"));
+    drop((first, second, joined));
+}
+
 #[tokio::test]
 async fn registry_rejects_duplicates_forgets_dropped_and_toggles() {
     let registry = ThrottleRegistry::new();

@@ -19,7 +19,7 @@ use crate::functions::{AsyncFn, Cost, CostFn, RateSource, SyncFn};
 use crate::headers::Headers;
 use crate::identity::{ClientIp, Identifier, RequestView};
 use crate::policy::{ErrorPolicy, Incidents};
-use crate::registry::{GLOBAL_REGISTRY, ThrottleRegistry};
+use crate::registry::ThrottleRegistry;
 use crate::rules::{Rule, RuleSet};
 use crate::strategy::StrategyHandle;
 use crate::{Context, Rate, RateError};
@@ -191,7 +191,7 @@ impl ThrottleBuilder {
                 hash_identities: false,
                 timeout: Duration::from_secs(1),
                 clock: crate::clock::system(),
-                registry: Some(GLOBAL_REGISTRY.clone()),
+                registry: None,
                 rules: Vec::new(),
                 disabled: false,
             },
@@ -373,13 +373,16 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
         self
     }
 
-    /// Register in this registry instead of [`GLOBAL_REGISTRY`].
+    /// Registers the throttle in `registry` (by default it joins none): lookup by uid, rules
+    /// and enable/disable through the registry, and a [`Error::DuplicateUid`](crate::Error)
+    /// when another live throttle there has the same uid. `.registry(&GLOBAL_REGISTRY)` joins
+    /// the process-wide one, as every throttle of the original library does.
     pub fn registry(mut self, registry: &ThrottleRegistry) -> Self {
         self.opts.registry = Some(registry.clone());
         self
     }
 
-    /// Do not register anywhere.
+    /// Registers nowhere (the default; undoes an earlier [`registry`](Self::registry)).
     pub fn no_registry(mut self) -> Self {
         self.opts.registry = None;
         self
