@@ -76,10 +76,39 @@ enum Value {
 pub struct Header {
     value: Value,
     when: When,
+    /// Whether the value may read the request (a resolver given by the application).
+    reads_request: bool,
 }
 
+/// Header values of the integers below this are made once and shared.
+const SMALL_INTS: u64 = 1024;
+
+/// `"0"` to `"1023"` as header values, made once: most limits, remaining counts and waits in
+/// seconds are small, and a shared value costs no allocation per response.
+static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+    // One string holds every number; it lives as long as the process, like the table.
+    let mut digits = String::new();
+    let mut ends = Vec::with_capacity(SMALL_INTS as usize);
+    for n in 0..SMALL_INTS {
+        digits.push_str(&n.to_string());
+        ends.push(digits.len());
+    }
+    let digits: &'static str = Box::leak(digits.into_boxed_str());
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let value = HeaderValue::from_static(&digits[start..end]);
+            start = end;
+            value
+        })
+        .collect()
+});
+
 fn int(v: u64) -> Option<HeaderValue> {
-    Some(HeaderValue::from(v))
+    match usize::try_from(v).ok().and_then(|i| SMALL.get(i)) {
+        Some(value) => Some(value.clone()),
+        None => Some(HeaderValue::from(v)),
+    }
 }
 
 fn ceil_millis(d: Duration) -> u64 {
@@ -90,7 +119,8 @@ fn ceil_millis(d: Duration) -> u64 {
 impl Header {
     /// A static value.
     pub fn fixed(value: HeaderValue, when: When) -> Self {
-        Header { value: Value::Static(value), when }
+        let reads_request = matches!(when, When::If(_));
+        Header { value: Value::Static(value), when, reads_request }
     }
 
     /// A value computed per response; `None` omits the header.
@@ -98,25 +128,31 @@ impl Header {
         f: impl Fn(&RequestView<'_>, &Decision) -> Option<HeaderValue> + Send + Sync + 'static,
         when: When,
     ) -> Self {
-        Header { value: Value::Resolve(Arc::new(f)), when }
+        Header { value: Value::Resolve(Arc::new(f)), when, reads_request: true }
+    }
+
+    /// A value computed per response by this crate, from the decision alone.
+    fn builtin(f: impl Fn(&Decision) -> Option<HeaderValue> + Send + Sync + 'static, when: When) -> Self {
+        let reads_request = matches!(when, When::If(_));
+        Header { value: Value::Resolve(Arc::new(move |_, d| f(d))), when, reads_request }
     }
 
     /// The rate's limit.
     pub fn limit(when: When) -> Self {
-        Header::resolver(|_, d| d.rate.and_then(|r| int(r.limit())), when)
+        Header::builtin(|d| d.rate.and_then(|r| int(r.limit())), when)
     }
 
     /// Unit-cost hits left, as an integer.
     pub fn remaining(when: When) -> Self {
-        Header::resolver(|_, d| d.remaining.and_then(int), when)
+        Header::builtin(|d| d.remaining.and_then(int), when)
     }
 
     /// Seconds until a retry passes, rounded up, on throttled responses only: a request that
     /// was let through (allowed, or delayed and then served) has nothing to retry, so its
     /// response never carries `Retry-After`. Omitted too when the cost can never fit.
     pub fn reset_seconds(when: When) -> Self {
-        Header::resolver(
-            |_, d| match d.outcome {
+        Header::builtin(
+            |d| match d.outcome {
                 Outcome::Throttled => int(d.retry_after_secs().unwrap_or(1)),
                 _ => None,
             },
@@ -126,8 +162,8 @@ impl Header {
 
     /// Milliseconds until a retry passes, rounded up; omitted when the cost can never fit.
     pub fn reset_milliseconds(when: When) -> Self {
-        Header::resolver(
-            |_, d| match d.outcome {
+        Header::builtin(
+            |d| match d.outcome {
                 Outcome::Never => None,
                 _ => int(ceil_millis(d.wait)),
             },
@@ -213,8 +249,8 @@ impl Headers {
         let name: Arc<str> =
             policy.chars().filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c)).collect::<String>().into();
         let p1 = Arc::clone(&name);
-        let policy_header = Header::resolver(
-            move |_, d| {
+        let policy_header = Header::builtin(
+            move |d| {
                 let r = d.rate?;
                 let w = r.period().as_secs().max(1);
                 HeaderValue::from_str(&format!("\"{p1}\";q={};w={w}", r.limit())).ok()
@@ -222,8 +258,8 @@ impl Headers {
             When::Always,
         );
         let p2 = Arc::clone(&name);
-        let state_header = Header::resolver(
-            move |_, d| {
+        let state_header = Header::builtin(
+            move |d| {
                 let r = d.remaining?;
                 let t = if d.is_throttled() { d.retry_after_secs().unwrap_or(0) } else { ceil_secs(d.reset) };
                 HeaderValue::from_str(&format!("\"{p2}\";r={r};t={t}")).ok()
@@ -284,6 +320,29 @@ impl Headers {
         }
     }
 
+    /// Whether any header's value or condition reads the request (a [`Header::resolver`] or a
+    /// [`When::If`] of the application's). When none does, the headers can be resolved after
+    /// the request is gone (with [`RequestView::empty`]), which is what the integrations do.
+    pub fn reads_request(&self) -> bool {
+        self.entries.iter().any(|(_, h)| h.reads_request)
+    }
+
+    /// Adds every header that applies to `decision` and that `out` does not have yet: a
+    /// header the application or an inner layer set is never replaced. Requests the throttle
+    /// skipped get no headers.
+    pub fn apply_missing(&self, req: &RequestView<'_>, decision: &Decision, out: &mut HeaderMap) {
+        if matches!(decision.outcome, Outcome::Skipped(_)) {
+            return;
+        }
+        for (name, header) in self.entries.iter() {
+            if !out.contains_key(name)
+                && let Some(v) = header.resolve(req, decision)
+            {
+                out.insert(name.clone(), v);
+            }
+        }
+    }
+
     /// Resolves every header into a new map.
     pub fn resolve(&self, req: &RequestView<'_>, decision: &Decision) -> HeaderMap {
         let mut out = HeaderMap::new();
@@ -325,6 +384,37 @@ mod tests {
             reset: Duration::from_secs(30),
             source: Source::Backend,
         }
+    }
+
+    #[test]
+    fn integers_render_alike_from_the_shared_table_and_beyond_it() {
+        for v in [0, 1, 9, 10, 99, 100, 999, 1000, 1023, 1024, 65_535, u64::MAX] {
+            assert_eq!(int(v), Some(HeaderValue::from(v)), "{v}");
+        }
+    }
+
+    #[test]
+    fn missing_headers_are_added_and_present_ones_kept() {
+        let headers = Headers::x_ratelimit(When::Always);
+        assert!(!headers.reads_request());
+        let mut out = HeaderMap::new();
+        out.insert("x-ratelimit-limit", HeaderValue::from_static("7"));
+        headers.apply_missing(&RequestView::empty(), &decision(Outcome::Allowed, 42, 0), &mut out);
+        assert_eq!(out.get("x-ratelimit-limit").unwrap(), "7", "the application's own value stays");
+        assert_eq!(out.get("x-ratelimit-remaining").unwrap(), "42");
+        assert!(out.get("retry-after").is_none(), "never on an admitted request");
+        let mut skipped = HeaderMap::new();
+        headers.apply_missing(&RequestView::empty(), &Decision::skipped(Skip::Exempted), &mut skipped);
+        assert!(skipped.is_empty());
+        let custom = headers
+            .with(HeaderName::from_static("x-path"), Header::resolver(|r, _| r.path().parse().ok(), When::Always));
+        assert!(custom.reads_request());
+        let conditional = Headers::new().with(
+            HeaderName::from_static("x-if"),
+            Header::fixed(HeaderValue::from_static("1"), When::predicate(|_, _| true)),
+        );
+        assert!(conditional.reads_request());
+        assert!(!Headers::ietf_draft10("p").reads_request());
     }
 
     #[test]

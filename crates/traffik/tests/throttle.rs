@@ -251,7 +251,11 @@ async fn shaping_delays_then_rejects() {
 #[test]
 fn throttles_join_no_registry_unless_asked() {
     let make = || {
-        Throttle::builder().uid("built-twice").rate(rate!("1/min")).backend(InMemoryBackend::new()).strategy(Gcra::new())
+        Throttle::builder()
+            .uid("built-twice")
+            .rate(rate!("1/min"))
+            .backend(InMemoryBackend::new())
+            .strategy(Gcra::new())
     };
     let first = make().build().unwrap();
     let second = make().build().unwrap();
