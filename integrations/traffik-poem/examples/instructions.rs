@@ -9,9 +9,11 @@
 //! valgrind --tool=callgrind --toggle-collect='*requests_only*' target/release/examples/instructions requests
 //! ```
 //!
-//! Instructions per request = the reported `refs` / 100,000. `plain` calls a handler endpoint
+//! Instructions per request = the reported `refs` / 100,000. `plain` calls a route to a handler
 //! with a fresh request each time; `throttled` the same endpoint behind `PoemThrottle` (in
-//! memory, fixed window, a rate never reached, headers on every response); `hit` only the
+//! memory, fixed window, a rate never reached, no headers: the default); `headers` the same
+//! with the `X-RateLimit-*` headers on every response (`--toggle-collect='*throttled_calls*'`
+//! too); `hit` only the
 //! `Throttle::hit` that middleware makes, on the same request view. The middleware's own cost
 //! is `throttled - plain - (hit - requests)`. (Poem requests built in-process have no peer address, so every
 //! request here is the anonymous client; identity costs are in the core's own count.)
@@ -23,7 +25,7 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Route, get, handler};
 use traffik::strategy::FixedWindow;
 use traffik::{Headers, InMemoryBackend, Throttle, When};
 use traffik_poem::{ThrottleExt, request_view};
@@ -48,27 +50,30 @@ fn request() -> Request {
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "throttled".into());
-    let throttle = Throttle::builder()
-        .uid("instructions")
-        .rate("1000000000/min")
-        .backend(InMemoryBackend::new())
-        .strategy(FixedWindow)
-        .headers(Headers::x_ratelimit(When::Always))
-        .build()
-        .unwrap();
-    let plain = ok;
-    let throttled = ok.with(throttle.middleware());
+    let build = |uid: &str| {
+        Throttle::builder().uid(uid).rate("1000000000/min").backend(InMemoryBackend::new()).strategy(FixedWindow)
+    };
+    // No headers (the default, as in the load bench), and the limit headers on every response.
+    let throttle = build("instructions").build().unwrap();
+    let with_headers = build("instructions-headers").headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    // Every mode routes alike, as an application does (the route also gives every request
+    // its extensions map, as it would in a server).
+    let plain = Route::new().at("/data", get(ok));
+    let throttled = Route::new().at("/data", get(ok).with(throttle.middleware()));
+    let headed = Route::new().at("/data", get(ok).with(with_headers.middleware()));
     // Warm up: the key exists and every cache is filled before counting starts.
     for _ in 0..1_000 {
         black_box(now_or_never(plain.call(request())).unwrap().into_response());
         black_box(now_or_never(throttled.call(request())).unwrap().into_response());
+        black_box(now_or_never(headed.call(request())).unwrap().into_response());
     }
     match what.as_str() {
         "plain" => plain_calls(&plain),
         "throttled" => throttled_calls(&throttled),
+        "headers" => throttled_calls(&headed),
         "hit" => bare_hits(&throttle),
         "requests" => requests_only(),
-        other => panic!("unknown mode {other:?}: use plain, throttled, hit or requests"),
+        other => panic!("unknown mode {other:?}: use plain, throttled, headers, hit or requests"),
     }
 }
 

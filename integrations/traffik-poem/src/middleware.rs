@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use poem::http::HeaderMap;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use traffik::{Context, Decision, Outcome, Throttle};
+use traffik::{Context, Decision, Outcome, RequestView, Throttle};
 
 use crate::response::{add_missing, error_response, throttled_response};
 use crate::view::request_view;
@@ -222,13 +222,53 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
         if decision.outcome == Outcome::Delayed {
             tokio::time::sleep(decision.wait).await;
         }
-        let headers = allowed_headers(&t.throttle, &req, &decision);
+        let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
+        let kept = matches!(headers, HeadersFor::AfterCall).then(|| decision.clone());
         record_shared(&mut req, &t.uid, decision);
         let mut resp = self.inner.call(req).await?.into_response();
-        if let Some(h) = headers {
-            add_missing(resp.headers_mut(), h);
-        }
+        headers.add_to(&t.throttle, kept.as_ref(), &mut resp);
         Ok(resp)
+    }
+}
+
+/// A throttle's headers for an admitted request, added to the response once the endpoint has
+/// answered (where the response does not set them already).
+pub(crate) enum HeadersFor {
+    /// None apply.
+    Nothing,
+    /// Resolved before the endpoint took the request (some header reads the request).
+    Resolved(HeaderMap),
+    /// Resolved from the decision alone, straight into the response: no map in between.
+    AfterCall,
+}
+
+impl HeadersFor {
+    pub(crate) fn admitted(throttle: &Throttle, req: &Request, decision: &Decision) -> Self {
+        let headers = throttle.headers();
+        if matches!(decision.outcome, Outcome::Skipped(_)) || headers.is_empty() {
+            return HeadersFor::Nothing;
+        }
+        if !headers.reads_request() {
+            return HeadersFor::AfterCall;
+        }
+        match allowed_headers(throttle, req, decision) {
+            Some(map) => HeadersFor::Resolved(map),
+            None => HeadersFor::Nothing,
+        }
+    }
+
+    /// Adds the headers to `resp`; `decision` is the one they were chosen for (needed for
+    /// [`HeadersFor::AfterCall`]).
+    pub(crate) fn add_to(self, throttle: &Throttle, decision: Option<&Decision>, resp: &mut Response) {
+        match self {
+            HeadersFor::Nothing => {}
+            HeadersFor::Resolved(map) => add_missing(resp.headers_mut(), map),
+            HeadersFor::AfterCall => {
+                if let Some(d) = decision {
+                    throttle.headers().apply_missing(&RequestView::empty(), d, resp.headers_mut());
+                }
+            }
+        }
     }
 }
 
