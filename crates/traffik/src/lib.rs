@@ -118,7 +118,7 @@ pub use policy::{
     IncidentCounts, Recovery, Retry,
 };
 pub use rate::{Rate, RateError, RateErrorKind};
-pub use registry::{GLOBAL_REGISTRY, ThrottleRegistry};
+pub use registry::{GLOBAL_REGISTRY, Quota, Quotas, ThrottleRegistry};
 pub use reply::{Reply, ReplyBody, WsVerdict};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
 pub use strategy::StrategyHandle;

@@ -5,7 +5,12 @@ use std::sync::{Arc, LazyLock, Weak};
 
 use parking_lot::Mutex;
 
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::decision::Stat;
 use crate::error::Error;
+use crate::identity::RequestView;
 use crate::rules::Rule;
 use crate::throttle::{Throttle, ThrottleInner};
 
@@ -103,6 +108,47 @@ impl ThrottleRegistry {
     pub fn clear(&self) {
         self.throttles.lock().clear();
     }
+
+    /// "What are my quotas?": a snapshot of every live throttle here that limits `req` (one
+    /// whose rules let it through, not disabled or exempting it), in uid order, without
+    /// charging anything. A throttle whose backend fails is listed under
+    /// [`Quotas::unavailable`] rather than hiding the others.
+    pub async fn quotas(&self, req: &RequestView<'_>, ctx: &Context) -> Quotas {
+        let mut throttles = self.live();
+        throttles.sort_by(|a, b| a.uid().cmp(b.uid()));
+        let mut quotas = Quotas::default();
+        for throttle in throttles {
+            match throttle.stat_with(req, ctx).await {
+                Ok(Some(stat)) => quotas.quotas.push(Quota { uid: throttle.uid().to_owned(), stat }),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(uid = throttle.uid(), %error, "quota snapshot failed");
+                    quotas.unavailable.push(throttle.uid().to_owned());
+                }
+            }
+        }
+        quotas
+    }
+}
+
+/// The quotas of one caller across a registry ([`ThrottleRegistry::quotas`]); serializes as
+/// `{"quotas": [{"uid": .., <Stat fields>}, ..], "unavailable": [uid, ..]}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Quotas {
+    /// A snapshot per throttle that limits the request, in uid order.
+    pub quotas: Vec<Quota>,
+    /// Throttles whose backend could not answer.
+    pub unavailable: Vec<String>,
+}
+
+/// One throttle's snapshot for a caller.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Quota {
+    /// The throttle.
+    pub uid: String,
+    /// Its snapshot for the caller.
+    #[serde(flatten)]
+    pub stat: Stat,
 }
 
 impl std::fmt::Debug for ThrottleRegistry {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket};
 use traffik::{
-    ClientIp, Context, Error, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Rule, Skip, Throttle,
+    ClientIp, Context, Error, Identity, InMemoryBackend, ManualClock, Outcome, Rate, RequestView, Rule, Skip, Throttle,
     ThrottleRegistry, TrustedProxies, rate, with_backend,
 };
 use traffik::{Headers, When};
@@ -642,4 +642,35 @@ async fn a_builder_is_a_template() {
     assert_eq!(a.hit(&req).await.unwrap().remaining, Some(1));
     assert_eq!(b.hit(&req).await.unwrap().remaining, Some(4), "its own uid and rate, the template's backend");
     assert_eq!((a.headers().names().count(), b.headers().names().count()), (3, 3));
+}
+
+/// "What are my quotas?": every throttle of the registry that limits the request, in uid
+/// order, with what it has left; asking charges nothing, and throttles whose rules pass the
+/// request by, or that are disabled, are not listed.
+#[tokio::test]
+async fn quotas_list_what_limits_the_caller() {
+    let registry = ThrottleRegistry::new();
+    let make = |uid: &str, rate: Rate| {
+        Throttle::builder().uid(uid).rate(rate).backend(InMemoryBackend::new()).strategy(FixedWindow).registry(&registry)
+    };
+    let minute = make("minute", rate!("5/min")).build().unwrap();
+    let hour = make("hour", rate!("100/h")).build().unwrap();
+    let api_only = make("api-only", rate!("5/min")).rules([Rule::gate().path("/api/**").unwrap()]).build().unwrap();
+    let off = make("off", rate!("5/min")).build().unwrap();
+    off.disable();
+    let (method, uri, headers) = (Method::GET, Uri::from_static("/web/page"), HeaderMap::new());
+    let req = RequestView::new(&method, &uri, &headers).peer(peer("192.0.2.80"));
+    for t in [&minute, &hour, &minute] {
+        assert!(t.hit(&req).await.unwrap().is_allowed());
+    }
+    for _ in 0..2 {
+        let q = registry.quotas(&req, &Context::new()).await;
+        let listed: Vec<(&str, u64)> = q.quotas.iter().map(|q| (q.uid.as_str(), q.stat.hits_remaining)).collect();
+        assert_eq!(listed, [("hour", 99), ("minute", 3)]);
+        assert!(q.unavailable.is_empty());
+    }
+    let json = serde_json::to_value(registry.quotas(&req, &Context::new()).await).unwrap();
+    assert_eq!(json["quotas"][1]["uid"], "minute");
+    assert_eq!(json["quotas"][1]["hits_remaining"], 3, "the snapshot's fields sit beside the uid: {json}");
+    drop((api_only, off));
 }

@@ -15,7 +15,7 @@ use traffik::backend::{BoxFuture, Operation};
 use traffik::strategy::{FixedWindow, Metadata, Verdict};
 use traffik::{
     Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, ReplyBody, RequestView,
-    SyncFn, Throttle, ThrottleGroup, rate,
+    SyncFn, Throttle, ThrottleGroup, ThrottleRegistry, rate,
 };
 use traffik::{Headers, When};
 
@@ -55,6 +55,11 @@ fn by_user(_req: &RequestView<'_>, ctx: &Context) -> Identity {
     ctx.get::<User>().map_or(Identity::Anonymous, |u| Identity::Named(u.0.clone()))
 }
 
+/// Keeps throttles alive for as long as the app that holds it (a registry only holds weak
+/// references).
+#[derive(Clone)]
+struct KeepAlive(#[allow(dead_code)] Vec<Throttle>);
+
 /// The throttles of one app (each app gets its own, on its own backend; time stands still at 0,
 /// so every wait is exact).
 struct Throttles {
@@ -70,9 +75,17 @@ struct Throttles {
     per_message_down: Throttle,
     per_user: Throttle,
     group_per_user: ThrottleGroup,
+    /// Throttles of the quotas registry: two that limit `/q-data`, one whose backend is down,
+    /// one disabled.
+    quotas: ThrottleRegistry,
+    q_minute: Throttle,
+    q_hour: Throttle,
+    q_down: Throttle,
+    q_off: Throttle,
 }
 
 fn throttles(app: &str) -> Throttles {
+    let registry = ThrottleRegistry::new();
     let backend = InMemoryBackend::new();
     let clock = ManualClock::new(0);
     let build = |uid: &str, rate: Rate| {
@@ -113,6 +126,20 @@ fn throttles(app: &str) -> Throttles {
             .build()
             .unwrap(),
         per_user: build("per-user", rate!("1/h")).identifier(SyncFn(by_user)).build().unwrap(),
+        q_minute: build("q-minute", rate!("5/min")).registry(&registry).build().unwrap(),
+        q_hour: build("q-hour", rate!("100/h")).registry(&registry).build().unwrap(),
+        q_down: build("q-down", rate!("5/min"))
+            .backend(Down)
+            .on_error(ErrorPolicy::raise())
+            .registry(&registry)
+            .build()
+            .unwrap(),
+        q_off: {
+            let off = build("q-off", rate!("5/min")).registry(&registry).build().unwrap();
+            off.disable();
+            off
+        },
+        quotas: registry.clone(),
         group_per_user: ThrottleGroup::new(
             format!("{app}-group-per-user"),
             [
@@ -133,7 +160,7 @@ mod poem_app {
 
     use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler};
     use traffik::Throttle;
-    use traffik_poem::{GroupExt, PoemGroup, PoemThrottle, ThrottleExt, WsThrottle};
+    use traffik_poem::{GroupExt, PoemGroup, PoemThrottle, QuotasEndpoint, ThrottleExt, WsThrottle};
 
     use super::*;
 
@@ -200,7 +227,9 @@ mod poem_app {
             .at(
                 "/group-per-user",
                 get(ok).with(PoemGroup::new(t.group_per_user).context(user_context)).around(authenticate),
-            );
+            )
+            .at("/q-data", get(ok).with(t.q_minute.middleware()).with(t.q_hour.middleware()))
+            .at("/quotas", get(QuotasEndpoint::new(t.quotas)).data(KeepAlive(vec![t.q_down, t.q_off])));
         let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
         let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
@@ -211,7 +240,7 @@ mod poem_app {
 mod salvo_app {
     use salvo::prelude::*;
     use salvo::websocket::{Message, WebSocketUpgrade};
-    use traffik_salvo::{GroupExt, SalvoGroup, SalvoThrottle, ThrottleExt, WsThrottle};
+    use traffik_salvo::{GroupExt, QuotasHandler, SalvoGroup, SalvoThrottle, ThrottleExt, WsThrottle};
 
     use super::*;
 
@@ -269,6 +298,11 @@ mod salvo_app {
         }
     }
 
+    #[async_trait]
+    impl Handler for KeepAlive {
+        async fn handle(&self, _: &mut Request, _: &mut Depot, _: &mut Response, _: &mut FlowCtrl) {}
+    }
+
     pub(super) async fn serve(t: Throttles) -> SocketAddr {
         let router = Router::new()
             .push(Router::with_path("limited").hoop(t.limited.hoop()).get(ok))
@@ -291,6 +325,10 @@ mod salvo_app {
                     .hoop(authenticate)
                     .hoop(SalvoGroup::new(t.group_per_user).context(user_context))
                     .get(ok),
+            )
+            .push(Router::with_path("q-data").hoop(t.q_hour.hoop()).hoop(t.q_minute.hoop()).get(ok))
+            .push(
+                Router::with_path("quotas").hoop(KeepAlive(vec![t.q_down, t.q_off])).get(QuotasHandler::new(t.quotas)),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -521,5 +559,38 @@ async fn poem_and_salvo_answer_every_websocket_case_alike() {
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), unavailable, "{framework}: failure notice");
         let Message::Close(Some(frame)) = next_message(&mut ws).await else { panic!("{framework}: expected a close") };
         assert_eq!(u16::from(frame.code), 1011, "{framework}: close code");
+    }
+}
+
+/// "What are my quotas?" in both frameworks: after two requests to a route limited by two
+/// throttles of a registry, the quotas endpoint lists both (in uid order, nothing charged by
+/// asking), names the one whose backend is down, and leaves out the disabled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poem_and_salvo_serve_the_callers_quotas_alike() {
+    let apps =
+        [("poem", poem_app::serve(throttles("poem")).await), ("salvo", salvo_app::serve(throttles("salvo")).await)];
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (framework, addr) in apps {
+        for _ in 0..2 {
+            assert_eq!(get(&client, addr, "/q-data").await.status, 200, "{framework}");
+        }
+        for _ in 0..2 {
+            let got = get(&client, addr, "/quotas").await;
+            assert_eq!(got.status, 200, "{framework}");
+            let json = got.json.unwrap_or_else(|| panic!("{framework}: quotas are JSON"));
+            let listed: Vec<(String, u64)> = json["quotas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|q| (q["uid"].as_str().unwrap().to_owned(), q["hits_remaining"].as_u64().unwrap()))
+                .collect();
+            assert_eq!(
+                listed,
+                [(format!("{framework}-q-hour"), 98), (format!("{framework}-q-minute"), 3)],
+                "{framework}: {json}"
+            );
+            assert_eq!(json["unavailable"], serde_json::json!([format!("{framework}-q-down")]), "{framework}");
+            assert_eq!(json["quotas"][1]["rate"], "5/min", "{framework}: {json}");
+        }
     }
 }

@@ -83,6 +83,7 @@
 mod global;
 mod group;
 mod middleware;
+mod quotas;
 mod response;
 mod view;
 #[cfg(feature = "websocket")]
@@ -94,6 +95,7 @@ pub use middleware::{
     PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions, enforce, hit,
     is_throttled, record,
 };
+pub use quotas::QuotasEndpoint;
 pub use response::{ThrottledHandler, default_throttled_response, error_response, throttled_response};
 #[cfg(feature = "websocket")]
 pub use traffik::WsVerdict;

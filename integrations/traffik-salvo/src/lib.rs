@@ -113,6 +113,7 @@ mod depot;
 mod group;
 mod hoop;
 mod middleware;
+mod quotas;
 mod view;
 #[cfg(feature = "websocket")]
 mod ws;
@@ -121,6 +122,7 @@ pub use depot::{DepotExt, ThrottleRecord, ThrottleRecords};
 pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
+pub use quotas::QuotasHandler;
 #[cfg(feature = "websocket")]
 pub use traffik::WsVerdict;
 pub use view::{client_ip, peer_addr, request_view};
