@@ -1,4 +1,5 @@
-//! Rates that depend on who asks and when: a rate per plan, and office hours.
+//! Rates that depend on who asks, when, and how the service is doing: a rate per plan, office
+//! hours, and an adaptive limit.
 //!
 //! ```sh
 //! cargo run -p traffik --example rate_sources
@@ -10,7 +11,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use traffik::sources::{Schedule, Tiers};
+use traffik::sources::{Adaptive, Schedule, Tiers};
 use traffik::strategy::FixedWindow;
 use traffik::{Context, InMemoryBackend, ManualClock, RequestView, Throttle, rate};
 
@@ -62,6 +63,14 @@ fn main() -> Result<(), traffik::Error> {
     for (label, at) in [("04:00 New York", 1_796_288_400u64), ("09:30 New York", 1_796_308_200)] {
         clock.set_us(at * 1_000_000);
         println!("{label}: {}", schedule.rate_for(&RequestView::empty(), &Context::new()));
+    }
+
+    // A limit that follows the service's load: halved after a slow second, then recovering.
+    let adaptive = Adaptive::builder(rate!("100/s")).increase(0.25)?.clock(clock.clone()).build();
+    adaptive.observe_latency(std::time::Duration::from_millis(900), std::time::Duration::from_millis(200));
+    for second in 1..=3 {
+        clock.advance(std::time::Duration::from_secs(1));
+        println!("adaptive after {second} s: {} (factor {:.2})", adaptive.rate(), adaptive.factor());
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Rate sources beyond one fixed rate: a rate per tier (a user's plan, an API key's class) and
-//! rates by local time of day.
+//! rates by local time of day, and a limit that follows the service's load.
 //!
 //! A source decides the [`Rate`] of each hit; the strategy and its state stay the same, so a
 //! client whose tier changes keeps its usage under the strategy's rate-change rule (README,
@@ -400,5 +400,264 @@ impl RateFn for Schedule {
 impl From<Schedule> for RateSource {
     fn from(schedule: Schedule) -> Self {
         RateSource::Dynamic(Arc::new(schedule))
+    }
+}
+
+/// What the application says about its load (see [`Adaptive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Struggling: the next step of the controller cuts the limit.
+    Overloaded,
+    /// Fine: the next step lets the limit recover.
+    Normal,
+}
+
+/// A limit that follows the service's load, not the client's own traffic: an AIMD controller
+/// (multiplicative cut, additive recovery, a floor, never above the base rate).
+///
+/// Signals come from the application: [`signal`](Self::signal) at any time (a handler that
+/// timed out, a queue that is too long), [`observe_latency`](Self::observe_latency) against a
+/// target, or a gauge ([`AdaptiveBuilder::gauge`]) read once per step. Every
+/// [`interval`](AdaptiveBuilder::interval) (default one second) the controller takes one step:
+/// if anything reported overload during the step, the factor becomes
+/// `max(floor, factor · decrease)`; otherwise `min(1, factor + increase)`. The rate of a hit is
+/// the base rate's limit times the factor (rounded down, at least 1) over the same period, so
+/// under the fixed window a client keeps the hits it made this window when the limit moves
+/// (README, "When the rate changes"). A client's own requests never count as load.
+///
+/// ```
+/// use std::time::Duration;
+/// use traffik::sources::{Adaptive, Load};
+/// use traffik::{ManualClock, rate};
+///
+/// let clock = ManualClock::new(0);
+/// let adaptive = Adaptive::builder(rate!("100/min")).decrease(0.5)?.increase(0.1)?.floor(0.2)?
+///     .interval(Duration::from_secs(1)).clock(clock.clone()).build();
+/// adaptive.signal(Load::Overloaded);
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(adaptive.rate(), rate!("50/min"));
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(adaptive.rate(), rate!("60/min"));
+/// # Ok::<(), traffik::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Adaptive {
+    inner: Arc<AdaptiveInner>,
+}
+
+type Gauge = dyn Fn() -> Load + Send + Sync;
+
+struct AdaptiveInner {
+    base: Rate,
+    floor: f64,
+    decrease: f64,
+    increase: f64,
+    interval_us: u64,
+    clock: Arc<dyn Clock>,
+    gauge: Option<Box<Gauge>>,
+    /// The factor in force, as `f64` bits.
+    factor: AtomicU64,
+    /// When the step in progress ends (µs since the epoch).
+    step_ends_us: AtomicU64,
+    /// Whether overload was reported during the step in progress.
+    overloaded: std::sync::atomic::AtomicBool,
+    /// Serializes steps (rare: once per interval).
+    stepping: parking_lot::Mutex<()>,
+}
+
+impl fmt::Debug for Adaptive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Adaptive")
+            .field("base", &i.base)
+            .field("factor", &self.factor())
+            .field("floor", &i.floor)
+            .field("decrease", &i.decrease)
+            .field("increase", &i.increase)
+            .field("interval_us", &i.interval_us)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Adaptive {
+    /// Starts an adaptive limit that never exceeds `base` (defaults: decrease 0.5, increase
+    /// 0.05, floor 0.1, one-second steps, the system clock).
+    pub fn builder(base: Rate) -> AdaptiveBuilder {
+        AdaptiveBuilder {
+            base,
+            floor: 0.1,
+            decrease: 0.5,
+            increase: 0.05,
+            interval: std::time::Duration::from_secs(1),
+            clock: crate::clock::system(),
+            gauge: None,
+        }
+    }
+
+    /// Reports the load now; an overload anywhere in a step cuts the limit at its end.
+    pub fn signal(&self, load: Load) {
+        self.step();
+        if load == Load::Overloaded {
+            self.inner.overloaded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Reports one handler's latency against a target: slower than `target` is an overload.
+    pub fn observe_latency(&self, latency: std::time::Duration, target: std::time::Duration) {
+        self.signal(if latency > target { Load::Overloaded } else { Load::Normal });
+    }
+
+    /// The factor in force (between the floor and 1).
+    pub fn factor(&self) -> f64 {
+        f64::from_bits(self.inner.factor.load(Ordering::Relaxed))
+    }
+
+    /// The rate in force now.
+    pub fn rate(&self) -> Rate {
+        self.step();
+        let i = &self.inner;
+        // A hair above the product before rounding down: 0.5 + 0.1 is a little under 0.6 in
+        // binary, and 100 · that must still be 60.
+        let limit = ((i.base.limit() as f64) * self.factor() + 1e-9).floor().max(1.0);
+        // The limit never exceeds the base limit, which is a valid rate's.
+        let limit = u32::try_from(limit as u64).unwrap_or(u32::MAX);
+        Rate::per_millis(limit, i.base.period_ms()).unwrap_or(i.base)
+    }
+
+    /// Takes the controller's steps that are due.
+    fn step(&self) {
+        let i = &self.inner;
+        let now = i.clock.now_us();
+        if now < i.step_ends_us.load(Ordering::Acquire) {
+            return;
+        }
+        let _stepping = i.stepping.lock();
+        let ends = i.step_ends_us.load(Ordering::Acquire);
+        if now < ends {
+            return;
+        }
+        let gauge = i.gauge.as_ref().is_some_and(|g| g() == Load::Overloaded);
+        let overloaded = i.overloaded.swap(false, Ordering::Relaxed) || gauge;
+        let before = self.factor();
+        let mut factor = if overloaded { (before * i.decrease).max(i.floor) } else { (before + i.increase).min(1.0) };
+        // Steps missed while nothing asked (no traffic) were steps without overload.
+        let missed = (now - ends) / i.interval_us;
+        if missed > 0 {
+            factor = (factor + i.increase * missed as f64).min(1.0);
+        }
+        i.factor.store(factor.to_bits(), Ordering::Relaxed);
+        i.step_ends_us.store(now.saturating_add(i.interval_us), Ordering::Release);
+        if factor != before {
+            tracing::info!(base = %i.base, from = before, to = factor, overloaded, "adaptive limit moved");
+        }
+    }
+}
+
+/// Builds an [`Adaptive`] limit; every parameter is checked ([`Error::Config`] for NaN,
+/// infinities and values out of range).
+pub struct AdaptiveBuilder {
+    base: Rate,
+    floor: f64,
+    decrease: f64,
+    increase: f64,
+    interval: std::time::Duration,
+    clock: Arc<dyn Clock>,
+    gauge: Option<Box<Gauge>>,
+}
+
+impl fmt::Debug for AdaptiveBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveBuilder")
+            .field("base", &self.base)
+            .field("floor", &self.floor)
+            .field("decrease", &self.decrease)
+            .field("increase", &self.increase)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fraction(name: &str, v: f64, zero_ok: bool, one_ok: bool) -> Result<f64, Error> {
+    let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && (v < 1.0 || (one_ok && v == 1.0));
+    if ok { Ok(v) } else { Err(Error::Config(format!("adaptive {name} must be a number in range, got {v}"))) }
+}
+
+impl AdaptiveBuilder {
+    /// The lowest factor, in (0, 1] (default 0.1): the limit never falls below `floor · base`.
+    pub fn floor(mut self, floor: f64) -> Result<Self, Error> {
+        self.floor = fraction("floor", floor, false, true)?;
+        Ok(self)
+    }
+
+    /// The multiplicative cut on overload, in (0, 1) (default 0.5).
+    pub fn decrease(mut self, decrease: f64) -> Result<Self, Error> {
+        self.decrease = fraction("decrease", decrease, false, false)?;
+        Ok(self)
+    }
+
+    /// The additive recovery per calm step, in [0, 1] (default 0.05).
+    pub fn increase(mut self, increase: f64) -> Result<Self, Error> {
+        self.increase = fraction("increase", increase, true, true)?;
+        Ok(self)
+    }
+
+    /// The length of a controller step (default one second; at least a millisecond).
+    #[must_use]
+    pub fn interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = interval.max(std::time::Duration::from_millis(1));
+        self
+    }
+
+    /// The clock the controller reads (give it the throttle's in tests).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// A gauge read once per step (a queue length against a bound, a CPU reading): an
+    /// overload it reports cuts the limit like a [`signal`](Adaptive::signal).
+    #[must_use]
+    pub fn gauge(mut self, gauge: impl Fn() -> Load + Send + Sync + 'static) -> Self {
+        self.gauge = Some(Box::new(gauge));
+        self
+    }
+
+    /// The adaptive limit, at its base rate.
+    pub fn build(self) -> Adaptive {
+        let interval_us = crate::clock::to_us(self.interval).max(1);
+        let now = self.clock.now_us();
+        Adaptive {
+            inner: Arc::new(AdaptiveInner {
+                base: self.base,
+                floor: self.floor,
+                decrease: self.decrease,
+                increase: self.increase,
+                interval_us,
+                clock: self.clock,
+                gauge: self.gauge,
+                factor: AtomicU64::new(1.0f64.to_bits()),
+                step_ends_us: AtomicU64::new(now.saturating_add(interval_us)),
+                overloaded: std::sync::atomic::AtomicBool::new(false),
+                stepping: parking_lot::Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl RateFn for Adaptive {
+    fn rate<'a>(&'a self, _req: &'a RequestView<'a>, _ctx: &'a Context) -> BoxFuture<'a, Rate> {
+        let rate = Adaptive::rate(self);
+        Box::pin(async move { rate })
+    }
+
+    fn rate_now(&self, _req: &RequestView<'_>, _ctx: &Context) -> Option<Rate> {
+        Some(Adaptive::rate(self))
+    }
+}
+
+impl From<Adaptive> for RateSource {
+    fn from(adaptive: Adaptive) -> Self {
+        RateSource::Dynamic(Arc::new(adaptive))
     }
 }

@@ -651,7 +651,12 @@ async fn a_builder_is_a_template() {
 async fn quotas_list_what_limits_the_caller() {
     let registry = ThrottleRegistry::new();
     let make = |uid: &str, rate: Rate| {
-        Throttle::builder().uid(uid).rate(rate).backend(InMemoryBackend::new()).strategy(FixedWindow).registry(&registry)
+        Throttle::builder()
+            .uid(uid)
+            .rate(rate)
+            .backend(InMemoryBackend::new())
+            .strategy(FixedWindow)
+            .registry(&registry)
     };
     let minute = make("minute", rate!("5/min")).build().unwrap();
     let hour = make("hour", rate!("100/h")).build().unwrap();
