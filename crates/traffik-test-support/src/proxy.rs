@@ -46,7 +46,9 @@ impl Shared {
     }
 }
 
-/// The proxy; see the [module docs](self).
+/// A loopback TCP fault proxy: forwards to one server and, on command, adds latency, drops
+/// new connections, resets open ones, or turns into a half-open peer (see [`Fault`]). It runs
+/// on a Tokio runtime of its own, torn down when the proxy drops.
 pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
