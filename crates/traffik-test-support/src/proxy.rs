@@ -19,8 +19,8 @@ use tokio::sync::watch;
 pub enum Fault {
     /// Forwards bytes both ways untouched.
     PassThrough,
-    /// Holds every chunk read (either direction) this long before writing it on, so a request
-    /// and its answer gain about twice this.
+    /// Holds every chunk read (either direction) this long after it was read before writing
+    /// it on, so a request and its answer gain about twice this.
     Latency(Duration),
     /// Accepts new connections and closes them at once with a reset; open connections keep
     /// working.
@@ -190,28 +190,43 @@ async fn swallow<R: AsyncReadExt + Unpin>(from: &mut R) {
 }
 
 /// Copies `from` to `to` under the current fault until either side closes or the connection
-/// goes half-open (then returns, and the caller swallows).
+/// goes half-open (then returns, and the caller swallows). Latency is applied per chunk from
+/// the moment it was read, so chunks in flight overlap as on a slow link (a later chunk is not
+/// held behind an earlier one's delay).
 async fn pump<R, W>(from: &mut R, to: &mut W, shared: &Shared, half_open: &AtomicFlag)
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let fault = shared.fault();
-        if half_open.get() || fault == Fault::HalfOpen {
-            half_open.set();
-            return;
+    let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let fault = shared.fault();
+            if half_open.get() || fault == Fault::HalfOpen {
+                half_open.set();
+                return;
+            }
+            let due = match fault {
+                Fault::Latency(d) => tokio::time::Instant::now() + d,
+                _ => tokio::time::Instant::now(),
+            };
+            if queue.send((due, buf[..n].to_vec())).is_err() {
+                return;
+            }
         }
-        if let Fault::Latency(d) = fault {
-            tokio::time::sleep(d).await;
+    };
+    let write = async move {
+        while let Some((due, bytes)) = queued.recv().await {
+            tokio::time::sleep_until(due).await;
+            if half_open.get() || to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
-        if half_open.get() || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
+    };
+    tokio::join!(read, write);
 }
