@@ -15,7 +15,7 @@
 //! one of [`RETRY_QUEUES`] picked by the key's hash), so each process has at most one retry per
 //! key in flight: the tasks of one process no longer race each other, only the other
 //! processes. Without it, with 4 processes x 64 tasks admitting on one key, the slowest
-//! decision took 0.59 to 1.26 s (p99 0.52 to 1.19 s) and up to 159 of 2,048 decisions ran out
+//! decision took 0.59 to 1.42 s (p99 0.52 to 1.35 s) and up to 159 of 2,048 decisions ran out
 //! of compare-and-swap attempts; see the README's "Measured" table for the figures with it
 //! (`cargo bench -p traffik-memcached --bench contention`).
 //!
