@@ -24,7 +24,6 @@ pub(crate) type Factory<C> = Arc<dyn Fn() -> ConnectFuture<C> + Send + Sync>;
 
 /// One command to send: a script (`EVALSHA`, falling back to `EVAL` after `NOSCRIPT`) or a
 /// plain command.
-#[derive(Clone)]
 pub(crate) enum Call {
     Script { lua: &'static Lua, cmd: Cmd },
     Plain(Cmd),
@@ -419,16 +418,10 @@ impl Conn {
                     Ok(Err(bb8::RunError::TimedOut)) | Err(_) => return Err(out_of_time()),
                     Ok(Err(bb8::RunError::User(e))) => return Err(map_err(e, Phase::Connect, t)),
                 };
-                // The exchange runs in a task of its own: a caller that stops waiting (the
-                // throttle's timeout is often the shorter one) would otherwise hand a connection
-                // that may never answer again (a half-open peer) back to the pool, where it
-                // would stay. The task waits for the answer up to the command timeout and
-                // replaces a connection that timed out or broke before the pool gets it back.
-                let task = tokio::spawn(pooled_exchange(pool, pooled, call.clone(), t, turn));
-                match task.await {
-                    Ok(res) => res,
-                    Err(e) => Err(BackendError::command(KIND, format!("the redis exchange task failed: {e}"))),
-                }
+                let mut exchange = PooledExchange { pool, pooled: Some(pooled), t, _turn: turn };
+                let res = exchange.run(call).await;
+                exchange.pooled = None;
+                res
             }
             Conn::Cluster(r) => {
                 let (generation, mut c, _) = r.get(t).await?;
@@ -481,37 +474,66 @@ impl Conn {
     }
 }
 
-/// One exchange on a pooled connection (see [`Conn::run`]); `_turn` is the caller's place in
-/// the pool's queue, kept until the connection is back.
-async fn pooled_exchange(
+/// One exchange on a pooled connection. A caller that stops waiting (the throttle's timeout is
+/// often the shorter one) would otherwise hand a connection that may never answer again (a
+/// half-open peer) back to the pool, where it would stay: if the exchange is dropped before it
+/// finished, a task replaces the connection before the pool gets it back. A connection that
+/// timed out or broke while the caller waited is replaced in place.
+struct PooledExchange {
     pool: bb8::Pool<RedisConnectionManager>,
-    mut pooled: bb8::PooledConnection<'static, RedisConnectionManager>,
-    call: Call,
+    /// `None` once the exchange finished (or the connection went to the replacing task).
+    pooled: Option<bb8::PooledConnection<'static, RedisConnectionManager>>,
     t: Timeouts,
+    /// The caller's place in the pool's queue, kept until the connection is back.
     _turn: Option<tokio::sync::OwnedSemaphorePermit>,
-) -> Result<Value, BackendError> {
-    let timed_out = || BackendError::Timeout { backend: KIND, after: t.command };
-    let (replace, again, res) = match tokio::time::timeout(t.command, call.send(&mut *pooled)).await {
-        Err(_) => (true, false, Err(timed_out())),
-        Ok(Err(e)) if e.is_timeout() || breaks(&e) => (true, resend(&e), Err(map_err(e, Phase::Command, t))),
-        Ok(res) => (false, false, res.map_err(|e| map_err(e, Phase::Command, t))),
-    };
-    if !replace {
-        return res;
-    }
-    // bb8-redis never reports a connection as broken and pings are off, so replace it in
-    // place; the pool gets the fresh one back.
-    match tokio::time::timeout(t.connect, pool.dedicated_connection()).await {
-        Ok(Ok(fresh)) => {
-            *pooled = fresh;
-            if again {
-                return match tokio::time::timeout(t.command, call.send(&mut *pooled)).await {
-                    Ok(res) => res.map_err(|e| map_err(e, Phase::Command, t)),
-                    Err(_) => Err(timed_out()),
-                };
-            }
+}
+
+impl PooledExchange {
+    async fn run(&mut self, call: &Call) -> Result<Value, BackendError> {
+        let t = self.t;
+        let Some(pooled) = self.pooled.as_mut() else {
+            return Err(BackendError::command(KIND, "the pooled connection is gone"));
+        };
+        let timed_out = || BackendError::Timeout { backend: KIND, after: t.command };
+        let (replace, again, res) = match tokio::time::timeout(t.command, call.send(&mut **pooled)).await {
+            Err(_) => (true, false, Err(timed_out())),
+            Ok(Err(e)) if e.is_timeout() || breaks(&e) => (true, resend(&e), Err(map_err(e, Phase::Command, t))),
+            Ok(res) => (false, false, res.map_err(|e| map_err(e, Phase::Command, t))),
+        };
+        if !replace {
+            return res;
         }
-        _ => tracing::debug!("unusable pooled redis connection kept: reconnect failed"),
+        // bb8-redis never reports a connection as broken and pings are off, so replace it in
+        // place; the pool gets the fresh one back.
+        match tokio::time::timeout(t.connect, self.pool.dedicated_connection()).await {
+            Ok(Ok(fresh)) => {
+                **pooled = fresh;
+                if again {
+                    return match tokio::time::timeout(t.command, call.send(&mut **pooled)).await {
+                        Ok(res) => res.map_err(|e| map_err(e, Phase::Command, t)),
+                        Err(_) => Err(timed_out()),
+                    };
+                }
+            }
+            _ => tracing::debug!("unusable pooled redis connection kept: reconnect failed"),
+        }
+        res
     }
-    res
+}
+
+impl Drop for PooledExchange {
+    fn drop(&mut self) {
+        let Some(mut pooled) = self.pooled.take() else { return };
+        // Dropped mid-exchange: whether the connection would ever answer is unknown, so it is
+        // replaced (off the caller's path) before the pool gets it back.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (pool, connect, turn) = (self.pool.clone(), self.t.connect, self._turn.take());
+        runtime.spawn(async move {
+            let _turn = turn;
+            match tokio::time::timeout(connect, pool.dedicated_connection()).await {
+                Ok(Ok(fresh)) => *pooled = fresh,
+                _ => tracing::debug!("abandoned pooled redis connection kept: reconnect failed"),
+            }
+        });
+    }
 }

@@ -164,17 +164,27 @@ async fn burst(t: &Arc<Throttle>, tasks: usize, hits: usize) -> Tally {
     all
 }
 
-/// Hits until the backend decides again; returns how many requests it took (the one that
-/// succeeded included).
+/// Consecutive decisions of the backend that count as recovered (more than a pool has
+/// connections, so every connection a fault left dead has been found and replaced).
+const STREAK: u32 = 8;
+
+/// Hits until the backend decides again, steadily: returns the request (counted from 1) at
+/// which a run of [`STREAK`] decisions of the backend began, i.e. from which on no decision was
+/// lost to the fault.
 async fn recover(t: &Throttle, tally: &mut Tally, what: &str) -> u32 {
+    let mut streak = 0;
     for n in 1..=RECOVERY_BUDGET {
-        if let Ok(d) = hit(t, tally).await
-            && d.source == Source::Backend
-        {
-            return n;
+        match hit(t, tally).await {
+            Ok(d) if d.source == Source::Backend => streak += 1,
+            _ => streak = 0,
+        }
+        if streak == STREAK {
+            return n + 1 - STREAK;
         }
     }
-    panic!("{what}: no decision from the backend within {RECOVERY_BUDGET} requests after the server came back");
+    panic!(
+        "{what}: the backend did not decide {STREAK} times in a row within {RECOVERY_BUDGET} requests after the server came back"
+    );
 }
 
 /// Hits until the backend throttles, then checks that it keeps throttling: the window is
@@ -220,7 +230,7 @@ fn assert_every_key_expires(url: &str) -> usize {
 fn figures(scenario: &str, tally: &Tally, recovered_in: Option<u32>) {
     println!(
         "fault-figures: redis {scenario}: slowest decision {:?}, policy decisions {:?}, backend admits {}, \
-         backend throttles {}, errors {}, recovered in {} requests",
+         backend throttles {}, errors {}, every decision the backend's from request {} on",
         tally.slowest,
         tally.policy,
         tally.admitted_total(),
