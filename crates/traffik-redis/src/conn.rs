@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -142,10 +143,82 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether a shared connection still answers, as seen by the requests sent on it.
+///
+/// A peer that vanished without closing the connection (a half-open connection: the host
+/// died, a firewall or NAT dropped the flow) is never reported by the socket until TCP gives up
+/// retransmitting, which takes many minutes; every request on it just goes unanswered. A
+/// request also stops waiting when its caller gives up first (the throttle's timeout is often
+/// shorter than the command timeout), and then no error is ever seen here. So each request
+/// leaves a mark when it stops waiting without an answer, any answer clears the marks, and a
+/// connection on which a request has waited in vain for longer than the command timeout, with
+/// no answer since, is replaced before it is used again.
+pub(crate) struct Health {
+    origin: Instant,
+    /// When the oldest request that stopped waiting without an answer was sent, in
+    /// microseconds after `origin` plus one; 0 when every request since the last answer got one.
+    unanswered: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health { origin: Instant::now(), unanswered: AtomicU64::new(0) }
+    }
+
+    fn mark(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1).saturating_add(1)
+    }
+
+    /// Whether a request has waited in vain for at least `limit`, with no answer since.
+    fn stalled(&self, limit: Duration) -> bool {
+        let since = self.unanswered.load(Ordering::Acquire);
+        let limit = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+        since != 0 && self.mark().saturating_sub(since) >= limit
+    }
+
+    /// Sends on the connection this health belongs to, keeping track of answers.
+    async fn watch(&self, send: impl Future<Output = RedisResult<Value>>) -> RedisResult<Value> {
+        let mut pending = Pending { health: self, sent: self.mark(), settled: false };
+        let res = send.await;
+        match &res {
+            // No answer: leave the mark (the guard does it on drop).
+            Err(e) if e.is_timeout() => {}
+            // The connection is replaced anyway.
+            Err(e) if breaks(e) => pending.settled = true,
+            // An answer, even an error reply: the connection is alive.
+            _ => {
+                self.unanswered.store(0, Ordering::Release);
+                pending.settled = true;
+            }
+        }
+        res
+    }
+}
+
+/// A request in flight; if it stops waiting without an answer (timed out, or its caller gave
+/// up), it marks the connection's [`Health`].
+struct Pending<'a> {
+    health: &'a Health,
+    sent: u64,
+    settled: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let sent = self.sent;
+            let _ = self
+                .health
+                .unanswered
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur == 0 || cur > sent).then_some(sent));
+        }
+    }
+}
+
 /// A shared connection opened on first use and reopened after it breaks.
 pub(crate) struct Reconnecting<C> {
     factory: Factory<C>,
-    current: Mutex<Option<(u64, C)>>,
+    current: Mutex<Option<(u64, C, Arc<Health>)>>,
     /// Serializes reconnects; holds the last generation number.
     connecting: tokio::sync::Mutex<u64>,
     /// When the last connect attempt failed, and why.
@@ -165,15 +238,15 @@ impl<C: Clone + Send + 'static> Reconnecting<C> {
     /// Starts with an open connection (which cannot be reopened if there is no factory).
     pub(crate) fn with_connection(factory: Factory<C>, conn: C) -> Self {
         let r = Self::new(factory);
-        *lock(&r.current) = Some((0, conn));
+        *lock(&r.current) = Some((0, conn, Arc::new(Health::new())));
         r
     }
 
-    fn peek(&self) -> Option<(u64, C)> {
+    fn peek(&self) -> Option<(u64, C, Arc<Health>)> {
         lock(&self.current).clone()
     }
 
-    async fn get(&self, t: Timeouts) -> Result<(u64, C), BackendError> {
+    async fn get(&self, t: Timeouts) -> Result<(u64, C, Arc<Health>), BackendError> {
         if let Some(c) = self.peek() {
             return Ok(c);
         }
@@ -197,9 +270,10 @@ impl<C: Clone + Send + 'static> Reconnecting<C> {
         match result {
             Ok(conn) => {
                 *generation += 1;
-                *lock(&self.current) = Some((*generation, conn.clone()));
+                let health = Arc::new(Health::new());
+                *lock(&self.current) = Some((*generation, conn.clone(), Arc::clone(&health)));
                 *lock(&self.last_failure) = None;
-                Ok((*generation, conn))
+                Ok((*generation, conn, health))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "redis connect failed");
@@ -211,7 +285,7 @@ impl<C: Clone + Send + 'static> Reconnecting<C> {
 
     fn invalidate(&self, generation: u64) {
         let mut cur = lock(&self.current);
-        if matches!(&*cur, Some((g, _)) if *g == generation) {
+        if matches!(&*cur, Some((g, _, _)) if *g == generation) {
             tracing::debug!(generation, "redis connection broken; reconnecting on next use");
             *cur = None;
         }
@@ -235,7 +309,7 @@ pub(crate) struct LazyPool {
     /// One permit per connection of a pool this crate sized, taken in arrival order before a
     /// checkout: bb8 hands a returned connection to whoever asks next, ahead of the callers
     /// already waiting, so without it some waiters starve under more tasks than connections.
-    gate: Option<tokio::sync::Semaphore>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl LazyPool {
@@ -246,7 +320,7 @@ impl LazyPool {
     }
 
     pub(crate) fn lazy(manager: RedisConnectionManager, config: PoolConfig) -> Self {
-        let gate = Some(tokio::sync::Semaphore::new(config.max_size.max(1) as usize));
+        let gate = Some(Arc::new(tokio::sync::Semaphore::new(config.max_size.max(1) as usize)));
         LazyPool { pool: OnceLock::new(), init: Some((manager, config)), gate }
     }
 
@@ -286,15 +360,20 @@ impl Conn {
     pub(crate) async fn run(&self, call: &Call, t: Timeouts) -> Result<Value, BackendError> {
         match self {
             Conn::Multiplexed(r) => {
-                let (generation, mut c) = r.get(t).await?;
-                let mut res = call.send(&mut c).await;
+                let (mut generation, mut c, mut health) = r.get(t).await?;
+                if health.stalled(t.command) {
+                    tracing::debug!(generation, "redis connection stopped answering; reconnecting");
+                    r.invalidate(generation);
+                    (generation, c, health) = r.get(t).await?;
+                }
+                let mut res = health.watch(call.send(&mut c)).await;
                 if let Err(e) = &res
                     && breaks(e)
                 {
                     r.invalidate(generation);
                     if resend(e) {
-                        let (generation, mut fresh) = r.get(t).await?;
-                        res = call.send(&mut fresh).await;
+                        let (generation, mut fresh, health) = r.get(t).await?;
+                        res = health.watch(call.send(&mut fresh)).await;
                         if let Err(e) = &res
                             && breaks(e)
                         {
@@ -309,12 +388,12 @@ impl Conn {
                 call.send(&mut c).await.map_err(|e| map_err(e, Phase::Command, t))
             }
             Conn::Pool(p) => {
-                let pool = p.get(t)?;
+                let pool = p.get(t)?.clone();
                 // Waiters are served in arrival order (the semaphore is fair), within the
                 // connection timeout.
                 let asked = Instant::now();
-                let _turn = match &p.gate {
-                    Some(gate) => match tokio::time::timeout(t.connect, gate.acquire()).await {
+                let turn = match &p.gate {
+                    Some(gate) => match tokio::time::timeout(t.connect, Arc::clone(gate).acquire_owned()).await {
                         Ok(Ok(permit)) => Some(permit),
                         Ok(Err(_)) => return Err(BackendError::Closed { backend: KIND }),
                         Err(_) => return Err(BackendError::PoolExhausted { backend: KIND, after: t.connect }),
@@ -334,31 +413,18 @@ impl Conn {
                         BackendError::PoolExhausted { backend: KIND, after: t.connect }
                     }
                 };
-                let mut pooled = match tokio::time::timeout(left, pool.get()).await {
+                let pooled = match tokio::time::timeout(left, pool.get_owned()).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(bb8::RunError::TimedOut)) | Err(_) => return Err(out_of_time()),
                     Ok(Err(bb8::RunError::User(e))) => return Err(map_err(e, Phase::Connect, t)),
                 };
-                let mut res = call.send(&mut *pooled).await;
-                if let Err(e) = &res
-                    && breaks(e)
-                {
-                    // bb8-redis never reports a connection as broken and pings are off, so
-                    // replace it in place; the pool gets the fresh one back.
-                    match tokio::time::timeout(t.connect, pool.dedicated_connection()).await {
-                        Ok(Ok(fresh)) => {
-                            *pooled = fresh;
-                            if resend(e) {
-                                res = call.send(&mut *pooled).await;
-                            }
-                        }
-                        _ => tracing::debug!("broken pooled redis connection kept: reconnect failed"),
-                    }
-                }
-                res.map_err(|e| map_err(e, Phase::Command, t))
+                let mut exchange = PooledExchange { pool, pooled: Some(pooled), t, _turn: turn };
+                let res = exchange.run(call).await;
+                exchange.pooled = None;
+                res
             }
             Conn::Cluster(r) => {
-                let (generation, mut c) = r.get(t).await?;
+                let (generation, mut c, _) = r.get(t).await?;
                 let res = call.send(&mut c).await;
                 if let Err(e) = &res
                     && e.is_connection_dropped()
@@ -381,7 +447,7 @@ impl Conn {
         let Conn::Cluster(r) = self else {
             return self.run(&Call::Plain(cmd), t).await;
         };
-        let (_, mut c) = r.get(t).await?;
+        let (_, mut c, _) = r.get(t).await?;
         let routing =
             redis::cluster_routing::RoutingInfo::SingleNode(redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
                 host: host.to_owned(),
@@ -405,5 +471,69 @@ impl Conn {
     /// Whether this is a cluster connection.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+}
+
+/// One exchange on a pooled connection. A caller that stops waiting (the throttle's timeout is
+/// often the shorter one) would otherwise hand a connection that may never answer again (a
+/// half-open peer) back to the pool, where it would stay: if the exchange is dropped before it
+/// finished, a task replaces the connection before the pool gets it back. A connection that
+/// timed out or broke while the caller waited is replaced in place.
+struct PooledExchange {
+    pool: bb8::Pool<RedisConnectionManager>,
+    /// `None` once the exchange finished (or the connection went to the replacing task).
+    pooled: Option<bb8::PooledConnection<'static, RedisConnectionManager>>,
+    t: Timeouts,
+    /// The caller's place in the pool's queue, kept until the connection is back.
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl PooledExchange {
+    async fn run(&mut self, call: &Call) -> Result<Value, BackendError> {
+        let t = self.t;
+        let Some(pooled) = self.pooled.as_mut() else {
+            return Err(BackendError::command(KIND, "the pooled connection is gone"));
+        };
+        let timed_out = || BackendError::Timeout { backend: KIND, after: t.command };
+        let (replace, again, res) = match tokio::time::timeout(t.command, call.send(&mut **pooled)).await {
+            Err(_) => (true, false, Err(timed_out())),
+            Ok(Err(e)) if e.is_timeout() || breaks(&e) => (true, resend(&e), Err(map_err(e, Phase::Command, t))),
+            Ok(res) => (false, false, res.map_err(|e| map_err(e, Phase::Command, t))),
+        };
+        if !replace {
+            return res;
+        }
+        // bb8-redis never reports a connection as broken and pings are off, so replace it in
+        // place; the pool gets the fresh one back.
+        match tokio::time::timeout(t.connect, self.pool.dedicated_connection()).await {
+            Ok(Ok(fresh)) => {
+                **pooled = fresh;
+                if again {
+                    return match tokio::time::timeout(t.command, call.send(&mut **pooled)).await {
+                        Ok(res) => res.map_err(|e| map_err(e, Phase::Command, t)),
+                        Err(_) => Err(timed_out()),
+                    };
+                }
+            }
+            _ => tracing::debug!("unusable pooled redis connection kept: reconnect failed"),
+        }
+        res
+    }
+}
+
+impl Drop for PooledExchange {
+    fn drop(&mut self) {
+        let Some(mut pooled) = self.pooled.take() else { return };
+        // Dropped mid-exchange: whether the connection would ever answer is unknown, so it is
+        // replaced (off the caller's path) before the pool gets it back.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (pool, connect, turn) = (self.pool.clone(), self.t.connect, self._turn.take());
+        runtime.spawn(async move {
+            let _turn = turn;
+            match tokio::time::timeout(connect, pool.dedicated_connection()).await {
+                Ok(Ok(fresh)) => *pooled = fresh,
+                _ => tracing::debug!("abandoned pooled redis connection kept: reconnect failed"),
+            }
+        });
     }
 }

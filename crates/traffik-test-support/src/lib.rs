@@ -1,6 +1,8 @@
 //! Real servers for tests: starts `redis-server` / `memcached` on free loopback ports, or uses
 //! `TRAFFIK_REDIS_URL` / `TRAFFIK_MEMCACHED` when set. A missing binary is a loud failure with
-//! instructions, never a skipped test. Servers are killed when their guard drops.
+//! instructions, never a skipped test. Servers are killed when their guard drops. A loopback
+//! TCP fault proxy ([`FaultProxy`]) puts latency, dropped and reset connections and half-open
+//! peers between a client and a server.
 
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
@@ -10,9 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod memcached;
+mod proxy;
 mod redis;
 
 pub use memcached::{MemcachedServer, memcached_server};
+pub use proxy::{Fault, FaultProxy};
 pub use redis::{RedisServer, RedisTlsServer, redis_server, redis_tls_server};
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a race with another process is possible but
@@ -77,6 +81,27 @@ impl ProcessGuard {
     /// The child.
     pub fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("process already stopped") // ok: test support, misuse is a test bug
+    }
+
+    /// Sends `SIGSTOP`: the process stops answering but keeps its sockets (the kernel still
+    /// accepts connections and buffers requests), like a server stuck in a long pause.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+    }
+
+    /// Sends `SIGCONT` after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&mut self, name: &str) {
+        let pid = self.child().id().to_string();
+        let kill = require_binary("kill", "procps");
+        let status = Command::new(kill)
+            .args([format!("-{name}"), pid.clone()])
+            .status()
+            .unwrap_or_else(|e| panic!("could not run kill -{name} {pid}: {e}"));
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
     }
 
     /// Kills the process now (to test a backend that goes down).

@@ -21,6 +21,11 @@ impl MemcachedServer {
         }
     }
 
+    /// The process, for signals ([`ProcessGuard::pause`]); `None` for an external server.
+    pub fn process(&mut self) -> Option<&mut ProcessGuard> {
+        self.guard.as_mut()
+    }
+
     /// Whether this server was started by the test.
     pub fn is_owned(&self) -> bool {
         self.guard.is_some()
@@ -30,8 +35,13 @@ impl MemcachedServer {
     /// `TRAFFIK_MEMCACHED` names a shared one: for tests that stop their server, count its
     /// items or need several servers.
     pub fn spawn() -> MemcachedServer {
+        Self::spawn_on(free_port())
+    }
+
+    /// Starts a `memcached` of this test's own on `port` (to restart a stopped one where its
+    /// clients expect it).
+    pub fn spawn_on(port: u16) -> MemcachedServer {
         let bin = require_binary("memcached", "memcached");
-        let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64"]);
         if is_root() {

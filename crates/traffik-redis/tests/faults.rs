@@ -1,0 +1,527 @@
+//! Fault injection against real redis-server processes: `SIGSTOP`/`SIGCONT`, kill and restart
+//! under load, `SCRIPT FLUSH` under load, and a loopback TCP fault proxy (added latency,
+//! dropped and reset connections, a half-open peer) between the backend and the server.
+//!
+//! For every fault: each decision returns within a bound several times the throttle's timeout
+//! (never an exact latency); while the server is unreachable the throttle's error policy
+//! decides; service comes back within a counted number of requests once the server does (the
+//! count is printed, the bound asserted is generous); no server admits more than its limit
+//! (every admission of a fixed window carries a distinct `remaining`, so a value seen twice on
+//! one server is an over-admission); every key left in Redis has a time to live.
+//!
+//! Run with `--nocapture` to see the measured figures (`fault-figures:` lines).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use traffik::strategy::FixedWindow;
+use traffik::{Backend, Decision, ErrorPolicy, Identity, ManualClock, Outcome, Rate, RequestView, Source, Throttle};
+use traffik_redis::RedisBackend;
+use traffik_test_support::{Fault, FaultProxy};
+
+/// The throttle's timeout in every scenario.
+const TIMEOUT: Duration = Duration::from_millis(300);
+/// What "bounded" means here: many times the timeout, so a slow machine still passes.
+const BOUND: Duration = Duration::from_secs(5);
+/// Requests allowed for recovery once the server is back (the measured count is printed).
+const RECOVERY_BUDGET: u32 = 60;
+/// A frozen client clock: one fixed window for the whole test.
+const NOW_US: u64 = 1_700_000_000_000_000;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// A backend on `url` with the throttle-sized timeouts and the client's clock.
+fn backend(url: &str, pooled: bool) -> RedisBackend {
+    backend_with(url, pooled, TIMEOUT)
+}
+
+/// The same with another command timeout.
+fn backend_with(url: &str, pooled: bool, command_timeout: Duration) -> RedisBackend {
+    let mut b = RedisBackend::builder()
+        .url(url)
+        .namespace("faults")
+        .use_client_clock(true)
+        .min_ttl(Duration::from_secs(600))
+        .connection_timeout(TIMEOUT)
+        .command_timeout(command_timeout);
+    if pooled {
+        b = b.pooled(4);
+    }
+    b.build().expect("backend")
+}
+
+/// A fixed window of `limit` per hour for one client, on a frozen clock.
+fn throttle(backend: &RedisBackend, uid: &str, limit: u32, policy: ErrorPolicy) -> Arc<Throttle> {
+    Arc::new(
+        Throttle::builder()
+            .uid(uid)
+            .rate(Rate::per_millis(limit, 3_600_000).expect("rate"))
+            .backend(backend.clone())
+            .strategy(FixedWindow)
+            .identifier(|_: &RequestView<'_>| Identity::named("client"))
+            .clock(ManualClock::new(NOW_US))
+            .timeout(TIMEOUT)
+            .on_error(policy)
+            .no_registry()
+            .build()
+            .expect("throttle"),
+    )
+}
+
+/// What a run of hits saw.
+#[derive(Default, Debug)]
+struct Tally {
+    /// Admissions decided by the backend, by their `remaining` (per server lifetime).
+    admitted: BTreeMap<u64, u32>,
+    backend_throttled: u64,
+    /// Decisions made by the error policy, by outcome.
+    policy: BTreeMap<String, u64>,
+    errors: u64,
+    slowest: Duration,
+}
+
+impl Tally {
+    fn record(&mut self, result: &Result<Decision, traffik::Error>, took: Duration) {
+        self.slowest = self.slowest.max(took);
+        assert!(took < BOUND, "a decision took {took:?} (timeout {TIMEOUT:?})");
+        match result {
+            Ok(d) if d.source == Source::Backend && d.outcome == Outcome::Allowed => {
+                *self.admitted.entry(d.remaining.expect("remaining")).or_default() += 1;
+            }
+            Ok(d) if d.source == Source::Backend => self.backend_throttled += 1,
+            Ok(d) => {
+                assert_eq!(d.source, Source::ErrorPolicy, "{d:?}");
+                *self.policy.entry(format!("{:?}", d.outcome)).or_default() += 1;
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (r, n) in other.admitted {
+            *self.admitted.entry(r).or_default() += n;
+        }
+        self.backend_throttled += other.backend_throttled;
+        for (k, n) in other.policy {
+            *self.policy.entry(k).or_default() += n;
+        }
+        self.errors += other.errors;
+        self.slowest = self.slowest.max(other.slowest);
+    }
+
+    fn admitted_total(&self) -> u64 {
+        self.admitted.values().map(|n| u64::from(*n)).sum()
+    }
+
+    fn policy_total(&self) -> u64 {
+        self.policy.values().sum()
+    }
+
+    /// No `remaining` value was handed out more than `lifetimes` times (once per server
+    /// lifetime: a restarted server starts empty), and no admission claimed more than the limit.
+    fn assert_no_over_admission(&self, limit: u32, lifetimes: u32) {
+        for (remaining, n) in &self.admitted {
+            assert!(*remaining < u64::from(limit), "remaining {remaining} with a limit of {limit}");
+            assert!(*n <= lifetimes, "remaining {remaining} was handed out {n} times: over-admission");
+        }
+    }
+}
+
+/// One hit, timed.
+async fn hit(t: &Throttle, tally: &mut Tally) -> Result<Decision, traffik::Error> {
+    let started = Instant::now();
+    let r = t.hit(&RequestView::empty()).await;
+    tally.record(&r, started.elapsed());
+    r
+}
+
+/// `tasks` concurrent clients of `hits` sequential hits each.
+async fn burst(t: &Arc<Throttle>, tasks: usize, hits: usize) -> Tally {
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let t = Arc::clone(t);
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for _ in 0..hits {
+                    let _ = hit(&t, &mut tally).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut all = Tally::default();
+    for h in handles {
+        all.merge(h.await.expect("task"));
+    }
+    all
+}
+
+/// Consecutive decisions of the backend that count as recovered (more than a pool has
+/// connections, so every connection a fault left dead has been found and replaced).
+const STREAK: u32 = 8;
+
+/// Hits until the backend decides again, steadily: returns the request (counted from 1) at
+/// which a run of [`STREAK`] decisions of the backend began, i.e. from which on no decision was
+/// lost to the fault.
+async fn recover(t: &Throttle, tally: &mut Tally, what: &str) -> u32 {
+    let mut streak = 0;
+    for n in 1..=RECOVERY_BUDGET {
+        match hit(t, tally).await {
+            Ok(d) if d.source == Source::Backend => streak += 1,
+            _ => streak = 0,
+        }
+        if streak == STREAK {
+            return n + 1 - STREAK;
+        }
+    }
+    panic!(
+        "{what}: the backend did not decide {STREAK} times in a row within {RECOVERY_BUDGET} requests after the server came back"
+    );
+}
+
+/// Hits until the backend throttles, then checks that it keeps throttling: the window is
+/// exhausted and nothing beyond the limit gets through.
+async fn exhaust(t: &Throttle, tally: &mut Tally, limit: u32) {
+    let mut throttled = false;
+    for _ in 0..=2 * limit {
+        let d = hit(t, tally).await.expect("server is up");
+        assert_eq!(d.source, Source::Backend, "{d:?}");
+        if d.outcome == Outcome::Throttled {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "the backend never throttled");
+    for _ in 0..5 {
+        let d = hit(t, tally).await.expect("server is up");
+        assert_eq!((d.source, d.outcome), (Source::Backend, Outcome::Throttled), "{d:?}");
+    }
+}
+
+/// Every key on the server has a time to live (`PTTL` > 0, or -2: expired since listed).
+fn assert_every_key_expires(url: &str) -> usize {
+    let mut admin = common::admin(url);
+    let mut cursor = 0u64;
+    let mut seen = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query(&mut admin).expect("scan");
+        for k in batch {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut admin).expect("pttl");
+            assert!(ttl > 0 || ttl == -2, "key {k} has PTTL {ttl}");
+            seen += 1;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    seen
+}
+
+fn figures(scenario: &str, tally: &Tally, recovered_in: Option<u32>) {
+    println!(
+        "fault-figures: redis {scenario}: slowest decision {:?}, policy decisions {:?}, backend admits {}, \
+         backend throttles {}, errors {}, every decision the backend's from request {} on",
+        tally.slowest,
+        tally.policy,
+        tally.admitted_total(),
+        tally.backend_throttled,
+        tally.errors,
+        recovered_in.map_or("-".to_owned(), |n| n.to_string()),
+    );
+}
+
+#[test]
+fn sigstop_and_sigcont_decisions_stay_bounded_and_service_recovers() {
+    for pooled in [false, true] {
+        let mut server = common::private_server();
+        let rt = rt();
+        let backend = backend(&server.url, pooled);
+        let limit = 40;
+        let t = throttle(&backend, "sigstop", limit, ErrorPolicy::throttle());
+        let mut tally = Tally::default();
+        let recovered = rt.block_on(async {
+            for _ in 0..5 {
+                let d = hit(&t, &mut tally).await.expect("up");
+                assert_eq!((d.source, d.outcome), (Source::Backend, Outcome::Allowed));
+            }
+            server.guard.pause();
+            let stopped = burst(&t, 4, 3).await;
+            // Every decision while the server is stopped comes from the policy (throttle).
+            assert_eq!(stopped.policy.get("Throttled").copied(), Some(12), "pooled {pooled}: {stopped:?}");
+            assert_eq!(stopped.policy_total(), 12, "{stopped:?}");
+            tally.merge(stopped);
+            server.guard.resume();
+            let n = recover(&t, &mut tally, "SIGCONT").await;
+            exhaust(&t, &mut tally, limit).await;
+            n
+        });
+        tally.assert_no_over_admission(limit, 1);
+        // Requests sent while the server was stopped may still have run when it resumed
+        // (their answers were too late), so the client saw at most the limit.
+        assert!(tally.admitted_total() <= u64::from(limit), "{tally:?}");
+        assert!(assert_every_key_expires(&server.url) >= 1);
+        figures(&format!("SIGSTOP/SIGCONT (pooled {pooled})"), &tally, Some(recovered));
+    }
+}
+
+#[test]
+fn kill_and_restart_under_load_applies_the_policy_and_recovers() {
+    let mut server = common::private_server();
+    let port = server.port;
+    let rt = rt();
+    let backend = backend(&server.url, false);
+    let limit = 60;
+    // Fail open while the server is gone.
+    let t = throttle(&backend, "restart", limit, ErrorPolicy::allow());
+    let stop = Arc::new(AtomicBool::new(false));
+    let decided = Arc::new(AtomicU64::new(0));
+    let by_policy = Arc::new(AtomicU64::new(0));
+    let (tally, recovered, _restarted) = rt.block_on(async {
+        let load: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, stop, decided, by_policy) =
+                    (Arc::clone(&t), Arc::clone(&stop), Arc::clone(&decided), Arc::clone(&by_policy));
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(d) = hit(&t, &mut tally).await {
+                            if d.source == Source::ErrorPolicy {
+                                // Fail open: the policy lets the request through.
+                                assert_eq!(d.outcome, Outcome::Allowed, "{d:?}");
+                                by_policy.fetch_add(1, Ordering::Relaxed);
+                            }
+                            decided.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let wait_for = |counter: Arc<AtomicU64>, at_least: u64| async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while counter.load(Ordering::Relaxed) < at_least {
+                assert!(Instant::now() < deadline, "the load made no progress");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        wait_for(Arc::clone(&decided), 20).await;
+        server.guard.stop();
+        wait_for(Arc::clone(&by_policy), 16).await;
+        let restarted = common::start_redis_on(port);
+        // The load keeps running; a probe counts the requests until the backend answers.
+        let mut probe = Tally::default();
+        let n = recover(&t, &mut probe, "restart").await;
+        let settled = decided.load(Ordering::Relaxed);
+        wait_for(Arc::clone(&decided), settled + 40).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut tally = probe;
+        for l in load {
+            tally.merge(l.await.expect("task"));
+        }
+        exhaust(&t, &mut tally, limit).await;
+        assert!(tally.policy.get("Allowed").copied().unwrap_or(0) >= 16, "{tally:?}");
+        (tally, n, restarted)
+    });
+    // Two server lifetimes (the restarted one starts empty): each `remaining` at most twice.
+    tally.assert_no_over_admission(limit, 2);
+    assert_eq!(tally.errors, 0, "the allow policy never raises");
+    assert!(assert_every_key_expires(&format!("redis://127.0.0.1:{port}/")) >= 1);
+    figures("kill + restart under load (8 tasks)", &tally, Some(recovered));
+}
+
+#[test]
+fn script_flush_under_load_costs_no_decision() {
+    let server = common::private_server();
+    let rt = rt();
+    let backend = backend(&server.url, false);
+    let limit = 100;
+    let t = throttle(&backend, "flush", limit, ErrorPolicy::raise());
+    let url = server.url.clone();
+    let tally = rt.block_on(async {
+        let load = tokio::spawn({
+            let t = Arc::clone(&t);
+            async move { burst(&t, 8, 25).await }
+        });
+        let flusher = tokio::task::spawn_blocking(move || {
+            let mut admin = common::admin(&url);
+            for _ in 0..10 {
+                let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut admin).expect("flush");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        flusher.await.expect("flusher");
+        load.await.expect("load")
+    });
+    // Raise would surface any failure: none, every decision is the backend's.
+    assert_eq!((tally.errors, tally.policy_total()), (0, 0), "{tally:?}");
+    // 200 hits on a limit of 100: exactly the limit admitted, every `remaining` once.
+    assert_eq!(tally.admitted_total(), u64::from(limit), "{tally:?}");
+    assert_eq!(tally.backend_throttled, 100);
+    tally.assert_no_over_admission(limit, 1);
+    assert!(assert_every_key_expires(&server.url) >= 1);
+    figures("SCRIPT FLUSH x10 under load (8 tasks x 25 hits)", &tally, None);
+}
+
+fn proxied(server: &common::PrivateServer) -> FaultProxy {
+    FaultProxy::start(([127, 0, 0, 1], server.port).into())
+}
+
+#[test]
+fn latency_below_the_timeout_is_served_and_above_it_the_policy_decides() {
+    let server = common::private_server();
+    let proxy = proxied(&server);
+    let rt = rt();
+    let backend = backend(&format!("redis://{}/", proxy.addr()), false);
+    let limit = 40;
+    let t = throttle(&backend, "latency", limit, ErrorPolicy::throttle());
+    let mut tally = Tally::default();
+    let recovered = rt.block_on(async {
+        // 40 ms each way: about 80 ms a decision, well inside 300 ms.
+        proxy.set(Fault::Latency(Duration::from_millis(40)));
+        let slow = burst(&t, 4, 3).await;
+        assert_eq!((slow.admitted_total(), slow.policy_total(), slow.errors), (12, 0, 0), "{slow:?}");
+        tally.merge(slow);
+        // 400 ms each way: every decision times out and the policy throttles.
+        proxy.set(Fault::Latency(Duration::from_millis(400)));
+        let late = burst(&t, 4, 2).await;
+        assert_eq!(late.policy.get("Throttled").copied(), Some(8), "{late:?}");
+        tally.merge(late);
+        proxy.set(Fault::PassThrough);
+        let n = recover(&t, &mut tally, "latency removed").await;
+        exhaust(&t, &mut tally, limit).await;
+        n
+    });
+    tally.assert_no_over_admission(limit, 1);
+    assert!(tally.admitted_total() <= u64::from(limit));
+    assert!(assert_every_key_expires(&server.url) >= 1);
+    figures("proxy latency 40 ms then 400 ms per direction", &tally, Some(recovered));
+}
+
+#[test]
+fn reset_connections_cost_no_decision() {
+    for pooled in [false, true] {
+        let server = common::private_server();
+        let proxy = proxied(&server);
+        let rt = rt();
+        let backend = backend(&format!("redis://{}/", proxy.addr()), pooled);
+        let limit = 40;
+        let t = throttle(&backend, "reset", limit, ErrorPolicy::raise());
+        let mut tally = Tally::default();
+        rt.block_on(async {
+            tally.merge(burst(&t, 8, 1).await);
+            for _ in 0..3 {
+                proxy.reset_connections();
+                // The resets reach the client's sockets before its next request.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                tally.merge(burst(&t, 4, 2).await);
+            }
+            exhaust(&t, &mut tally, limit).await;
+        });
+        // A connection found reset is reopened and the command sent again: no decision lost.
+        assert_eq!((tally.errors, tally.policy_total()), (0, 0), "pooled {pooled}: {tally:?}");
+        assert_eq!(tally.admitted_total(), u64::from(limit), "pooled {pooled}: {tally:?}");
+        tally.assert_no_over_admission(limit, 1);
+        assert!(assert_every_key_expires(&server.url) >= 1);
+        figures(&format!("proxy resets open connections x3 (pooled {pooled})"), &tally, None);
+    }
+}
+
+#[test]
+fn dropped_connections_apply_the_policy_and_service_recovers() {
+    for pooled in [false, true] {
+        let server = common::private_server();
+        let proxy = proxied(&server);
+        let rt = rt();
+        let backend = backend(&format!("redis://{}/", proxy.addr()), pooled);
+        let limit = 40;
+        let t = throttle(&backend, "dropped", limit, ErrorPolicy::allow());
+        let mut tally = Tally::default();
+        let recovered = rt.block_on(async {
+            tally.merge(burst(&t, 2, 2).await);
+            proxy.set(Fault::DropNew);
+            proxy.reset_connections();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let down = burst(&t, 4, 3).await;
+            assert_eq!(down.policy.get("Allowed").copied(), Some(12), "pooled {pooled}: {down:?}");
+            tally.merge(down);
+            proxy.set(Fault::PassThrough);
+            let n = recover(&t, &mut tally, "connections accepted again").await;
+            exhaust(&t, &mut tally, limit).await;
+            n
+        });
+        tally.assert_no_over_admission(limit, 1);
+        assert!(assert_every_key_expires(&server.url) >= 1);
+        figures(&format!("proxy drops new + resets open connections (pooled {pooled})"), &tally, Some(recovered));
+    }
+}
+
+/// The observed defect: once its peer went half-open, a connection was used forever (every
+/// request timed out, nothing reported it broken), so the backend never recovered even after
+/// the server was reachable again. With the backend's command timeout longer than the
+/// throttle's (the default 1 s against 300 ms), requests are abandoned by the throttle before
+/// the client library times out, so no error is ever seen: the backend must notice anyway.
+#[test]
+fn a_half_open_peer_is_bounded_by_the_timeout_and_service_recovers() {
+    for (pooled, command_timeout) in
+        [(false, TIMEOUT), (false, Duration::from_secs(1)), (true, TIMEOUT), (true, Duration::from_secs(1))]
+    {
+        let server = common::private_server();
+        let proxy = proxied(&server);
+        let rt = rt();
+        let backend = backend_with(&format!("redis://{}/", proxy.addr()), pooled, command_timeout);
+        let limit = 40;
+        let t = throttle(&backend, "half-open", limit, ErrorPolicy::throttle());
+        let mut tally = Tally::default();
+        let recovered = rt.block_on(async {
+            tally.merge(burst(&t, 4, 1).await);
+            // Open connections and new ones swallow everything and never answer.
+            proxy.set(Fault::HalfOpen);
+            let silent = burst(&t, 4, 3).await;
+            assert_eq!(silent.policy.get("Throttled").copied(), Some(12), "pooled {pooled}: {silent:?}");
+            tally.merge(silent);
+            // The server is reachable again, but the half-open connections stay dead: the
+            // backend must notice and open fresh ones.
+            proxy.set(Fault::PassThrough);
+            let n = recover(&t, &mut tally, "half-open peer gone").await;
+            exhaust(&t, &mut tally, limit).await;
+            n
+        });
+        tally.assert_no_over_admission(limit, 1);
+        assert!(tally.admitted_total() <= u64::from(limit));
+        assert!(assert_every_key_expires(&server.url) >= 1);
+        figures(
+            &format!("proxy half-open peer (pooled {pooled}, command timeout {command_timeout:?})"),
+            &tally,
+            Some(recovered),
+        );
+        drop(backend);
+    }
+}
+
+/// The backend's readiness check is bounded too.
+#[test]
+fn readiness_against_a_half_open_peer_is_a_typed_error_within_the_bound() {
+    let server = common::private_server();
+    let proxy = proxied(&server);
+    let rt = rt();
+    let backend = backend(&format!("redis://{}/", proxy.addr()), false);
+    rt.block_on(async {
+        backend.ready().await.expect("ready through the proxy");
+        proxy.set(Fault::HalfOpen);
+        let started = Instant::now();
+        let e = tokio::time::timeout(BOUND, backend.ready()).await.expect("bounded").expect_err("no answer");
+        assert!(started.elapsed() < BOUND);
+        assert!(e.is_transient(), "{e:?}");
+    });
+}
