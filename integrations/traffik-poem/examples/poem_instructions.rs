@@ -2,11 +2,11 @@
 //! callgrind (counts do not depend on how busy or fast the machine is):
 //!
 //! ```sh
-//! cargo build --release -p traffik-poem --example instructions
-//! valgrind --tool=callgrind --toggle-collect='*plain_calls*' target/release/examples/instructions plain
-//! valgrind --tool=callgrind --toggle-collect='*throttled_calls*' target/release/examples/instructions throttled
-//! valgrind --tool=callgrind --toggle-collect='*bare_hits*' target/release/examples/instructions hit
-//! valgrind --tool=callgrind --toggle-collect='*requests_only*' target/release/examples/instructions requests
+//! cargo build --release -p traffik-poem --example poem_instructions
+//! valgrind --tool=callgrind --toggle-collect='*plain_calls*' target/release/examples/poem_instructions plain
+//! valgrind --tool=callgrind --toggle-collect='*throttled_calls*' target/release/examples/poem_instructions throttled
+//! valgrind --tool=callgrind --toggle-collect='*bare_hits*' target/release/examples/poem_instructions hit
+//! valgrind --tool=callgrind --toggle-collect='*requests_only*' target/release/examples/poem_instructions requests
 //! ```
 //!
 //! Instructions per request = the reported `refs` / 100,000. `plain` calls a route to a handler
