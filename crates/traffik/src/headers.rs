@@ -105,9 +105,14 @@ static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|
 });
 
 fn int(v: u64) -> Option<HeaderValue> {
+    Some(int_value(v))
+}
+
+/// `v` as a header value, shared for small values.
+pub(crate) fn int_value(v: u64) -> HeaderValue {
     match usize::try_from(v).ok().and_then(|i| SMALL.get(i)) {
-        Some(value) => Some(value.clone()),
-        None => Some(HeaderValue::from(v)),
+        Some(value) => value.clone(),
+        None => HeaderValue::from(v),
     }
 }
 

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, Outcome};
@@ -93,11 +93,14 @@ impl ReplyBody {
             }
             _ => {
                 let secs = decision.retry_after_secs().unwrap_or(1);
-                let unit = if secs == 1 { "second" } else { "seconds" };
-                ReplyBody::RateLimited {
-                    message: format!("Too many requests. Retry in {secs} {unit}."),
-                    retry_after_ms: ceil_millis(decision.wait),
-                }
+                let unit = if secs == 1 { " second." } else { " seconds." };
+                // Built by hand: this runs for every refused request, and the formatting
+                // machinery cost more than the rest of the reply.
+                let mut message = String::with_capacity(48);
+                message.push_str("Too many requests. Retry in ");
+                push_u64(&mut message, secs);
+                message.push_str(unit);
+                ReplyBody::RateLimited { message, retry_after_ms: ceil_millis(decision.wait) }
             }
         }
     }
@@ -142,7 +145,8 @@ impl ReplyBody {
         match self {
             ReplyBody::RateLimited { message, retry_after_ms } => {
                 push_json_str(&mut out, message);
-                let _ = write!(out, ",\"retry_after_ms\":{retry_after_ms}");
+                out.push_str(",\"retry_after_ms\":");
+                push_u64(&mut out, *retry_after_ms);
             }
             ReplyBody::CostExceedsLimit { message, cost, limit, retry_after_ms } => {
                 push_json_str(&mut out, message);
@@ -168,6 +172,22 @@ fn push_opt(out: &mut String, v: Option<u64>) {
 }
 
 /// A JSON string literal: quotes, backslashes and control characters escaped.
+/// Appends `v` in decimal.
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+}
+
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
@@ -203,7 +223,7 @@ impl Reply {
         let mut headers = if configured.is_empty() { HeaderMap::new() } else { configured.resolve(req, decision) };
         match decision.retry_after_secs() {
             Some(secs) if !headers.contains_key(header::RETRY_AFTER) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                headers.insert(header::RETRY_AFTER, crate::headers::int_value(secs));
             }
             Some(_) => {}
             None => {
@@ -310,6 +330,7 @@ pub fn add_missing_headers(out: &mut HeaderMap, extra: HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use crate::decision::Skip;
     use crate::headers::When;
     use crate::rate::Rate;

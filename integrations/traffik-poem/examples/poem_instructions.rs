@@ -13,7 +13,7 @@
 //! with a fresh request each time; `throttled` the same endpoint behind `PoemThrottle` (in
 //! memory, fixed window, a rate never reached, no headers: the default); `headers` the same
 //! with the `X-RateLimit-*` headers on every response (`--toggle-collect='*throttled_calls*'`
-//! too); `hit` only the
+//! too); `refused` a throttle that answers every request with its 429; `hit` only the
 //! `Throttle::hit` that middleware makes, on the same request view. The middleware's own cost
 //! is `throttled - plain - (hit - requests)`. (Poem requests built in-process have no peer address, so every
 //! request here is the anonymous client; identity costs are in the core's own count.)
@@ -56,24 +56,35 @@ fn main() {
     // No headers (the default, as in the load bench), and the limit headers on every response.
     let throttle = build("instructions").build().unwrap();
     let with_headers = build("instructions-headers").headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    // Refuses everything after the first request: the 429 path.
+    let closed = Throttle::builder()
+        .uid("instructions-closed")
+        .rate("1/h")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .build()
+        .unwrap();
     // Every mode routes alike, as an application does (the route also gives every request
     // its extensions map, as it would in a server).
     let plain = Route::new().at("/data", get(ok));
     let throttled = Route::new().at("/data", get(ok).with(throttle.middleware()));
     let headed = Route::new().at("/data", get(ok).with(with_headers.middleware()));
+    let refused = Route::new().at("/data", get(ok).with(closed.middleware()));
     // Warm up: the key exists and every cache is filled before counting starts.
     for _ in 0..1_000 {
         black_box(now_or_never(plain.call(request())).unwrap().into_response());
         black_box(now_or_never(throttled.call(request())).unwrap().into_response());
         black_box(now_or_never(headed.call(request())).unwrap().into_response());
+        black_box(now_or_never(refused.call(request())).unwrap().into_response());
     }
     match what.as_str() {
         "plain" => plain_calls(&plain),
         "throttled" => throttled_calls(&throttled),
         "headers" => throttled_calls(&headed),
+        "refused" => throttled_calls(&refused),
         "hit" => bare_hits(&throttle),
         "requests" => requests_only(),
-        other => panic!("unknown mode {other:?}: use plain, throttled, headers, hit or requests"),
+        other => panic!("unknown mode {other:?}: use plain, throttled, headers, refused, hit or requests"),
     }
 }
 

@@ -69,11 +69,10 @@ impl fmt::Debug for ThrottledHandler {
 
 /// The core's [`Reply`] as a Poem response: its status, headers and JSON body.
 pub(crate) fn into_response(reply: Reply) -> Response {
-    let mut resp = Response::builder()
-        .status(reply.status)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static(Reply::CONTENT_TYPE))
-        .body(reply.body.to_json());
-    add_missing_headers(resp.headers_mut(), reply.headers);
+    let mut resp = Response::builder().status(reply.status).body(reply.body.to_json());
+    // The reply's headers become the response's (a fresh response has none to keep).
+    *resp.headers_mut() = reply.headers;
+    resp.headers_mut().entry(header::CONTENT_TYPE).or_insert(HeaderValue::from_static(Reply::CONTENT_TYPE));
     resp
 }
 
