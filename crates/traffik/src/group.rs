@@ -1,7 +1,7 @@
 //! [`ThrottleGroup`]: stacked limits decided as one.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -15,9 +15,11 @@ use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
-use crate::strategy::Verdict;
+use crate::strategy::{Verdict, VerdictKind};
 use crate::throttle::builder::BackendChoice;
-use crate::throttle::{Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend};
+use crate::throttle::{
+    Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend, shadow_refusal_event,
+};
 
 static NO_CONTEXT: LazyLock<Context> = LazyLock::new(Context::new);
 
@@ -71,6 +73,10 @@ struct GroupInner {
     prefixes: Vec<Key>,
     /// The group's uid, encoded: every key of the group shares it as a tag.
     tag: String,
+    /// Shadow mode, as a throttle's.
+    shadow: AtomicBool,
+    /// Refusals shadow mode let through (hits only).
+    shadow_refusals: AtomicU64,
 }
 
 /// What a group decided for one hit.
@@ -91,6 +97,11 @@ pub struct GroupDecision {
     /// the denying member with the longest wait, else the member delaying longest, else the
     /// admitting member with the fewest hits left. `None` when every member skipped the hit.
     pub binding: Option<usize>,
+    /// Whether the group's shadow mode let this decision through: the group refused or delayed
+    /// the hit, but integrations neither refuse nor hold the request. The members' decisions
+    /// that refused or delayed are marked too. Serialized only when `true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// The member throttles' uids, in order.
     #[serde(skip)]
     group: Option<ThrottleGroup>,
@@ -115,9 +126,21 @@ impl GroupDecision {
         matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
     }
 
-    /// Whether the request is refused.
+    /// Whether the group refused the request, enforced or not: in shadow mode
+    /// ([`shadow`](Self::shadow)) the request still goes through.
     pub fn is_throttled(&self) -> bool {
         matches!(self.outcome, Outcome::Throttled | Outcome::Never)
+    }
+
+    /// Whether the request is refused: the group refused it and is not in shadow mode.
+    pub fn is_refused(&self) -> bool {
+        self.is_throttled() && !self.shadow
+    }
+
+    /// How long to hold the request before serving it: the binding member's delay, zero when
+    /// nothing is delayed and in shadow mode.
+    pub fn hold(&self) -> Duration {
+        if self.outcome == Outcome::Delayed && !self.shadow { self.wait } else { Duration::ZERO }
     }
 
     /// The binding member's decision: what the client is told (headers, body).
@@ -242,8 +265,63 @@ impl ThrottleGroup {
                 uid,
                 members,
                 prefixes,
+                shadow: AtomicBool::new(false),
+                shadow_refusals: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Switches the group's shadow mode on or off, effective from the next hit (lock-free): the
+    /// group decides and stores as when it enforces (a refused hit charges no member), but a
+    /// refusal or delay comes back with [`GroupDecision::shadow`] set and integrations let the
+    /// request through at once, with the binding member's headers for an allowed request (never
+    /// `Retry-After`). Refused hits are counted ([`shadow_refusals`](Self::shadow_refusals)) and
+    /// logged at `debug`. The members' own shadow settings
+    /// ([`Throttle::set_shadow`]) apply when they are hit alone, not inside the group: a
+    /// group cannot let one member's refusal through and charge the others, since it decides
+    /// as one.
+    pub fn set_shadow(&self, yes: bool) {
+        self.inner.shadow.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether the group is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.inner.shadow.load(Ordering::Relaxed)
+    }
+
+    /// How many hits the group refused and shadow mode let through (the group's own or
+    /// [`Context::shadow`]; checks are not counted).
+    pub fn shadow_refusals(&self) -> u64 {
+        self.inner.shadow_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Applies shadow mode (the group's, or `forced` for this hit) to a decision.
+    #[inline]
+    fn settle(&self, mut decided: GroupDecision, forced: bool, mode: Mode) -> GroupDecision {
+        if matches!(decided.outcome, Outcome::Throttled | Outcome::Never | Outcome::Delayed)
+            && (forced || self.inner.shadow.load(Ordering::Relaxed))
+        {
+            self.let_through(&mut decided, mode);
+        }
+        decided
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn let_through(&self, decided: &mut GroupDecision, mode: Mode) {
+        decided.shadow = true;
+        for d in &mut decided.members {
+            if matches!(d.outcome, Outcome::Throttled | Outcome::Never | Outcome::Delayed) {
+                d.shadow = true;
+            }
+        }
+        if mode == Mode::Consume && decided.is_throttled() {
+            self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            if let Some(binding) = decided.binding_decision() {
+                let kind = if binding.outcome == Outcome::Never { VerdictKind::Never } else { VerdictKind::Deny };
+                shadow_refusal_event(&self.inner.uid, kind, binding.cost, binding.wait);
+            }
+        }
     }
 
     /// The group's uid.
@@ -267,7 +345,8 @@ impl ThrottleGroup {
         // moved whole, wherever it is polled).
         if let Some(failed) = failed {
             let Failed { configs, prepared, error } = *failed;
-            return Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await;
+            let decided = Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await?;
+            return Ok(self.settle(decided, false, Mode::Consume));
         }
         Box::pin(self.run(req, &NO_CONTEXT, Mode::Consume)).await
     }
@@ -344,9 +423,9 @@ impl ThrottleGroup {
             Ok(verdicts) => {
                 let mut members = Vec::with_capacity(ready.len());
                 for ((r, verdict), (_, config)) in ready.into_iter().zip(verdicts).zip(configs) {
-                    members.push(config.decision(verdict, r.key, r.input.rate, r.input.cost, Source::Backend));
+                    members.push(config.decision(verdict, r.key, r.input.rate, r.input.cost, Source::Backend, false));
                 }
-                Some(conclude(members, self.clone()))
+                Some(self.settle(conclude(members, self.clone()), false, Mode::Consume))
             }
             Err(error) => {
                 drop(keys);
@@ -368,7 +447,8 @@ impl ThrottleGroup {
         for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
             prepared.push(member.prepare(config, prefix, req, ctx).await);
         }
-        self.decide(configs, prepared, req, mode, None).await
+        let decided = self.decide(configs, prepared, req, mode, None).await?;
+        Ok(self.settle(decided, ctx.is_shadow(), mode))
     }
 
     /// Asks the backend about the prepared members (unless `failed` already holds its answer,
@@ -451,7 +531,7 @@ impl ThrottleGroup {
                 Prepared::Go(Ready { key, input }) => {
                     let decision = match &verdicts {
                         Some((v, source)) if next < v.len() => {
-                            configs[i].decision(v[next], key, input.rate, input.cost, *source)
+                            configs[i].decision(v[next], key, input.rate, input.cost, *source, false)
                         }
                         _ => Decision::failed_open(key, input.rate, input.cost),
                     };
@@ -551,7 +631,7 @@ fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
         Some(d) => (d.outcome, d.wait),
         None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
     };
-    GroupDecision { outcome, wait, members, binding, group: Some(group) }
+    GroupDecision { outcome, wait, members, binding, shadow: false, group: Some(group) }
 }
 
 /// A group's operations, as one attempt of the error policy.

@@ -36,7 +36,8 @@ enum Reaction {
 /// default with a JSON text message
 /// `{"type":"rate_limit","error":"rate_limited","message":...,"retry_after_ms":...}`, and the
 /// socket stays open; [`close_on_throttle`](Self::close_on_throttle) closes it with code 1008
-/// instead.
+/// instead. A throttle in shadow mode ([`Throttle::set_shadow`]) never refuses a message: every
+/// verdict is [`WsVerdict::Allowed`], whose decision says what the throttle decided.
 ///
 /// ```no_run
 /// use salvo::prelude::*;
@@ -206,13 +207,8 @@ impl WsConnection {
                 return WsVerdict::Failed(error);
             }
         };
-        if decision.outcome == Outcome::Delayed {
-            if !decision.wait.is_zero() {
-                tokio::time::sleep(decision.wait).await;
-            }
-            return WsVerdict::Allowed(decision);
-        }
-        if decision.is_allowed() {
+        if !decision.is_refused() {
+            crate::hoop::delay(decision.hold()).await;
             return WsVerdict::Allowed(decision);
         }
         let message = match &self.ws.reaction {

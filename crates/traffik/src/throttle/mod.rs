@@ -8,7 +8,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -87,10 +87,19 @@ impl Config {
         self.fast = self.fast_plan();
     }
 
-    /// The decision for a verdict, with denied hits told to wait at least `min_wait`.
+    /// The decision for a verdict, with denied hits told to wait at least `min_wait`, marked as
+    /// let through by shadow mode when `shadow`.
     #[inline]
-    pub(crate) fn decision(&self, verdict: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Decision {
-        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source);
+    pub(crate) fn decision(
+        &self,
+        verdict: Verdict,
+        key: Key,
+        rate: Rate,
+        cost: u64,
+        source: Source,
+        shadow: bool,
+    ) -> Decision {
+        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source, shadow);
         if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
             decision.wait = self.min_wait;
         }
@@ -137,7 +146,10 @@ pub(crate) struct ThrottleInner {
     pub(crate) generation: AtomicU64,
     /// Whether the current configuration has a [`FastPlan`].
     pub(crate) fast: AtomicBool,
-    pub(crate) disabled: AtomicBool,
+    /// [`DISABLED`] and [`SHADOW`], in one word so that the shortcut reads both at once.
+    pub(crate) flags: AtomicU8,
+    /// Refusals shadow mode let through (hits only, not checks).
+    pub(crate) shadow_refusals: AtomicU64,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) incidents: Incidents,
     pub(crate) registry: Option<ThrottleRegistry>,
@@ -326,7 +338,25 @@ impl Throttle {
             }
             None => Box::pin(self.decide(&config, primary, &Single(op), req)).await?,
         };
-        Ok(Self::conclude(&config, prepared, resolved))
+        Ok(self.conclude(&config, prepared, resolved, ctx.is_shadow(), mode))
+    }
+
+    /// Applies shadow mode (the throttle's, or `forced` for this hit) to a decision: a refusal
+    /// or delay is marked, and on a hit a refusal is counted and logged.
+    /// Whether shadow mode lets a verdict of `cost` through; counts and logs a refusal on a hit.
+    #[inline]
+    fn shadowed(&self, kind: VerdictKind, wait_us: u64, cost: u64, forced: bool, mode: Mode) -> bool {
+        kind != VerdictKind::Admit && (forced || self.is_shadow()) && self.let_through(kind, wait_us, cost, mode)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn let_through(&self, kind: VerdictKind, wait_us: u64, cost: u64, mode: Mode) -> bool {
+        if mode == Mode::Consume && kind != VerdictKind::Delay {
+            self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            shadow_refusal_event(&self.inner.uid, kind, cost, us(wait_us));
+        }
+        true
     }
 
     /// The error policy's answer to a backend failure on the shortcut path.
@@ -344,11 +374,19 @@ impl Throttle {
         let op = Operation { key: &ready.key, strategy: &config.strategy, input: ready.input, mode: Mode::Consume };
         let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
         let resolved = self.recover(&policy, &config, primary, &Single(op), req, error).await?;
-        Ok(Self::conclude(&config, ready, resolved))
+        Ok(self.conclude(&config, ready, resolved, false, Mode::Consume))
     }
 
-    /// The decision for a backend's (or an error policy's) answer.
-    fn conclude(config: &Config, prepared: Ready, resolved: Resolved<Verdict>) -> Decision {
+    /// The decision for a backend's (or an error policy's) answer, under shadow mode (the
+    /// throttle's, or `forced` for this hit).
+    fn conclude(
+        &self,
+        config: &Config,
+        prepared: Ready,
+        resolved: Resolved<Verdict>,
+        forced: bool,
+        mode: Mode,
+    ) -> Decision {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
@@ -359,7 +397,9 @@ impl Throttle {
                 (v, Source::ErrorPolicy)
             }
         };
-        config.decision(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source)
+        let (rate, cost) = (prepared.input.rate, prepared.input.cost);
+        let shadow = self.shadowed(verdict.kind, verdict.wait_us, cost, forced, mode);
+        config.decision(verdict, prepared.key, rate, cost, source, shadow)
     }
 
     /// No shortcut any more: lets go of this thread's copy of an older configuration.
@@ -401,15 +441,21 @@ impl Throttle {
         req: &RequestView<'_>,
         failed: &mut Option<(Ready, BackendError)>,
     ) -> Option<Decision> {
-        if self.inner.disabled.load(Ordering::Relaxed) {
-            return Some(Decision::skipped(Skip::Disabled));
+        let flags = self.inner.flags.load(Ordering::Relaxed);
+        if flags != 0 {
+            if flags & DISABLED != 0 {
+                return Some(Decision::skipped(Skip::Disabled));
+            }
+            // Shadow mode: the general path marks, counts and logs what it lets through, so
+            // that the shortcut pays nothing for it.
+            return None;
         }
         let mut key = self.inner.key_prefix.clone();
         fast.client_ip.identity(req).append_to(&mut key, false);
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         match fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume) {
-            Ok(verdict) => Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend)),
+            Ok(verdict) => Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false)),
             Err(error) => {
                 *failed = Some((Ready { key, input }, error));
                 None
@@ -437,7 +483,7 @@ impl Throttle {
         like: Option<(&Config, &Key, &Key)>,
     ) -> Option<Prepared> {
         let fast = config.fast.as_ref()?;
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return Some(Prepared::Skip(Skip::Disabled));
         }
         let mut key = prefix.clone();
@@ -457,7 +503,7 @@ impl Throttle {
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
     #[inline]
     fn prepare_now(&self, config: &Config, prefix: &Key, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return Some(Prepared::Skip(Skip::Disabled));
         }
         if !config.rules.is_empty() && !config.rules.allows_now(req, ctx)? {
@@ -478,7 +524,7 @@ impl Throttle {
         req: &RequestView<'_>,
         ctx: &Context,
     ) -> Prepared {
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return Prepared::Skip(Skip::Disabled);
         }
         if !config.rules.is_empty() && !config.rules.allows(req, ctx).await {
@@ -704,17 +750,67 @@ impl Throttle {
 
     /// Disables the throttle: hits are skipped until [`enable`](Self::enable).
     pub fn disable(&self) {
-        self.inner.disabled.store(true, Ordering::Relaxed);
+        self.inner.flags.fetch_or(DISABLED, Ordering::Relaxed);
     }
 
     /// Re-enables the throttle.
     pub fn enable(&self) {
-        self.inner.disabled.store(false, Ordering::Relaxed);
+        self.inner.flags.fetch_and(!DISABLED, Ordering::Relaxed);
     }
 
     /// Whether the throttle is disabled.
     pub fn is_disabled(&self) -> bool {
-        self.inner.disabled.load(Ordering::Relaxed)
+        self.inner.flags.load(Ordering::Relaxed) & DISABLED != 0
+    }
+
+    /// Switches shadow mode on or off, effective from the next hit (lock-free).
+    ///
+    /// In shadow mode the throttle decides and stores exactly as when it enforces (a refused
+    /// hit consumes nothing, an admitted one consumes its cost), but integrations refuse and
+    /// hold nothing: a refusal ([`Outcome::Throttled`], [`Outcome::Never`]) or a delay
+    /// ([`Outcome::Delayed`]) comes back with [`Decision::shadow`] set, and the request is
+    /// served at once, with the headers of an allowed request and never `Retry-After`. Each
+    /// refused hit is counted ([`shadow_refusals`](Self::shadow_refusals)) and logged at
+    /// `debug` (the throttle's uid, the outcome, cost and wait; no identity or key). A backend
+    /// failure that the error policy raises is still an `Err`. Inside a
+    /// [`ThrottleGroup`](crate::ThrottleGroup) the group's own setting applies
+    /// ([`ThrottleGroup::set_shadow`](crate::ThrottleGroup::set_shadow)), not the member's.
+    ///
+    /// ```
+    /// use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::FixedWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), traffik::Error> {
+    /// let throttle = Throttle::builder().uid("shadow-doc").rate(rate!("1/min"))
+    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).shadow(true).no_registry().build()?;
+    /// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
+    /// assert!(throttle.hit(&req).await?.is_allowed());
+    /// let second = throttle.hit(&req).await?;
+    /// assert!(second.is_throttled() && second.shadow && !second.is_refused());
+    /// assert_eq!(throttle.shadow_refusals(), 1);
+    /// throttle.set_shadow(false); // enforce from now on
+    /// assert!(throttle.hit(&req).await?.is_refused());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_shadow(&self, yes: bool) {
+        if yes {
+            self.inner.flags.fetch_or(SHADOW, Ordering::Relaxed);
+        } else {
+            self.inner.flags.fetch_and(!SHADOW, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the throttle is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & SHADOW != 0
+    }
+
+    /// How many hits shadow mode let through that the throttle refused (alone, or through
+    /// [`Context::shadow`]; not counting checks, nor hits through a group, which the group
+    /// counts).
+    pub fn shadow_refusals(&self) -> u64 {
+        self.inner.shadow_refusals.load(Ordering::Relaxed)
     }
 
     fn update(&self, f: impl Fn(&mut Config)) {
@@ -851,6 +947,7 @@ impl fmt::Debug for Throttle {
             .field("rate", &c.rate)
             .field("strategy", &c.strategy)
             .field("disabled", &self.is_disabled())
+            .field("shadow", &self.is_shadow())
             .finish()
     }
 }
@@ -910,6 +1007,25 @@ thread_local! {
     static CONFIG_CACHE: RefCell<ConfigCache> =
         const { RefCell::new(ConfigCache { slots: [(0, 0, None), (0, 0, None), (0, 0, None), (0, 0, None)], next: 0 }) };
 }
+
+/// The `debug` event of a refusal that shadow mode let through (a throttle's or a group's):
+/// names the throttle, never the client.
+#[cold]
+pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait: Duration) {
+    let outcome = if kind == VerdictKind::Never { Outcome::Never } else { Outcome::Throttled };
+    tracing::debug!(
+        throttle = uid,
+        outcome = ?outcome,
+        cost,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "shadow mode let a refused request through"
+    );
+}
+
+/// [`ThrottleInner::flags`]: the throttle is disabled.
+pub(crate) const DISABLED: u8 = 1;
+/// [`ThrottleInner::flags`]: the throttle is in shadow mode.
+pub(crate) const SHADOW: u8 = 2;
 
 /// Source of [`ThrottleInner::id`] (0 marks an empty cache slot).
 pub(crate) static NEXT_THROTTLE_ID: AtomicU64 = AtomicU64::new(1);
