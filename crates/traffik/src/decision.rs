@@ -123,12 +123,7 @@ impl Decision {
 
     #[inline]
     pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source, shadow: bool) -> Self {
-        let outcome = match v.kind {
-            VerdictKind::Admit => Outcome::Allowed,
-            VerdictKind::Delay => Outcome::Delayed,
-            VerdictKind::Deny => Outcome::Throttled,
-            VerdictKind::Never => Outcome::Never,
-        };
+        let outcome = v.kind.outcome();
         Decision {
             outcome,
             key: Some(key),
@@ -174,6 +169,19 @@ impl Decision {
         match self.outcome {
             Outcome::Throttled => Some(ceil_secs(self.wait).max(1)),
             _ => None,
+        }
+    }
+}
+
+impl VerdictKind {
+    /// The outcome of a decision with this verdict.
+    #[inline]
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            VerdictKind::Admit => Outcome::Allowed,
+            VerdictKind::Delay => Outcome::Delayed,
+            VerdictKind::Deny => Outcome::Throttled,
+            VerdictKind::Never => Outcome::Never,
         }
     }
 }

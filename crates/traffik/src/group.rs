@@ -77,6 +77,12 @@ struct GroupInner {
     shadow: AtomicBool,
     /// Refusals shadow mode let through (hits only).
     shadow_refusals: AtomicU64,
+    /// The uid as a metric label value.
+    #[cfg(feature = "metrics")]
+    metric_uid: metrics::SharedString,
+    /// The group's decision counters, registered with the recorder in force when last needed.
+    #[cfg(feature = "metrics")]
+    counters: arc_swap::ArcSwap<crate::telemetry::DecisionCounters>,
 }
 
 /// What a group decided for one hit.
@@ -257,6 +263,8 @@ impl ThrottleGroup {
             }
         }
         let group_key = Key::builder(&uid).build();
+        #[cfg(feature = "metrics")]
+        let metric_uid = crate::throttle::metric_uid(&uid);
         let prefixes = members.iter().map(|m| Key::builder(&uid).part(m.uid().as_bytes()).build()).collect();
         Ok(ThrottleGroup {
             inner: Arc::new(GroupInner {
@@ -267,6 +275,10 @@ impl ThrottleGroup {
                 prefixes,
                 shadow: AtomicBool::new(false),
                 shadow_refusals: AtomicU64::new(0),
+                #[cfg(feature = "metrics")]
+                counters: arc_swap::ArcSwap::from_pointee(crate::telemetry::DecisionCounters::register(&metric_uid)),
+                #[cfg(feature = "metrics")]
+                metric_uid,
             }),
         })
     }
@@ -303,7 +315,24 @@ impl ThrottleGroup {
         {
             self.let_through(&mut decided, mode);
         }
+        #[cfg(feature = "metrics")]
+        if mode == Mode::Consume {
+            self.count(&decided);
+        }
         decided
+    }
+
+    /// Counts a hit's decision under the group's uid, registering the counters again when
+    /// another recorder has taken over.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn count(&self, decided: &GroupDecision) {
+        let source = decided.binding_decision().map_or(Source::None, |d| d.source);
+        if !self.inner.counters.load().count(decided.outcome, source) {
+            crate::telemetry::count_once(&self.inner.metric_uid, decided.outcome, source);
+            let counters = crate::telemetry::DecisionCounters::register(&self.inner.metric_uid);
+            self.inner.counters.store(Arc::new(counters));
+        }
     }
 
     #[cold]
@@ -317,6 +346,8 @@ impl ThrottleGroup {
         }
         if mode == Mode::Consume && decided.is_throttled() {
             self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::telemetry::count_shadow_refusal(&self.inner.metric_uid);
             if let Some(binding) = decided.binding_decision() {
                 let kind = if binding.outcome == Outcome::Never { VerdictKind::Never } else { VerdictKind::Deny };
                 shadow_refusal_event(&self.inner.uid, kind, binding.cost, binding.wait);

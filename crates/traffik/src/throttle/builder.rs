@@ -442,8 +442,11 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
             timeout: o.timeout,
             policy: None,
             fast: None,
+            #[cfg(feature = "metrics")]
+            counters: crate::telemetry::DecisionCounters::unregistered(),
         };
-        config.finalize();
+        let metric_uid = super::metric_uid(&uid);
+        config.finalize(&metric_uid);
         let throttle = Throttle {
             inner: Arc::new(ThrottleInner {
                 key_prefix: crate::key::Key::builder(&uid).build(),
@@ -459,6 +462,7 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
                 clock: o.clock,
                 incidents: Incidents::default(),
                 registry: o.registry,
+                metric_uid,
             }),
         };
         if let Some(registry) = &throttle.inner.registry {

@@ -65,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) timeout: Duration,
     /// Set by [`Config::finalize`] when a plain hit needs nothing dynamic.
     pub(crate) fast: Option<FastPlan>,
+    /// Decision counters, registered by [`Config::finalize`] with the recorder then in force.
+    #[cfg(feature = "metrics")]
+    pub(crate) counters: crate::telemetry::DecisionCounters,
 }
 
 /// The configuration most throttles have (client address, fixed rate and cost, no rules or
@@ -81,10 +84,17 @@ pub(crate) struct FastPlan {
 }
 
 impl Config {
-    /// Derives what follows from the settings: the effective error policy and the fast plan.
-    pub(crate) fn finalize(&mut self) {
+    /// Derives what follows from the settings: the effective error policy, the fast plan and
+    /// (feature `metrics`) the counters of the throttle named `uid`.
+    pub(crate) fn finalize(&mut self, uid: &MetricUid) {
         self.policy = self.resolve_policy();
         self.fast = self.fast_plan();
+        #[cfg(feature = "metrics")]
+        {
+            self.counters = crate::telemetry::DecisionCounters::register(uid);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = uid;
     }
 
     /// The decision for a verdict, with denied hits told to wait at least `min_wait`, marked as
@@ -153,6 +163,29 @@ pub(crate) struct ThrottleInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) incidents: Incidents,
     pub(crate) registry: Option<ThrottleRegistry>,
+    /// The uid as a metric label value.
+    pub(crate) metric_uid: MetricUid,
+}
+
+/// A uid as a metric label value (shared, so labels clone no string).
+#[cfg(feature = "metrics")]
+pub(crate) type MetricUid = metrics::SharedString;
+/// Without the `metrics` feature there are no labels.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricUid;
+
+/// The label value of `uid`.
+pub(crate) fn metric_uid(uid: &str) -> MetricUid {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::SharedString::from(std::sync::Arc::<str>::from(uid))
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = uid;
+        MetricUid
+    }
 }
 
 impl Drop for ThrottleInner {
@@ -312,7 +345,12 @@ impl Throttle {
             None => Box::pin(self.prepare(&config, prefix, req, ctx)).await,
         };
         let prepared = match prepared {
-            Prepared::Skip(skip) => return Ok(Decision::skipped(skip)),
+            Prepared::Skip(skip) => {
+                if mode == Mode::Consume {
+                    self.count(&config, Outcome::Skipped(skip), Source::None);
+                }
+                return Ok(Decision::skipped(skip));
+            }
             Prepared::Go(p) => p,
         };
         let context_backend;
@@ -354,6 +392,8 @@ impl Throttle {
     fn let_through(&self, kind: VerdictKind, wait_us: u64, cost: u64, mode: Mode) -> bool {
         if mode == Mode::Consume && kind != VerdictKind::Delay {
             self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::telemetry::count_shadow_refusal(&self.inner.metric_uid);
             shadow_refusal_event(&self.inner.uid, kind, cost, us(wait_us));
         }
         true
@@ -390,6 +430,9 @@ impl Throttle {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
+                if mode == Mode::Consume {
+                    self.count(config, Outcome::Allowed, Source::ErrorPolicy);
+                }
                 return Decision::failed_open(prepared.key, prepared.input.rate, prepared.input.cost);
             }
             Resolved::Throttle(wait) => {
@@ -399,7 +442,11 @@ impl Throttle {
         };
         let (rate, cost) = (prepared.input.rate, prepared.input.cost);
         let shadow = self.shadowed(verdict.kind, verdict.wait_us, cost, forced, mode);
-        config.decision(verdict, prepared.key, rate, cost, source, shadow)
+        let decision = config.decision(verdict, prepared.key, rate, cost, source, shadow);
+        if mode == Mode::Consume {
+            self.count(config, decision.outcome, source);
+        }
+        decision
     }
 
     /// No shortcut any more: lets go of this thread's copy of an older configuration.
@@ -444,6 +491,7 @@ impl Throttle {
         let flags = self.inner.flags.load(Ordering::Relaxed);
         if flags != 0 {
             if flags & DISABLED != 0 {
+                self.count(config, Outcome::Skipped(Skip::Disabled), Source::None);
                 return Some(Decision::skipped(Skip::Disabled));
             }
             // Shadow mode: the general path marks, counts and logs what it lets through, so
@@ -455,7 +503,14 @@ impl Throttle {
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         match fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume) {
-            Ok(verdict) => Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false)),
+            Ok(verdict) => {
+                // Counted before the decision is built, so that it is built in place.
+                #[cfg(feature = "metrics")]
+                if !config.counters.count_verdict(verdict.kind) {
+                    self.recount(verdict.kind.outcome(), Source::Backend);
+                }
+                Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false))
+            }
             Err(error) => {
                 *failed = Some((Ready { key, input }, error));
                 None
@@ -758,6 +813,26 @@ impl Throttle {
         self.inner.flags.fetch_and(!DISABLED, Ordering::Relaxed);
     }
 
+    /// Counts a hit's decision (feature `metrics`); when another recorder has taken over since
+    /// the configuration registered its counters, counts it there and registers them again.
+    #[inline]
+    fn count(&self, config: &Config, outcome: Outcome, source: Source) {
+        #[cfg(feature = "metrics")]
+        if !config.counters.count(outcome, source) {
+            self.recount(outcome, source);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (config, outcome, source);
+    }
+
+    #[cfg(feature = "metrics")]
+    #[cold]
+    #[inline(never)]
+    fn recount(&self, outcome: Outcome, source: Source) {
+        crate::telemetry::count_once(&self.inner.metric_uid, outcome, source);
+        self.update(|_| {});
+    }
+
     /// Whether the throttle is disabled.
     pub fn is_disabled(&self) -> bool {
         self.inner.flags.load(Ordering::Relaxed) & DISABLED != 0
@@ -817,7 +892,7 @@ impl Throttle {
         self.inner.config.rcu(|current| {
             let mut next = Config::clone(current);
             f(&mut next);
-            next.finalize();
+            next.finalize(&self.inner.metric_uid);
             next
         });
         // The flag follows the configuration that is current once it is stored (concurrent
