@@ -85,12 +85,18 @@
 //! |---|---|---|
 //! | `traffik_decisions_total` | counter | `throttle` (uid), `outcome`, `source` |
 //! | `traffik_shadow_refusals_total` | counter | `throttle` (uid) |
+//! | `traffik_backend_errors_total` | counter | `throttle` (uid), `backend`, `kind`, `action` |
 //!
 //! `outcome` is `allowed`, `delayed`, `throttled`, `never` or `skipped`; `source` is `backend`,
 //! `fallback`, `error_policy` or `none`. Hits are counted (not checks); a group counts under
-//! its own uid. No label holds an identity or a key. Handles are registered once per
+//! its own uid. A backend error is counted by backend (`memory`, `redis`, ...), `kind`
+//! (`connection`, `timeout`, `pool_exhausted`, `command`, `contention`, `full`, `state`,
+//! `closed`, `unsupported`) and what the error policy did (`action`: `failed_open`,
+//! `failed_closed`, `fallback`, `raised`); decisions a fallback served have
+//! `source="fallback"`. No label holds an identity or a key. Handles are registered once per
 //! configuration and again after another recorder takes over, so a recorder installed after
-//! the throttles were built sees every later hit; with no recorder a hit pays one comparison.
+//! the throttles were built sees every later hit; with no recorder a hit pays a look-up of the
+//! recorder in force, a comparison and a no-op increment.
 
 pub mod backend;
 mod clock;

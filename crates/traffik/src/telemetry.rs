@@ -4,24 +4,29 @@
 //! |---|---|---|
 //! | `traffik_decisions_total` | counter | `throttle`, `outcome`, `source` |
 //! | `traffik_shadow_refusals_total` | counter | `throttle` |
+//! | `traffik_backend_errors_total` | counter | `throttle`, `backend`, `kind`, `action` |
 //!
 //! `throttle` is a throttle's or group's uid; `outcome` is `allowed`, `delayed`, `throttled`,
 //! `never` or `skipped`; `source` is `backend`, `fallback`, `error_policy` or `none` (a
 //! skipped hit). Hits are counted, checks are not; a group counts its own decisions under its
 //! uid, not its members'. No label ever holds a client identity or a key. Any exporter works
-//! (install it as the global recorder); with none installed a decision pays one comparison.
+//! (install it as the global recorder); with none installed a decision pays a look-up of the
+//! recorder in force, a comparison and a no-op increment.
 //! Handles are registered with the recorder in force when a throttle is configured, and again
 //! on the first hit after another recorder takes over.
 
 use metrics::{Counter, Recorder, SharedString};
 
 use crate::decision::{Outcome, Source};
+use crate::error::BackendError;
 use crate::strategy::VerdictKind;
 
 /// The name of the decisions counter.
 pub(crate) const DECISIONS: &str = "traffik_decisions_total";
 /// The name of the shadow-refusals counter.
 pub(crate) const SHADOW_REFUSALS: &str = "traffik_shadow_refusals_total";
+/// The name of the backend-errors counter.
+pub(crate) const BACKEND_ERRORS: &str = "traffik_backend_errors_total";
 
 /// In the order of [`VerdictKind`]'s variants, then skipped.
 const OUTCOMES: [&str; 5] = ["allowed", "delayed", "throttled", "never", "skipped"];
@@ -124,4 +129,29 @@ pub(crate) fn count_once(uid: &SharedString, outcome: Outcome, source: Source) {
 #[cold]
 pub(crate) fn count_shadow_refusal(uid: &SharedString) {
     metrics::counter!(SHADOW_REFUSALS, "throttle" => uid.clone()).increment(1);
+}
+
+/// Counts a backend error that `throttle`'s error policy handled with `action`
+/// (`failed_open`, `failed_closed`, `fallback`, `raised`).
+#[cold]
+pub(crate) fn count_backend_error(throttle: &str, error: &BackendError, action: &'static str) {
+    let (backend, kind) = match error {
+        BackendError::Connection { backend, .. } => (*backend, "connection"),
+        BackendError::Timeout { backend, .. } => (*backend, "timeout"),
+        BackendError::PoolExhausted { backend, .. } => (*backend, "pool_exhausted"),
+        BackendError::Command { backend, .. } => (*backend, "command"),
+        BackendError::Contention { backend, .. } => (*backend, "contention"),
+        BackendError::Full { .. } => ("memory", "full"),
+        BackendError::State(_) => ("unknown", "state"),
+        BackendError::Closed { backend } => (*backend, "closed"),
+        BackendError::Unsupported { backend, .. } => (*backend, "unsupported"),
+    };
+    metrics::counter!(
+        BACKEND_ERRORS,
+        "throttle" => throttle.to_owned(),
+        "backend" => backend,
+        "kind" => kind,
+        "action" => action
+    )
+    .increment(1);
 }

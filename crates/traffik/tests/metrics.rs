@@ -10,8 +10,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use traffik::strategy::FixedWindow;
-use traffik::{InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik::backend::{BoxFuture, Operation};
+use traffik::strategy::{FixedWindow, Metadata, Verdict};
+use traffik::{Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
 
 /// Polls an in-memory hit, which never waits.
 fn now<F: Future>(f: F) -> F::Output {
@@ -139,4 +140,64 @@ fn a_group_counts_its_decisions_under_its_own_uid() {
     let members: u64 =
         all.iter().filter(|(_, l, _)| l.iter().any(|(k, v)| k == "throttle" && v != "api")).map(|(_, _, n)| n).sum();
     assert_eq!(members, 0, "members are not counted apart inside a group: {all:?}");
+}
+
+/// A backend that is always down.
+#[derive(Debug)]
+struct Down;
+
+impl Backend for Down {
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+    fn namespace(&self) -> &str {
+        "down"
+    }
+    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(async { Err(BackendError::Timeout { backend: "down", after: std::time::Duration::from_secs(1) }) })
+    }
+    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(async { Err(BackendError::command("down", "nope")) })
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[test]
+fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let build = |uid: &str, policy: ErrorPolicy| {
+            Throttle::builder()
+                .uid(uid)
+                .rate("5/min")
+                .backend(Down)
+                .strategy(FixedWindow)
+                .on_error(policy)
+                .no_registry()
+                .build()
+                .unwrap()
+        };
+        let req = view([192, 0, 2, 3]);
+        let closed = build("closed", ErrorPolicy::throttle());
+        let _ = now(closed.hit(&req)).unwrap();
+        let fallback = build("fallback", ErrorPolicy::fallback(InMemoryBackend::new()));
+        let _ = now(fallback.hit(&req)).unwrap();
+    });
+    let all = counters(&snapshotter);
+    let errors = |throttle, action| {
+        value(
+            &all,
+            "traffik_backend_errors_total",
+            &[("throttle", throttle), ("backend", "down"), ("kind", "timeout"), ("action", action)],
+        )
+    };
+    assert_eq!((errors("closed", "failed_closed"), errors("fallback", "fallback")), (1, 1), "{all:?}");
+    let decisions = |throttle, outcome, source| {
+        value(&all, "traffik_decisions_total", &[("throttle", throttle), ("outcome", outcome), ("source", source)])
+    };
+    assert_eq!(decisions("closed", "throttled", "error_policy"), 1, "{all:?}");
+    assert_eq!(decisions("fallback", "allowed", "fallback"), 1, "{all:?}");
 }
