@@ -319,7 +319,23 @@ impl ThrottleGroup {
         if mode == Mode::Consume {
             self.count(&decided);
         }
+        if mode == Mode::Consume && decided.is_refused() {
+            self.denial_event(&decided);
+        }
         decided
+    }
+
+    /// The `debug` event of an enforced refusal: the group, the binding member; never the client.
+    #[cold]
+    #[inline(never)]
+    fn denial_event(&self, decided: &GroupDecision) {
+        tracing::debug!(
+            throttle = self.inner.uid.as_str(),
+            member = decided.binding_member().map(Throttle::uid),
+            outcome = ?decided.outcome,
+            wait_ms = u64::try_from(decided.wait.as_millis()).unwrap_or(u64::MAX),
+            "rate limit refused a request"
+        );
     }
 
     /// Counts a hit's decision under the group's uid, registering the counters again when

@@ -1,6 +1,7 @@
-//! Shadow mode's log line, alone in its binary: `tracing` caches whether a call site is of
-//! interest, and a test on another thread reaching the same call site while this one installs
-//! its subscriber could leave it cached as uninteresting.
+//! The `debug` events of refusals (shadow mode's and enforced ones), in one test alone in its
+//! binary: `tracing` caches whether a call site is of interest, and a test on another thread
+//! reaching the same call site while this one installs its subscriber could leave it cached as
+//! uninteresting.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use traffik::strategy::FixedWindow;
-use traffik::{InMemoryBackend, ManualClock, RequestView, Throttle};
+use traffik::{Context, InMemoryBackend, ManualClock, RequestView, Throttle};
 
 /// The events of one thread, as `name=value` strings per event.
 #[derive(Clone, Default)]
@@ -41,7 +42,7 @@ impl tracing::Subscriber for Events {
 }
 
 #[tokio::test]
-async fn a_let_through_refusal_is_logged_once_at_debug_without_the_client() {
+async fn refusals_are_logged_once_at_debug_without_the_client() {
     let events = Events::default();
     let _guard = tracing::subscriber::set_default(events.clone());
     let t = Throttle::builder()
@@ -65,4 +66,20 @@ async fn a_let_through_refusal_is_logged_once_at_debug_without_the_client() {
     assert!(fields.contains("throttle=\"logged\"") || fields.contains("throttle=logged"), "{fields}");
     assert!(fields.contains("Throttled"), "{fields}");
     assert!(!fields.contains("203.0.113"), "no client identity in the event: {fields}");
+
+    // Enforced refusals, on the common configuration's shortcut and on the general path (a
+    // per-hit context): one event each, naming the throttle, its strategy and backend.
+    t.set_shadow(false);
+    assert!(t.hit(&req).await.unwrap().is_refused());
+    assert!(t.hit_with(&req, &Context::new()).await.unwrap().is_refused());
+    let seen = events.0.lock().unwrap().clone();
+    let refused: Vec<_> = seen.iter().filter(|(_, f)| f.contains("rate limit refused a request")).collect();
+    assert_eq!(refused.len(), 2, "{seen:?}");
+    for (level, fields) in refused {
+        assert_eq!(*level, tracing::Level::DEBUG);
+        for field in ["throttle=\"logged\"", "strategy=\"fw\"", "backend=\"memory\"", "Throttled"] {
+            assert!(fields.contains(field), "{field} in {fields}");
+        }
+        assert!(!fields.contains("203.0.113"), "no client identity in the event: {fields}");
+    }
 }

@@ -238,7 +238,7 @@ impl SalvoThrottle {
                 match self.throttle.stat_with(&view, ctx.as_ref().unwrap_or(&empty)).await {
                     Ok(stat) => stat,
                     Err(error) => {
-                        tracing::debug!(uid = self.throttle.uid(), %error, "stat snapshot failed");
+                        tracing::debug!(throttle = self.throttle.uid(), %error, "stat snapshot failed");
                         None
                     }
                 }
@@ -373,7 +373,7 @@ fn write_body(res: &mut Response, body: &ReplyBody) {
 /// 503 for a backend failure the error policy chose to raise. The throttle counts and logs
 /// backend incidents itself (once a second at most), so each reply adds only a `debug` event.
 pub(crate) fn unavailable(uid: &str, error: &Error, res: &mut Response) {
-    tracing::debug!(uid, %error, "rate limiter unavailable; answering 503");
+    tracing::debug!(throttle = uid, %error, "rate limiter unavailable; answering 503");
     let reply = Reply::unavailable();
     res.status_code(reply.status);
     write_body(res, &reply.body);

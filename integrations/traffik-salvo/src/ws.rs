@@ -198,7 +198,7 @@ impl WsConnection {
             Ok(d) => d,
             Err(error) => {
                 // The throttle counts and logs backend incidents itself, once a second at most.
-                tracing::debug!(uid = self.ws.throttle.uid(), %error, "rate limiter unavailable");
+                tracing::debug!(throttle = self.ws.throttle.uid(), %error, "rate limiter unavailable");
                 let body = traffik::ReplyBody::unavailable().to_notice_json();
                 // A failed send shows up on the handler's next receive.
                 if ws.send(Message::text(body)).await.is_ok() {

@@ -379,9 +379,19 @@ impl Throttle {
         Ok(self.conclude(&config, prepared, resolved, ctx.is_shadow(), mode))
     }
 
-    /// Applies shadow mode (the throttle's, or `forced` for this hit) to a decision: a refusal
-    /// or delay is marked, and on a hit a refusal is counted and logged.
-    /// Whether shadow mode lets a verdict of `cost` through; counts and logs a refusal on a hit.
+    /// The denial event of the shortcut (never in shadow mode: shadow mode takes the general
+    /// path), out of line and with plain arguments, so that the admitted path stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn fast_denial(&self, kind: VerdictKind, wait_us: u64) {
+        let config = self.inner.config.load();
+        let cost = config.fast.as_ref().map_or(0, |f| f.cost);
+        let wait = if kind == VerdictKind::Deny { us(wait_us).max(config.min_wait) } else { Duration::ZERO };
+        denial_event(&self.inner.uid, &config, kind.outcome(), Source::Backend, cost, wait);
+    }
+
+    /// Whether shadow mode (the throttle's, or `forced` for this hit) lets a verdict of `cost`
+    /// through (a refusal or a delay); counts and logs a refusal on a hit.
     #[inline]
     fn shadowed(&self, kind: VerdictKind, wait_us: u64, cost: u64, forced: bool, mode: Mode) -> bool {
         kind != VerdictKind::Admit && (forced || self.is_shadow()) && self.let_through(kind, wait_us, cost, mode)
@@ -445,6 +455,9 @@ impl Throttle {
         let decision = config.decision(verdict, prepared.key, rate, cost, source, shadow);
         if mode == Mode::Consume {
             self.count(config, decision.outcome, source);
+            if decision.is_refused() {
+                denial_event(&self.inner.uid, config, decision.outcome, source, cost, decision.wait);
+            }
         }
         decision
     }
@@ -508,6 +521,9 @@ impl Throttle {
                 #[cfg(feature = "metrics")]
                 if !config.counters.count_verdict(verdict.kind) {
                     self.recount(verdict.kind.outcome(), Source::Backend);
+                }
+                if matches!(verdict.kind, VerdictKind::Deny | VerdictKind::Never) {
+                    self.fast_denial(verdict.kind, verdict.wait_us);
                 }
                 Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false))
             }
@@ -1081,6 +1097,27 @@ impl ConfigCache {
 thread_local! {
     static CONFIG_CACHE: RefCell<ConfigCache> =
         const { RefCell::new(ConfigCache { slots: [(0, 0, None), (0, 0, None), (0, 0, None), (0, 0, None)], next: 0 }) };
+}
+
+/// The `debug` event of an enforced refusal: names the throttle, its strategy and backend,
+/// never the client.
+#[cold]
+#[inline(never)]
+pub(crate) fn denial_event(uid: &str, config: &Config, outcome: Outcome, source: Source, cost: u64, wait: Duration) {
+    let backend = match &config.backend {
+        BackendChoice::Fixed(b) => b.kind(),
+        BackendChoice::Context => "context",
+    };
+    tracing::debug!(
+        throttle = uid,
+        strategy = config.strategy.name(),
+        backend,
+        outcome = ?outcome,
+        source = ?source,
+        cost,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "rate limit refused a request"
+    );
 }
 
 /// The `debug` event of a refusal that shadow mode let through (a throttle's or a group's):
