@@ -10,7 +10,9 @@
 //! Instructions per operation = the reported `refs` / 100,000. `hit` is a whole `Throttle::hit`
 //! (client address, fixed window, 10,000 clients in turn); `group` a `ThrottleGroup` of two fixed
 //! windows on the same clients (like for like with `hit`) (`--toggle-collect='*group_hits*'`); `governor` is
-//! governor's keyed `check_key` on the same 10,000 keys.
+//! governor's keyed `check_key` on the same 10,000 keys. `hit-recorded` and `group-recorded` are
+//! `hit` and `group` with a metrics recorder installed (feature `metrics`: the decision
+//! counters then count for real).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -37,6 +39,11 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "hit".into());
+    if what.ends_with("-recorded") {
+        // A real recorder (atomic counters behind handles, as exporters keep them), installed
+        // before anything is built.
+        metrics_util::debugging::DebuggingRecorder::new().install().unwrap();
+    }
     let views: Vec<RequestView<'static>> = (0..KEYS)
         .map(|i| RequestView::empty().peer(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 1))))
         .collect();
@@ -73,10 +80,10 @@ fn main() {
         let _ = black_box(now_or_never(group.hit(v)).unwrap());
     }
     match what.as_str() {
-        "hit" => hits(&throttle, &views),
-        "group" => group_hits(&group, &views),
+        "hit" | "hit-recorded" => hits(&throttle, &views),
+        "group" | "group-recorded" => group_hits(&group, &views),
         "governor" => checks(&limiter),
-        other => panic!("unknown operation {other:?}: use hit, group or governor"),
+        other => panic!("unknown operation {other:?}: use hit, group, hit-recorded, group-recorded or governor"),
     }
 }
 

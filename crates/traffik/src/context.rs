@@ -19,6 +19,7 @@ pub struct Context {
     cost: Option<u64>,
     scope: Vec<Arc<str>>,
     values: Extensions,
+    shadow: bool,
 }
 
 impl Context {
@@ -39,6 +40,22 @@ impl Context {
     pub fn scope(mut self, part: impl Into<Arc<str>>) -> Self {
         self.scope.push(part.into());
         self
+    }
+
+    /// Decides this hit in shadow mode, as if the throttle (or group) were in it
+    /// ([`Throttle::set_shadow`](crate::Throttle::set_shadow)): a refusal or delay is marked
+    /// [`Decision::shadow`](crate::Decision::shadow), counted and logged, and integrations let
+    /// the request through. `false` (the default) leaves the throttle's own setting in force;
+    /// it cannot switch a throttle in shadow mode back to enforcing.
+    #[must_use]
+    pub fn shadow(mut self, yes: bool) -> Self {
+        self.shadow = yes;
+        self
+    }
+
+    /// Whether [`shadow`](Self::shadow) was set for this hit.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
     }
 
     /// Attaches a typed value.

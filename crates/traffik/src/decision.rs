@@ -78,6 +78,17 @@ pub struct Decision {
     pub reset: Duration,
     /// Where the decision came from.
     pub source: Source,
+    /// Whether shadow mode let this decision through: the outcome is what the throttle decided
+    /// (throttled, never, or delayed), but it was in shadow mode
+    /// ([`Throttle::set_shadow`](crate::Throttle::set_shadow),
+    /// [`Context::shadow`](crate::Context::shadow)), so integrations neither refuse nor hold the
+    /// request. Always `false` on allowed and skipped decisions. Serialized only when `true`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Decision {
@@ -91,6 +102,7 @@ impl Decision {
             wait: Duration::ZERO,
             reset: Duration::ZERO,
             source: Source::None,
+            shadow: false,
         }
     }
 
@@ -105,6 +117,7 @@ impl Decision {
             wait: Duration::ZERO,
             reset: Duration::ZERO,
             source: Source::ErrorPolicy,
+            shadow: false,
         }
     }
 
@@ -121,18 +134,14 @@ impl Decision {
             wait: Duration::ZERO,
             reset: Duration::ZERO,
             source: Source::Backend,
+            shadow: false,
         }
     }
 
     /// Fills a [`pending`](Self::pending) decision in from the backend's verdict.
     #[inline]
     pub(crate) fn settle(&mut self, v: Verdict, source: Source) {
-        self.outcome = match v.kind {
-            VerdictKind::Admit => Outcome::Allowed,
-            VerdictKind::Delay => Outcome::Delayed,
-            VerdictKind::Deny => Outcome::Throttled,
-            VerdictKind::Never => Outcome::Never,
-        };
+        self.outcome = v.kind.outcome();
         self.remaining = if v.kind == VerdictKind::Never { None } else { Some(v.remaining) };
         self.wait = Duration::from_micros(v.wait_us);
         self.reset = Duration::from_micros(v.reset_us);
@@ -140,13 +149,8 @@ impl Decision {
     }
 
     #[inline]
-    pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Self {
-        let outcome = match v.kind {
-            VerdictKind::Admit => Outcome::Allowed,
-            VerdictKind::Delay => Outcome::Delayed,
-            VerdictKind::Deny => Outcome::Throttled,
-            VerdictKind::Never => Outcome::Never,
-        };
+    pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source, shadow: bool) -> Self {
+        let outcome = v.kind.outcome();
         Decision {
             outcome,
             key: Some(key),
@@ -158,17 +162,32 @@ impl Decision {
             wait: Duration::from_micros(v.wait_us),
             reset: Duration::from_micros(v.reset_us),
             source,
+            shadow,
         }
     }
 
-    /// Whether the request may proceed (possibly after [`Decision::wait`], when delayed).
+    /// Whether the throttle admitted the request (possibly after [`Decision::wait`], when
+    /// delayed).
     pub fn is_allowed(&self) -> bool {
         matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
     }
 
-    /// Whether the request was rejected (throttled or never admissible).
+    /// Whether the throttle refused the request (throttled or never admissible), enforced or
+    /// not: in shadow mode ([`shadow`](Self::shadow)) the request still goes through.
     pub fn is_throttled(&self) -> bool {
         !self.is_allowed()
+    }
+
+    /// Whether the request is refused: the throttle refused it and is not in shadow mode. What
+    /// integrations answer with a 429.
+    pub fn is_refused(&self) -> bool {
+        self.is_throttled() && !self.shadow
+    }
+
+    /// How long to hold the request before serving it: the wait of a delayed decision, zero
+    /// for every other outcome and in shadow mode (which never holds a request).
+    pub fn hold(&self) -> Duration {
+        if self.outcome == Outcome::Delayed && !self.shadow { self.wait } else { Duration::ZERO }
     }
 
     /// Seconds to put in `Retry-After`: the wait rounded up (at least 1) when throttled; `None`
@@ -177,6 +196,19 @@ impl Decision {
         match self.outcome {
             Outcome::Throttled => Some(ceil_secs(self.wait).max(1)),
             _ => None,
+        }
+    }
+}
+
+impl VerdictKind {
+    /// The outcome of a decision with this verdict.
+    #[inline]
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            VerdictKind::Admit => Outcome::Allowed,
+            VerdictKind::Delay => Outcome::Delayed,
+            VerdictKind::Deny => Outcome::Throttled,
+            VerdictKind::Never => Outcome::Never,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`ThrottleGroup`]: stacked limits decided as one.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -15,9 +15,11 @@ use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
-use crate::strategy::Verdict;
+use crate::strategy::{Verdict, VerdictKind};
 use crate::throttle::builder::BackendChoice;
-use crate::throttle::{Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend};
+use crate::throttle::{
+    Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend, shadow_refusal_event,
+};
 
 static NO_CONTEXT: LazyLock<Context> = LazyLock::new(Context::new);
 
@@ -74,6 +76,16 @@ struct GroupInner {
     /// Every member reads the same clock (the shared system clock, or one the application
     /// gave them all): a decision reads it once.
     shared_clock: bool,
+    /// Shadow mode, as a throttle's.
+    shadow: AtomicBool,
+    /// Refusals shadow mode let through (hits only).
+    shadow_refusals: AtomicU64,
+    /// The uid as a metric label value.
+    #[cfg(feature = "metrics")]
+    metric_uid: metrics::SharedString,
+    /// The group's decision counters, registered with the recorder in force when last needed.
+    #[cfg(feature = "metrics")]
+    counters: arc_swap::ArcSwap<crate::telemetry::DecisionCounters>,
 }
 
 /// What a group decided for one hit.
@@ -94,6 +106,11 @@ pub struct GroupDecision {
     /// the denying member with the longest wait, else the member delaying longest, else the
     /// admitting member with the fewest hits left. `None` when every member skipped the hit.
     pub binding: Option<usize>,
+    /// Whether the group's shadow mode let this decision through: the group refused or delayed
+    /// the hit, but integrations neither refuse nor hold the request. The members' decisions
+    /// that refused or delayed are marked too. Serialized only when `true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// The member throttles' uids, in order.
     #[serde(skip)]
     group: Option<ThrottleGroup>,
@@ -118,9 +135,21 @@ impl GroupDecision {
         matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
     }
 
-    /// Whether the request is refused.
+    /// Whether the group refused the request, enforced or not: in shadow mode
+    /// ([`shadow`](Self::shadow)) the request still goes through.
     pub fn is_throttled(&self) -> bool {
         matches!(self.outcome, Outcome::Throttled | Outcome::Never)
+    }
+
+    /// Whether the request is refused: the group refused it and is not in shadow mode.
+    pub fn is_refused(&self) -> bool {
+        self.is_throttled() && !self.shadow
+    }
+
+    /// How long to hold the request before serving it: the binding member's delay, zero when
+    /// nothing is delayed and in shadow mode.
+    pub fn hold(&self) -> Duration {
+        if self.outcome == Outcome::Delayed && !self.shadow { self.wait } else { Duration::ZERO }
     }
 
     /// The binding member's decision: what the client is told (headers, body).
@@ -237,6 +266,8 @@ impl ThrottleGroup {
             }
         }
         let group_key = Key::builder(&uid).build();
+        #[cfg(feature = "metrics")]
+        let metric_uid = crate::throttle::metric_uid(&uid);
         let prefixes = members.iter().map(|m| Key::builder(&uid).part(m.uid().as_bytes()).build()).collect();
         Ok(ThrottleGroup {
             inner: Arc::new(GroupInner {
@@ -246,8 +277,102 @@ impl ThrottleGroup {
                 shared_clock: members.iter().all(|m| m.same_clock(&members[0])),
                 members,
                 prefixes,
+                shadow: AtomicBool::new(false),
+                shadow_refusals: AtomicU64::new(0),
+                #[cfg(feature = "metrics")]
+                counters: arc_swap::ArcSwap::from_pointee(crate::telemetry::DecisionCounters::register(&metric_uid)),
+                #[cfg(feature = "metrics")]
+                metric_uid,
             }),
         })
+    }
+
+    /// Switches the group's shadow mode on or off, effective from the next hit (lock-free): the
+    /// group decides and stores as when it enforces (a refused hit charges no member), but a
+    /// refusal or delay comes back with [`GroupDecision::shadow`] set and integrations let the
+    /// request through at once, with the binding member's headers for an allowed request (never
+    /// `Retry-After`). Refused hits are counted ([`shadow_refusals`](Self::shadow_refusals)) and
+    /// logged at `debug`. The members' own shadow settings
+    /// ([`Throttle::set_shadow`]) apply when they are hit alone, not inside the group: a
+    /// group cannot let one member's refusal through and charge the others, since it decides
+    /// as one.
+    pub fn set_shadow(&self, yes: bool) {
+        self.inner.shadow.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether the group is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.inner.shadow.load(Ordering::Relaxed)
+    }
+
+    /// How many hits the group refused and shadow mode let through (the group's own or
+    /// [`Context::shadow`]; checks are not counted).
+    pub fn shadow_refusals(&self) -> u64 {
+        self.inner.shadow_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Applies shadow mode (the group's, or `forced` for this hit) to a decision.
+    #[inline]
+    fn settle(&self, mut decided: GroupDecision, forced: bool, mode: Mode) -> GroupDecision {
+        if matches!(decided.outcome, Outcome::Throttled | Outcome::Never | Outcome::Delayed)
+            && (forced || self.inner.shadow.load(Ordering::Relaxed))
+        {
+            self.let_through(&mut decided, mode);
+        }
+        #[cfg(feature = "metrics")]
+        if mode == Mode::Consume {
+            self.count(&decided);
+        }
+        if mode == Mode::Consume && decided.is_refused() {
+            self.denial_event(&decided);
+        }
+        decided
+    }
+
+    /// The `debug` event of an enforced refusal: the group, the binding member; never the client.
+    #[cold]
+    #[inline(never)]
+    fn denial_event(&self, decided: &GroupDecision) {
+        tracing::debug!(
+            throttle = self.inner.uid.as_str(),
+            member = decided.binding_member().map(Throttle::uid),
+            outcome = ?decided.outcome,
+            wait_ms = u64::try_from(decided.wait.as_millis()).unwrap_or(u64::MAX),
+            "rate limit refused a request"
+        );
+    }
+
+    /// Counts a hit's decision under the group's uid, registering the counters again when
+    /// another recorder has taken over.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn count(&self, decided: &GroupDecision) {
+        let source = decided.binding_decision().map_or(Source::None, |d| d.source);
+        if !self.inner.counters.load().count(decided.outcome, source) {
+            crate::telemetry::count_once(&self.inner.metric_uid, decided.outcome, source);
+            let counters = crate::telemetry::DecisionCounters::register(&self.inner.metric_uid);
+            self.inner.counters.store(Arc::new(counters));
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn let_through(&self, decided: &mut GroupDecision, mode: Mode) {
+        decided.shadow = true;
+        for d in &mut decided.members {
+            if matches!(d.outcome, Outcome::Throttled | Outcome::Never | Outcome::Delayed) {
+                d.shadow = true;
+            }
+        }
+        if mode == Mode::Consume && decided.is_throttled() {
+            self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::telemetry::count_shadow_refusal(&self.inner.metric_uid);
+            if let Some(binding) = decided.binding_decision() {
+                let kind = if binding.outcome == Outcome::Never { VerdictKind::Never } else { VerdictKind::Deny };
+                shadow_refusal_event(&self.inner.uid, kind, binding.cost, binding.wait);
+            }
+        }
     }
 
     /// The group's uid.
@@ -271,7 +396,8 @@ impl ThrottleGroup {
         // moved whole, wherever it is polled).
         if let Some(failed) = failed {
             let Failed { configs, prepared, error } = *failed;
-            return Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await;
+            let decided = Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await?;
+            return Ok(self.settle(decided, false, Mode::Consume));
         }
         Box::pin(self.run(req, &NO_CONTEXT, Mode::Consume)).await
     }
@@ -350,7 +476,7 @@ impl ThrottleGroup {
                 for ((decision, &verdict), (_, config)) in members.iter_mut().zip(&verdicts).zip(configs) {
                     config.settle(decision, verdict, Source::Backend);
                 }
-                Some(conclude(members, self.clone()))
+                Some(self.settle(conclude(members, self.clone()), false, Mode::Consume))
             }
             Err(error) => {
                 let prepared = members
@@ -377,7 +503,8 @@ impl ThrottleGroup {
         for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
             prepared.push(member.prepare(config, prefix, req, ctx).await);
         }
-        self.decide(configs, prepared, req, mode, None).await
+        let decided = self.decide(configs, prepared, req, mode, None).await?;
+        Ok(self.settle(decided, ctx.is_shadow(), mode))
     }
 
     /// Asks the backend about the prepared members (unless `failed` already holds its answer,
@@ -460,7 +587,7 @@ impl ThrottleGroup {
                 Prepared::Go(Ready { key, input }) => {
                     let decision = match &verdicts {
                         Some((v, source)) if next < v.len() => {
-                            configs[i].decision(v[next], key, input.rate, input.cost, *source)
+                            configs[i].decision(v[next], key, input.rate, input.cost, *source, false)
                         }
                         _ => Decision::failed_open(key, input.rate, input.cost),
                     };
@@ -550,7 +677,7 @@ fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
         Some(d) => (d.outcome, d.wait),
         None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
     };
-    GroupDecision { outcome, wait, members, binding, group: Some(group) }
+    GroupDecision { outcome, wait, members, binding, shadow: false, group: Some(group) }
 }
 
 /// How strongly an outcome binds a group: a cost that never fits, then a refusal, a delay, an

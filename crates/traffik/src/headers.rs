@@ -34,7 +34,7 @@ type Condition = Arc<dyn Fn(&RequestView<'_>, &Decision) -> bool + Send + Sync>;
 pub enum When {
     /// On every response of a request the throttle decided.
     Always,
-    /// Only on throttled (429) responses.
+    /// Only on throttled (429) responses: not on a refusal that shadow mode lets through.
     Throttled,
     /// When the predicate holds.
     If(Condition),
@@ -49,7 +49,7 @@ impl When {
     fn holds(&self, req: &RequestView<'_>, d: &Decision) -> bool {
         match self {
             When::Always => true,
-            When::Throttled => d.is_throttled(),
+            When::Throttled => d.is_refused(),
             When::If(f) => f(req, d),
         }
     }
@@ -153,12 +153,13 @@ impl Header {
     }
 
     /// Seconds until a retry passes, rounded up, on throttled responses only: a request that
-    /// was let through (allowed, or delayed and then served) has nothing to retry, so its
-    /// response never carries `Retry-After`. Omitted too when the cost can never fit.
+    /// was let through (allowed, delayed and then served, or refused in shadow mode) has
+    /// nothing to retry, so its response never carries `Retry-After`. Omitted too when the
+    /// cost can never fit.
     pub fn reset_seconds(when: When) -> Self {
         Header::builtin(
             |d| match d.outcome {
-                Outcome::Throttled => int(d.retry_after_secs().unwrap_or(1)),
+                Outcome::Throttled if !d.shadow => int(d.retry_after_secs().unwrap_or(1)),
                 _ => None,
             },
             when,
@@ -388,6 +389,7 @@ mod tests {
             wait: Duration::from_micros(wait_ms * 1000 + 1),
             reset: Duration::from_secs(30),
             source: Source::Backend,
+            shadow: false,
         }
     }
 
@@ -440,6 +442,20 @@ mod tests {
         assert!(!never.contains_key("retry-after"));
         let skipped = Headers::x_ratelimit(When::Always).resolve(&req, &Decision::skipped(Skip::Exempted));
         assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_let_through_by_shadow_mode_gets_the_headers_of_an_allowed_request() {
+        let req = RequestView::empty();
+        let shadowed = Decision { shadow: true, ..decision(Outcome::Throttled, 0, 1500) };
+        let h = Headers::x_ratelimit(When::Always).resolve(&req, &shadowed);
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "0", "the true count");
+        assert!(!h.contains_key("retry-after"), "no Retry-After on a request let through: {h:?}");
+        assert!(Headers::x_ratelimit(When::Throttled).resolve(&req, &shadowed).is_empty(), "no 429, no 429 headers");
+        let draft = Headers::ietf_draft10("p").resolve(&req, &shadowed);
+        assert!(!draft.contains_key("retry-after"));
+        assert_eq!(draft["ratelimit"], "\"p\";r=0;t=2", "t is the true wait");
     }
 
     #[test]

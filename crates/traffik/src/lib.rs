@@ -75,6 +75,29 @@
 //! member by member and refunds the earlier members when a later one refuses (see
 //! `traffik-memcached`, "Groups").
 
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature (on by default), decisions are counted through the
+//! [`metrics`](https://docs.rs/metrics) facade, for any exporter installed as its recorder:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `traffik_decisions_total` | counter | `throttle` (uid), `outcome`, `source` |
+//! | `traffik_shadow_refusals_total` | counter | `throttle` (uid) |
+//! | `traffik_backend_errors_total` | counter | `throttle` (uid), `backend`, `kind`, `action` |
+//!
+//! `outcome` is `allowed`, `delayed`, `throttled`, `never` or `skipped`; `source` is `backend`,
+//! `fallback`, `error_policy` or `none`. Hits are counted (not checks); a group counts under
+//! its own uid. A backend error is counted by backend (`memory`, `redis`, ...), `kind`
+//! (`connection`, `timeout`, `pool_exhausted`, `command`, `contention`, `full`, `state`,
+//! `closed`, `unsupported`) and what the error policy did (`action`: `failed_open`,
+//! `failed_closed`, `fallback`, `raised`); decisions a fallback served have
+//! `source="fallback"`. No label holds an identity or a key. Handles are registered once per
+//! configuration and again after another recorder takes over, so a recorder installed after
+//! the throttles were built sees every later hit; with no recorder a hit pays a look-up of the
+//! recorder in force, a comparison and a no-op increment.
+
 pub mod backend;
 mod clock;
 mod context;
@@ -92,6 +115,8 @@ pub mod reply;
 pub mod rules;
 pub mod sources;
 pub mod strategy;
+#[cfg(feature = "metrics")]
+mod telemetry;
 mod throttle;
 
 /// The throttle builder's states and the sealed traits that mark a complete builder

@@ -622,6 +622,19 @@ pub(crate) enum Incident {
     Raised,
 }
 
+impl Incident {
+    /// The metric label of this action.
+    #[cfg(feature = "metrics")]
+    fn name(self) -> &'static str {
+        match self {
+            Incident::FailedOpen => "failed_open",
+            Incident::FailedClosed => "failed_closed",
+            Incident::Fallback => "fallback",
+            Incident::Raised => "raised",
+        }
+    }
+}
+
 impl Incidents {
     /// Counts an error and what was done about it; logs at most once per second per throttle,
     /// with the number of errors since the last log line.
@@ -634,6 +647,8 @@ impl Incidents {
             Incident::Raised => &self.raised,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::telemetry::count_backend_error(uid, error, what.name());
         let last = self.last_log_us.load(Ordering::Relaxed);
         if now_us.saturating_sub(last) >= 1_000_000
             && self.last_log_us.compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed).is_ok()

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use traffik::backend::{BoxFuture, Operation};
-use traffik::strategy::{FixedWindow, Metadata, Verdict};
+use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, Metadata, Verdict};
 use traffik::{
     Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, ReplyBody, RequestView,
     SyncFn, Throttle, ThrottleGroup, ThrottleRegistry, rate,
@@ -82,6 +82,11 @@ struct Throttles {
     q_hour: Throttle,
     q_down: Throttle,
     q_off: Throttle,
+    shadow: Throttle,
+    shadow_route: Throttle,
+    shadow_group: ThrottleGroup,
+    shadow_delay: Throttle,
+    per_message_shadow: Throttle,
 }
 
 fn throttles(app: &str) -> Throttles {
@@ -148,6 +153,32 @@ fn throttles(app: &str) -> Throttles {
             ],
         )
         .unwrap(),
+        shadow: build("shadow", rate!("1/h")).shadow(true).build().unwrap(),
+        shadow_route: build("shadow-route", rate!("1/h")).build().unwrap(),
+        shadow_group: {
+            let group = ThrottleGroup::new(
+                format!("{app}-shadow-group"),
+                [build("sg-hourly", rate!("1/h")).build().unwrap(), build("sg-daily", rate!("10/d")).build().unwrap()],
+            )
+            .unwrap();
+            group.set_shadow(true);
+            group
+        },
+        shadow_delay: build("shadow-delay", rate!("1/h"))
+            .strategy(LeakyBucketWithQueue::new(1))
+            .shadow(true)
+            .build()
+            .unwrap(),
+        per_message_shadow: build("per-message-shadow", rate!("1/h")).shadow(true).build().unwrap(),
+    }
+}
+
+/// What a handler reports of the decision its throttle recorded (the binding member's, for a
+/// group): the outcome and whether shadow mode let it through.
+fn decision_json(decision: Option<&traffik::Decision>) -> String {
+    match decision {
+        Some(d) => serde_json::json!({"outcome": d.outcome, "shadow": d.shadow}).to_string(),
+        None => "null".to_owned(),
     }
 }
 
@@ -172,6 +203,11 @@ mod poem_app {
     #[handler]
     fn maintenance() -> Response {
         Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header("retry-after", "120").body("maintenance")
+    }
+
+    #[handler]
+    fn decided(req: &Request) -> Response {
+        Response::builder().content_type("application/json").body(decision_json(traffik_poem::decision(req)))
     }
 
     #[derive(Clone)]
@@ -229,7 +265,12 @@ mod poem_app {
                 get(ok).with(PoemGroup::new(t.group_per_user).context(user_context)).around(authenticate),
             )
             .at("/q-data", get(ok).with(t.q_minute.middleware()).with(t.q_hour.middleware()))
-            .at("/quotas", get(QuotasEndpoint::new(t.quotas)).data(KeepAlive(vec![t.q_down, t.q_off])));
+            .at("/quotas", get(QuotasEndpoint::new(t.quotas)).data(KeepAlive(vec![t.q_down, t.q_off])))
+            .at("/shadow", get(decided).with(t.shadow.middleware()))
+            .at("/shadow-route", get(decided).with(PoemThrottle::new(t.shadow_route).shadow(true)))
+            .at("/shadow-group", get(decided).with(t.shadow_group.middleware()))
+            .at("/shadow-delay", get(decided).with(t.shadow_delay.middleware()))
+            .at("/ws-shadow", get(echo).data(PerMessage(t.per_message_shadow)));
         let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
         let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
@@ -247,6 +288,13 @@ mod salvo_app {
     #[handler]
     async fn ok() -> &'static str {
         "ok"
+    }
+
+    #[handler]
+    async fn decided(depot: &mut Depot, res: &mut Response) {
+        use traffik_salvo::DepotExt;
+        res.headers_mut().insert("content-type", salvo::http::HeaderValue::from_static("application/json"));
+        res.body(decision_json(depot.throttle_decision()));
     }
 
     #[handler]
@@ -329,7 +377,12 @@ mod salvo_app {
             .push(Router::with_path("q-data").hoop(t.q_hour.hoop()).hoop(t.q_minute.hoop()).get(ok))
             .push(
                 Router::with_path("quotas").hoop(KeepAlive(vec![t.q_down, t.q_off])).get(QuotasHandler::new(t.quotas)),
-            );
+            )
+            .push(Router::with_path("shadow").hoop(t.shadow.hoop()).get(decided))
+            .push(Router::with_path("shadow-route").hoop(SalvoThrottle::new(t.shadow_route).shadow(true)).get(decided))
+            .push(Router::with_path("shadow-group").hoop(t.shadow_group.hoop()).get(decided))
+            .push(Router::with_path("shadow-delay").hoop(t.shadow_delay.hoop()).get(decided))
+            .push(Router::with_path("ws-shadow").goal(Echo(WsThrottle::new(t.per_message_shadow))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
@@ -498,14 +551,57 @@ fn cases() -> Vec<(&'static str, &'static str, usize, Seen)> {
             0,
             seen(200, None, Some("1"), Some("0"), None),
         ),
+        (
+            "shadow mode: an allowed request is plain",
+            "/shadow",
+            0,
+            seen(200, None, Some("1"), Some("0"), recorded("allowed", false)),
+        ),
+        (
+            "shadow mode over the limit: 200, the true limit headers, no Retry-After, the throttled decision recorded",
+            "/shadow",
+            0,
+            seen(200, None, Some("1"), Some("0"), recorded("throttled", true)),
+        ),
+        (
+            "shadow mode for one route of an enforcing throttle",
+            "/shadow-route",
+            1,
+            seen(200, None, Some("1"), Some("0"), recorded("throttled", true)),
+        ),
+        (
+            "a group in shadow mode over the limit: 200, its binding member's decision recorded",
+            "/shadow-group",
+            1,
+            seen(200, None, Some("1"), Some("0"), recorded("throttled", true)),
+        ),
+        (
+            "shadow mode does not hold a delayed request",
+            "/shadow-delay",
+            1,
+            seen(200, None, Some("1"), Some("0"), recorded("delayed", true)),
+        ),
+        (
+            "shadow mode over the queue too",
+            "/shadow-delay",
+            0,
+            seen(200, None, Some("1"), Some("0"), recorded("throttled", true)),
+        ),
     ]
+}
+
+/// The JSON a `decided` handler answers with.
+fn recorded(outcome: &str, shadow: bool) -> Option<Value> {
+    Some(serde_json::json!({"outcome": outcome, "shadow": shadow}))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poem_and_salvo_answer_every_http_case_alike() {
     let apps =
         [("poem", poem_app::serve(throttles("poem")).await), ("salvo", salvo_app::serve(throttles("salvo")).await)];
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A request held for the hour a delay asks (a shadow delay that was not let through) fails
+    // here instead of hanging the test.
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(600)).build().unwrap();
     for (framework, addr) in apps {
         for (case, path, before, want) in cases() {
             for _ in 0..before {
@@ -559,6 +655,12 @@ async fn poem_and_salvo_answer_every_websocket_case_alike() {
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), unavailable, "{framework}: failure notice");
         let Message::Close(Some(frame)) = next_message(&mut ws).await else { panic!("{framework}: expected a close") };
         assert_eq!(u16::from(frame.code), 1011, "{framework}: close code");
+        // Shadow mode: every message over the limit is still echoed, no notice is sent.
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws-shadow")).await.unwrap();
+        for text in ["one", "two", "three"] {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(next_message(&mut ws).await, Message::text(text), "{framework}: shadow echo");
+        }
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::{Arc, LazyLock};
 use poem::http::{HeaderMap, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use traffik::rules::Predicate;
-use traffik::{Context, Decision, Outcome, PathPattern, Rule, Throttle};
+use traffik::{Context, Decision, PathPattern, Rule, Throttle};
 
-use crate::middleware::{allowed_headers, record_shared};
+use crate::middleware::{allowed_headers, hold, record_shared};
 use crate::response::{add_missing, error_response, throttled_response};
 use crate::view::request_view;
 
@@ -124,7 +124,8 @@ impl MiddlewareThrottle {
 /// App-wide throttling: every request is checked against each [`MiddlewareThrottle`] in the
 /// order given; each one that matches is hit. The first rejection answers 429 (later throttles
 /// are not hit); a backend failure the error policy raised answers 503; a delayed decision waits
-/// before the next throttle runs. Admitted requests carry every hit throttle's
+/// before the next throttle runs. A throttle in shadow mode ([`Throttle::set_shadow`]) neither
+/// refuses nor delays: the next throttle runs at once. Admitted requests carry every hit throttle's
 /// [`Decision`] (see [`ThrottleDecisions`](crate::ThrottleDecisions)) and get their headers
 /// (applied in order, a later throttle's header replacing an earlier one's of the same name).
 ///
@@ -196,12 +197,10 @@ async fn run_one(mt: &MiddlewareThrottle, req: &Request) -> Step {
         Ok(d) => d,
         Err(e) => return Step::Stop(error_response(&mt.uid, &e)),
     };
-    if decision.is_throttled() {
+    if decision.is_refused() {
         return Step::Stop(throttled_response(&mt.throttle, req, &decision));
     }
-    if decision.outcome == Outcome::Delayed {
-        tokio::time::sleep(decision.wait).await;
-    }
+    hold(&decision).await;
     Step::Pass(decision)
 }
 

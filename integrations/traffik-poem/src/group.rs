@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use traffik::{Context, Decision, GroupDecision, Outcome, Throttle, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, Throttle, ThrottleGroup};
 
 use crate::middleware::{allowed_headers, record_shared};
 use crate::response::{add_missing, error_response, throttled_response_with};
@@ -37,7 +37,8 @@ use crate::view::request_view;
 /// Per request: a refusal answers the binding member's 429 (its headers, its
 /// [`ThrottledHandler`](crate::ThrottledHandler) if it has one, `Retry-After` long enough for
 /// every member); a backend failure the first member's error policy raised answers 503; a
-/// delayed decision waits, then calls the endpoint. The endpoint sees every member's decision
+/// delayed decision waits, then calls the endpoint; a group in shadow mode
+/// ([`ThrottleGroup::set_shadow`]) does neither. The endpoint sees every member's decision
 /// in [`ThrottleDecisions`](crate::ThrottleDecisions) (in member order) and the binding
 /// member's as `Data<&Decision>`; the binding member's headers for allowed requests are added
 /// where the response does not set them. When those include the draft-10 fields
@@ -127,7 +128,7 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
             Err(e) => return Ok(error_response(&g.uid, &e)),
         };
         let answer = answering(&g.group, &decided);
-        if decided.is_throttled() {
+        if decided.is_refused() {
             return Ok(match answer {
                 // The group's draft fields go into the throttle's headers, which a handler's
                 // own headers still win over.
@@ -138,8 +139,9 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
                 None => error_response(&g.uid, &traffik::Error::Config("a refused group named no member".into())),
             });
         }
-        if decided.outcome == Outcome::Delayed {
-            tokio::time::sleep(decided.wait).await;
+        let wait = decided.hold();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let headers = answer.and_then(|(member, decision)| allowed_headers(member, &req, decision)).map(|mut h| {
             decided.list_members_in(&mut h);

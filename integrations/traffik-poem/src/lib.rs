@@ -40,6 +40,7 @@
 //! | limit the whole app by rules | [`ThrottleMiddleware`] of [`MiddlewareThrottle`]s |
 //! | limit inside a handler (cost by upload size, ...) | [`enforce`], [`hit`], [`request_view`] |
 //! | read the decision in a handler | `Data<&Decision>`, [`decisions`], [`is_throttled`] |
+//! | watch a limit before enforcing it | shadow mode: the throttle's `shadow`, or [`PoemThrottle::shadow`] |
 //! | shape the 429 | [`ThrottledHandler`] (stored in the throttle), [`Throttle::headers`] |
 //! | WebSocket messages | [`WsThrottle`] |
 //!
@@ -59,6 +60,13 @@
 //!   ([`traffik::When::Always`]) and that the response does not set already: a header set by the
 //!   application or an inner throttle (its 429) is never replaced. `Retry-After` is sent on
 //!   throttled responses only.
+//!
+//! * **Shadow mode** ([`Throttle::set_shadow`](traffik::Throttle::set_shadow), the builder's
+//!   `shadow`, or [`PoemThrottle::shadow`] for one middleware): nothing is refused or delayed.
+//!   A request the throttle would refuse gets the endpoint's response with the headers an
+//!   allowed request gets (the limit headers with their true values, `X-RateLimit-Remaining: 0`
+//!   included), never `Retry-After` or a header configured `When::Throttled`; the endpoint sees
+//!   the throttled [`Decision`](traffik::Decision) with `shadow` set.
 //!
 //! A [`ThrottledHandler`] set on the throttle replaces the 429 response.
 //!

@@ -17,7 +17,7 @@ struct Options {
     cost: Option<u64>,
     per_path: bool,
     per_route: bool,
-    enforce: bool,
+    shadow: bool,
     context: Option<Arc<ContextFn>>,
 }
 
@@ -50,7 +50,9 @@ struct Options {
 /// [`context`](Self::context) if set). A rejection answers 429 ([`throttled_response`]) without
 /// calling the endpoint; a backend failure the error policy raised answers 503
 /// ([`error_response`]); a delayed decision (`LeakyBucketWithQueue`) waits
-/// [`Decision::wait`] and then calls the endpoint. The endpoint sees the [`Decision`] as request
+/// [`Decision::wait`] and then calls the endpoint. In shadow mode ([`Throttle::set_shadow`],
+/// [`shadow`](Self::shadow)) neither happens: the endpoint is called at once, and sees the
+/// refusal or delay in the decision ([`Decision::shadow`]). The endpoint sees the [`Decision`] as request
 /// data (`Data<&Decision>`, the innermost throttle's) and every throttle's decision in
 /// [`ThrottleDecisions`]; the throttle's headers that apply to allowed requests
 /// ([`traffik::When::Always`]) are added to its response where it does not set them already (a
@@ -74,7 +76,7 @@ impl fmt::Debug for PoemThrottle {
             .field("cost", &self.opts.cost)
             .field("per_path", &self.opts.per_path)
             .field("per_route", &self.opts.per_route)
-            .field("enforce", &self.opts.enforce)
+            .field("shadow", &self.opts.shadow)
             .finish()
     }
 }
@@ -92,7 +94,7 @@ impl PoemThrottle {
         PoemThrottle {
             throttle,
             uid,
-            opts: Arc::new(Options { cost: None, per_path: false, per_route: false, enforce: true, context: None }),
+            opts: Arc::new(Options { cost: None, per_path: false, per_route: false, shadow: false, context: None }),
         }
     }
 
@@ -102,7 +104,7 @@ impl PoemThrottle {
             cost: old.cost,
             per_path: old.per_path,
             per_route: old.per_route,
-            enforce: old.enforce,
+            shadow: old.shadow,
             context: old.context.clone(),
         };
         f(&mut next);
@@ -136,11 +138,22 @@ impl PoemThrottle {
         self.with_opts(|o| o.per_route = yes)
     }
 
-    /// With `false`, rejected requests still reach the endpoint, which decides what to do
-    /// (see [`is_throttled`]); quota is consumed as usual. Default `true`.
+    /// Shadow mode for hits through this middleware only: the throttle decides, records and
+    /// counts as usual, but a refusal still reaches the endpoint (which can tell with
+    /// [`is_throttled`] and [`Decision::shadow`]) and a delay is not waited. It is the
+    /// throttle's own shadow mode ([`Throttle::set_shadow`]) for this route, through
+    /// [`Context::shadow`]: the same headers (no `Retry-After`), the same count
+    /// ([`Throttle::shadow_refusals`]) and log line. Default `false`.
+    #[must_use]
+    pub fn shadow(self, yes: bool) -> Self {
+        self.with_opts(|o| o.shadow = yes)
+    }
+
+    /// `enforce(false)` is [`shadow(true)`](Self::shadow).
+    #[deprecated(since = "0.1.0", note = "use `shadow(!yes)`: the same per-middleware option under its shared name")]
     #[must_use]
     pub fn enforce(self, yes: bool) -> Self {
-        self.with_opts(|o| o.enforce = yes)
+        self.shadow(!yes)
     }
 
     /// Builds the per-request [`Context`] (cost override, scope parts, typed values for the
@@ -164,10 +177,13 @@ impl PoemThrottle {
 
     fn context_for(&self, req: &Request) -> Option<Context> {
         let o = &self.opts;
-        if o.cost.is_none() && !o.per_path && !o.per_route && o.context.is_none() {
+        if o.cost.is_none() && !o.per_path && !o.per_route && !o.shadow && o.context.is_none() {
             return None;
         }
         let mut ctx = o.context.as_ref().map_or_else(Context::new, |f| f(req));
+        if o.shadow {
+            ctx = ctx.shadow(true);
+        }
         if let Some(cost) = o.cost {
             ctx = ctx.cost(cost);
         }
@@ -216,12 +232,10 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
             Ok(d) => d,
             Err(e) => return Ok(error_response(&t.uid, &e)),
         };
-        if decision.is_throttled() && t.opts.enforce {
+        if decision.is_refused() {
             return Ok(throttled_response(&t.throttle, &req, &decision));
         }
-        if decision.outcome == Outcome::Delayed {
-            tokio::time::sleep(decision.wait).await;
-        }
+        hold(&decision).await;
         let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
         let kept = matches!(headers, HeadersFor::AfterCall).then(|| decision.clone());
         record_shared(&mut req, &t.uid, decision);
@@ -272,7 +286,16 @@ impl HeadersFor {
     }
 }
 
-/// The throttle's headers for a response to an admitted request (None when there are none).
+/// Waits out a delayed decision (not one that shadow mode lets through: [`Decision::hold`]).
+pub(crate) async fn hold(decision: &Decision) {
+    let wait = decision.hold();
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The throttle's headers for a response to a request it let through (None when there are
+/// none): allowed, delayed, or refused in shadow mode (then without `Retry-After`).
 pub(crate) fn allowed_headers(throttle: &Throttle, req: &Request, decision: &Decision) -> Option<HeaderMap> {
     if matches!(decision.outcome, Outcome::Skipped(_)) {
         return None;
@@ -362,9 +385,9 @@ pub fn decisions(req: &Request) -> Option<&ThrottleDecisions> {
     req.extensions().get::<ThrottleDecisions>()
 }
 
-/// Whether any throttle recorded on `req` rejected it (only possible for requests that reach a
-/// handler through [`PoemThrottle::enforce(false)`](PoemThrottle::enforce) or after
-/// [`record`]).
+/// Whether any throttle recorded on `req` refused it, enforced or not: a request that reaches
+/// a handler with this `true` was let through by shadow mode ([`Throttle::set_shadow`],
+/// [`PoemThrottle::shadow`]) or recorded with [`record`].
 pub fn is_throttled(req: &Request) -> bool {
     decisions(req).is_some_and(ThrottleDecisions::is_throttled)
 }
@@ -377,7 +400,8 @@ pub async fn hit(throttle: &Throttle, req: &Request, ctx: &Context) -> Result<De
 
 /// Hits `throttle` for `req` from inside a handler and turns a "no" into an error response:
 /// `Err` holds the 429 ([`throttled_response`]) or 503 ([`error_response`]) to return with `?`.
-/// A delayed decision waits [`Decision::wait`] before returning `Ok`.
+/// A delayed decision waits [`Decision::wait`] before returning `Ok`. A throttle in shadow mode
+/// returns `Ok` at once, whatever it decided.
 ///
 /// ```
 /// use poem::{Request, handler, web::Data};
@@ -398,12 +422,10 @@ pub async fn enforce(throttle: &Throttle, req: &Request, ctx: &Context) -> poem:
             return Err(poem::Error::from_response(error_response(throttle.uid(), &e)));
         }
     };
-    if decision.is_throttled() {
+    if decision.is_refused() {
         return Err(poem::Error::from_response(throttled_response(throttle, req, &decision)));
     }
-    if decision.outcome == Outcome::Delayed {
-        tokio::time::sleep(decision.wait).await;
-    }
+    hold(&decision).await;
     Ok(decision)
 }
 

@@ -125,7 +125,9 @@ impl WsThrottle {
 
     /// Hits the throttle for one message (use `ctx` for a per-message cost or a scope such as
     /// a room) and reacts on `socket`: admitted → [`WsVerdict::Allowed`] (after waiting a
-    /// shaping delay); over the limit → the [`WsReaction`]; throttle failure (the error policy
+    /// shaping delay); over the limit → the [`WsReaction`], except in shadow mode
+    /// ([`Throttle::set_shadow`]), where every message is [`WsVerdict::Allowed`] at once and
+    /// nothing is sent (the decision inside says what the throttle decided); throttle failure (the error policy
     /// raised) → a `{"type":"rate_limit","error":"rate_limiter_unavailable",..}` notice, a 1011
     /// close and [`WsVerdict::Failed`]. The verdict is the core's, the same as in
     /// `traffik-salvo`. `Err` only when sending on the socket failed.
@@ -144,10 +146,8 @@ impl WsThrottle {
                 return Ok(WsVerdict::Failed(error));
             }
         };
-        if decision.is_allowed() {
-            if decision.outcome == Outcome::Delayed {
-                tokio::time::sleep(decision.wait).await;
-            }
+        if !decision.is_refused() {
+            crate::middleware::hold(&decision).await;
             return Ok(WsVerdict::Allowed(decision));
         }
         match self.reaction {

@@ -190,13 +190,43 @@ fn soft(req: &Request) -> String {
 }
 
 #[tokio::test]
-async fn with_enforce_off_the_handler_decides() {
-    let throttle = throttle!(rate!("1/h")).build().unwrap();
-    let cli = TestClient::new(get(soft).with(PoemThrottle::new(throttle).enforce(false)));
+async fn with_a_shadow_middleware_the_handler_decides() {
+    let throttle = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let cli = TestClient::new(get(soft).with(PoemThrottle::new(throttle.clone()).shadow(true)));
     cli.get("/").send().await.assert_text("fresh page").await;
     let second = cli.get("/").send().await;
     second.assert_status_is_ok();
+    second.assert_header("x-ratelimit-remaining", "0");
+    second.assert_header_is_not_exist("retry-after");
     second.assert_text("over the limit, served a cached page").await;
+    assert_eq!(throttle.shadow_refusals(), 1, "counted on the throttle");
+    assert!(!throttle.is_shadow(), "only this middleware is in shadow mode");
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn enforce_false_is_still_shadow_mode_for_the_middleware() {
+    let throttle = throttle!(rate!("1/h")).build().unwrap();
+    let cli = TestClient::new(get(soft).with(PoemThrottle::new(throttle.clone()).enforce(false)));
+    cli.get("/").send().await.assert_text("fresh page").await;
+    cli.get("/").send().await.assert_text("over the limit, served a cached page").await;
+    assert_eq!(throttle.shadow_refusals(), 1);
+}
+
+#[tokio::test]
+async fn shadow_mode_switches_at_run_time() {
+    let throttle = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let cli = TestClient::new(get(soft).with(throttle.middleware()));
+    cli.get("/").send().await.assert_status_is_ok();
+    cli.get("/").send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    throttle.set_shadow(true);
+    let shadowed = cli.get("/").send().await;
+    shadowed.assert_status_is_ok();
+    shadowed.assert_header_is_not_exist("retry-after");
+    shadowed.assert_text("over the limit, served a cached page").await;
+    throttle.set_shadow(false);
+    cli.get("/").send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttle.shadow_refusals(), 1);
 }
 
 #[handler]
@@ -520,4 +550,19 @@ async fn a_groups_draft_fields_never_replace_a_handlers_headers() {
     denied.assert_header("ratelimit", "mine");
     denied.assert_header("ratelimit-policy", r#""outer";q=10;w=60, "inner";q=1;w=60"#);
     denied.assert_text("slow down").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shadow_delay_is_not_held() {
+    // One an hour with a queue of one: the second request is delayed an hour.
+    let throttle = throttle!(rate!("1/h")).strategy(LeakyBucketWithQueue::new(1)).shadow(true).build().unwrap();
+    let cli = TestClient::new(get(show_decision).with(throttle.middleware()));
+    cli.get("/").send().await.assert_status_is_ok();
+    // Paused time jumps over a sleep: had the middleware held the request, an hour would show.
+    let start = tokio::time::Instant::now();
+    let second = cli.get("/").send().await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "not held");
+    second.assert_status_is_ok();
+    let text = second.0.into_body().into_string().await.unwrap();
+    assert!(text.starts_with("Delayed"), "{text}");
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use salvo::handler::Skipper;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Context, Decision, GroupDecision, Outcome, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, ThrottleGroup};
 
 use crate::depot::{ThrottleRecord, record};
-use crate::hoop::{refuse, unavailable};
+use crate::hoop::{delay, refuse, unavailable};
 use crate::view::request_view;
 
 /// A [`ThrottleGroup`] as a Salvo [`Handler`]: every member limits the route, decided as one,
@@ -39,7 +39,8 @@ use crate::view::request_view;
 /// list every member: [`GroupDecision::ietf_draft10`]); a refusal answers the binding
 /// member's 429 (its [`ThrottledHandler`](crate::ThrottledHandler) if it has one, a
 /// `Retry-After` long enough for every member); a backend failure the first member's error
-/// policy raised answers 503; a delayed decision waits. Every member's decision is recorded in
+/// policy raised answers 503; a delayed decision waits. A group in shadow mode
+/// ([`ThrottleGroup::set_shadow`]) neither refuses nor waits. Every member's decision is recorded in
 /// the [`Depot`] in member order, the binding member's last, so
 /// [`DepotExt::throttle_decision`](crate::DepotExt::throttle_decision) is the one the client
 /// was answered with.
@@ -136,6 +137,7 @@ impl Handler for SalvoGroup {
             decided
         };
         let answer = answering(&decided);
+        let (refused, hold) = (decided.is_refused(), decided.hold());
         let mut binding = None;
         for (i, (uid, decision)) in self.members.iter().zip(decided.members).enumerate() {
             let entry = ThrottleRecord { uid: Arc::clone(uid), decision, stat: None };
@@ -149,22 +151,16 @@ impl Handler for SalvoGroup {
             // Every member skipped the request (a refused group always names a member).
             return;
         };
-        match decided.outcome {
-            Outcome::Throttled | Outcome::Never => {
-                match members.get(i) {
-                    Some(member) => refuse(member, entry, req, depot, res, ctrl).await,
-                    None => record(depot, entry),
-                }
-                ctrl.skip_rest();
+        if refused {
+            match members.get(i) {
+                Some(member) => refuse(member, entry, req, depot, res, ctrl).await,
+                None => record(depot, entry),
             }
-            Outcome::Delayed => {
-                record(depot, entry);
-                if !decided.wait.is_zero() {
-                    tokio::time::sleep(decided.wait).await;
-                }
-            }
-            Outcome::Allowed | Outcome::Skipped(_) => record(depot, entry),
+            ctrl.skip_rest();
+            return;
         }
+        record(depot, entry);
+        delay(hold).await;
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) struct Options {
     per_path: bool,
     skipper: Option<Arc<dyn Skipper>>,
     with_stat: bool,
+    shadow: bool,
 }
 
 /// A [`Throttle`] as a Salvo [`Handler`]: use it as a hoop at any router level, stack several,
@@ -43,6 +44,10 @@ pub(crate) struct Options {
 /// | `Throttled` | `429`, `Retry-After` (whole seconds, rounded up), configured headers, the throttled handler or a JSON body; the rest of the chain is skipped |
 /// | `Never` | `429` saying the cost can never fit, no `Retry-After` |
 /// | `Err(_)` | `503` with a JSON body (only when the error policy raises) |
+///
+/// In shadow mode ([`Throttle::set_shadow`], or [`shadow`](Self::shadow) for this hoop) a
+/// `Throttled`, `Never` or `Delayed` decision continues at once, with the headers of an allowed
+/// request (never `Retry-After`).
 ///
 /// Every decision is recorded in the [`Depot`] (read it with [`DepotExt`](crate::DepotExt)).
 ///
@@ -132,6 +137,17 @@ impl SalvoThrottle {
         self.edit(|o| o.with_stat = yes)
     }
 
+    /// Shadow mode for hits through this hoop only: the throttle decides, records and counts as
+    /// usual, but a refusal continues down the chain (handlers read it from the depot, with
+    /// [`Decision::shadow`] set) and a delay is not waited. It is the throttle's own shadow mode
+    /// ([`Throttle::set_shadow`]) for this route, through [`Context::shadow`]: the same headers
+    /// (no `Retry-After`), the same count ([`Throttle::shadow_refusals`]) and log line, as
+    /// `traffik-poem`'s `PoemThrottle::shadow`. Default `false`.
+    #[must_use]
+    pub fn shadow(self, yes: bool) -> Self {
+        self.edit(|o| o.shadow = yes)
+    }
+
     /// The wrapped throttle.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
@@ -139,7 +155,7 @@ impl SalvoThrottle {
 
     /// Throttles `req` from inside a handler: records the decision in the depot, adds the
     /// configured headers, waits for `Delayed` decisions, and on denial writes the throttled
-    /// response. Returns whether the handler may go on.
+    /// response. Returns whether the handler may go on (always, in shadow mode).
     ///
     /// ```
     /// use salvo::prelude::*;
@@ -171,7 +187,7 @@ impl SalvoThrottle {
 
     fn build_context(&self, req: &Request, depot: &Depot, given: Option<Context>) -> Option<Context> {
         let o = &*self.opts;
-        if given.is_none() && o.context.is_none() && o.cost.is_none() && !o.per_route && !o.per_path {
+        if given.is_none() && o.context.is_none() && o.cost.is_none() && !o.per_route && !o.per_path && !o.shadow {
             return None;
         }
         let mut ctx = match (given, &o.context) {
@@ -187,6 +203,9 @@ impl SalvoThrottle {
         }
         if o.per_path {
             ctx = ctx.scope(req.uri().path());
+        }
+        if o.shadow {
+            ctx = ctx.shadow(true);
         }
         Some(ctx)
     }
@@ -219,7 +238,7 @@ impl SalvoThrottle {
                 match self.throttle.stat_with(&view, ctx.as_ref().unwrap_or(&empty)).await {
                     Ok(stat) => stat,
                     Err(error) => {
-                        tracing::debug!(uid = self.throttle.uid(), %error, "stat snapshot failed");
+                        tracing::debug!(throttle = self.throttle.uid(), %error, "stat snapshot failed");
                         None
                     }
                 }
@@ -230,22 +249,14 @@ impl SalvoThrottle {
             (decision, stat)
         };
         let uid = Arc::clone(&self.uid);
-        match decision.outcome {
-            Outcome::Delayed => {
-                let wait = decision.wait;
-                record(depot, ThrottleRecord { uid, decision, stat });
-                delay(wait).await;
-                true
-            }
-            Outcome::Throttled | Outcome::Never => {
-                refuse(&self.throttle, ThrottleRecord { uid, decision, stat }, req, depot, res, ctrl).await;
-                false
-            }
-            Outcome::Allowed | Outcome::Skipped(_) => {
-                record(depot, ThrottleRecord { uid, decision, stat });
-                true
-            }
+        if decision.is_refused() {
+            refuse(&self.throttle, ThrottleRecord { uid, decision, stat }, req, depot, res, ctrl).await;
+            return false;
         }
+        let wait = decision.hold();
+        record(depot, ThrottleRecord { uid, decision, stat });
+        delay(wait).await;
+        true
     }
 }
 
@@ -301,7 +312,7 @@ fn set_retry_after(decision: &Decision, res: &mut Response) {
     }
 }
 
-async fn delay(wait: Duration) {
+pub(crate) async fn delay(wait: Duration) {
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
@@ -315,6 +326,7 @@ impl fmt::Debug for SalvoThrottle {
             .field("per_route", &self.opts.per_route)
             .field("per_path", &self.opts.per_path)
             .field("with_stat", &self.opts.with_stat)
+            .field("shadow", &self.opts.shadow)
             .finish()
     }
 }
@@ -361,7 +373,7 @@ fn write_body(res: &mut Response, body: &ReplyBody) {
 /// 503 for a backend failure the error policy chose to raise. The throttle counts and logs
 /// backend incidents itself (once a second at most), so each reply adds only a `debug` event.
 pub(crate) fn unavailable(uid: &str, error: &Error, res: &mut Response) {
-    tracing::debug!(uid, %error, "rate limiter unavailable; answering 503");
+    tracing::debug!(throttle = uid, %error, "rate limiter unavailable; answering 503");
     let reply = Reply::unavailable();
     res.status_code(reply.status);
     write_body(res, &reply.body);
@@ -486,6 +498,7 @@ mod tests {
             wait,
             reset: Duration::from_secs(3600),
             source: traffik::Source::Backend,
+            shadow: false,
         }
     }
 

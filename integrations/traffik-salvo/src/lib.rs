@@ -58,6 +58,14 @@
 //! The statuses, `Retry-After` and bodies are the core's [`traffik::Reply`], the same as in
 //! `traffik-poem`.
 //!
+//! In shadow mode ([`Throttle::set_shadow`](traffik::Throttle::set_shadow), the builder's
+//! `shadow`, or [`SalvoThrottle::shadow`] for one hoop) nothing is refused or delayed: a request
+//! the throttle would refuse goes on with the headers an allowed request gets (true values,
+//! `X-RateLimit-Remaining: 0` included), never `Retry-After` or a header configured
+//! `When::Throttled`, and the depot holds the throttled decision with `shadow` set. The same
+//! holds for groups ([`ThrottleGroup::set_shadow`](traffik::ThrottleGroup::set_shadow)) and
+//! WebSocket messages (never refused in shadow mode).
+//!
 //! Replace the 429 body with a [`ThrottledHandler`] stored on the throttle. Downstream
 //! handlers (and the throttled handler) read the decisions from the depot through
 //! [`DepotExt`]; [`SalvoThrottle::with_stat`] adds a [`Stat`](traffik::Stat) snapshot at the

@@ -36,7 +36,8 @@ enum Reaction {
 /// default with a JSON text message
 /// `{"type":"rate_limit","error":"rate_limited","message":...,"retry_after_ms":...}`, and the
 /// socket stays open; [`close_on_throttle`](Self::close_on_throttle) closes it with code 1008
-/// instead.
+/// instead. A throttle in shadow mode ([`Throttle::set_shadow`]) never refuses a message: every
+/// verdict is [`WsVerdict::Allowed`], whose decision says what the throttle decided.
 ///
 /// ```no_run
 /// use salvo::prelude::*;
@@ -197,7 +198,7 @@ impl WsConnection {
             Ok(d) => d,
             Err(error) => {
                 // The throttle counts and logs backend incidents itself, once a second at most.
-                tracing::debug!(uid = self.ws.throttle.uid(), %error, "rate limiter unavailable");
+                tracing::debug!(throttle = self.ws.throttle.uid(), %error, "rate limiter unavailable");
                 let body = traffik::ReplyBody::unavailable().to_notice_json();
                 // A failed send shows up on the handler's next receive.
                 if ws.send(Message::text(body)).await.is_ok() {
@@ -206,13 +207,8 @@ impl WsConnection {
                 return WsVerdict::Failed(error);
             }
         };
-        if decision.outcome == Outcome::Delayed {
-            if !decision.wait.is_zero() {
-                tokio::time::sleep(decision.wait).await;
-            }
-            return WsVerdict::Allowed(decision);
-        }
-        if decision.is_allowed() {
+        if !decision.is_refused() {
+            crate::hoop::delay(decision.hold()).await;
             return WsVerdict::Allowed(decision);
         }
         let message = match &self.ws.reaction {

@@ -613,3 +613,51 @@ async fn a_group_hoop_has_a_skipper_too() {
     assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK), "the hour's one request is left");
     assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
 }
+
+#[tokio::test]
+async fn shadow_mode_lets_refusals_through_and_switches_at_run_time() {
+    let throttle = throttle!(rate!("1/h")).headers(Headers::x_ratelimit(When::Always)).build().unwrap();
+    let service = Service::new(Router::new().hoop(throttle.hoop()).get(report));
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK));
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    throttle.set_shadow(true);
+    let mut shadowed = get(&service, "/", A).await;
+    assert_eq!(shadowed.status_code, Some(StatusCode::OK));
+    assert_eq!(header(&shadowed, "x-ratelimit-remaining").as_deref(), Some("0"));
+    assert_eq!(header(&shadowed, "retry-after"), None);
+    let body = json(&mut shadowed).await;
+    assert_eq!(body["records"][0]["decision"]["outcome"], "throttled");
+    assert_eq!(body["records"][0]["decision"]["shadow"], true);
+    throttle.set_shadow(false);
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(throttle.shadow_refusals(), 1);
+}
+
+#[tokio::test]
+async fn a_shadow_hoop_shadows_only_its_route() {
+    let throttle = throttle!(rate!("1/h")).build().unwrap();
+    let service = Service::new(
+        Router::new()
+            .push(Router::with_path("soft").hoop(throttle.hoop().shadow(true)).get(report))
+            .push(Router::with_path("hard").hoop(throttle.hoop()).get(report)),
+    );
+    assert_eq!(get(&service, "/soft", A).await.status_code, Some(StatusCode::OK));
+    assert_eq!(get(&service, "/soft", A).await.status_code, Some(StatusCode::OK));
+    assert_eq!(get(&service, "/hard", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(throttle.shadow_refusals(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shadow_delay_is_not_held() {
+    // One an hour with a queue of one: the second request is delayed an hour.
+    let throttle = throttle!(rate!("1/h")).strategy(LeakyBucketWithQueue::new(1)).shadow(true).build().unwrap();
+    let service = Service::new(Router::new().hoop(throttle.hoop()).get(report));
+    assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::OK));
+    // Paused time jumps over a sleep: had the hoop held the request, an hour would show here.
+    let start = tokio::time::Instant::now();
+    let mut second = get(&service, "/", A).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "not held");
+    let body = json(&mut second).await;
+    assert_eq!(body["records"][0]["decision"]["outcome"], "delayed");
+    assert_eq!(body["records"][0]["decision"]["shadow"], true);
+}

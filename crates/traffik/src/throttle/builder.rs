@@ -164,6 +164,7 @@ struct Options {
     registry: Option<ThrottleRegistry>,
     rules: Vec<Rule>,
     disabled: bool,
+    shadow: bool,
 }
 
 impl Default for ThrottleBuilder {
@@ -194,6 +195,7 @@ impl ThrottleBuilder {
                 registry: None,
                 rules: Vec::new(),
                 disabled: false,
+                shadow: false,
             },
         }
     }
@@ -399,6 +401,13 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
         self.opts.disabled = yes;
         self
     }
+
+    /// Start in shadow mode: decide and record as usual, refuse nothing (see
+    /// [`Throttle::set_shadow`], which switches it at run time).
+    pub fn shadow(mut self, yes: bool) -> Self {
+        self.opts.shadow = yes;
+        self
+    }
 }
 
 impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
@@ -436,8 +445,11 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
             timeout: o.timeout,
             policy: None,
             fast: None,
+            #[cfg(feature = "metrics")]
+            counters: crate::telemetry::DecisionCounters::unregistered(),
         };
-        config.finalize();
+        let metric_uid = super::metric_uid(&uid);
+        config.finalize(&metric_uid);
         let throttle = Throttle {
             inner: Arc::new(ThrottleInner {
                 key_prefix: crate::key::Key::builder(&uid).build(),
@@ -446,10 +458,14 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 fast: AtomicBool::new(config.fast.is_some()),
                 config: ArcSwap::from_pointee(config),
-                disabled: AtomicBool::new(o.disabled),
+                flags: std::sync::atomic::AtomicU8::new(
+                    if o.disabled { super::DISABLED } else { 0 } | if o.shadow { super::SHADOW } else { 0 },
+                ),
+                shadow_refusals: std::sync::atomic::AtomicU64::new(0),
                 clock: o.clock,
                 incidents: Incidents::default(),
                 registry: o.registry,
+                metric_uid,
             }),
         };
         if let Some(registry) = &throttle.inner.registry {

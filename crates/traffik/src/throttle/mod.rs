@@ -8,7 +8,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) timeout: Duration,
     /// Set by [`Config::finalize`] when a plain hit needs nothing dynamic.
     pub(crate) fast: Option<FastPlan>,
+    /// Decision counters, registered by [`Config::finalize`] with the recorder then in force.
+    #[cfg(feature = "metrics")]
+    pub(crate) counters: crate::telemetry::DecisionCounters,
 }
 
 /// The configuration most throttles have (client address, fixed rate and cost, no rules or
@@ -81,16 +84,32 @@ pub(crate) struct FastPlan {
 }
 
 impl Config {
-    /// Derives what follows from the settings: the effective error policy and the fast plan.
-    pub(crate) fn finalize(&mut self) {
+    /// Derives what follows from the settings: the effective error policy, the fast plan and
+    /// (feature `metrics`) the counters of the throttle named `uid`.
+    pub(crate) fn finalize(&mut self, uid: &MetricUid) {
         self.policy = self.resolve_policy();
         self.fast = self.fast_plan();
+        #[cfg(feature = "metrics")]
+        {
+            self.counters = crate::telemetry::DecisionCounters::register(uid);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = uid;
     }
 
-    /// The decision for a verdict, with denied hits told to wait at least `min_wait`.
+    /// The decision for a verdict, with denied hits told to wait at least `min_wait`, marked as
+    /// let through by shadow mode when `shadow`.
     #[inline]
-    pub(crate) fn decision(&self, verdict: Verdict, key: Key, rate: Rate, cost: u64, source: Source) -> Decision {
-        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source);
+    pub(crate) fn decision(
+        &self,
+        verdict: Verdict,
+        key: Key,
+        rate: Rate,
+        cost: u64,
+        source: Source,
+        shadow: bool,
+    ) -> Decision {
+        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source, shadow);
         if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
             decision.wait = self.min_wait;
         }
@@ -146,10 +165,36 @@ pub(crate) struct ThrottleInner {
     pub(crate) generation: AtomicU64,
     /// Whether the current configuration has a [`FastPlan`].
     pub(crate) fast: AtomicBool,
-    pub(crate) disabled: AtomicBool,
+    /// [`DISABLED`] and [`SHADOW`], in one word so that the shortcut reads both at once.
+    pub(crate) flags: AtomicU8,
+    /// Refusals shadow mode let through (hits only, not checks).
+    pub(crate) shadow_refusals: AtomicU64,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) incidents: Incidents,
     pub(crate) registry: Option<ThrottleRegistry>,
+    /// The uid as a metric label value.
+    pub(crate) metric_uid: MetricUid,
+}
+
+/// A uid as a metric label value (shared, so labels clone no string).
+#[cfg(feature = "metrics")]
+pub(crate) type MetricUid = metrics::SharedString;
+/// Without the `metrics` feature there are no labels.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricUid;
+
+/// The label value of `uid`.
+pub(crate) fn metric_uid(uid: &str) -> MetricUid {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::SharedString::from(std::sync::Arc::<str>::from(uid))
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = uid;
+        MetricUid
+    }
 }
 
 impl Drop for ThrottleInner {
@@ -309,7 +354,12 @@ impl Throttle {
             None => Box::pin(self.prepare(&config, prefix, req, ctx)).await,
         };
         let prepared = match prepared {
-            Prepared::Skip(skip) => return Ok(Decision::skipped(skip)),
+            Prepared::Skip(skip) => {
+                if mode == Mode::Consume {
+                    self.count(&config, Outcome::Skipped(skip), Source::None);
+                }
+                return Ok(Decision::skipped(skip));
+            }
             Prepared::Go(p) => p,
         };
         let context_backend;
@@ -335,7 +385,37 @@ impl Throttle {
             }
             None => Box::pin(self.decide(&config, primary, &Single(op), req)).await?,
         };
-        Ok(Self::conclude(&config, prepared, resolved))
+        Ok(self.conclude(&config, prepared, resolved, ctx.is_shadow(), mode))
+    }
+
+    /// The denial event of the shortcut (never in shadow mode: shadow mode takes the general
+    /// path), out of line and with plain arguments, so that the admitted path stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn fast_denial(&self, kind: VerdictKind, wait_us: u64) {
+        let config = self.inner.config.load();
+        let cost = config.fast.as_ref().map_or(0, |f| f.cost);
+        let wait = if kind == VerdictKind::Deny { us(wait_us).max(config.min_wait) } else { Duration::ZERO };
+        denial_event(&self.inner.uid, &config, kind.outcome(), Source::Backend, cost, wait);
+    }
+
+    /// Whether shadow mode (the throttle's, or `forced` for this hit) lets a verdict of `cost`
+    /// through (a refusal or a delay); counts and logs a refusal on a hit.
+    #[inline]
+    fn shadowed(&self, kind: VerdictKind, wait_us: u64, cost: u64, forced: bool, mode: Mode) -> bool {
+        kind != VerdictKind::Admit && (forced || self.is_shadow()) && self.let_through(kind, wait_us, cost, mode)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn let_through(&self, kind: VerdictKind, wait_us: u64, cost: u64, mode: Mode) -> bool {
+        if mode == Mode::Consume && kind != VerdictKind::Delay {
+            self.inner.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::telemetry::count_shadow_refusal(&self.inner.metric_uid);
+            shadow_refusal_event(&self.inner.uid, kind, cost, us(wait_us));
+        }
+        true
     }
 
     /// The error policy's answer to a backend failure on the shortcut path.
@@ -353,14 +433,25 @@ impl Throttle {
         let op = Operation { key: &ready.key, strategy: &config.strategy, input: ready.input, mode: Mode::Consume };
         let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
         let resolved = self.recover(&policy, &config, primary, &Single(op), req, error).await?;
-        Ok(Self::conclude(&config, ready, resolved))
+        Ok(self.conclude(&config, ready, resolved, false, Mode::Consume))
     }
 
-    /// The decision for a backend's (or an error policy's) answer.
-    fn conclude(config: &Config, prepared: Ready, resolved: Resolved<Verdict>) -> Decision {
+    /// The decision for a backend's (or an error policy's) answer, under shadow mode (the
+    /// throttle's, or `forced` for this hit).
+    fn conclude(
+        &self,
+        config: &Config,
+        prepared: Ready,
+        resolved: Resolved<Verdict>,
+        forced: bool,
+        mode: Mode,
+    ) -> Decision {
         let (verdict, source) = match resolved {
             Resolved::Verdict(v, source) => (v, source),
             Resolved::Allow => {
+                if mode == Mode::Consume {
+                    self.count(config, Outcome::Allowed, Source::ErrorPolicy);
+                }
                 return Decision::failed_open(prepared.key, prepared.input.rate, prepared.input.cost);
             }
             Resolved::Throttle(wait) => {
@@ -368,7 +459,16 @@ impl Throttle {
                 (v, Source::ErrorPolicy)
             }
         };
-        config.decision(verdict, prepared.key, prepared.input.rate, prepared.input.cost, source)
+        let (rate, cost) = (prepared.input.rate, prepared.input.cost);
+        let shadow = self.shadowed(verdict.kind, verdict.wait_us, cost, forced, mode);
+        let decision = config.decision(verdict, prepared.key, rate, cost, source, shadow);
+        if mode == Mode::Consume {
+            self.count(config, decision.outcome, source);
+            if decision.is_refused() {
+                denial_event(&self.inner.uid, config, decision.outcome, source, cost, decision.wait);
+            }
+        }
+        decision
     }
 
     /// No shortcut any more: lets go of this thread's copy of an older configuration.
@@ -410,15 +510,32 @@ impl Throttle {
         req: &RequestView<'_>,
         failed: &mut Option<(Ready, BackendError)>,
     ) -> Option<Decision> {
-        if self.inner.disabled.load(Ordering::Relaxed) {
-            return Some(Decision::skipped(Skip::Disabled));
+        let flags = self.inner.flags.load(Ordering::Relaxed);
+        if flags != 0 {
+            if flags & DISABLED != 0 {
+                self.count(config, Outcome::Skipped(Skip::Disabled), Source::None);
+                return Some(Decision::skipped(Skip::Disabled));
+            }
+            // Shadow mode: the general path marks, counts and logs what it lets through, so
+            // that the shortcut pays nothing for it.
+            return None;
         }
         let mut key = self.inner.key_prefix.clone();
         fast.client_ip.identity(req).append_to(&mut key, false);
         let input = Input { now_us: self.inner.clock.now_us(), rate: fast.rate, cost: fast.cost };
         let prepared = fast.memory.prepare(&key, &config.strategy);
         match fast.memory.decide_prepared(prepared, &config.strategy, &input, Mode::Consume) {
-            Ok(verdict) => Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend)),
+            Ok(verdict) => {
+                // Counted before the decision is built, so that it is built in place.
+                #[cfg(feature = "metrics")]
+                if !config.counters.count_verdict(verdict.kind) {
+                    self.recount(verdict.kind.outcome(), Source::Backend);
+                }
+                if matches!(verdict.kind, VerdictKind::Deny | VerdictKind::Never) {
+                    self.fast_denial(verdict.kind, verdict.wait_us);
+                }
+                Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false))
+            }
             Err(error) => {
                 *failed = Some((Ready { key, input }, error));
                 None
@@ -451,7 +568,7 @@ impl Throttle {
         out: &mut Vec<Decision>,
     ) -> Option<Input> {
         let fast = config.fast.as_ref()?;
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return None;
         }
         out.push(Decision::pending(prefix.clone(), fast.rate, fast.cost));
@@ -485,7 +602,7 @@ impl Throttle {
     /// Resolves identity, rate, cost and key without awaiting, when every piece allows it.
     #[inline]
     fn prepare_now(&self, config: &Config, prefix: &Key, req: &RequestView<'_>, ctx: &Context) -> Option<Prepared> {
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return Some(Prepared::Skip(Skip::Disabled));
         }
         if !config.rules.is_empty() && !config.rules.allows_now(req, ctx)? {
@@ -506,7 +623,7 @@ impl Throttle {
         req: &RequestView<'_>,
         ctx: &Context,
     ) -> Prepared {
-        if self.inner.disabled.load(Ordering::Relaxed) {
+        if self.is_disabled() {
             return Prepared::Skip(Skip::Disabled);
         }
         if !config.rules.is_empty() && !config.rules.allows(req, ctx).await {
@@ -732,24 +849,94 @@ impl Throttle {
 
     /// Disables the throttle: hits are skipped until [`enable`](Self::enable).
     pub fn disable(&self) {
-        self.inner.disabled.store(true, Ordering::Relaxed);
+        self.inner.flags.fetch_or(DISABLED, Ordering::Relaxed);
     }
 
     /// Re-enables the throttle.
     pub fn enable(&self) {
-        self.inner.disabled.store(false, Ordering::Relaxed);
+        self.inner.flags.fetch_and(!DISABLED, Ordering::Relaxed);
+    }
+
+    /// Counts a hit's decision (feature `metrics`); when another recorder has taken over since
+    /// the configuration registered its counters, counts it there and registers them again.
+    #[inline]
+    fn count(&self, config: &Config, outcome: Outcome, source: Source) {
+        #[cfg(feature = "metrics")]
+        if !config.counters.count(outcome, source) {
+            self.recount(outcome, source);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (config, outcome, source);
+    }
+
+    #[cfg(feature = "metrics")]
+    #[cold]
+    #[inline(never)]
+    fn recount(&self, outcome: Outcome, source: Source) {
+        crate::telemetry::count_once(&self.inner.metric_uid, outcome, source);
+        self.update(|_| {});
     }
 
     /// Whether the throttle is disabled.
     pub fn is_disabled(&self) -> bool {
-        self.inner.disabled.load(Ordering::Relaxed)
+        self.inner.flags.load(Ordering::Relaxed) & DISABLED != 0
+    }
+
+    /// Switches shadow mode on or off, effective from the next hit (lock-free).
+    ///
+    /// In shadow mode the throttle decides and stores exactly as when it enforces (a refused
+    /// hit consumes nothing, an admitted one consumes its cost), but integrations refuse and
+    /// hold nothing: a refusal ([`Outcome::Throttled`], [`Outcome::Never`]) or a delay
+    /// ([`Outcome::Delayed`]) comes back with [`Decision::shadow`] set, and the request is
+    /// served at once, with the headers of an allowed request and never `Retry-After`. Each
+    /// refused hit is counted ([`shadow_refusals`](Self::shadow_refusals)) and logged at
+    /// `debug` (the throttle's uid, the outcome, cost and wait; no identity or key). A backend
+    /// failure that the error policy raises is still an `Err`. Inside a
+    /// [`ThrottleGroup`](crate::ThrottleGroup) the group's own setting applies
+    /// ([`ThrottleGroup::set_shadow`](crate::ThrottleGroup::set_shadow)), not the member's.
+    ///
+    /// ```
+    /// use traffik::{rate, InMemoryBackend, RequestView, Throttle, strategy::FixedWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), traffik::Error> {
+    /// let throttle = Throttle::builder().uid("shadow-doc").rate(rate!("1/min"))
+    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).shadow(true).no_registry().build()?;
+    /// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
+    /// assert!(throttle.hit(&req).await?.is_allowed());
+    /// let second = throttle.hit(&req).await?;
+    /// assert!(second.is_throttled() && second.shadow && !second.is_refused());
+    /// assert_eq!(throttle.shadow_refusals(), 1);
+    /// throttle.set_shadow(false); // enforce from now on
+    /// assert!(throttle.hit(&req).await?.is_refused());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_shadow(&self, yes: bool) {
+        if yes {
+            self.inner.flags.fetch_or(SHADOW, Ordering::Relaxed);
+        } else {
+            self.inner.flags.fetch_and(!SHADOW, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the throttle is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & SHADOW != 0
+    }
+
+    /// How many hits shadow mode let through that the throttle refused (alone, or through
+    /// [`Context::shadow`]; not counting checks, nor hits through a group, which the group
+    /// counts).
+    pub fn shadow_refusals(&self) -> u64 {
+        self.inner.shadow_refusals.load(Ordering::Relaxed)
     }
 
     fn update(&self, f: impl Fn(&mut Config)) {
         self.inner.config.rcu(|current| {
             let mut next = Config::clone(current);
             f(&mut next);
-            next.finalize();
+            next.finalize(&self.inner.metric_uid);
             next
         });
         // The flag follows the configuration that is current once it is stored (concurrent
@@ -879,6 +1066,7 @@ impl fmt::Debug for Throttle {
             .field("rate", &c.rate)
             .field("strategy", &c.strategy)
             .field("disabled", &self.is_disabled())
+            .field("shadow", &self.is_shadow())
             .finish()
     }
 }
@@ -938,6 +1126,46 @@ thread_local! {
     static CONFIG_CACHE: RefCell<ConfigCache> =
         const { RefCell::new(ConfigCache { slots: [(0, 0, None), (0, 0, None), (0, 0, None), (0, 0, None)], next: 0 }) };
 }
+
+/// The `debug` event of an enforced refusal: names the throttle, its strategy and backend,
+/// never the client.
+#[cold]
+#[inline(never)]
+pub(crate) fn denial_event(uid: &str, config: &Config, outcome: Outcome, source: Source, cost: u64, wait: Duration) {
+    let backend = match &config.backend {
+        BackendChoice::Fixed(b) => b.kind(),
+        BackendChoice::Context => "context",
+    };
+    tracing::debug!(
+        throttle = uid,
+        strategy = config.strategy.name(),
+        backend,
+        outcome = ?outcome,
+        source = ?source,
+        cost,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "rate limit refused a request"
+    );
+}
+
+/// The `debug` event of a refusal that shadow mode let through (a throttle's or a group's):
+/// names the throttle, never the client.
+#[cold]
+pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait: Duration) {
+    let outcome = if kind == VerdictKind::Never { Outcome::Never } else { Outcome::Throttled };
+    tracing::debug!(
+        throttle = uid,
+        outcome = ?outcome,
+        cost,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "shadow mode let a refused request through"
+    );
+}
+
+/// [`ThrottleInner::flags`]: the throttle is disabled.
+pub(crate) const DISABLED: u8 = 1;
+/// [`ThrottleInner::flags`]: the throttle is in shadow mode.
+pub(crate) const SHADOW: u8 = 2;
 
 /// Source of [`ThrottleInner::id`] (0 marks an empty cache slot).
 pub(crate) static NEXT_THROTTLE_ID: AtomicU64 = AtomicU64::new(1);

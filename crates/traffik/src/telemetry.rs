@@ -1,0 +1,157 @@
+//! Metrics through the [`metrics`] facade (feature `metrics`, on by default).
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `traffik_decisions_total` | counter | `throttle`, `outcome`, `source` |
+//! | `traffik_shadow_refusals_total` | counter | `throttle` |
+//! | `traffik_backend_errors_total` | counter | `throttle`, `backend`, `kind`, `action` |
+//!
+//! `throttle` is a throttle's or group's uid; `outcome` is `allowed`, `delayed`, `throttled`,
+//! `never` or `skipped`; `source` is `backend`, `fallback`, `error_policy` or `none` (a
+//! skipped hit). Hits are counted, checks are not; a group counts its own decisions under its
+//! uid, not its members'. No label ever holds a client identity or a key. Any exporter works
+//! (install it as the global recorder); with none installed a decision pays a look-up of the
+//! recorder in force, a comparison and a no-op increment.
+//! Handles are registered with the recorder in force when a throttle is configured, and again
+//! on the first hit after another recorder takes over.
+
+use metrics::{Counter, Recorder, SharedString};
+
+use crate::decision::{Outcome, Source};
+use crate::error::BackendError;
+use crate::strategy::VerdictKind;
+
+/// The name of the decisions counter.
+pub(crate) const DECISIONS: &str = "traffik_decisions_total";
+/// The name of the shadow-refusals counter.
+pub(crate) const SHADOW_REFUSALS: &str = "traffik_shadow_refusals_total";
+/// The name of the backend-errors counter.
+pub(crate) const BACKEND_ERRORS: &str = "traffik_backend_errors_total";
+
+/// In the order of [`VerdictKind`]'s variants, then skipped.
+const OUTCOMES: [&str; 5] = ["allowed", "delayed", "throttled", "never", "skipped"];
+const SOURCES: [&str; 4] = ["backend", "fallback", "error_policy", "none"];
+
+/// One throttle's (or group's) counter handles, registered with one recorder.
+#[derive(Clone)]
+pub(crate) struct DecisionCounters {
+    /// The address of the recorder the handles belong to (0: none yet).
+    recorder: usize,
+    /// By outcome, then source: `decisions[outcome * SOURCES.len() + source]`.
+    decisions: [Counter; OUTCOMES.len() * SOURCES.len()],
+}
+
+/// The address of the recorder in force on this thread (the local one, else the global one,
+/// else the no-op recorder).
+#[inline]
+pub(crate) fn current_recorder() -> usize {
+    metrics::with_recorder(|r| std::ptr::from_ref::<dyn Recorder>(r).cast::<()>() as usize)
+}
+
+/// `Admit`, `Delay`, `Deny`, `Never`: 0 to 3, as their declaration order (and `OUTCOMES`).
+#[inline]
+fn kind_index(kind: VerdictKind) -> usize {
+    kind as usize
+}
+
+#[inline]
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => kind_index(VerdictKind::Admit),
+        Outcome::Delayed => kind_index(VerdictKind::Delay),
+        Outcome::Throttled => kind_index(VerdictKind::Deny),
+        Outcome::Never => kind_index(VerdictKind::Never),
+        Outcome::Skipped(_) => 4,
+    }
+}
+
+#[inline]
+fn source_index(source: Source) -> usize {
+    match source {
+        Source::Backend => 0,
+        Source::Fallback => 1,
+        Source::ErrorPolicy => 2,
+        Source::None => 3,
+    }
+}
+
+impl DecisionCounters {
+    /// Registers the handles of `uid` with the recorder in force.
+    pub(crate) fn register(uid: &SharedString) -> Self {
+        let recorder = current_recorder();
+        let decisions = std::array::from_fn(|i| {
+            let (outcome, source) = (OUTCOMES[i / SOURCES.len()], SOURCES[i % SOURCES.len()]);
+            metrics::counter!(DECISIONS, "throttle" => uid.clone(), "outcome" => outcome, "source" => source)
+        });
+        DecisionCounters { recorder, decisions }
+    }
+
+    /// Handles that count nothing, for a configuration not registered yet (never current, so
+    /// a hit with them registers them).
+    pub(crate) fn unregistered() -> Self {
+        DecisionCounters { recorder: 0, decisions: std::array::from_fn(|_| Counter::noop()) }
+    }
+
+    /// Counts one decision; `false` (nothing counted) when another recorder has taken over
+    /// since the handles were registered.
+    #[inline]
+    pub(crate) fn count(&self, outcome: Outcome, source: Source) -> bool {
+        self.count_at(outcome_index(outcome) * SOURCES.len() + source_index(source))
+    }
+
+    /// [`count`](Self::count) for a backend's verdict.
+    #[inline]
+    pub(crate) fn count_verdict(&self, kind: VerdictKind) -> bool {
+        self.count_at(kind_index(kind) * SOURCES.len())
+    }
+
+    #[inline]
+    fn count_at(&self, i: usize) -> bool {
+        if self.recorder != current_recorder() {
+            return false;
+        }
+        if let Some(counter) = self.decisions.get(i) {
+            counter.increment(1);
+        }
+        true
+    }
+}
+
+/// Counts one decision of `uid` with handles registered for it now (for a hit whose cached
+/// handles belong to another recorder).
+#[cold]
+pub(crate) fn count_once(uid: &SharedString, outcome: Outcome, source: Source) {
+    let (outcome, source) = (OUTCOMES[outcome_index(outcome)], SOURCES[source_index(source)]);
+    metrics::counter!(DECISIONS, "throttle" => uid.clone(), "outcome" => outcome, "source" => source).increment(1);
+}
+
+/// Counts a refusal that shadow mode let through.
+#[cold]
+pub(crate) fn count_shadow_refusal(uid: &SharedString) {
+    metrics::counter!(SHADOW_REFUSALS, "throttle" => uid.clone()).increment(1);
+}
+
+/// Counts a backend error that `throttle`'s error policy handled with `action`
+/// (`failed_open`, `failed_closed`, `fallback`, `raised`).
+#[cold]
+pub(crate) fn count_backend_error(throttle: &str, error: &BackendError, action: &'static str) {
+    let (backend, kind) = match error {
+        BackendError::Connection { backend, .. } => (*backend, "connection"),
+        BackendError::Timeout { backend, .. } => (*backend, "timeout"),
+        BackendError::PoolExhausted { backend, .. } => (*backend, "pool_exhausted"),
+        BackendError::Command { backend, .. } => (*backend, "command"),
+        BackendError::Contention { backend, .. } => (*backend, "contention"),
+        BackendError::Full { .. } => ("memory", "full"),
+        BackendError::State(_) => ("unknown", "state"),
+        BackendError::Closed { backend } => (*backend, "closed"),
+        BackendError::Unsupported { backend, .. } => (*backend, "unsupported"),
+    };
+    metrics::counter!(
+        BACKEND_ERRORS,
+        "throttle" => throttle.to_owned(),
+        "backend" => backend,
+        "kind" => kind,
+        "action" => action
+    )
+    .increment(1);
+}

@@ -1,0 +1,203 @@
+//! Decision counters through the `metrics` facade, read back from `metrics-util`'s debugging
+//! recorder (a real recorder, installed for this thread only).
+
+#![cfg(feature = "metrics")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use traffik::backend::{BoxFuture, Operation};
+use traffik::strategy::{FixedWindow, Metadata, Verdict};
+use traffik::{Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+
+/// Polls an in-memory hit, which never waits.
+fn now<F: Future>(f: F) -> F::Output {
+    match pin!(f).as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("an in-memory hit waited"),
+    }
+}
+
+fn view(ip: [u8; 4]) -> RequestView<'static> {
+    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
+}
+
+fn throttle(uid: &str, backend: &InMemoryBackend) -> Throttle {
+    Throttle::builder()
+        .uid(uid)
+        .rate("2/min")
+        .backend(backend.clone())
+        .strategy(FixedWindow)
+        .clock(ManualClock::new(1_699_999_980_000_000))
+        .no_registry()
+        .build()
+        .unwrap()
+}
+
+/// A counter: its name, its labels (sorted) and its value.
+type Seen = (String, Vec<(String, String)>, u64);
+
+/// Every counter.
+fn counters(snapshotter: &Snapshotter) -> Vec<Seen> {
+    let mut out: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let DebugValue::Counter(n) = value else { return None };
+            let key = key.key();
+            let mut labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            labels.sort();
+            Some((key.name().to_owned(), labels, n))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The value of one counter (0 when it was never registered).
+fn value(all: &[Seen], name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    want.sort();
+    all.iter().find(|(n, l, _)| n == name && *l == want).map_or(0, |(_, _, v)| *v)
+}
+
+#[test]
+fn decisions_are_counted_by_throttle_outcome_and_source_without_identities() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let t = throttle("counted", &InMemoryBackend::new());
+        let req = view([203, 0, 113, 7]);
+        for _ in 0..3 {
+            let _ = now(t.hit(&req)).unwrap();
+        }
+        // A check is not a decision on a request.
+        let _ = now(t.check(&req)).unwrap();
+        t.set_shadow(true);
+        let _ = now(t.hit(&req)).unwrap();
+        t.disable();
+        let _ = now(t.hit(&req)).unwrap();
+    });
+    let all = counters(&snapshotter);
+    let decisions = |outcome, source| {
+        value(&all, "traffik_decisions_total", &[("throttle", "counted"), ("outcome", outcome), ("source", source)])
+    };
+    assert_eq!(decisions("allowed", "backend"), 2, "{all:?}");
+    assert_eq!(decisions("throttled", "backend"), 2, "one enforced, one in shadow mode: {all:?}");
+    assert_eq!(decisions("skipped", "none"), 1, "{all:?}");
+    assert_eq!(value(&all, "traffik_shadow_refusals_total", &[("throttle", "counted")]), 1);
+    for (_, labels, _) in &all {
+        for (_, v) in labels {
+            assert!(!v.contains("203.0.113"), "an identity in a label: {all:?}");
+        }
+    }
+}
+
+#[test]
+fn a_recorder_installed_after_the_throttle_was_built_sees_every_hit() {
+    let t = throttle("late", &InMemoryBackend::new());
+    let req = view([192, 0, 2, 1]);
+    // No recorder yet: nothing to see, nothing kept.
+    let _ = now(t.hit(&req)).unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        for _ in 0..3 {
+            let _ = now(t.hit(&req)).unwrap();
+        }
+    });
+    let all = counters(&snapshotter);
+    let decisions = |outcome| {
+        value(&all, "traffik_decisions_total", &[("throttle", "late"), ("outcome", outcome), ("source", "backend")])
+    };
+    assert_eq!((decisions("allowed"), decisions("throttled")), (1, 2), "{all:?}");
+}
+
+#[test]
+fn a_group_counts_its_decisions_under_its_own_uid() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let backend = InMemoryBackend::new();
+        let group = ThrottleGroup::new("api", [throttle("burst", &backend), throttle("sustained", &backend)]).unwrap();
+        group.set_shadow(true);
+        let req = view([192, 0, 2, 2]);
+        for _ in 0..3 {
+            let _ = now(group.hit(&req)).unwrap();
+        }
+    });
+    let all = counters(&snapshotter);
+    let decisions = |outcome| {
+        value(&all, "traffik_decisions_total", &[("throttle", "api"), ("outcome", outcome), ("source", "backend")])
+    };
+    assert_eq!((decisions("allowed"), decisions("throttled")), (2, 1), "{all:?}");
+    assert_eq!(value(&all, "traffik_shadow_refusals_total", &[("throttle", "api")]), 1);
+    let members: u64 =
+        all.iter().filter(|(_, l, _)| l.iter().any(|(k, v)| k == "throttle" && v != "api")).map(|(_, _, n)| n).sum();
+    assert_eq!(members, 0, "members are not counted apart inside a group: {all:?}");
+}
+
+/// A backend that is always down.
+#[derive(Debug)]
+struct Down;
+
+impl Backend for Down {
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+    fn namespace(&self) -> &str {
+        "down"
+    }
+    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(async { Err(BackendError::Timeout { backend: "down", after: std::time::Duration::from_secs(1) }) })
+    }
+    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(async { Err(BackendError::command("down", "nope")) })
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[test]
+fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let build = |uid: &str, policy: ErrorPolicy| {
+            Throttle::builder()
+                .uid(uid)
+                .rate("5/min")
+                .backend(Down)
+                .strategy(FixedWindow)
+                .on_error(policy)
+                .no_registry()
+                .build()
+                .unwrap()
+        };
+        let req = view([192, 0, 2, 3]);
+        let closed = build("closed", ErrorPolicy::throttle());
+        let _ = now(closed.hit(&req)).unwrap();
+        let fallback = build("fallback", ErrorPolicy::fallback(InMemoryBackend::new()));
+        let _ = now(fallback.hit(&req)).unwrap();
+    });
+    let all = counters(&snapshotter);
+    let errors = |throttle, action| {
+        value(
+            &all,
+            "traffik_backend_errors_total",
+            &[("throttle", throttle), ("backend", "down"), ("kind", "timeout"), ("action", action)],
+        )
+    };
+    assert_eq!((errors("closed", "failed_closed"), errors("fallback", "fallback")), (1, 1), "{all:?}");
+    let decisions = |throttle, outcome, source| {
+        value(&all, "traffik_decisions_total", &[("throttle", throttle), ("outcome", outcome), ("source", source)])
+    };
+    assert_eq!(decisions("closed", "throttled", "error_policy"), 1, "{all:?}");
+    assert_eq!(decisions("fallback", "allowed", "fallback"), 1, "{all:?}");
+}
