@@ -330,10 +330,10 @@ pub fn add_missing_headers(out: &mut HeaderMap, extra: HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
     use crate::decision::Skip;
     use crate::headers::When;
     use crate::rate::Rate;
+    use http::HeaderValue;
 
     fn decision(outcome: Outcome, cost: u64, wait: Duration) -> Decision {
         let mut d = Decision::skipped(Skip::Disabled);
