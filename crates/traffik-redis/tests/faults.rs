@@ -15,24 +15,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use traffik::strategy::FixedWindow;
-use traffik::{Backend, Decision, ErrorPolicy, Identity, ManualClock, Outcome, Rate, RequestView, Source, Throttle};
+use traffik::{Backend, ErrorPolicy, Outcome, Source};
+use traffik_property_tests::faults::{BOUND, TIMEOUT, Tally, burst, exhaust, figures, hit, recover, throttle};
 use traffik_redis::RedisBackend;
 use traffik_test_support::{Fault, FaultProxy};
-
-/// The throttle's timeout in every scenario.
-const TIMEOUT: Duration = Duration::from_millis(300);
-/// What "bounded" means here: many times the timeout, so a slow machine still passes.
-const BOUND: Duration = Duration::from_secs(5);
-/// Requests allowed for recovery once the server is back (the measured count is printed).
-const RECOVERY_BUDGET: u32 = 60;
-/// A frozen client clock: one fixed window for the whole test.
-const NOW_US: u64 = 1_700_000_000_000_000;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
@@ -58,154 +48,6 @@ fn backend_with(url: &str, pooled: bool, command_timeout: Duration) -> RedisBack
     b.build().expect("backend")
 }
 
-/// A fixed window of `limit` per hour for one client, on a frozen clock.
-fn throttle(backend: &RedisBackend, uid: &str, limit: u32, policy: ErrorPolicy) -> Arc<Throttle> {
-    Arc::new(
-        Throttle::builder()
-            .uid(uid)
-            .rate(Rate::per_millis(limit, 3_600_000).expect("rate"))
-            .backend(backend.clone())
-            .strategy(FixedWindow)
-            .identifier(|_: &RequestView<'_>| Identity::named("client"))
-            .clock(ManualClock::new(NOW_US))
-            .timeout(TIMEOUT)
-            .on_error(policy)
-            .no_registry()
-            .build()
-            .expect("throttle"),
-    )
-}
-
-/// What a run of hits saw.
-#[derive(Default, Debug)]
-struct Tally {
-    /// Admissions decided by the backend, by their `remaining` (per server lifetime).
-    admitted: BTreeMap<u64, u32>,
-    backend_throttled: u64,
-    /// Decisions made by the error policy, by outcome.
-    policy: BTreeMap<String, u64>,
-    errors: u64,
-    slowest: Duration,
-}
-
-impl Tally {
-    fn record(&mut self, result: &Result<Decision, traffik::Error>, took: Duration) {
-        self.slowest = self.slowest.max(took);
-        assert!(took < BOUND, "a decision took {took:?} (timeout {TIMEOUT:?})");
-        match result {
-            Ok(d) if d.source == Source::Backend && d.outcome == Outcome::Allowed => {
-                *self.admitted.entry(d.remaining.expect("remaining")).or_default() += 1;
-            }
-            Ok(d) if d.source == Source::Backend => self.backend_throttled += 1,
-            Ok(d) => {
-                assert_eq!(d.source, Source::ErrorPolicy, "{d:?}");
-                *self.policy.entry(format!("{:?}", d.outcome)).or_default() += 1;
-            }
-            Err(_) => self.errors += 1,
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        for (r, n) in other.admitted {
-            *self.admitted.entry(r).or_default() += n;
-        }
-        self.backend_throttled += other.backend_throttled;
-        for (k, n) in other.policy {
-            *self.policy.entry(k).or_default() += n;
-        }
-        self.errors += other.errors;
-        self.slowest = self.slowest.max(other.slowest);
-    }
-
-    fn admitted_total(&self) -> u64 {
-        self.admitted.values().map(|n| u64::from(*n)).sum()
-    }
-
-    fn policy_total(&self) -> u64 {
-        self.policy.values().sum()
-    }
-
-    /// No `remaining` value was handed out more than `lifetimes` times (once per server
-    /// lifetime: a restarted server starts empty), and no admission claimed more than the limit.
-    fn assert_no_over_admission(&self, limit: u32, lifetimes: u32) {
-        for (remaining, n) in &self.admitted {
-            assert!(*remaining < u64::from(limit), "remaining {remaining} with a limit of {limit}");
-            assert!(*n <= lifetimes, "remaining {remaining} was handed out {n} times: over-admission");
-        }
-    }
-}
-
-/// One hit, timed.
-async fn hit(t: &Throttle, tally: &mut Tally) -> Result<Decision, traffik::Error> {
-    let started = Instant::now();
-    let r = t.hit(&RequestView::empty()).await;
-    tally.record(&r, started.elapsed());
-    r
-}
-
-/// `tasks` concurrent clients of `hits` sequential hits each.
-async fn burst(t: &Arc<Throttle>, tasks: usize, hits: usize) -> Tally {
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let t = Arc::clone(t);
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                for _ in 0..hits {
-                    let _ = hit(&t, &mut tally).await;
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut all = Tally::default();
-    for h in handles {
-        all.merge(h.await.expect("task"));
-    }
-    all
-}
-
-/// Consecutive decisions of the backend that count as recovered (more than a pool has
-/// connections, so every connection a fault left dead has been found and replaced).
-const STREAK: u32 = 8;
-
-/// Hits until the backend decides again, steadily: returns the request (counted from 1) at
-/// which a run of [`STREAK`] decisions of the backend began, i.e. from which on no decision was
-/// lost to the fault.
-async fn recover(t: &Throttle, tally: &mut Tally, what: &str) -> u32 {
-    let mut streak = 0;
-    for n in 1..=RECOVERY_BUDGET {
-        match hit(t, tally).await {
-            Ok(d) if d.source == Source::Backend => streak += 1,
-            _ => streak = 0,
-        }
-        if streak == STREAK {
-            return n + 1 - STREAK;
-        }
-    }
-    panic!(
-        "{what}: the backend did not decide {STREAK} times in a row within {RECOVERY_BUDGET} requests after the server came back"
-    );
-}
-
-/// Hits until the backend throttles, then checks that it keeps throttling: the window is
-/// exhausted and nothing beyond the limit gets through.
-async fn exhaust(t: &Throttle, tally: &mut Tally, limit: u32) {
-    let mut throttled = false;
-    for _ in 0..=2 * limit {
-        let d = hit(t, tally).await.expect("server is up");
-        assert_eq!(d.source, Source::Backend, "{d:?}");
-        if d.outcome == Outcome::Throttled {
-            throttled = true;
-            break;
-        }
-    }
-    assert!(throttled, "the backend never throttled");
-    for _ in 0..5 {
-        let d = hit(t, tally).await.expect("server is up");
-        assert_eq!((d.source, d.outcome), (Source::Backend, Outcome::Throttled), "{d:?}");
-    }
-}
-
 /// Every key on the server has a time to live (`PTTL` > 0, or -2: expired since listed).
 fn assert_every_key_expires(url: &str) -> usize {
     let mut admin = common::admin(url);
@@ -225,19 +67,6 @@ fn assert_every_key_expires(url: &str) -> usize {
         }
     }
     seen
-}
-
-fn figures(scenario: &str, tally: &Tally, recovered_in: Option<u32>) {
-    println!(
-        "fault-figures: redis {scenario}: slowest decision {:?}, policy decisions {:?}, backend admits {}, \
-         backend throttles {}, errors {}, every decision the backend's from request {} on",
-        tally.slowest,
-        tally.policy,
-        tally.admitted_total(),
-        tally.backend_throttled,
-        tally.errors,
-        recovered_in.map_or("-".to_owned(), |n| n.to_string()),
-    );
 }
 
 #[test]
@@ -270,7 +99,7 @@ fn sigstop_and_sigcont_decisions_stay_bounded_and_service_recovers() {
         // (their answers were too late), so the client saw at most the limit.
         assert!(tally.admitted_total() <= u64::from(limit), "{tally:?}");
         assert!(assert_every_key_expires(&server.url) >= 1);
-        figures(&format!("SIGSTOP/SIGCONT (pooled {pooled})"), &tally, Some(recovered));
+        figures("redis", &format!("SIGSTOP/SIGCONT (pooled {pooled})"), &tally, Some(recovered));
     }
 }
 
@@ -337,7 +166,7 @@ fn kill_and_restart_under_load_applies_the_policy_and_recovers() {
     tally.assert_no_over_admission(limit, 2);
     assert_eq!(tally.errors, 0, "the allow policy never raises");
     assert!(assert_every_key_expires(&format!("redis://127.0.0.1:{port}/")) >= 1);
-    figures("kill + restart under load (8 tasks)", &tally, Some(recovered));
+    figures("redis", "kill + restart under load (8 tasks)", &tally, Some(recovered));
 }
 
 #[test]
@@ -370,7 +199,7 @@ fn script_flush_under_load_costs_no_decision() {
     assert_eq!(tally.backend_throttled, 100);
     tally.assert_no_over_admission(limit, 1);
     assert!(assert_every_key_expires(&server.url) >= 1);
-    figures("SCRIPT FLUSH x10 under load (8 tasks x 25 hits)", &tally, None);
+    figures("redis", "SCRIPT FLUSH x10 under load (8 tasks x 25 hits)", &tally, None);
 }
 
 fn proxied(server: &common::PrivateServer) -> FaultProxy {
@@ -405,7 +234,7 @@ fn latency_below_the_timeout_is_served_and_above_it_the_policy_decides() {
     tally.assert_no_over_admission(limit, 1);
     assert!(tally.admitted_total() <= u64::from(limit));
     assert!(assert_every_key_expires(&server.url) >= 1);
-    figures("proxy latency 40 ms then 400 ms per direction", &tally, Some(recovered));
+    figures("redis", "proxy latency 40 ms then 400 ms per direction", &tally, Some(recovered));
 }
 
 #[test]
@@ -433,7 +262,7 @@ fn reset_connections_cost_no_decision() {
         assert_eq!(tally.admitted_total(), u64::from(limit), "pooled {pooled}: {tally:?}");
         tally.assert_no_over_admission(limit, 1);
         assert!(assert_every_key_expires(&server.url) >= 1);
-        figures(&format!("proxy resets open connections x3 (pooled {pooled})"), &tally, None);
+        figures("redis", &format!("proxy resets open connections x3 (pooled {pooled})"), &tally, None);
     }
 }
 
@@ -462,7 +291,12 @@ fn dropped_connections_apply_the_policy_and_service_recovers() {
         });
         tally.assert_no_over_admission(limit, 1);
         assert!(assert_every_key_expires(&server.url) >= 1);
-        figures(&format!("proxy drops new + resets open connections (pooled {pooled})"), &tally, Some(recovered));
+        figures(
+            "redis",
+            &format!("proxy drops new + resets open connections (pooled {pooled})"),
+            &tally,
+            Some(recovered),
+        );
     }
 }
 
@@ -501,6 +335,7 @@ fn a_half_open_peer_is_bounded_by_the_timeout_and_service_recovers() {
         assert!(tally.admitted_total() <= u64::from(limit));
         assert!(assert_every_key_expires(&server.url) >= 1);
         figures(
+            "redis",
             &format!("proxy half-open peer (pooled {pooled}, command timeout {command_timeout:?})"),
             &tally,
             Some(recovered),
