@@ -30,18 +30,14 @@ const KIND: &str = "memory";
 #[allow(unsafe_code)]
 mod spin {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
 
     use parking_lot::lock_api;
 
-    /// Failed looks at a held lock before a waiter starts yielding (in case the holder was
-    /// descheduled, or is sweeping a large shard).
+    /// Failed looks at a held lock before a waiter starts yielding its time slice (the holder
+    /// may have been descheduled). A waiter never sleeps: it may be an async runtime's worker,
+    /// and the work done under a shard lock is bounded (one decision, or a new key's look at
+    /// no more than 64 buckets), so the wait is always short once the holder runs.
     const SPINS: u32 = 100;
-    /// Yields before a waiter starts sleeping.
-    const YIELDS: u32 = 100;
-    /// First and longest sleep of a waiter.
-    const FIRST_SLEEP: Duration = Duration::from_micros(10);
-    const LONGEST_SLEEP: Duration = Duration::from_millis(1);
 
     pub(super) struct RawSpin(AtomicBool);
 
@@ -49,16 +45,12 @@ mod spin {
         #[cold]
         fn lock_contended(&self) {
             let mut looks = 0u32;
-            let mut sleep = FIRST_SLEEP;
             loop {
                 while self.0.load(Ordering::Relaxed) {
                     if looks < SPINS {
                         std::hint::spin_loop();
-                    } else if looks < SPINS + YIELDS {
-                        std::thread::yield_now();
                     } else {
-                        std::thread::sleep(sleep);
-                        sleep = (sleep * 2).min(LONGEST_SLEEP);
+                        std::thread::yield_now();
                     }
                     looks = looks.saturating_add(1);
                 }
