@@ -48,25 +48,9 @@ fn backend_with(url: &str, pooled: bool, command_timeout: Duration) -> RedisBack
     b.build().expect("backend")
 }
 
-/// Every key on the server has a time to live (`PTTL` > 0, or -2: expired since listed).
+/// Every key on the server has a time to live (see [`common::assert_every_key_expires`]).
 fn assert_every_key_expires(url: &str) -> usize {
-    let mut admin = common::admin(url);
-    let mut cursor = 0u64;
-    let mut seen = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query(&mut admin).expect("scan");
-        for k in batch {
-            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut admin).expect("pttl");
-            assert!(ttl > 0 || ttl == -2, "key {k} has PTTL {ttl}");
-            seen += 1;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    seen
+    common::assert_every_key_expires(&mut common::admin(url))
 }
 
 #[test]

@@ -151,22 +151,7 @@ fn every_key_has_a_ttl_in_both_clock_modes() {
     });
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut admin).expect("keys");
     assert!(keys.len() >= strategies.len() * 6, "{} keys", keys.len());
-    let mut cursor = 0u64;
-    let mut seen = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query(&mut admin).expect("scan");
-        for k in batch {
-            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut admin).expect("pttl");
-            // -2: expired since SCAN listed it (fine); -1: no time to live (a bug).
-            assert!(ttl > 0 || ttl == -2, "key {k} has PTTL {ttl}");
-            seen += 1;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let seen = common::assert_every_key_expires(&mut admin);
     assert_eq!(seen, keys.len());
 }
 

@@ -43,6 +43,26 @@ pub fn admin(url: &str) -> redis::Connection {
     redis::Client::open(url).expect("client").get_connection().expect("admin connection")
 }
 
+/// Asserts that every key on the server has a time to live (`PTTL` > 0, or -2: expired since
+/// `SCAN` listed it; -1, no time to live, is a bug) and returns how many keys it saw.
+pub fn assert_every_key_expires(admin: &mut redis::Connection) -> usize {
+    let mut cursor = 0u64;
+    let mut seen = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query(admin).expect("scan");
+        for k in batch {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(admin).expect("pttl");
+            assert!(ttl > 0 || ttl == -2, "key {k} has PTTL {ttl}");
+            seen += 1;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return seen;
+        }
+    }
+}
+
 /// A redis-server of this test's own, even when `TRAFFIK_REDIS_URL` names a shared one: for
 /// tests that assert on server-wide counters (`INFO commandstats`, `DBSIZE`, `KEYS *`) or stop
 /// the server.
