@@ -137,8 +137,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memcache::exp::{AsyncMemcache, Get, Meta};
+use traffik::OnError;
 use traffik::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
-use traffik::policy::ErrorPolicy;
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{BackendError, StrategyHandle};
 
@@ -188,7 +188,7 @@ pub struct MemcachedBackendBuilder {
     command_timeout: Duration,
     cas_attempts: u32,
     min_ttl_secs: u64,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
 }
 
 impl fmt::Debug for MemcachedBackendBuilder {
@@ -216,7 +216,7 @@ impl Default for MemcachedBackendBuilder {
             command_timeout: Duration::from_secs(1),
             cas_attempts: 64,
             min_ttl_secs: 0,
-            error_policy: None,
+            on_error: None,
         }
     }
 }
@@ -327,9 +327,11 @@ impl MemcachedBackendBuilder {
         self
     }
 
-    /// The error policy for throttles on this backend that set none themselves.
-    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
-        self.error_policy = Some(policy);
+    /// What throttles on this backend do when it fails, if they set no error policy of their
+    /// own (default: fail closed). Richer policies (fallback, breaker, retry) belong to the
+    /// throttle: [`ThrottleBuilder::on_error`](traffik::ThrottleBuilder::on_error).
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = Some(on_error);
         self
     }
 
@@ -367,7 +369,7 @@ impl MemcachedBackendBuilder {
                 command_timeout: self.command_timeout,
                 cas_attempts: self.cas_attempts,
                 min_ttl_secs: self.min_ttl_secs,
-                error_policy: self.error_policy,
+                on_error: self.on_error,
                 client: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -392,7 +394,7 @@ struct Inner {
     command_timeout: Duration,
     cas_attempts: u32,
     min_ttl_secs: u64,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
     client: Mutex<Option<AsyncMemcache>>,
     connecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -912,8 +914,8 @@ impl Backend for MemcachedBackend {
         })
     }
 
-    fn error_policy(&self) -> Option<ErrorPolicy> {
-        self.inner.error_policy.clone()
+    fn on_error(&self) -> Option<OnError> {
+        self.inner.on_error
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use traffik::strategy::{FixedWindow, Input};
-use traffik::{Backend, BackendError, ErrorPolicy, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Mode, OnError, Operation, Rate, StrategyHandle};
 use traffik_memcached::{BuildError, MemcachedBackend};
 use traffik_test_support::MemcachedServer;
 
@@ -116,10 +116,10 @@ fn a_url_configured_backend_works() {
 }
 
 #[test]
-fn the_error_policy_is_handed_to_throttles() {
-    let backend = MemcachedBackend::builder().server("127.0.0.1:1").error_policy(ErrorPolicy::allow()).build().unwrap();
-    assert!(backend.error_policy().is_some());
-    assert!(MemcachedBackend::new("127.0.0.1:1").unwrap().error_policy().is_none());
+fn the_backend_wide_on_error_is_handed_to_throttles() {
+    let backend = MemcachedBackend::builder().server("127.0.0.1:1").on_error(OnError::Allow).build().unwrap();
+    assert_eq!(backend.on_error(), Some(OnError::Allow));
+    assert_eq!(MemcachedBackend::new("127.0.0.1:1").unwrap().on_error(), None);
 }
 
 #[test]

@@ -114,8 +114,8 @@ use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
+use traffik::OnError;
 use traffik::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
-use traffik::policy::ErrorPolicy;
 use traffik::strategy::{Builtin, Input, Metadata, Verdict};
 use traffik::{BackendError, StrategyHandle};
 
@@ -200,7 +200,7 @@ pub struct RedisBackendBuilder {
     timeouts: Timeouts,
     min_ttl_ms: u64,
     cas_attempts: u32,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -223,7 +223,7 @@ impl Default for RedisBackendBuilder {
             timeouts: Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) },
             min_ttl_ms: 1,
             cas_attempts: 64,
-            error_policy: None,
+            on_error: None,
         }
     }
 }
@@ -337,9 +337,11 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The error policy for throttles on this backend that set none themselves.
-    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
-        self.error_policy = Some(policy);
+    /// What throttles on this backend do when it fails, if they set no error policy of their
+    /// own (default: fail closed). Richer policies (fallback, breaker, retry) belong to the
+    /// throttle: [`ThrottleBuilder::on_error`](traffik::ThrottleBuilder::on_error).
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = Some(on_error);
         self
     }
 
@@ -407,7 +409,7 @@ impl RedisBackendBuilder {
                 timeouts: t,
                 min_ttl_ms: self.min_ttl_ms,
                 cas_attempts: self.cas_attempts,
-                error_policy: self.error_policy,
+                on_error: self.on_error,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -421,7 +423,7 @@ struct Inner {
     timeouts: Timeouts,
     min_ttl_ms: u64,
     cas_attempts: u32,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
     closed: AtomicBool,
 }
 
@@ -880,8 +882,8 @@ impl Backend for RedisBackend {
         Box::pin(async { Ok(()) })
     }
 
-    fn error_policy(&self) -> Option<ErrorPolicy> {
-        self.inner.error_policy.clone()
+    fn on_error(&self) -> Option<OnError> {
+        self.inner.on_error
     }
 }
 

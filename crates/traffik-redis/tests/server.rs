@@ -14,7 +14,7 @@ use traffik::strategy::{
     Verdict, VerdictKind,
 };
 use traffik::{
-    Backend, BackendError, ErrorPolicy, Identity, Key, Mode, Operation, Outcome, Rate, RequestView, StrategyHandle,
+    Backend, BackendError, Identity, Key, Mode, OnError, Operation, Outcome, Rate, RequestView, StrategyHandle,
     Throttle,
 };
 use traffik_property_tests::builtin_suites;
@@ -474,10 +474,9 @@ fn every_constructor_serves_decisions_and_close_and_policy_behave() {
         let b = &backends[0];
         assert_eq!(b.kind(), "redis");
         assert_eq!(b.namespace(), "traffik");
-        assert!(b.error_policy().is_none());
-        let with_policy =
-            RedisBackend::builder().url(url.as_str()).error_policy(ErrorPolicy::allow()).build().expect("b");
-        assert!(with_policy.error_policy().is_some());
+        assert_eq!(b.on_error(), None);
+        let with_policy = RedisBackend::builder().url(url.as_str()).on_error(OnError::Allow).build().expect("b");
+        assert_eq!(with_policy.on_error(), Some(OnError::Allow));
         b.close().await.expect("close");
         let e = b.decide(op(&key("closed"), &s, 0, rate, 1, Mode::Consume)).await.expect_err("closed");
         assert!(matches!(e, BackendError::Closed { .. }), "{e:?}");

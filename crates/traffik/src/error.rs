@@ -5,6 +5,32 @@ use std::time::Duration;
 use crate::RateError;
 use crate::strategy::StateError;
 
+/// What throttles on a backend do when it fails, if they set no [`ErrorPolicy`](crate::ErrorPolicy)
+/// of their own: a backend-wide default, given with the backend builders' `on_error`.
+///
+/// A backend is storage; it does not hold throttle-level policies (fallback backends, circuit
+/// breakers, retries). For those on many throttles, set [`on_error`](crate::ThrottleBuilder::on_error)
+/// on a builder and clone it as a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnError {
+    /// Let the request through (fail open): [`ErrorPolicy::allow`](crate::ErrorPolicy::allow).
+    Allow,
+    /// Reject it (fail closed): [`ErrorPolicy::throttle`](crate::ErrorPolicy::throttle), the default.
+    Throttle,
+    /// Return the error to the caller: [`ErrorPolicy::raise`](crate::ErrorPolicy::raise).
+    Raise,
+}
+
+impl From<OnError> for crate::ErrorPolicy {
+    fn from(on_error: OnError) -> Self {
+        match on_error {
+            OnError::Allow => crate::ErrorPolicy::allow(),
+            OnError::Throttle => crate::ErrorPolicy::throttle(),
+            OnError::Raise => crate::ErrorPolicy::raise(),
+        }
+    }
+}
+
 /// A boxed error from a backend's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

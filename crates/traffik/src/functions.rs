@@ -4,9 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::Rate;
-use crate::backend::BoxFuture;
 use crate::context::Context;
 use crate::identity::{Identifier, Identity, RequestView};
+use futures_core::future::BoxFuture;
 
 /// Computes the cost of a hit from the request and context.
 pub trait CostFn: Send + Sync + 'static {

@@ -16,7 +16,7 @@ use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
 use crate::strategy::{Verdict, VerdictKind};
-use crate::throttle::builder::BackendChoice;
+use crate::throttle::BackendChoice;
 use crate::throttle::{
     Attempt, Config, Prepared, Ready, Resolved, Throttle, bounded, context_backend, shadow_refusal_event,
 };

@@ -9,16 +9,17 @@
 //! forwarding chain is walked right to left, skipping trusted hops: the first untrusted address
 //! is the client.
 
+use std::any::Any;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, LazyLock};
 
 use http::{Extensions, HeaderMap, Method, Uri};
 
-use crate::backend::BoxFuture;
 use crate::context::Context;
 use crate::error::Error;
 use crate::key::{self, Key, KeyBuilder};
+use futures_core::future::BoxFuture;
 
 static EMPTY_HEADERS: LazyLock<HeaderMap> = LazyLock::new(HeaderMap::new);
 static ROOT: LazyLock<Uri> = LazyLock::new(|| Uri::from_static("/"));
@@ -316,19 +317,12 @@ impl From<IpAddr> for Identity {
 /// });
 /// # let _ = traffik::Throttle::builder().identifier(by_user);
 /// ```
-pub trait Identifier: Send + Sync + 'static {
+pub trait Identifier: Any + Send + Sync {
     /// The identity of `req`, with the hit's context.
     fn identify<'a>(&'a self, req: &'a RequestView<'a>, ctx: &'a Context) -> BoxFuture<'a, Identity>;
 
     /// The identity without awaiting, when the identifier never needs to (skips a boxed future).
     fn identify_now(&self, _req: &RequestView<'_>, _ctx: &Context) -> Option<Identity> {
-        None
-    }
-
-    /// The built-in [`ClientIp`] identifier itself, so a throttle can call it without dynamic
-    /// dispatch. Other identifiers keep the default.
-    #[doc(hidden)]
-    fn as_client_ip(&self) -> Option<&ClientIp> {
         None
     }
 }
@@ -693,9 +687,6 @@ impl Identifier for ClientIp {
         Some(self.identity(req))
     }
 
-    fn as_client_ip(&self) -> Option<&ClientIp> {
-        Some(self)
-    }
 }
 
 #[cfg(test)]

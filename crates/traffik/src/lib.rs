@@ -122,9 +122,10 @@ mod throttle;
 /// The throttle builder's states and the sealed traits that mark a complete builder
 /// (see [`ThrottleBuilder`]).
 pub mod builder {
+    pub use crate::throttle::BackendChoice;
     pub use crate::throttle::builder::{
-        BackendChoice, HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid,
-        RateSet, ThrottleBuilder, Uid,
+        HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid, RateSet,
+        ThrottleBuilder, Uid,
     };
 }
 
@@ -132,7 +133,7 @@ pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::Context;
 pub use decision::{Decision, Outcome, Skip, Source, Stat};
-pub use error::{BackendError, BoxError, Error};
+pub use error::{BackendError, BoxError, Error, OnError};
 pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
 pub use group::{GroupDecision, ThrottleGroup};
 pub use headers::{Header, HeaderOverrides, Headers, When};

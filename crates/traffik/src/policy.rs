@@ -12,8 +12,8 @@
 //! | [`ErrorPolicy::failover`] | circuit breaker + retries + fallback backend |
 //! | [`ErrorPolicy::circuit_breaker`] | count failures; while open, throttle without calling the backend |
 //!
-//! A throttle's own policy wins over its backend's ([`Backend::error_policy`]); with neither,
-//! the policy is `throttle`.
+//! A throttle's own policy wins over its backend's default ([`Backend::on_error`], one of
+//! [`OnError`](crate::OnError)); with neither, the policy is `throttle`.
 
 use std::fmt;
 use std::future::Future;
@@ -25,7 +25,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::Rate;
-use crate::backend::{Backend, BoxFuture, SharedBackend};
+use futures_core::future::BoxFuture;
+
+use crate::backend::{Backend, SharedBackend};
 use crate::clock::{Clock, SystemClock, to_us};
 use crate::error::BackendError;
 use crate::identity::RequestView;

@@ -31,22 +31,18 @@ impl ThrottleRegistry {
         ThrottleRegistry::default()
     }
 
+    /// Adds `throttle` under its uid; a dropped throttle's entry gives way. Entries of dropped
+    /// throttles are cleared out here, so a registry never holds more than its live throttles
+    /// and the dead ones since the last registration (a throttle needs no hook into it).
     pub(crate) fn register(&self, throttle: &Throttle) -> Result<(), Error> {
         let mut map = self.throttles.lock();
+        map.retain(|_, w| w.strong_count() > 0);
         let uid = throttle.uid();
-        if map.get(uid).is_some_and(|w| w.strong_count() > 0) {
+        if map.contains_key(uid) {
             return Err(Error::DuplicateUid(uid.to_owned()));
         }
         map.insert(uid.to_owned(), throttle.downgrade());
         Ok(())
-    }
-
-    /// Drops the entry for `uid` if its throttle is gone.
-    pub(crate) fn forget_dead(&self, uid: &str) {
-        let mut map = self.throttles.lock();
-        if map.get(uid).is_some_and(|w| w.strong_count() == 0) {
-            map.remove(uid);
-        }
     }
 
     /// The live throttle registered as `uid`.

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use http::Method;
 use regex::Regex;
 
-use crate::backend::BoxFuture;
 use crate::context::Context;
 use crate::error::Error;
 use crate::identity::RequestView;
+use futures_core::future::BoxFuture;
 
 /// An async condition over a request.
 pub trait Predicate: Send + Sync + 'static {

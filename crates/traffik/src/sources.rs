@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Rate;
-use crate::backend::BoxFuture;
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::error::Error;
 use crate::functions::{RateFn, RateSource};
 use crate::identity::RequestView;
+use futures_core::future::BoxFuture;
 
 type Resolver<K> = dyn Fn(&RequestView<'_>, &Context) -> Option<K> + Send + Sync;
 

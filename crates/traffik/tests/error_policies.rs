@@ -143,8 +143,8 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
         fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
             self.0.reset()
         }
-        fn error_policy(&self) -> Option<ErrorPolicy> {
-            Some(ErrorPolicy::allow())
+        fn on_error(&self) -> Option<traffik::OnError> {
+            Some(traffik::OnError::Allow)
         }
     }
     let t = Throttle::builder()

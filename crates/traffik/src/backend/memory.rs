@@ -11,8 +11,8 @@ use self::spin::Mutex;
 
 use super::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use crate::error::BackendError;
+use crate::error::OnError;
 use crate::key::Key;
-use crate::policy::ErrorPolicy;
 use crate::strategy::{Input, Metadata, Packed, PackedStep, Slot, StrategyHandle, Verdict};
 
 const KIND: &str = "memory";
@@ -273,7 +273,7 @@ struct Inner {
     seed: u64,
     evictions: AtomicU64,
     refusals: AtomicU64,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
 }
 
 /// In-process storage: fast, bounded, not shared between processes.
@@ -312,7 +312,7 @@ pub struct InMemoryBuilder {
     shards: usize,
     max_keys: usize,
     eviction: Eviction,
-    error_policy: Option<ErrorPolicy>,
+    on_error: Option<OnError>,
 }
 
 impl Default for InMemoryBuilder {
@@ -322,7 +322,7 @@ impl Default for InMemoryBuilder {
             shards: 64,
             max_keys: 1_000_000,
             eviction: Eviction::default(),
-            error_policy: None,
+            on_error: None,
         }
     }
 }
@@ -353,9 +353,11 @@ impl InMemoryBuilder {
         self
     }
 
-    /// Error policy for throttles on this backend that set none.
-    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
-        self.error_policy = Some(policy);
+    /// What throttles on this backend do when it fails, if they set no error policy of their
+    /// own (default: fail closed). Richer policies (fallback, breaker, retry) belong to the
+    /// throttle: [`ThrottleBuilder::on_error`](crate::ThrottleBuilder::on_error).
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = Some(on_error);
         self
     }
 
@@ -387,7 +389,7 @@ impl InMemoryBuilder {
                 seed: fastrand::u64(..),
                 evictions: AtomicU64::new(0),
                 refusals: AtomicU64::new(0),
-                error_policy: self.error_policy,
+                on_error: self.on_error,
             }),
         }
     }
@@ -932,9 +934,6 @@ impl Backend for InMemoryBackend {
     }
 
     #[inline]
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
-        Some(self)
-    }
 
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
@@ -963,8 +962,8 @@ impl Backend for InMemoryBackend {
         Box::pin(async { Ok(()) })
     }
 
-    fn error_policy(&self) -> Option<ErrorPolicy> {
-        self.inner.error_policy.clone()
+    fn on_error(&self) -> Option<OnError> {
+        self.inner.on_error
     }
 }
 

@@ -16,18 +16,17 @@ mod memory;
 pub(crate) use memory::Verdicts;
 pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
 
+use std::any::Any;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::error::BackendError;
+use crate::error::{BackendError, OnError};
 use crate::key::Key;
-use crate::policy::ErrorPolicy;
 use crate::strategy::{Input, Metadata, StrategyHandle, Verdict};
 
-/// A boxed, `Send` future, the return type of [`Backend`] methods.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, `Send` future, the return type of [`Backend`] methods (the `futures` family's own
+/// alias, so implementations written against either name agree).
+pub use futures_core::future::BoxFuture;
 
 /// Whether a decision consumes quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +62,7 @@ pub struct GroupOperation<'a> {
 }
 
 /// Storage for throttle state. See the [module docs](self).
-pub trait Backend: Send + Sync + fmt::Debug + 'static {
+pub trait Backend: Any + Send + Sync + fmt::Debug {
     /// A short name for logs and errors (`"memory"`, `"redis"`, ...).
     fn kind(&self) -> &'static str;
 
@@ -76,13 +75,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Decides without awaiting, for backends that never block (the in-memory one). The
     /// throttle tries this first and skips the future when it returns `Some`.
     fn decide_now(&self, _op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
-        None
-    }
-
-    /// The in-memory backend itself, so a throttle can call it without dynamic dispatch.
-    /// Other backends keep the default.
-    #[doc(hidden)]
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         None
     }
 
@@ -125,8 +117,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(()) })
     }
 
-    /// The error policy for throttles on this backend that set none themselves.
-    fn error_policy(&self) -> Option<ErrorPolicy> {
+    /// What throttles on this backend do when it fails, if they set no error policy
+    /// themselves (`None`: fail closed, [`OnError::Throttle`]).
+    fn on_error(&self) -> Option<OnError> {
         None
     }
 }
@@ -150,9 +143,6 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn decide_group_now(&self, group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
         (**self).decide_group_now(group)
     }
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
-        (**self).as_in_memory()
-    }
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)
     }
@@ -168,8 +158,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).close()
     }
-    fn error_policy(&self) -> Option<ErrorPolicy> {
-        (**self).error_policy()
+    fn on_error(&self) -> Option<OnError> {
+        (**self).on_error()
     }
 }
 

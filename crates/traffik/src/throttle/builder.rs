@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::{Config, Throttle, ThrottleInner};
+use super::Throttle;
+use super::config::{BackendChoice, Config, DISABLED, NEXT_THROTTLE_ID, SHADOW, ThrottleInner, metric_uid};
 use crate::backend::{Backend, SharedBackend};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -41,15 +42,6 @@ pub struct NoStrategy;
 #[derive(Clone, Debug)]
 pub struct Uid(String);
 
-/// Where a throttle's backend comes from (builder state: the backend is set).
-#[derive(Clone, Debug)]
-pub enum BackendChoice {
-    /// A fixed backend.
-    Fixed(SharedBackend),
-    /// The backend in scope ([`with_backend`](crate::with_backend)), per request.
-    Context,
-}
-
 /// Builder state: the rate is set (a parse error, if any, is reported by `build()`).
 #[derive(Clone)]
 pub struct RateSet(Result<RateSource, RateError>);
@@ -68,7 +60,7 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Uid {}
     impl Sealed for super::RateSet {}
-    impl Sealed for super::BackendChoice {}
+    impl Sealed for crate::throttle::BackendChoice {}
     impl Sealed for crate::strategy::StrategyHandle {}
 }
 
@@ -165,6 +157,13 @@ struct Options {
     rules: Vec<Rule>,
     disabled: bool,
     shadow: bool,
+}
+
+impl Throttle {
+    /// A builder: set uid, rate, backend and strategy, then `build()`.
+    pub fn builder() -> ThrottleBuilder {
+        ThrottleBuilder::new()
+    }
 }
 
 impl Default for ThrottleBuilder {
@@ -448,27 +447,26 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
             #[cfg(feature = "metrics")]
             counters: crate::telemetry::DecisionCounters::unregistered(),
         };
-        let metric_uid = super::metric_uid(&uid);
+        let metric_uid = metric_uid(&uid);
         config.finalize(&metric_uid);
         let throttle = Throttle {
             inner: Arc::new(ThrottleInner {
                 key_prefix: crate::key::Key::builder(&uid).build(),
                 uid,
-                id: super::NEXT_THROTTLE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                id: NEXT_THROTTLE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 fast: AtomicBool::new(config.fast.is_some()),
                 config: ArcSwap::from_pointee(config),
                 flags: std::sync::atomic::AtomicU8::new(
-                    if o.disabled { super::DISABLED } else { 0 } | if o.shadow { super::SHADOW } else { 0 },
+                    if o.disabled { DISABLED } else { 0 } | if o.shadow { SHADOW } else { 0 },
                 ),
                 shadow_refusals: std::sync::atomic::AtomicU64::new(0),
                 clock: o.clock,
                 incidents: Incidents::default(),
-                registry: o.registry,
                 metric_uid,
             }),
         };
-        if let Some(registry) = &throttle.inner.registry {
+        if let Some(registry) = &o.registry {
             registry.register(&throttle)?;
         }
         Ok(throttle)
