@@ -686,7 +686,6 @@ impl Identifier for ClientIp {
     fn identify_now(&self, req: &RequestView<'_>, _ctx: &Context) -> Option<Identity> {
         Some(self.identity(req))
     }
-
 }
 
 #[cfg(test)]
