@@ -1,6 +1,11 @@
 //! A throttle's run-time switches and settings: enable/disable, shadow mode, `update_*` and
 //! the read-back getters. Every change swaps the whole configuration (no lock on the hit path).
 
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use super::Throttle;
 use super::config::{BackendChoice, Config, DISABLED, SHADOW};
 use crate::Rate;
@@ -11,10 +16,6 @@ use crate::identity::Identifier;
 use crate::policy::{ErrorPolicy, IncidentCounts};
 use crate::rules::Rule;
 use crate::strategy::StrategyHandle;
-use std::any::Any;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 impl Throttle {
     /// Disables the throttle: hits are skipped until [`enable`](Self::enable).

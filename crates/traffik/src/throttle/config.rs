@@ -1,5 +1,12 @@
 //! A throttle's configuration (swapped whole at run time) and the state shared by its clones.
 
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
 use crate::Rate;
 use crate::backend::{Backend, InMemoryBackend, SharedBackend};
 use crate::clock::Clock;
@@ -11,11 +18,6 @@ use crate::key::Key;
 use crate::policy::{ErrorPolicy, Incidents};
 use crate::rules::RuleSet;
 use crate::strategy::{StrategyHandle, Verdict};
-use arc_swap::ArcSwap;
-use std::any::Any;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
-use std::time::Duration;
 
 /// Where a throttle's backend comes from (builder state: the backend is set).
 #[derive(Clone, Debug)]

@@ -1,9 +1,10 @@
 //! The task-local backend of throttles built with `backend_from_context` (multi-tenant apps
 //! set it per request in a middleware).
 
-use crate::backend::SharedBackend;
 use std::future::Future;
 use std::sync::Arc;
+
+use crate::backend::SharedBackend;
 
 tokio::task_local! {
     static CONTEXT_BACKEND: SharedBackend;

@@ -1,11 +1,12 @@
 //! The throttle's `tracing` events: one per enforced refusal and one per refusal shadow mode
 //! let through, naming the throttle, its strategy and backend, never the client.
 
+use std::time::Duration;
+
 use super::config::{BackendChoice, Config};
 use crate::backend::Backend;
 use crate::decision::{Outcome, Source};
 use crate::strategy::VerdictKind;
-use std::time::Duration;
 
 /// The `debug` event of an enforced refusal: names the throttle, its strategy and backend,
 /// never the client.

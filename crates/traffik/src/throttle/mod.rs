@@ -17,6 +17,11 @@ pub(crate) use events::{denial_event, shadow_refusal_event};
 pub(crate) use prepare::{Prepared, Ready};
 pub(crate) use recovery::{Attempt, Resolved, Single, bounded};
 
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
 use crate::backend::{Backend, Mode, Operation};
 use crate::clock::us;
 use crate::context::Context;
@@ -26,10 +31,6 @@ use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
 use crate::strategy::{Verdict, VerdictKind};
-use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 /// A rate limiter: one uid, rate, strategy and backend, applied per client identity.
 ///

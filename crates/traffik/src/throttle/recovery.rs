@@ -1,6 +1,10 @@
 //! The error-policy interpreter: a backend call bounded by the throttle's timeout, and what
 //! the policy makes of a failure (allow, throttle, raise, retry, breaker, fallback).
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::Throttle;
 use super::config::{BackendChoice, Config};
 use super::context_backend::context_backend;
@@ -11,9 +15,6 @@ use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
 use crate::policy::{ErrorPolicy, Failure, Incident, PolicyKind, Recovery};
 use crate::strategy::Verdict;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
 
 impl Throttle {
     /// The error policy's answer to a backend failure on the shortcut path.

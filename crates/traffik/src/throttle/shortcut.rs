@@ -1,6 +1,11 @@
 //! The shortcut for the common configuration (client address, fixed rate and cost, the
 //! in-memory backend): a per-thread copy of the configuration and a hit on concrete types.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use super::Throttle;
 use super::config::{Config, DISABLED, FastPlan};
 use super::events::denial_event;
@@ -12,10 +17,6 @@ use crate::error::BackendError;
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::strategy::{Input, VerdictKind};
-use std::cell::RefCell;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 impl Throttle {
     /// The denial event of the shortcut (never in shadow mode: shadow mode takes the general

@@ -16,6 +16,7 @@ use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
 use crate::error::{BackendError, OnError};
 use crate::key::Key;
 use crate::strategy::{Input, Metadata, Packed, PackedStep, Slot, StrategyHandle, Verdict};
+
 pub(crate) use group::Verdicts;
 use shard::{Boxes, EXPIRY, Entry, Padded, SWEEP_CLOCK_STEP_US, Shard, put_slot, take_slot, verdict_of};
 
