@@ -1,0 +1,246 @@
+//! [`CircuitBreaker`]: counts backend failures and, while open, spares the backend calls that
+//! would fail anyway; half-open lets one probe through.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, SystemClock, to_us};
+
+/// Settings of a [`CircuitBreaker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before letting a probe through.
+    #[serde(with = "crate::policy::breaker::millis")]
+    pub recovery_timeout: Duration,
+    /// Successes in half-open state that close the circuit.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_threshold: 5, recovery_timeout: Duration::from_secs(30), success_threshold: 2 }
+    }
+}
+
+/// Circuit state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go to the backend.
+    Closed,
+    /// Calls skip the backend.
+    Open,
+    /// Probing: calls go to the backend; enough successes close the circuit, a failure opens it.
+    HalfOpen,
+}
+
+/// A snapshot of a breaker for health endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerInfo {
+    /// Current state.
+    pub state: BreakerState,
+    /// Consecutive failures counted while closed.
+    pub failures: u32,
+    /// Successes counted while half-open.
+    pub successes: u32,
+    /// When the circuit last opened, in ms since the epoch of the breaker's clock.
+    pub opened_at_ms: Option<u64>,
+    /// Times the circuit has opened.
+    pub times_opened: u64,
+    /// The configuration.
+    pub config: BreakerConfig,
+}
+
+#[derive(Debug)]
+pub(super) struct BreakerCell {
+    pub(super) state: BreakerState,
+    pub(super) failures: u32,
+    pub(super) successes: u32,
+    pub(super) opened_at_us: Option<u64>,
+    pub(super) times_opened: u64,
+    /// Half-open: whether a probe is out, and since when (a probe that never reports, say a
+    /// cancelled request, is presumed lost after `recovery_timeout` and another may go).
+    pub(super) probing: Option<u64>,
+}
+
+pub(super) struct BreakerInner {
+    pub(super) config: BreakerConfig,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Mirrors `cell.state` so the closed-state check takes no lock.
+    pub(super) fast: AtomicU8,
+    /// Mirrors `cell.failures` while closed, so a success with no failure streak to reset takes
+    /// no lock.
+    pub(super) streak: AtomicU32,
+    pub(super) cell: Mutex<BreakerCell>,
+}
+
+/// Closed → (failure_threshold failures) → open → (recovery_timeout) → half-open →
+/// (success_threshold successes) → closed; a failure while half-open reopens it. Half-open lets
+/// one probe through at a time. (Calls report without a token, so a success from a call that
+/// started before the circuit opened, and ends after the recovery timeout, counts as the
+/// probe's and lets the next probe go; with timeouts shorter than the recovery timeout, the
+/// default, that cannot happen.) A closed breaker's checks and successes take no lock.
+/// Clones share state.
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    pub(super) inner: Arc<BreakerInner>,
+}
+
+pub(super) const CLOSED: u8 = 0;
+
+pub(super) const NOT_CLOSED: u8 = 1;
+
+impl CircuitBreaker {
+    /// A breaker on the system clock.
+    pub fn new(config: BreakerConfig) -> Self {
+        CircuitBreaker::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A breaker on the given clock (use a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        CircuitBreaker {
+            inner: Arc::new(BreakerInner {
+                config,
+                clock,
+                fast: AtomicU8::new(CLOSED),
+                streak: AtomicU32::new(0),
+                cell: Mutex::new(BreakerCell {
+                    state: BreakerState::Closed,
+                    failures: 0,
+                    successes: 0,
+                    opened_at_us: None,
+                    times_opened: 0,
+                    probing: None,
+                }),
+            }),
+        }
+    }
+
+    /// Whether a call may go to the protected backend now: always while closed; while open,
+    /// not until `recovery_timeout` has passed, then as the first probe of the half-open
+    /// state; while half-open, only when no other probe is out.
+    pub fn allow(&self) -> bool {
+        if self.inner.fast.load(Ordering::Acquire) == CLOSED {
+            return true;
+        }
+        let recovery = to_us(self.inner.config.recovery_timeout);
+        let now = self.inner.clock.now_us();
+        let mut c = self.inner.cell.lock();
+        match c.state {
+            BreakerState::Closed => true,
+            BreakerState::HalfOpen => match c.probing {
+                Some(since) if now.saturating_sub(since) < recovery => false,
+                _ => {
+                    c.probing = Some(now);
+                    true
+                }
+            },
+            BreakerState::Open => {
+                let since = c.opened_at_us.unwrap_or(0);
+                if now.saturating_sub(since) >= recovery {
+                    c.state = BreakerState::HalfOpen;
+                    c.successes = 0;
+                    c.probing = Some(now);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Records a successful call.
+    pub fn record_success(&self) {
+        if self.inner.fast.load(Ordering::Acquire) == CLOSED && self.inner.streak.load(Ordering::Relaxed) == 0 {
+            // Closed with no failure streak: nothing to reset, and no lock taken.
+            return;
+        }
+        let mut c = self.inner.cell.lock();
+        match c.state {
+            BreakerState::Closed => {
+                c.failures = 0;
+                self.inner.streak.store(0, Ordering::Relaxed);
+            }
+            BreakerState::HalfOpen => {
+                c.probing = None;
+                c.successes += 1;
+                if c.successes >= self.inner.config.success_threshold {
+                    c.state = BreakerState::Closed;
+                    c.failures = 0;
+                    c.successes = 0;
+                    self.inner.streak.store(0, Ordering::Relaxed);
+                    self.inner.fast.store(CLOSED, Ordering::Release);
+                }
+            }
+            BreakerState::Open => {}
+        }
+    }
+
+    /// Records a failed call.
+    pub fn record_failure(&self) {
+        let mut c = self.inner.cell.lock();
+        let open = match c.state {
+            BreakerState::Closed => {
+                c.failures = c.failures.saturating_add(1);
+                self.inner.streak.store(c.failures, Ordering::Relaxed);
+                c.failures >= self.inner.config.failure_threshold
+            }
+            BreakerState::HalfOpen => true,
+            BreakerState::Open => false,
+        };
+        if open {
+            c.state = BreakerState::Open;
+            c.opened_at_us = Some(self.inner.clock.now_us());
+            c.successes = 0;
+            c.probing = None;
+            c.times_opened += 1;
+            self.inner.fast.store(NOT_CLOSED, Ordering::Release);
+            tracing::warn!(failures = c.failures, "circuit breaker opened");
+        }
+    }
+
+    /// The current state (without moving open → half-open).
+    pub fn state(&self) -> BreakerState {
+        self.inner.cell.lock().state
+    }
+
+    /// A snapshot for dashboards.
+    pub fn info(&self) -> BreakerInfo {
+        let c = self.inner.cell.lock();
+        BreakerInfo {
+            state: c.state,
+            failures: c.failures,
+            successes: c.successes,
+            opened_at_ms: c.opened_at_us.map(|t| t / 1000),
+            times_opened: c.times_opened,
+            config: self.inner.config,
+        }
+    }
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CircuitBreaker").field(&self.info()).finish()
+    }
+}
+
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
