@@ -130,7 +130,7 @@ impl MemcachedBackendBuilder {
 
     /// Prefix of every key (default `traffik`; 1 to 64 characters from `[A-Za-z0-9._-]`).
     /// Backends with different namespaces never see each other's state, and
-    /// [`Backend::reset`] resets only this namespace.
+    /// [`Backend::reset`](traffik::backend::Backend::reset) resets only this namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -151,23 +151,23 @@ impl MemcachedBackendBuilder {
     }
 
     /// Bound on opening a connection (default 1 s). Past it the call fails with
-    /// [`BackendError::Connection`]. The client library reports both kinds of expiry alike,
+    /// [`BackendError::Connection`](traffik::BackendError::Connection). The client library reports both kinds of expiry alike,
     /// so the backend tells them apart by how long the call took: keep this below
     /// [`command_timeout`](Self::command_timeout), or a connect timeout is reported as
-    /// [`BackendError::Timeout`].
+    /// [`BackendError::Timeout`](traffik::BackendError::Timeout).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Bound on one exchange with a server (default 1 s). Past it the call fails with
-    /// [`BackendError::Timeout`].
+    /// [`BackendError::Timeout`](traffik::BackendError::Timeout).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
     }
 
-    /// Compare-and-swap attempts per decision before [`BackendError::Contention`] (default 64).
+    /// Compare-and-swap attempts per decision before [`BackendError::Contention`](traffik::BackendError::Contention) (default 64).
     pub fn cas_attempts(mut self, attempts: u32) -> Self {
         self.cas_attempts = attempts.max(1);
         self

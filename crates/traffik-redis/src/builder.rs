@@ -152,7 +152,7 @@ impl RedisBackendBuilder {
     }
 
     /// Prefix of every key (default `traffik`); backends with different namespaces never see
-    /// each other's state, and [`Backend::reset`] deletes only this namespace.
+    /// each other's state, and [`Backend::reset`](traffik::backend::Backend::reset) deletes only this namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -173,7 +173,7 @@ impl RedisBackendBuilder {
     /// Response timeout of the connections this crate opens from a URL (shared multiplexed and
     /// cluster; default 1 s). Pooled connections (opened by bb8-redis) use the redis client's
     /// default of 500 ms, and connections you pass in keep their own. Timeouts surface as
-    /// [`BackendError::Timeout`]; the throttle also applies its own.
+    /// [`BackendError::Timeout`](traffik::BackendError::Timeout); the throttle also applies its own.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.command = timeout;
         self
@@ -187,7 +187,7 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Compare-and-swap attempts of the generic path before [`BackendError::Contention`]
+    /// Compare-and-swap attempts of the generic path before [`BackendError::Contention`](traffik::BackendError::Contention)
     /// (default 64).
     pub fn cas_attempts(mut self, attempts: u32) -> Self {
         self.cas_attempts = attempts.max(1);
