@@ -37,8 +37,8 @@ impl Throttle {
     ///
     /// In shadow mode the throttle decides and stores exactly as when it enforces (a refused
     /// hit consumes nothing, an admitted one consumes its cost), but integrations refuse and
-    /// hold nothing: a refusal ([`Outcome::Throttled`], [`Outcome::Never`]) or a delay
-    /// ([`Outcome::Delayed`]) comes back with [`Decision::shadow`] set, and the request is
+    /// hold nothing: a refusal ([`Outcome::Throttled`](crate::Outcome::Throttled), [`Outcome::Never`](crate::Outcome::Never)) or a delay
+    /// ([`Outcome::Delayed`](crate::Outcome::Delayed)) comes back with [`Decision::shadow`](crate::Decision::shadow) set, and the request is
     /// served at once, with the headers of an allowed request and never `Retry-After`. Each
     /// refused hit is counted ([`shadow_refusals`](Self::shadow_refusals)) and logged at
     /// `debug` (the throttle's uid, the outcome, cost and wait; no identity or key). A backend
@@ -77,7 +77,7 @@ impl Throttle {
     }
 
     /// How many hits shadow mode let through that the throttle refused (alone, or through
-    /// [`Context::shadow`]; not counting checks, nor hits through a group, which the group
+    /// [`Context::shadow`](crate::Context::shadow); not counting checks, nor hits through a group, which the group
     /// counts).
     pub fn shadow_refusals(&self) -> u64 {
         self.inner.shadow_refusals.load(Ordering::Relaxed)

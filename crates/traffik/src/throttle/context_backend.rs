@@ -11,7 +11,7 @@ tokio::task_local! {
 }
 
 /// Runs `fut` with `backend` as the backend of every throttle built with
-/// [`backend_from_context`](ThrottleBuilder::backend_from_context) (multi-tenant apps set it in
+/// [`backend_from_context`](crate::ThrottleBuilder::backend_from_context) (multi-tenant apps set it in
 /// a middleware).
 pub async fn with_backend<F: Future>(backend: SharedBackend, fut: F) -> F::Output {
     CONTEXT_BACKEND.scope(backend, fut).await
