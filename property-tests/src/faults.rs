@@ -34,7 +34,6 @@ pub fn throttle<B: Backend + Clone>(backend: &B, uid: &str, limit: u32, policy: 
             .clock(ManualClock::new(NOW_US))
             .timeout(TIMEOUT)
             .on_error(policy)
-            .no_registry()
             .build()
             .expect("throttle"),
     )

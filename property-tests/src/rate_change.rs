@@ -42,12 +42,8 @@ fn throttle(
     flip: &Arc<AtomicBool>,
 ) -> Throttle {
     let uid = format!("rc-{}-{:x}-{}", suite.name, run_id(), RUN.fetch_add(1, Ordering::Relaxed));
-    let builder = Throttle::builder()
-        .uid(uid)
-        .shared_backend(backend)
-        .strategy(suite.strategy.clone())
-        .clock(clock.clone())
-        .no_registry();
+    let builder =
+        Throttle::builder().uid(uid).shared_backend(backend).strategy(suite.strategy.clone()).clock(clock.clone());
     let built = match change {
         Change::UpdateRate => builder.rate(before).build(),
         Change::RateFn => {

@@ -50,7 +50,6 @@ fn hostile_identities_work_through_a_throttle() {
                     .strategy(strategy.clone())
                     .identifier(move |_: &RequestView<'_>| (*identity).clone())
                     .clock(clock.clone())
-                    .no_registry()
                     .build()
                     .unwrap();
                 throttles.push((name, throttle));

@@ -28,7 +28,6 @@ fn member(
         .shared_backend(Arc::clone(backend))
         .strategy(strategy)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap()
 }

@@ -182,7 +182,6 @@ fn hostile_identities_work_through_a_throttle() {
                     .backend(backend.clone())
                     .strategy(strategy)
                     .identifier(move |_: &RequestView<'_>| id.clone())
-                    .no_registry()
                     .build()
                     .expect("throttle");
                 let req = RequestView::empty();

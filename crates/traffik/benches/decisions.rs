@@ -174,7 +174,6 @@ fn main() {
                     .rate(rate)
                     .backend(InMemoryBackend::builder().max_keys(2_000_000).build())
                     .strategy(strategy)
-                    .no_registry()
                     .build()
                     .unwrap();
                 let peers: Vec<std::net::SocketAddr> = (0..keys)
@@ -198,7 +197,6 @@ fn main() {
                     .rate(rate)
                     .backend(backend.clone())
                     .strategy(strategy)
-                    .no_registry()
                     .build()
                     .unwrap()
             };

@@ -124,14 +124,7 @@ fn main() {
             let before = LIVE.load(Ordering::Relaxed);
             let backend = InMemoryBackend::builder().max_keys(cap).build();
             let make = |uid: &str, limit| {
-                Throttle::builder()
-                    .uid(uid)
-                    .rate(limit)
-                    .backend(backend.clone())
-                    .strategy(FixedWindow)
-                    .no_registry()
-                    .build()
-                    .unwrap()
+                Throttle::builder().uid(uid).rate(limit).backend(backend.clone()).strategy(FixedWindow).build().unwrap()
             };
             let flood = make("flood", rate!("5/day"));
             let client = make("client", rate!("1000/day"));

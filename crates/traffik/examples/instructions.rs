@@ -53,7 +53,6 @@ fn main() {
         .rate("1000000/min")
         .backend(backend.clone())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let quota = governor::Quota::per_minute(NonZeroU32::new(1_000_000).unwrap());
@@ -64,14 +63,7 @@ fn main() {
         black_box(limiter.check_key(&(i as u32)).is_ok());
     }
     let member = |uid: &str, strategy: StrategyHandle| {
-        Throttle::builder()
-            .uid(uid)
-            .rate("1000000/min")
-            .backend(backend.clone())
-            .strategy(strategy)
-            .no_registry()
-            .build()
-            .unwrap()
+        Throttle::builder().uid(uid).rate("1000000/min").backend(backend.clone()).strategy(strategy).build().unwrap()
     };
     let group =
         ThrottleGroup::new("group", [member("burst", FixedWindow.into()), member("sustained", FixedWindow.into())])

@@ -25,7 +25,6 @@ fn main() {
         .rate(Rate::per_millis(u32::MAX, 1000).unwrap())
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let peers: Vec<std::net::SocketAddr> =

@@ -42,7 +42,6 @@ fn main() -> Result<(), traffik::Error> {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .clock(clock.clone())
-        .no_registry()
         .build()?;
     for (who, ctx) in [
         ("anonymous", Context::new()),

@@ -45,9 +45,9 @@ static NO_CONTEXT: LazyLock<Context> = LazyLock::new(Context::new);
 /// # async fn main() -> Result<(), traffik::Error> {
 /// let backend = InMemoryBackend::new();
 /// let burst = Throttle::builder().uid("burst").rate(rate!("3/s")).backend(backend.clone())
-///     .strategy(TokenBucket::new()).no_registry().build()?;
+///     .strategy(TokenBucket::new()).build()?;
 /// let sustained = Throttle::builder().uid("sustained").rate(rate!("5/min")).backend(backend)
-///     .strategy(FixedWindow).no_registry().build()?;
+///     .strategy(FixedWindow).build()?;
 /// let api = ThrottleGroup::new("api", [burst, sustained])?;
 /// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
 /// for _ in 0..3 {

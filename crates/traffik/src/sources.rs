@@ -44,7 +44,6 @@ type Resolver<K> = dyn Fn(&RequestView<'_>, &Context) -> Option<K> + Send + Sync
 ///     .rate_source(tiers.into())
 ///     .backend(InMemoryBackend::new())
 ///     .strategy(FixedWindow)
-///     .no_registry()
 ///     .build()?;
 /// # let _ = throttle;
 /// # Ok::<(), traffik::Error>(())

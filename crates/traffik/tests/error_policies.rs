@@ -71,8 +71,7 @@ impl Backend for Flaky {
 }
 
 fn throttle(uid: &str, backend: Arc<Flaky>, policy: Option<ErrorPolicy>) -> Throttle {
-    let b =
-        Throttle::builder().uid(uid).rate(rate!("1/min")).shared_backend(backend).strategy(FixedWindow).no_registry();
+    let b = Throttle::builder().uid(uid).rate(rate!("1/min")).shared_backend(backend).strategy(FixedWindow);
     match policy {
         Some(p) => b.on_error(p).build().unwrap(),
         None => b.build().unwrap(),
@@ -152,7 +151,6 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
         .rate(rate!("1/min"))
         .backend(Lenient(Flaky::failing(u32::MAX)))
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     assert_eq!(t.hit(&req()).await.unwrap().outcome, Outcome::Allowed);
@@ -282,7 +280,6 @@ async fn a_slow_backend_becomes_a_timeout_error_not_a_hang() {
         .strategy(FixedWindow)
         .timeout(Duration::from_millis(250))
         .on_error(ErrorPolicy::raise())
-        .no_registry()
         .build()
         .unwrap();
     match t.hit(&req()).await {
@@ -302,7 +299,6 @@ async fn a_breaker_policy_on_a_healthy_in_memory_backend_counts_each_hit_once() 
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .on_error(ErrorPolicy::circuit_breaker(breaker, Duration::from_secs(1)))
-        .no_registry()
         .build()
         .unwrap();
     let outcomes: Vec<Outcome> = {
@@ -353,7 +349,6 @@ async fn retries_stop_at_their_deadline() {
         .strategy(FixedWindow)
         .timeout(Duration::from_millis(300))
         .on_error(ErrorPolicy::retry(Retry::new(3).jitter(0.0), ErrorPolicy::throttle()))
-        .no_registry()
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();
@@ -375,7 +370,6 @@ async fn retries_stop_at_their_deadline() {
             Retry::new(3).jitter(0.0).deadline(Duration::from_secs(3)),
             ErrorPolicy::throttle(),
         ))
-        .no_registry()
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();
@@ -398,7 +392,6 @@ async fn failover_retries_stop_at_their_deadline() {
         .strategy(FixedWindow)
         .timeout(Duration::from_millis(300))
         .on_error(ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker).max_retries(20)))
-        .no_registry()
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();

@@ -56,7 +56,6 @@ async fn a_limited_client_gets_no_more_than_its_quota_under_a_flood_at_the_cap()
                 .backend(backend.clone())
                 .strategy(strategy.clone())
                 .clock(clock.clone())
-                .no_registry()
                 .build()
                 .unwrap();
             let flood = Throttle::builder()
@@ -65,7 +64,6 @@ async fn a_limited_client_gets_no_more_than_its_quota_under_a_flood_at_the_cap()
                 .backend(backend.clone())
                 .strategy(FixedWindow)
                 .clock(clock.clone())
-                .no_registry()
                 .build()
                 .unwrap();
             let me = peer(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
@@ -99,7 +97,6 @@ async fn a_refused_new_key_is_one_backend_decision() {
         .rate(rate!("5/day"))
         .backend(backend.clone())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     assert!(t.hit(&peer(flooder(1, false))).await.unwrap().is_allowed());

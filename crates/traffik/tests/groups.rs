@@ -25,7 +25,6 @@ fn throttle(
         .backend(backend.clone())
         .strategy(strategy)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap()
 }
@@ -96,7 +95,6 @@ async fn members_may_differ_in_identity_strategy_rate_and_cost() {
         .identifier(|_: &RequestView<'_>| Identity::named("tenant-a"))
         .cost(1)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap();
     let group = ThrottleGroup::new("tenancy", [per_user, per_tenant]).unwrap();
@@ -221,7 +219,6 @@ async fn members_key_their_own_identity() {
             .strategy(FixedWindow)
             .identifier(identifier)
             .clock(clock.clone())
-            .no_registry()
             .build()
             .unwrap()
     };

@@ -33,7 +33,6 @@ fn throttle(uid: &str, backend: &InMemoryBackend) -> Throttle {
         .backend(backend.clone())
         .strategy(FixedWindow)
         .clock(ManualClock::new(1_699_999_980_000_000))
-        .no_registry()
         .build()
         .unwrap()
 }
@@ -176,7 +175,6 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
                 .backend(Down)
                 .strategy(FixedWindow)
                 .on_error(policy)
-                .no_registry()
                 .build()
                 .unwrap()
         };

@@ -78,8 +78,7 @@ impl Subject {
             .uid(format!("change-{name}-{change:?}"))
             .backend(InMemoryBackend::new())
             .strategy(strategy)
-            .clock(clock.clone())
-            .no_registry();
+            .clock(clock.clone());
         let throttle = match change {
             Change::UpdateRate => builder.rate(before).build().unwrap(),
             Change::RateFn => {

@@ -118,7 +118,6 @@ fn a_throttle_follows_its_schedule() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap();
     let view = RequestView::empty();

@@ -29,7 +29,6 @@ fn throttle(uid: &str, rate: &str, strategy: impl Into<StrategyHandle>, clock: &
         .backend(InMemoryBackend::new())
         .strategy(strategy)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap()
 }
@@ -44,7 +43,6 @@ async fn a_throttle_in_shadow_mode_decides_as_usual_and_refuses_nothing() {
         .strategy(FixedWindow)
         .clock(clock.clone())
         .shadow(true)
-        .no_registry()
         .build()
         .unwrap();
     assert!(t.is_shadow());
@@ -106,7 +104,6 @@ async fn the_general_path_and_a_per_hit_context_shadow_alike() {
         .clock(clock.clone())
         .identifier(|_: &RequestView<'_>| Identity::Named("everyone".into()))
         .shadow(true)
-        .no_registry()
         .build()
         .unwrap();
     let req = view([192, 0, 2, 3]);
@@ -192,7 +189,6 @@ async fn a_failure_the_error_policy_throttles_is_let_through_one_it_raises_is_no
             .strategy(FixedWindow)
             .on_error(policy)
             .shadow(true)
-            .no_registry()
             .build()
             .unwrap()
     };
@@ -215,7 +211,6 @@ async fn a_group_in_shadow_mode_decides_as_one_and_refuses_nothing() {
             .backend(backend.clone())
             .strategy(strategy)
             .clock(clock.clone())
-            .no_registry()
             .build()
             .unwrap()
     };

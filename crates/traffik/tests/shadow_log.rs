@@ -52,7 +52,6 @@ async fn refusals_are_logged_once_at_debug_without_the_client() {
         .strategy(FixedWindow)
         .clock(ManualClock::new(1_699_999_980_000_000))
         .shadow(true)
-        .no_registry()
         .build()
         .unwrap();
     let req = RequestView::empty().peer(Some(SocketAddr::from(([203, 0, 113, 99], 4000))));

@@ -37,7 +37,6 @@ async fn admits_the_limit_then_throttles_with_an_exact_retry_after() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.1");
@@ -56,21 +55,11 @@ async fn admits_the_limit_then_throttles_with_an_exact_retry_after() {
 
 #[tokio::test]
 async fn invalid_settings_are_typed_errors() {
-    let bad_rate = Throttle::builder()
-        .uid("r")
-        .rate("5/fortnight")
-        .backend(InMemoryBackend::new())
-        .strategy(FixedWindow)
-        .no_registry()
-        .build();
+    let bad_rate =
+        Throttle::builder().uid("r").rate("5/fortnight").backend(InMemoryBackend::new()).strategy(FixedWindow).build();
     assert!(matches!(bad_rate, Err(Error::Rate(_))), "{bad_rate:?}");
-    let bad_uid = Throttle::builder()
-        .uid("")
-        .rate(rate!("1/s"))
-        .backend(InMemoryBackend::new())
-        .strategy(FixedWindow)
-        .no_registry()
-        .build();
+    let bad_uid =
+        Throttle::builder().uid("").rate(rate!("1/s")).backend(InMemoryBackend::new()).strategy(FixedWindow).build();
     assert!(matches!(bad_uid, Err(Error::Config(_))));
 }
 
@@ -81,7 +70,6 @@ async fn spoofed_forwarding_headers_do_not_change_an_untrusted_clients_bucket() 
         .rate(rate!("2/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
@@ -107,7 +95,6 @@ async fn trusted_proxies_forward_distinct_clients() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .identifier(ClientIp::new().trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap()))
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
@@ -133,7 +120,6 @@ async fn exempted_identities_and_anonymous_clients() {
             Some(user) => Identity::named(user),
             None => Identity::Anonymous,
         })
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
@@ -157,7 +143,6 @@ async fn cost_functions_overrides_and_never() {
         .backend(InMemoryBackend::new())
         .strategy(SlidingWindowLog)
         .cost_fn(|req: &RequestView<'_>, _: &Context| if req.method() == Method::POST { 4 } else { 1 })
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/upload");
@@ -184,7 +169,6 @@ async fn async_rate_function_by_tenant_tier() {
         })
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
@@ -209,7 +193,6 @@ async fn min_wait_floors_only_denied_hits() {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .min_wait(Duration::from_secs(30))
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.12");
@@ -225,7 +208,6 @@ async fn shaping_delays_then_rejects() {
         .backend(InMemoryBackend::new())
         .strategy(LeakyBucketWithQueue::new(1))
         .clock(clock())
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.13");
@@ -264,7 +246,9 @@ fn throttles_join_no_registry_unless_asked() {
     let joined = global().unwrap();
     assert!(traffik::GLOBAL_REGISTRY.exists("built-twice-global"));
     assert!(matches!(global(), Err(Error::DuplicateUid(uid)) if uid == "built-twice-global"));
-    drop((first, second, joined));
+    let undone = make().uid("built-twice-undone").registry(&traffik::GLOBAL_REGISTRY).no_registry().build().unwrap();
+    assert!(!traffik::GLOBAL_REGISTRY.exists("built-twice-undone"), "no_registry undoes registry");
+    drop((first, second, joined, undone));
 }
 
 #[tokio::test]
@@ -313,7 +297,6 @@ async fn rules_gate_and_bypass() {
             Rule::gate().path("/api/*/users").unwrap().methods([Method::GET]),
             Rule::bypass().predicate(|r: &RequestView<'_>, _: &Context| r.headers().contains_key("x-internal")),
         ])
-        .no_registry()
         .build()
         .unwrap();
     let headers = HeaderMap::new();
@@ -344,7 +327,6 @@ async fn runtime_updates_take_effect_on_the_next_hit() {
         .rate(rate!("1/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.40");
@@ -383,7 +365,6 @@ async fn stat_reads_without_consuming_and_serializes() {
         .backend(InMemoryBackend::new())
         .strategy(TokenBucket::new())
         .clock(clock())
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.50");
@@ -414,7 +395,6 @@ async fn context_resolved_backend_per_tenant() {
         .rate(rate!("1/min"))
         .backend_from_context()
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.60");
@@ -437,7 +417,6 @@ async fn scopes_and_hashed_identities_make_safe_distinct_keys() {
             Identity::Bytes(req.headers().get("x-id").map(|v| v.as_bytes().to_vec()).unwrap_or_default())
         })
         .hash_identities(true)
-        .no_registry()
         .build()
         .unwrap();
     let uri = Uri::from_static("/");
@@ -471,7 +450,6 @@ fn sixty_four_tasks_through_the_throttle_admit_exactly_the_limit() {
             .backend(InMemoryBackend::new())
             .strategy(strategy)
             .clock(clock())
-            .no_registry()
             .build()
             .unwrap();
         let admitted = Arc::new(AtomicU64::new(0));
@@ -513,7 +491,6 @@ fn hits_and_stats_work_outside_a_tokio_runtime() {
         .rate(rate!("1/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let req = view("192.0.2.80");
@@ -536,7 +513,6 @@ async fn the_plain_hit_shortcut_agrees_with_the_general_path() {
         .strategy(FixedWindow)
         .identifier(ClientIp::new().ipv6_prefix(48))
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap();
     let general = Context::new();
@@ -592,7 +568,6 @@ async fn the_plain_hit_shortcut_applies_the_error_policy() {
         .strategy(FixedWindow)
         .clock(clock())
         .on_error(traffik::ErrorPolicy::allow())
-        .no_registry()
         .build()
         .unwrap();
     assert!(t.hit(&view("192.0.2.1")).await.unwrap().is_allowed());
@@ -612,7 +587,6 @@ fn stat_and_check_work_in_a_runtime_without_timers() {
         .rate(rate!("5/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let req = RequestView::empty().peer(Some(([192, 0, 2, 77], 1).into()));
@@ -634,8 +608,7 @@ async fn a_builder_is_a_template() {
         .rate(rate!("2/min"))
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .headers(Headers::x_ratelimit(When::Always))
-        .no_registry();
+        .headers(Headers::x_ratelimit(When::Always));
     let a = template.clone().uid("template-a").build().unwrap();
     let b = template.uid("template-b").rate(rate!("5/min")).build().unwrap();
     let req = RequestView::empty().peer(Some(([192, 0, 2, 60], 1).into()));

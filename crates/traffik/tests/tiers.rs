@@ -40,7 +40,6 @@ fn throttle() -> Throttle {
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
         .clock(ManualClock::new(1_000_000))
-        .no_registry()
         .build()
         .unwrap()
 }

@@ -101,7 +101,6 @@ fn throttles(app: &str) -> Throttles {
             .strategy(FixedWindow)
             .clock(clock.clone())
             .headers(Headers::x_ratelimit(When::Always))
-            .no_registry()
     };
     Throttles {
         limited: build("limited", rate!("2/h")).build().unwrap(),

@@ -31,7 +31,7 @@ fn hello() -> &'static str {
 }
 
 fn throttle(uid: &str, rate: Rate, backend: SharedBackend) -> Throttle {
-    Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).no_registry().build().unwrap()
+    Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).build().unwrap()
 }
 
 fn spawn_server<E: Endpoint + 'static>(rt: &tokio::runtime::Runtime, app: E) -> SocketAddr {

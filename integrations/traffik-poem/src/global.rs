@@ -24,7 +24,7 @@ static EMPTY: LazyLock<Context> = LazyLock::new(Context::new);
 /// use traffik_poem::MiddlewareThrottle;
 ///
 /// let writes = Throttle::builder().uid("writes").rate(rate!("10/min"))
-///     .backend(InMemoryBackend::new()).strategy(FixedWindow).no_registry().build()?;
+///     .backend(InMemoryBackend::new()).strategy(FixedWindow).build()?;
 /// let rule = MiddlewareThrottle::new(writes)
 ///     .path("/api/**")?
 ///     .methods([Method::POST, Method::PUT, Method::DELETE])
@@ -139,7 +139,7 @@ impl MiddlewareThrottle {
 ///
 /// let build = |uid: &str, r| {
 ///     Throttle::builder().uid(uid).rate(r).backend(InMemoryBackend::new())
-///         .strategy(FixedWindow).no_registry().build()
+///         .strategy(FixedWindow).build()
 /// };
 /// let app = Route::new().at("/", get(index)).with(ThrottleMiddleware::new([
 ///     MiddlewareThrottle::new(build("admin", rate!("5/min"))?).path("/admin/**")?,

@@ -20,7 +20,7 @@
 //!     .backend(InMemoryBackend::new())
 //!     .strategy(FixedWindow)
 //!     .headers(Headers::x_ratelimit(When::Always))
-//!     .no_registry()
+//!     
 //!     .build()?;
 //! let app = Route::new().at("/hello", get(hello).with(throttle.middleware()));
 //! let cli = TestClient::new(app);

@@ -37,7 +37,7 @@ struct Options {
 ///
 /// let build = |uid: &str, r| {
 ///     Throttle::builder().uid(uid).rate(r).backend(InMemoryBackend::new())
-///         .strategy(FixedWindow).no_registry().build()
+///         .strategy(FixedWindow).build()
 /// };
 /// let burst = PoemThrottle::new(build("burst", rate!("10/min"))?);
 /// let sustained = PoemThrottle::new(build("sustained", rate!("100/hour"))?);

@@ -37,7 +37,6 @@ type HandlerFn = dyn Fn(&Request, &Decision) -> Response + Send + Sync;
 ///             .status(StatusCode::SERVICE_UNAVAILABLE)
 ///             .body(format!("slow down for {} ms", decision.wait.as_millis()))
 ///     }))
-///     .no_registry()
 ///     .build()?;
 /// assert!(throttle.throttled_handler::<ThrottledHandler>().is_some());
 /// # Ok::<(), traffik::Error>(())

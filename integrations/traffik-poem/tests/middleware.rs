@@ -451,7 +451,6 @@ async fn a_group_on_a_route_charges_no_member_for_a_refusal() {
             .strategy(traffik::strategy::FixedWindow)
             .clock(clock.clone())
             .headers(Headers::x_ratelimit(When::Always))
-            .no_registry()
             .build()
             .unwrap()
     };
@@ -525,8 +524,7 @@ async fn a_groups_draft_fields_never_replace_a_handlers_headers() {
             .backend(backend.clone())
             .strategy(traffik::strategy::FixedWindow)
             .clock(ManualClock::new(0))
-            .headers(Headers::ietf_draft10(uid))
-            .no_registry();
+            .headers(Headers::ietf_draft10(uid));
         let b = if handler {
             b.throttled_handler(ThrottledHandler::new(|_, _| {
                 Response::builder().status(StatusCode::TOO_MANY_REQUESTS).header("ratelimit", "mine").body("slow down")

@@ -34,7 +34,7 @@ fn throttle(uid: &str, rate: &str) -> Throttle {
 }
 
 fn throttle_on(uid: &str, rate: &str, backend: SharedBackend) -> Throttle {
-    Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).no_registry().build().unwrap()
+    Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).build().unwrap()
 }
 
 fn router(redis: SharedBackend) -> Router {

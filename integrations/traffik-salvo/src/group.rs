@@ -26,9 +26,9 @@ use crate::view::request_view;
 ///
 /// let backend = InMemoryBackend::new();
 /// let burst = Throttle::builder().uid("burst").rate(rate!("3/s")).backend(backend.clone())
-///     .strategy(TokenBucket::new()).no_registry().build()?;
+///     .strategy(TokenBucket::new()).build()?;
 /// let sustained = Throttle::builder().uid("sustained").rate(rate!("100/hour")).backend(backend)
-///     .strategy(FixedWindow).no_registry().build()?;
+///     .strategy(FixedWindow).build()?;
 /// let group = ThrottleGroup::new("data", [burst, sustained])?;
 /// let router = Router::with_path("data").hoop(group.hoop()).get(data);
 /// # let _ = router;

@@ -36,7 +36,6 @@ enum Predicate {
 ///     .rate(rate!("10/min"))
 ///     .backend(InMemoryBackend::new())
 ///     .strategy(FixedWindow)
-///     .no_registry()
 ///     .build()?;
 /// let entry = MiddlewareThrottle::new(writes)
 ///     .path("/api/**")?
@@ -155,7 +154,6 @@ impl fmt::Debug for MiddlewareThrottle {
 ///         .rate(r)
 ///         .backend(InMemoryBackend::new())
 ///         .strategy(FixedWindow)
-///         .no_registry()
 ///         .build()
 /// };
 /// let middleware = ThrottleMiddleware::new([

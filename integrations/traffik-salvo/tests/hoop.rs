@@ -359,7 +359,6 @@ async fn a_raised_backend_error_is_503_json() {
         .backend(Broken)
         .strategy(traffik::strategy::FixedWindow)
         .on_error(ErrorPolicy::raise())
-        .no_registry()
         .build()
         .unwrap();
     let counter = Counter::default();
@@ -533,7 +532,6 @@ async fn a_group_hoop_charges_no_member_for_a_refusal() {
             .strategy(traffik::strategy::FixedWindow)
             .clock(clock.clone())
             .headers(Headers::x_ratelimit(When::Always))
-            .no_registry()
             .build()
             .unwrap()
     };

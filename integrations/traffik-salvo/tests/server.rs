@@ -198,7 +198,6 @@ async fn a_failing_throttle_closes_the_websocket_with_1011() {
         .backend(common::Broken)
         .strategy(traffik::strategy::FixedWindow)
         .on_error(traffik::ErrorPolicy::raise())
-        .no_registry()
         .build()
         .unwrap();
     let url = ws_server(WsThrottle::new(failing), throttle!(rate!("100/h")).build().unwrap()).await;

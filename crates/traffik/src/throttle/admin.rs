@@ -52,7 +52,7 @@ impl Throttle {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), traffik::Error> {
     /// let throttle = Throttle::builder().uid("shadow-doc").rate(rate!("1/min"))
-    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).shadow(true).no_registry().build()?;
+    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).shadow(true).build()?;
     /// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
     /// assert!(throttle.hit(&req).await?.is_allowed());
     /// let second = throttle.hit(&req).await?;

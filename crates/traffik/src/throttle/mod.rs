@@ -50,7 +50,6 @@ use crate::strategy::{Verdict, VerdictKind};
 ///     .rate(rate!("2/min"))
 ///     .backend(InMemoryBackend::new())
 ///     .strategy(FixedWindow)
-///     .no_registry()
 ///     .build()?;
 /// let req = RequestView::empty().peer(Some(([192, 0, 2, 1], 5000).into()));
 /// assert!(throttle.hit(&req).await?.is_allowed());

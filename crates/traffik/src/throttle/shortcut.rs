@@ -228,7 +228,6 @@ mod tests {
             .rate(Rate::per_millis(5, 1000).unwrap_or_else(|_| Rate::unlimited()))
             .backend(InMemoryBackend::new())
             .strategy(FixedWindow)
-            .no_registry()
             .build()
             .unwrap_or_else(|e| panic!("{e}"))
     }

@@ -29,7 +29,6 @@ macro_rules! throttle {
             .backend(traffik::InMemoryBackend::new())
             .strategy(traffik::strategy::FixedWindow)
             .clock(traffik::ManualClock::new(0))
-            .no_registry()
     };
 }
 
