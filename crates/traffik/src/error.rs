@@ -31,6 +31,105 @@ impl From<OnError> for crate::ErrorPolicy {
     }
 }
 
+/// What is wrong with a configuration value ([`Error::Config`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A throttle's or group's uid is empty or too long.
+    #[error("uid must be 1 to {max} bytes long, got {len} bytes")]
+    UidLength {
+        /// Its length in bytes.
+        len: usize,
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A group has no members.
+    #[error("group `{group}` has no members")]
+    EmptyGroup {
+        /// The group.
+        group: String,
+    },
+    /// A throttle is a member of a group twice.
+    #[error("group `{group}` has member `{member}` twice")]
+    DuplicateMember {
+        /// The group.
+        group: String,
+        /// The member's uid.
+        member: String,
+    },
+    /// Not an IP address or CIDR network (trusted proxies).
+    #[error("`{text}` is not an IP address or CIDR network")]
+    Network {
+        /// The text given.
+        text: String,
+    },
+    /// A path glob or regular expression does not compile (rules).
+    #[error("path pattern `{pattern}` is invalid: {reason}")]
+    PathPattern {
+        /// The pattern given.
+        pattern: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A tier is given twice.
+    #[error("tier {tier} is given twice")]
+    DuplicateTier {
+        /// The tier, as its `Debug` form.
+        tier: String,
+    },
+    /// Tiers without a default tier.
+    #[error("tiers need a default tier (`default_tier`)")]
+    NoDefaultTier,
+    /// The default tier is not one of the tiers.
+    #[error("the default tier {tier} is not one of the tiers")]
+    UnknownDefaultTier {
+        /// The tier, as its `Debug` form.
+        tier: String,
+    },
+    /// Not a time of day (`"HH:MM"`, 00:00 to 24:00).
+    #[error("bad time of day {text:?}: use HH:MM, 00:00 to 24:00")]
+    TimeOfDay {
+        /// The text given.
+        text: String,
+    },
+    /// A schedule window overlaps an earlier one.
+    #[error("window {window} overlaps {other}")]
+    OverlappingWindows {
+        /// The window added, as `"HH:MM-HH:MM"`.
+        window: String,
+        /// The earlier window it overlaps.
+        other: String,
+    },
+    /// More schedule windows than a day can hold.
+    #[error("too many windows")]
+    TooManyWindows,
+    /// A UTC offset beyond what any clock uses.
+    #[error("UTC offset of {minutes} minutes is out of range")]
+    UtcOffset {
+        /// The offset given.
+        minutes: i32,
+    },
+    /// An IANA time zone name that the built-in database does not know.
+    #[error("unknown time zone {name:?}: {reason}")]
+    TimeZone {
+        /// The name given.
+        name: String,
+        /// Why it was not found.
+        reason: String,
+    },
+    /// A numeric parameter is not a number in its allowed range (NaN, infinite, negative,
+    /// zero where that means nothing, ...).
+    #[error("{parameter} must be {expected}, got {value}")]
+    OutOfRange {
+        /// Which parameter (e.g. `"adaptive decrease"`).
+        parameter: &'static str,
+        /// What it must be (e.g. `"a fraction in (0, 1)"`).
+        expected: &'static str,
+        /// The value given, as text.
+        value: String,
+    },
+}
+
 /// A boxed error from a backend's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -143,9 +242,9 @@ pub enum Error {
     /// A rate string or value is invalid.
     #[error(transparent)]
     Rate(#[from] RateError),
-    /// A configuration value is invalid (empty uid, bad glob, ...).
+    /// A configuration value is invalid: which one and why is the [`ConfigError`].
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// A registry already holds a live throttle with this uid.
     #[error("a throttle with uid `{0}` is already registered")]
     DuplicateUid(String),

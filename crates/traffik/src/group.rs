@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation, Verdicts};
 use crate::context::Context;
 use crate::decision::{Decision, Outcome, Skip, Source, Stat};
-use crate::error::{BackendError, Error};
+use crate::error::{BackendError, ConfigError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
@@ -254,15 +254,15 @@ impl ThrottleGroup {
     pub fn new(uid: impl Into<String>, members: impl IntoIterator<Item = Throttle>) -> Result<Self, Error> {
         let uid = uid.into();
         if uid.is_empty() || uid.len() > MAX_UID {
-            return Err(Error::Config(format!("group uid must be 1 to {MAX_UID} bytes long, got {}", uid.len())));
+            return Err(ConfigError::UidLength { len: uid.len(), max: MAX_UID }.into());
         }
         let members: Vec<Throttle> = members.into_iter().collect();
         if members.is_empty() {
-            return Err(Error::Config(format!("group `{uid}` has no members")));
+            return Err(ConfigError::EmptyGroup { group: uid }.into());
         }
         for (i, m) in members.iter().enumerate() {
             if members[..i].iter().any(|o| o.uid() == m.uid()) {
-                return Err(Error::Config(format!("group `{uid}` has member `{}` twice", m.uid())));
+                return Err(ConfigError::DuplicateMember { group: uid, member: m.uid().to_owned() }.into());
             }
         }
         let group_key = Key::builder(&uid).build();

@@ -133,7 +133,7 @@ pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::Context;
 pub use decision::{Decision, Outcome, Skip, Source, Stat};
-pub use error::{BackendError, BoxError, Error, OnError};
+pub use error::{BackendError, BoxError, ConfigError, Error, OnError};
 pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
 pub use group::{GroupDecision, ThrottleGroup};
 pub use headers::{Header, HeaderOverrides, Headers, When};

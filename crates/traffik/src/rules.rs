@@ -27,7 +27,7 @@ use http::Method;
 use regex::Regex;
 
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::identity::RequestView;
 use futures_core::future::BoxFuture;
 
@@ -78,14 +78,14 @@ impl PathPattern {
     /// Compiles a glob (see the [module docs](self)).
     pub fn glob(glob: &str) -> Result<Self, Error> {
         let regex = Regex::new(&glob_to_regex(glob))
-            .map_err(|e| Error::Config(format!("path glob `{glob}` is invalid: {e}")))?;
+            .map_err(|e| ConfigError::PathPattern { pattern: glob.to_owned(), reason: e.to_string() })?;
         Ok(PathPattern { source: glob.into(), regex })
     }
 
     /// Compiles a regex (matched anywhere unless it anchors itself with `^`/`$`).
     pub fn regex(pattern: &str) -> Result<Self, Error> {
-        let regex =
-            Regex::new(pattern).map_err(|e| Error::Config(format!("path regex `{pattern}` is invalid: {e}")))?;
+        let regex = Regex::new(pattern)
+            .map_err(|e| ConfigError::PathPattern { pattern: pattern.to_owned(), reason: e.to_string() })?;
         Ok(PathPattern { source: pattern.into(), regex })
     }
 

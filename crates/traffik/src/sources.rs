@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::Rate;
 use crate::clock::Clock;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::functions::{RateFn, RateSource};
 use crate::identity::RequestView;
 use futures_core::future::BoxFuture;
@@ -131,14 +131,14 @@ where
         for (tier, rate) in self.rates {
             let text = format!("{tier:?}");
             if rates.insert(tier, rate).is_some() {
-                return Err(Error::Config(format!("tier {text} is given twice")));
+                return Err(ConfigError::DuplicateTier { tier: text }.into());
             }
         }
         let Some(default) = self.default else {
-            return Err(Error::Config("tiers need a default tier (`default_tier`)".into()));
+            return Err(ConfigError::NoDefaultTier.into());
         };
         let Some(&default_rate) = rates.get(&default) else {
-            return Err(Error::Config(format!("the default tier {default:?} is not one of the tiers")));
+            return Err(ConfigError::UnknownDefaultTier { tier: format!("{default:?}") }.into());
         };
         Ok(Tiers { resolve: self.resolve, rates, default: default_rate })
     }
@@ -308,7 +308,7 @@ impl fmt::Debug for ScheduleBuilder {
 
 /// Parses `"HH:MM"` (24-hour, `"24:00"` for the end of the day) into minutes of the day.
 fn minute_of_day(text: &str) -> Result<u16, Error> {
-    let bad = || Error::Config(format!("bad time of day {text:?}: use HH:MM, 00:00 to 24:00"));
+    let bad = || Error::Config(ConfigError::TimeOfDay { text: text.to_owned() });
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
     if h.is_empty() || h.len() > 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -329,20 +329,12 @@ impl ScheduleBuilder {
         let (start, end) = (minute_of_day(start)? % MINUTES_PER_DAY, minute_of_day(end)? % MINUTES_PER_DAY);
         let window = Window { start, end, rate };
         if let Some(other) = self.windows.iter().find(|w| window.minutes().any(|m| w.contains(m))) {
-            return Err(Error::Config(format!(
-                "window {:02}:{:02}-{:02}:{:02} overlaps {:02}:{:02}-{:02}:{:02}",
-                window.start / 60,
-                window.start % 60,
-                window.end / 60,
-                window.end % 60,
-                other.start / 60,
-                other.start % 60,
-                other.end / 60,
-                other.end % 60
-            )));
+            let text =
+                |w: &Window| format!("{:02}:{:02}-{:02}:{:02}", w.start / 60, w.start % 60, w.end / 60, w.end % 60);
+            return Err(ConfigError::OverlappingWindows { window: text(&window), other: text(other) }.into());
         }
         if self.windows.len() >= usize::from(u16::MAX) - 1 {
-            return Err(Error::Config("too many windows".into()));
+            return Err(ConfigError::TooManyWindows.into());
         }
         self.windows.push(window);
         Ok(self)
@@ -353,7 +345,7 @@ impl ScheduleBuilder {
         let offset = minutes
             .checked_mul(60)
             .and_then(|s| jiff::tz::Offset::from_seconds(s).ok())
-            .ok_or_else(|| Error::Config(format!("UTC offset of {minutes} minutes is out of range")))?;
+            .ok_or(ConfigError::UtcOffset { minutes })?;
         self.zone = jiff::tz::TimeZone::fixed(offset);
         Ok(self)
     }
@@ -361,8 +353,8 @@ impl ScheduleBuilder {
     /// Local time is that of the IANA zone `name` (e.g. `"America/New_York"`), daylight saving
     /// included. An unknown zone is [`Error::Config`].
     pub fn zone(mut self, name: &str) -> Result<Self, Error> {
-        self.zone =
-            jiff::tz::TimeZone::get(name).map_err(|e| Error::Config(format!("unknown time zone {name:?}: {e}")))?;
+        self.zone = jiff::tz::TimeZone::get(name)
+            .map_err(|e| ConfigError::TimeZone { name: name.to_owned(), reason: e.to_string() })?;
         Ok(self)
     }
 
@@ -576,27 +568,33 @@ impl fmt::Debug for AdaptiveBuilder {
     }
 }
 
-fn fraction(name: &str, v: f64, zero_ok: bool, one_ok: bool) -> Result<f64, Error> {
+fn fraction(name: &'static str, v: f64, zero_ok: bool, one_ok: bool) -> Result<f64, Error> {
+    let expected = match (zero_ok, one_ok) {
+        (false, false) => "a number in (0, 1)",
+        (false, true) => "a number in (0, 1]",
+        (true, false) => "a number in [0, 1)",
+        (true, true) => "a number in [0, 1]",
+    };
     let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && (v < 1.0 || (one_ok && v == 1.0));
-    if ok { Ok(v) } else { Err(Error::Config(format!("adaptive {name} must be a number in range, got {v}"))) }
+    if ok { Ok(v) } else { Err(ConfigError::OutOfRange { parameter: name, expected, value: v.to_string() }.into()) }
 }
 
 impl AdaptiveBuilder {
     /// The lowest factor, in (0, 1] (default 0.1): the limit never falls below `floor · base`.
     pub fn floor(mut self, floor: f64) -> Result<Self, Error> {
-        self.floor = fraction("floor", floor, false, true)?;
+        self.floor = fraction("adaptive floor", floor, false, true)?;
         Ok(self)
     }
 
     /// The multiplicative cut on overload, in (0, 1) (default 0.5).
     pub fn decrease(mut self, decrease: f64) -> Result<Self, Error> {
-        self.decrease = fraction("decrease", decrease, false, false)?;
+        self.decrease = fraction("adaptive decrease", decrease, false, false)?;
         Ok(self)
     }
 
     /// The additive recovery per calm step, in [0, 1] (default 0.05).
     pub fn increase(mut self, increase: f64) -> Result<Self, Error> {
-        self.increase = fraction("increase", increase, true, true)?;
+        self.increase = fraction("adaptive increase", increase, true, true)?;
         Ok(self)
     }
 

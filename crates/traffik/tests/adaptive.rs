@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use traffik::sources::{Adaptive, Load};
 use traffik::strategy::FixedWindow;
-use traffik::{Error, InMemoryBackend, ManualClock, Rate, RequestView, Throttle, rate};
+use traffik::{ConfigError, Error, InMemoryBackend, ManualClock, Rate, RequestView, Throttle, rate};
 
 fn now_or_never<F: Future>(f: F) -> F::Output {
     match pin!(f).as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
@@ -155,13 +155,28 @@ fn steps_missed_without_traffic_count_as_calm() {
 fn bad_parameters_are_typed_errors() {
     let base = || Adaptive::builder(Rate::per_millis(10, 1000).unwrap());
     for v in [f64::NAN, f64::INFINITY, -0.5, 0.0, 1.0, 1.5] {
-        assert!(matches!(base().decrease(v), Err(Error::Config(_))), "decrease {v}");
+        assert!(
+            matches!(
+                base().decrease(v),
+                Err(Error::Config(ConfigError::OutOfRange { parameter: "adaptive decrease", .. }))
+            ),
+            "decrease {v}"
+        );
     }
     for v in [f64::NAN, -0.1, 0.0, 1.01] {
-        assert!(matches!(base().floor(v), Err(Error::Config(_))), "floor {v}");
+        assert!(
+            matches!(base().floor(v), Err(Error::Config(ConfigError::OutOfRange { parameter: "adaptive floor", .. }))),
+            "floor {v}"
+        );
     }
     for v in [f64::NAN, -0.1, 2.0] {
-        assert!(matches!(base().increase(v), Err(Error::Config(_))), "increase {v}");
+        assert!(
+            matches!(
+                base().increase(v),
+                Err(Error::Config(ConfigError::OutOfRange { parameter: "adaptive increase", .. }))
+            ),
+            "increase {v}"
+        );
     }
     assert!(base().floor(1.0).is_ok() && base().increase(0.0).is_ok());
 }

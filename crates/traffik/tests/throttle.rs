@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket};
 use traffik::{
-    ClientIp, Context, Error, Identity, InMemoryBackend, ManualClock, Outcome, Rate, RequestView, Rule, Skip, Throttle,
-    ThrottleRegistry, TrustedProxies, rate, with_backend,
+    ClientIp, ConfigError, Context, Error, Identity, InMemoryBackend, ManualClock, Outcome, Rate, RequestView, Rule,
+    Skip, Throttle, ThrottleRegistry, TrustedProxies, rate, with_backend,
 };
 use traffik::{Headers, When};
 
@@ -60,7 +60,7 @@ async fn invalid_settings_are_typed_errors() {
     assert!(matches!(bad_rate, Err(Error::Rate(_))), "{bad_rate:?}");
     let bad_uid =
         Throttle::builder().uid("").rate(rate!("1/s")).backend(InMemoryBackend::new()).strategy(FixedWindow).build();
-    assert!(matches!(bad_uid, Err(Error::Config(_))));
+    assert!(matches!(bad_uid, Err(Error::Config(ConfigError::UidLength { len: 0, max: 128 }))), "{bad_uid:?}");
 }
 
 #[tokio::test]

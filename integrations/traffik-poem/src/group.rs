@@ -136,7 +136,7 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
                     throttled_response_with(member, &req, decision, |h| decided.list_members_in(h))
                 }
                 // A refused group always has a refusing member; this only keeps the path total.
-                None => error_response(&g.uid, &traffik::Error::Config("a refused group named no member".into())),
+                None => crate::response::into_response(traffik::Reply::unavailable()),
             });
         }
         let wait = decided.hold();

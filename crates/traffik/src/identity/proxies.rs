@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::HeaderMap;
 
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::identity::request::RequestView;
 
 /// An IP network in CIDR form.
@@ -19,7 +19,7 @@ impl IpNet {
     /// Parses `"10.0.0.0/8"`, `"::1"`, `"2001:db8::/32"`; a bare address is a /32 or /128.
     pub fn parse(text: &str) -> Result<IpNet, Error> {
         let text = text.trim();
-        let bad = || Error::Config(format!("`{text}` is not an IP address or CIDR network"));
+        let bad = || Error::Config(ConfigError::Network { text: text.to_owned() });
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| bad())?, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (text.parse::<IpAddr>().map_err(|_| bad())?, None),

@@ -15,7 +15,7 @@ use super::Throttle;
 use super::config::{BackendChoice, Config, DISABLED, NEXT_THROTTLE_ID, SHADOW, ThrottleInner, metric_uid};
 use crate::backend::{Backend, SharedBackend};
 use crate::clock::Clock;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::functions::{AsyncFn, Cost, CostFn, RateSource, SyncFn};
 use crate::headers::Headers;
 use crate::identity::{ClientIp, Identifier, RequestView};
@@ -424,7 +424,7 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
     {
         let uid = self.uid.take();
         if uid.is_empty() || uid.len() > 128 {
-            return Err(Error::Config(format!("uid must be 1 to 128 bytes long, got {} bytes", uid.len())));
+            return Err(ConfigError::UidLength { len: uid.len(), max: 128 }.into());
         }
         let rate = self.rate.take()?;
         let o = self.opts;
