@@ -189,7 +189,8 @@ async fn the_dashboard_shows_what_its_json_says() {
     // The same decisions on /metrics for Prometheus.
     let text = get(&client, addr, "/metrics").await.text().await.unwrap();
     assert!(
-        text.lines().any(|l| l == r#"traffik_decisions_total{throttle="search",outcome="throttled",source="backend"} 2"#),
+        text.lines()
+            .any(|l| l == r#"traffik_decisions_total{throttle="search",outcome="throttled",source="backend"} 2"#),
         "{text}"
     );
 }

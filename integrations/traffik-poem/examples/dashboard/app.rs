@@ -84,10 +84,7 @@ fn work() -> &'static str {
 
 #[handler]
 fn prometheus(Data(metrics): Data<&PrometheusHandle>) -> Response {
-    Response::builder()
-        .status(StatusCode::OK)
-        .content_type("text/plain; version=0.0.4")
-        .body(metrics.render())
+    Response::builder().status(StatusCode::OK).content_type("text/plain; version=0.0.4").body(metrics.render())
 }
 
 /// Every throttle: rate, strategy, backend, decisions by outcome (from the recorder), incidents
