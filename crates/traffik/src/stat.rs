@@ -13,23 +13,26 @@
 //! ```json
 //! {
 //!   "status": "limited",
-//!   "throttle": "api",
+//!   "throttle": "upload",
 //!   "strategy": "tbd",
-//!   "key": "api:ip!192.0.2.1",
-//!   "rate": "5/1s",
+//!   "key": "upload:ip!192.0.2.1",
+//!   "rate": "5/s",
 //!   "limit": 5,
 //!   "period_us": 1000000,
 //!   "capacity": 7,
 //!   "max_debt": 2,
 //!   "cost": 1,
-//!   "used": 0,
-//!   "remaining": 7,
-//!   "debt": 0,
+//!   "used": 6,
+//!   "remaining": 1,
+//!   "debt": 1,
 //!   "admissible": true,
 //!   "wait_us": 0,
-//!   "reset_at_us": 1700000000000000,
-//!   "taken_at_us": 1700000000000000,
-//!   "metadata": { "tat_us": 1700000000000000, "level_us": 0, "...": "..." }
+//!   "reset_at_us": 1700000001200000,
+//!   "taken_at_us": 1700000000100000,
+//!   "metadata": {
+//!     "tat_us": 1700000001200000, "level_us": 1100000, "capacity_us": 1400000,
+//!     "interval_us": 200000, "tokens": -0.5, "debt": 0.5, "max_debt": 2
+//!   }
 //! }
 //! ```
 //!
@@ -43,7 +46,8 @@
 //! For the token bucket with debt, `capacity` is the bucket plus the debt it may run into:
 //! under `5/s` with a debt of 2, a rested client has `remaining: 7` of `capacity: 7`, of which
 //! `max_debt: 2` are borrowed; once it owes, `debt` says how many hits it owes (they are repaid
-//! at the rate's pace before the bucket refills).
+//! at the rate's pace before the bucket refills). Above: 6 hits at once, then 100 ms later, 1
+//! hit is owed and 1 more can be borrowed.
 
 use serde::{Deserialize, Serialize};
 
