@@ -61,6 +61,9 @@ use crate::strategy::{Builtin, Input, Metadata, MeterSpec, StrategyHandle, Verdi
 /// the [module docs](crate::stat).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+// A snapshot is taken once per stat call (a backend read); boxing the figures would make every
+// caller that matches on `Limited` deal with a `Box` to save a short-lived copy.
+#[allow(clippy::large_enum_variant)]
 pub enum Snapshot {
     /// The request is limited: its figures.
     Limited(Stat),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket, TokenBucketWithDebt};
 use traffik::{
-    Context, Identity, InMemoryBackend, ManualClock, RequestView, Skip, Snapshot, Stat, StrategyHandle, Throttle, rate,
+    Context, Identity, InMemoryBackend, ManualClock, RequestView, Skip, Snapshot, Stat, StrategyHandle, Throttle,
 };
 
 const START_US: u64 = 1_700_000_000_000_000;
