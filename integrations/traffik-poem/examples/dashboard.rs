@@ -19,13 +19,15 @@ mod app;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use poem::Server;
 use poem::listener::TcpListener;
-use traffik::SystemClock;
+use std::sync::Arc;
+
+use traffik::{InMemoryBackend, SystemClock};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("DASHBOARD_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let app = app::app(SystemClock, metrics)?;
+    let app = app::app(SystemClock, metrics, Arc::new(InMemoryBackend::new()))?;
     println!("traffik dashboard on http://{addr}/  (metrics on http://{addr}/metrics)");
     println!("  traffic: curl http://{addr}/api/search   /api/upload   /api/reports");
     Server::new(TcpListener::bind(addr)).run(app).await?;

@@ -15,6 +15,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -125,17 +126,18 @@ fn as_text(v: &Value) -> String {
 async fn the_dashboard_shows_what_its_json_says() {
     let metrics = PrometheusBuilder::new().install_recorder().unwrap();
     let clock = ManualClock::new(1_700_000_000_000_000);
-    let addr = serve(app::app(clock, metrics).unwrap()).await;
+    // The reports throttle's backend is down: its breaker opens and its incidents count.
+    let addr = serve(app::app(clock, metrics, Arc::new(common::Broken)).unwrap()).await;
     let client = http_client();
 
     let mut statuses = Vec::new();
-    for (path, times) in [("/api/search", 12), ("/api/upload", 9), ("/api/reports", 1)] {
+    for (path, times) in [("/api/search", 12), ("/api/upload", 9), ("/api/reports", 7)] {
         for _ in 0..times {
             statuses.push((path, get(&client, addr, path).await.status().as_u16()));
         }
     }
     let refused = |path: &str| statuses.iter().filter(|(p, s)| *p == path && *s == 429).count();
-    assert_eq!((refused("/api/search"), refused("/api/upload"), refused("/api/reports")), (2, 2, 0));
+    assert_eq!((refused("/api/search"), refused("/api/upload"), refused("/api/reports")), (2, 2, 7));
 
     let dom = rendered_dom(&format!("http://{addr}/")).await;
     assert_eq!(body_attribute(&dom, "data-error"), None, "the page's polls failed");
@@ -159,9 +161,12 @@ async fn the_dashboard_shows_what_its_json_says() {
             ("allowed", &t["decisions"]["allowed"]),
             ("throttled", &t["decisions"]["throttled"]),
             ("errors", &t["incidents"]["errors"]),
+            ("fallbacks", &t["incidents"]["fallbacks"]),
         ] {
             assert_eq!(shown(&dom, &format!("throttle.{uid}.{field}")), as_text(value), "{uid} {field}");
         }
+        let failed = format!("{} / {}", t["incidents"]["failed_open"], t["incidents"]["failed_closed"]);
+        assert_eq!(shown(&dom, &format!("throttle.{uid}.failed")), failed, "{uid} failed open / closed");
     }
     let breaker = shown(&dom, "throttle.reports.breaker");
     assert!(breaker.starts_with(&as_text(&list[2]["breaker"]["state"])), "breaker shown as {breaker:?}");
@@ -169,10 +174,14 @@ async fn the_dashboard_shows_what_its_json_says() {
     assert_eq!(shown(&dom, "throttle.search.allowed"), "10");
     assert_eq!(shown(&dom, "throttle.search.throttled"), "2");
     assert_eq!(shown(&dom, "throttle.upload.allowed"), "7");
-    assert_eq!(shown(&dom, "throttle.reports.breaker"), "closed (opened 0×)");
+    assert_eq!(shown(&dom, "throttle.reports.backend"), "broken");
+    assert_eq!(shown(&dom, "throttle.reports.breaker"), "open (opened 1×)");
+    assert_eq!(shown(&dom, "throttle.reports.errors"), "5", "the breaker opened after 5 failures");
 
     let stats = quotas["quotas"].as_array().unwrap();
-    assert_eq!(stats.len(), 3, "{quotas}");
+    assert_eq!(stats.len(), 2, "{quotas}");
+    assert_eq!(quotas["unavailable"], serde_json::json!(["reports"]));
+    assert_eq!(shown(&dom, "quotas.unavailable"), "reports");
     for q in stats {
         let uid = q["throttle"].as_str().unwrap();
         for field in ["remaining", "capacity", "used"] {
@@ -180,7 +189,6 @@ async fn the_dashboard_shows_what_its_json_says() {
         }
     }
     assert_eq!(shown(&dom, "quota.search.remaining"), "0");
-    assert_eq!(shown(&dom, "quota.reports.remaining"), "2");
     // Token bucket with debt under 5/s, 2 of debt, 7 admitted at one instant: all 7 used, 2 owed.
     assert_eq!(shown(&dom, "quota.upload.capacity"), "7");
     assert_eq!(shown(&dom, "quota.upload.max_debt"), "2");

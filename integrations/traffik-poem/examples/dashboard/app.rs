@@ -2,6 +2,7 @@
 //! Shared by the example's `main` and the browser test, which runs it on a manual clock.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -11,7 +12,8 @@ use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 use serde_json::{Value, json};
 use traffik::strategy::{FixedWindow, SlidingWindowLog, TokenBucketWithDebt};
 use traffik::{
-    BreakerConfig, CircuitBreaker, Clock, ErrorPolicy, InMemoryBackend, StrategyHandle, Throttle, ThrottleRegistry,
+    Backend, BreakerConfig, CircuitBreaker, Clock, ErrorPolicy, InMemoryBackend, SharedBackend, StrategyHandle,
+    Throttle, ThrottleRegistry,
 };
 use traffik_poem::{QuotasEndpoint, ThrottleExt};
 
@@ -33,29 +35,35 @@ struct State {
 }
 
 /// The app on `clock` (the system clock in the example, a manual one in the test), with
-/// decisions counted by the Prometheus recorder behind `metrics`.
-pub(crate) fn app(clock: impl Clock + Clone, metrics: PrometheusHandle) -> Result<impl Endpoint, traffik::Error> {
+/// decisions counted by the Prometheus recorder behind `metrics`. The `reports` throttle keeps
+/// its state in `reports_backend` behind a circuit breaker (the test gives it one that is down).
+pub(crate) fn app(
+    clock: impl Clock + Clone,
+    metrics: PrometheusHandle,
+    reports_backend: SharedBackend,
+) -> Result<impl Endpoint, traffik::Error> {
     let registry = ThrottleRegistry::new();
     let backend = InMemoryBackend::new();
-    let breaker = CircuitBreaker::with_clock(BreakerConfig::default(), std::sync::Arc::new(clock.clone()));
-    let make = |uid: &str, rate: &str, strategy: StrategyHandle| {
+    let breaker = CircuitBreaker::with_clock(BreakerConfig::default(), Arc::new(clock.clone()));
+    let make = |uid: &str, rate: &str, strategy: StrategyHandle, backend: SharedBackend| {
         Throttle::builder()
             .uid(uid)
             .rate(rate)
-            .backend(backend.clone())
+            .backend(backend)
             .strategy(strategy)
             .clock(clock.clone())
             .registry(&registry)
     };
-    let search = make("search", "10/min", FixedWindow.into()).build()?;
-    let upload = make("upload", "5/s", TokenBucketWithDebt::new(2).into()).build()?;
-    let reports = make("reports", "3/h", SlidingWindowLog.into())
+    let memory: SharedBackend = Arc::new(backend);
+    let search = make("search", "10/min", FixedWindow.into(), memory.clone()).build()?;
+    let upload = make("upload", "5/s", TokenBucketWithDebt::new(2).into(), memory.clone()).build()?;
+    let reports = make("reports", "3/h", SlidingWindowLog.into(), reports_backend.clone())
         .on_error(ErrorPolicy::circuit_breaker(breaker.clone(), Duration::from_secs(5)))
         .build()?;
     let listed = vec![
-        Listed { throttle: search.clone(), backend: "memory", breaker: None },
-        Listed { throttle: upload.clone(), backend: "memory", breaker: None },
-        Listed { throttle: reports.clone(), backend: "memory", breaker: Some(breaker) },
+        Listed { throttle: search.clone(), backend: memory.kind(), breaker: None },
+        Listed { throttle: upload.clone(), backend: memory.kind(), breaker: None },
+        Listed { throttle: reports.clone(), backend: reports_backend.kind(), breaker: Some(breaker) },
     ];
     let api = Route::new()
         .at("/search", get(work).with(search.middleware()))
