@@ -46,10 +46,12 @@ pub mod faults;
 pub mod groups;
 pub mod rate_change;
 pub mod refunds;
+pub mod stats;
 
 pub use groups::{check_group_concurrency, check_groups};
 pub use rate_change::check_rate_changes;
 pub use refunds::check_refunds;
+pub use stats::check_stats_match_memory;
 
 use std::collections::HashMap;
 use std::fmt;

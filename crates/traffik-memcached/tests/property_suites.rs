@@ -48,3 +48,10 @@ fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_memcache
     let server = common::memcached_server();
     check_group_concurrency(|| backend(&server.addr), 64);
 }
+
+#[test]
+fn stat_snapshots_match_the_in_memory_backend_on_memcached() {
+    let server = common::memcached_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(traffik_property_tests::check_stats_match_memory(backend(&server.addr), "stats")).unwrap();
+}

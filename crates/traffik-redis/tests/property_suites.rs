@@ -55,3 +55,12 @@ fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_redis() 
     let server = redis_server();
     check_group_concurrency(|| common::shared(common::client_clock(&server.url)), 64);
 }
+
+#[test]
+fn stat_snapshots_match_the_in_memory_backend_on_redis() {
+    let server = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let backend = common::shared(common::client_clock(&server.url));
+    let uid = format!("stats-{:x}", common::run_id());
+    rt.block_on(traffik_property_tests::check_stats_match_memory(backend, &uid)).unwrap();
+}

@@ -193,8 +193,8 @@ fn hostile_identities_work_through_a_throttle() {
                     v
                 };
                 assert_eq!(outcomes, vec![Outcome::Allowed, Outcome::Allowed, Outcome::Throttled], "identity {i}");
-                let stat = throttle.stat(&req).await.expect("stat").expect("limited");
-                assert_eq!(stat.hits_remaining, 0, "identity {i}");
+                let stat = throttle.stat(&req).await.expect("stat").into_limited().expect("limited");
+                assert_eq!(stat.remaining, 0, "identity {i}");
             }
         }
     });

@@ -1,4 +1,4 @@
-//! What a throttle decided, and `Stat` snapshots for dashboards.
+//! What a throttle decided.
 
 use std::time::Duration;
 
@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Rate;
 use crate::key::Key;
-use crate::strategy::{Metadata, Verdict, VerdictKind};
+use crate::strategy::{Verdict, VerdictKind};
 
 /// Why a throttle let a request through without asking its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,27 +215,6 @@ impl VerdictKind {
 
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// A read-only snapshot of a client's quota under one throttle (the seed's `StrategyStat`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Stat {
-    /// The storage key.
-    pub key: Key,
-    /// The rate applied.
-    pub rate: Rate,
-    /// Unit-cost hits that would be admitted now.
-    pub hits_remaining: u64,
-    /// Time until a hit of the asked cost would be admitted (0 if it would be now).
-    #[serde(with = "millis")]
-    pub wait: Duration,
-    /// Time until the quota is fully restored.
-    #[serde(with = "millis")]
-    pub reset: Duration,
-    /// Whether a hit of the asked cost can ever be admitted.
-    pub admissible: bool,
-    /// Strategy details.
-    pub metadata: Metadata,
 }
 
 pub(crate) mod millis {

@@ -10,11 +10,12 @@ use smallvec::SmallVec;
 
 use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation, Verdicts};
 use crate::context::Context;
-use crate::decision::{Decision, Outcome, Skip, Source, Stat};
+use crate::decision::{Decision, Outcome, Skip, Source};
 use crate::error::{BackendError, ConfigError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
+use crate::stat::Snapshot;
 use crate::strategy::{Verdict, VerdictKind};
 use crate::throttle::BackendChoice;
 use crate::throttle::{
@@ -417,13 +418,14 @@ impl ThrottleGroup {
         self.run(req, ctx, Mode::Peek).await
     }
 
-    /// A snapshot per member (`None` for members that do not limit the request).
-    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Vec<Option<Stat>>, Error> {
+    /// A snapshot per member, in member order ([`Snapshot::Skipped`] for members that do not
+    /// limit the request, with the reason).
+    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Vec<Snapshot>, Error> {
         self.stat_with(req, &NO_CONTEXT).await
     }
 
     /// [`stat`](Self::stat) with per-hit options for every member.
-    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Option<Stat>>, Error> {
+    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Snapshot>, Error> {
         let mut stats = Vec::with_capacity(self.inner.members.len());
         for (member, prefix) in self.inner.members.iter().zip(&self.inner.prefixes) {
             stats.push(member.stat_under(prefix, req, ctx).await?);

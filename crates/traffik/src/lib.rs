@@ -35,7 +35,7 @@
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
 //! | what the client sees | [`Decision`], [`Headers`], [`Reply`] (429 and 503, for every integration) |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
-//! | dashboards | [`Stat`], [`BreakerInfo`], [`IncidentCounts`] |
+//! | dashboards | [`Snapshot`], [`Stat`], [`BreakerInfo`], [`IncidentCounts`] |
 //!
 //! # Rate strings
 //!
@@ -114,6 +114,7 @@ mod registry;
 pub mod reply;
 pub mod rules;
 pub mod sources;
+pub mod stat;
 pub mod strategy;
 #[cfg(feature = "metrics")]
 mod telemetry;
@@ -132,7 +133,7 @@ pub mod builder {
 pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation, SharedBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::Context;
-pub use decision::{Decision, Outcome, Skip, Source, Stat};
+pub use decision::{Decision, Outcome, Skip, Source};
 pub use error::{BackendError, BoxError, ConfigError, Error, OnError};
 pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
 pub use group::{GroupDecision, ThrottleGroup};
@@ -144,9 +145,10 @@ pub use policy::{
     IncidentCounts, Recovery, Retry,
 };
 pub use rate::{Rate, RateError, RateErrorKind};
-pub use registry::{GLOBAL_REGISTRY, Quota, Quotas, ThrottleRegistry};
+pub use registry::{GLOBAL_REGISTRY, Quotas, ThrottleRegistry};
 pub use reply::{Reply, ReplyBody, WsVerdict};
 pub use rules::{AsyncPredicate, PathPattern, Rule};
+pub use stat::{Snapshot, Stat};
 pub use strategy::StrategyHandle;
 pub use throttle::{BackendChoice, IntoRate};
 pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

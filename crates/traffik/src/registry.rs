@@ -8,10 +8,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::decision::Stat;
 use crate::error::Error;
 use crate::identity::RequestView;
 use crate::rules::Rule;
+use crate::stat::{Snapshot, Stat};
 use crate::throttle::{Throttle, ThrottleInner};
 
 /// The process-wide registry: a throttle joins it when built with
@@ -115,8 +115,8 @@ impl ThrottleRegistry {
         let mut quotas = Quotas::default();
         for throttle in throttles {
             match throttle.stat_with(req, ctx).await {
-                Ok(Some(stat)) => quotas.quotas.push(Quota { uid: throttle.uid().to_owned(), stat }),
-                Ok(None) => {}
+                Ok(Snapshot::Limited(stat)) => quotas.quotas.push(stat),
+                Ok(Snapshot::Skipped { .. }) => {}
                 Err(error) => {
                     tracing::debug!(uid = throttle.uid(), %error, "quota snapshot failed");
                     quotas.unavailable.push(throttle.uid().to_owned());
@@ -128,23 +128,13 @@ impl ThrottleRegistry {
 }
 
 /// The quotas of one caller across a registry ([`ThrottleRegistry::quotas`]); serializes as
-/// `{"quotas": [{"uid": .., <Stat fields>}, ..], "unavailable": [uid, ..]}`.
+/// `{"quotas": [<Stat>, ..], "unavailable": [uid, ..]}` (each [`Stat`] names its throttle).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Quotas {
     /// A snapshot per throttle that limits the request, in uid order.
-    pub quotas: Vec<Quota>,
+    pub quotas: Vec<Stat>,
     /// Throttles whose backend could not answer.
     pub unavailable: Vec<String>,
-}
-
-/// One throttle's snapshot for a caller.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Quota {
-    /// The throttle.
-    pub uid: String,
-    /// Its snapshot for the caller.
-    #[serde(flatten)]
-    pub stat: Stat,
 }
 
 impl std::fmt::Debug for ThrottleRegistry {

@@ -49,7 +49,7 @@ async fn a_refusing_member_leaves_the_others_uncharged() {
     assert_eq!(outcomes[..3], [Outcome::Allowed; 3]);
     assert_eq!(outcomes[3..], [Outcome::Throttled; 3]);
     let stats = group.stat(&req).await.unwrap();
-    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    let left: Vec<u64> = stats.iter().map(|s| s.limited().unwrap().remaining).collect();
     assert_eq!(left, [7, 0], "the outer limit was charged only for the 3 admitted hits");
 }
 
@@ -177,8 +177,8 @@ fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock()
     });
     assert_eq!(admitted, 60, "the tighter member's capacity");
     let stats = rt.block_on(ab.stat(&view([192, 0, 2, 1]))).unwrap();
-    assert_eq!(stats[0].as_ref().unwrap().hits_remaining, 40, "the looser member was charged 60 times, no more");
-    assert_eq!(stats[1].as_ref().unwrap().hits_remaining, 0);
+    assert_eq!(stats[0].limited().unwrap().remaining, 40, "the looser member was charged 60 times, no more");
+    assert_eq!(stats[1].limited().unwrap().remaining, 0);
 }
 
 /// A plain group hit reads its members' configurations from a per-thread copy: a member whose
@@ -237,7 +237,7 @@ async fn members_key_their_own_identity() {
     assert!(keys[0].ends_with("10.0.0.1"), "{keys:?}");
     assert!(keys[1].ends_with("198.51.100.20") && keys[2].ends_with("198.51.100.20"), "{keys:?}");
     let stats = group.stat(&req).await.unwrap();
-    let stat_keys: Vec<String> = stats.iter().map(|s| s.as_ref().unwrap().key.as_str().to_owned()).collect();
+    let stat_keys: Vec<String> = stats.iter().map(|s| s.limited().unwrap().key.as_str().to_owned()).collect();
     assert_eq!(keys, stat_keys, "the shortcut and the general path key members alike");
 }
 

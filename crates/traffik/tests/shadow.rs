@@ -239,7 +239,7 @@ async fn a_group_in_shadow_mode_decides_as_one_and_refuses_nothing() {
     assert_eq!(group.shadow_refusals(), 1);
     // As a group refusal, it charged nobody: the sustained limit has 8 left.
     let stats = group.stat(&req).await.unwrap();
-    assert_eq!(stats[1].as_ref().unwrap().hits_remaining, 8);
+    assert_eq!(stats[1].limited().unwrap().remaining, 8);
     // Back to enforcing; or shadowed for one hit through the context.
     group.set_shadow(false);
     assert!(group.hit(&req).await.unwrap().is_refused());

@@ -370,17 +370,18 @@ async fn stat_reads_without_consuming_and_serializes() {
     let req = view("192.0.2.50");
     let _ = t.hit_with(&req, &Context::new().cost(3)).await.unwrap();
     for _ in 0..3 {
-        let s = t.stat(&req).await.unwrap().unwrap();
-        assert_eq!(s.hits_remaining, 1);
-        assert_eq!(s.wait, Duration::ZERO);
+        let s = t.stat(&req).await.unwrap().into_limited().unwrap();
+        assert_eq!(s.remaining, 1);
+        assert_eq!(s.wait(), Duration::ZERO);
         assert!(s.admissible);
     }
-    let s = t.stat_with(&req, &Context::new().cost(3)).await.unwrap().unwrap();
-    assert_eq!(s.wait, Duration::from_secs(30), "two more tokens at 15 s each");
+    let s = t.stat_with(&req, &Context::new().cost(3)).await.unwrap().into_limited().unwrap();
+    assert_eq!(s.wait(), Duration::from_secs(30), "two more tokens at 15 s each");
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["rate"], "4/min");
-    assert_eq!(json["hits_remaining"], 1);
-    assert_eq!(json["metadata"]["strategy"], "token_bucket");
+    assert_eq!(json["remaining"], 1);
+    assert_eq!(json["strategy"], "tb", "one strategy name, as the handle's: {json}");
+    assert!(json["metadata"].get("strategy").is_none(), "the name is not repeated in the metadata: {json}");
     let back: traffik::Stat = serde_json::from_value(json).unwrap();
     assert_eq!(back.key, s.key);
     assert!(!t.check_with(&req, &Context::new().cost(2)).await.unwrap().is_allowed());
@@ -495,8 +496,8 @@ fn hits_and_stats_work_outside_a_tokio_runtime() {
         .unwrap();
     let req = view("192.0.2.80");
     assert!(run(t.hit(&req)).unwrap().is_allowed());
-    let stat = run(t.stat(&req)).unwrap().unwrap();
-    assert_eq!(stat.hits_remaining, 0);
+    let stat = run(t.stat(&req)).unwrap().into_limited().unwrap();
+    assert_eq!(stat.remaining, 0);
     assert!(run(t.hit(&req)).unwrap().is_throttled());
 }
 
@@ -592,12 +593,12 @@ fn stat_and_check_work_in_a_runtime_without_timers() {
     let req = RequestView::empty().peer(Some(([192, 0, 2, 77], 1).into()));
     rt.block_on(async {
         assert!(t.hit(&req).await.unwrap().is_allowed());
-        let stat = t.stat(&req).await.unwrap().unwrap();
-        assert_eq!(stat.hits_remaining, 4);
+        let stat = t.stat(&req).await.unwrap().into_limited().unwrap();
+        assert_eq!(stat.remaining, 4);
         assert!(t.check(&req).await.unwrap().is_allowed());
         let group = traffik::ThrottleGroup::new("no-timer-group", [t.clone()]).unwrap();
         assert!(group.hit(&req).await.unwrap().is_allowed());
-        assert_eq!(group.stat(&req).await.unwrap()[0].as_ref().unwrap().hits_remaining, 4);
+        assert_eq!(group.stat(&req).await.unwrap()[0].limited().unwrap().remaining, 4);
     });
 }
 
@@ -643,12 +644,12 @@ async fn quotas_list_what_limits_the_caller() {
     }
     for _ in 0..2 {
         let q = registry.quotas(&req, &Context::new()).await;
-        let listed: Vec<(&str, u64)> = q.quotas.iter().map(|q| (q.uid.as_str(), q.stat.hits_remaining)).collect();
+        let listed: Vec<(&str, u64)> = q.quotas.iter().map(|q| (q.throttle.as_str(), q.remaining)).collect();
         assert_eq!(listed, [("hour", 99), ("minute", 3)]);
         assert!(q.unavailable.is_empty());
     }
     let json = serde_json::to_value(registry.quotas(&req, &Context::new()).await).unwrap();
-    assert_eq!(json["quotas"][1]["uid"], "minute");
-    assert_eq!(json["quotas"][1]["hits_remaining"], 3, "the snapshot's fields sit beside the uid: {json}");
+    assert_eq!(json["quotas"][1]["throttle"], "minute");
+    assert_eq!(json["quotas"][1]["remaining"], 3, "each snapshot names its throttle: {json}");
     drop((api_only, off));
 }

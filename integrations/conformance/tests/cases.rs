@@ -683,7 +683,7 @@ async fn poem_and_salvo_serve_the_callers_quotas_alike() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|q| (q["uid"].as_str().unwrap().to_owned(), q["hits_remaining"].as_u64().unwrap()))
+                .map(|q| (q["throttle"].as_str().unwrap().to_owned(), q["remaining"].as_u64().unwrap()))
                 .collect();
             assert_eq!(
                 listed,

@@ -140,6 +140,6 @@ async fn throttles_run_in_order_and_the_first_rejection_stops_the_rest() {
     denied.assert_header("x-ratelimit-limit", "1");
     // The second throttle was not hit by the rejected request.
     let req = traffik::RequestView::empty();
-    let stat = second.stat(&req).await.unwrap().unwrap();
-    assert_eq!(stat.hits_remaining, 9);
+    let stat = second.stat(&req).await.unwrap().into_limited().unwrap();
+    assert_eq!(stat.remaining, 9);
 }

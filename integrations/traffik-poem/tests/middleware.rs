@@ -477,7 +477,7 @@ async fn a_group_on_a_route_charges_no_member_for_a_refusal() {
         denied.assert_header("x-ratelimit-limit", "3");
     }
     let stats = group.stat(&traffik::RequestView::empty()).await.unwrap();
-    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    let left: Vec<u64> = stats.iter().map(|s| s.limited().unwrap().remaining).collect();
     assert_eq!(left, [7, 0]);
 }
 

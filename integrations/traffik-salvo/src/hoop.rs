@@ -236,7 +236,7 @@ impl SalvoThrottle {
             let stat = if self.opts.with_stat && !matches!(decision.outcome, Outcome::Skipped(_)) {
                 let empty = Context::new();
                 match self.throttle.stat_with(&view, ctx.as_ref().unwrap_or(&empty)).await {
-                    Ok(stat) => stat,
+                    Ok(snapshot) => snapshot.into_limited(),
                     Err(error) => {
                         tracing::debug!(throttle = self.throttle.uid(), %error, "stat snapshot failed");
                         None

@@ -222,8 +222,8 @@ async fn middleware_applies_throttles_in_the_order_given() {
     // The first denies: the second is not charged.
     assert_eq!(get(&service, "/", A).await.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
     let view = RequestView::empty().peer(Some(A.parse().unwrap()));
-    let stat = second_handle.stat(&view).await.unwrap().unwrap();
-    assert_eq!(stat.hits_remaining, 4);
+    let stat = second_handle.stat(&view).await.unwrap().into_limited().unwrap();
+    assert_eq!(stat.remaining, 4);
 }
 
 #[tokio::test]
@@ -347,7 +347,7 @@ async fn the_depot_holds_the_decision_and_an_opt_in_stat() {
     let mut res = get(&service, "/", A).await;
     let body = json(&mut res).await;
     let stat = &body["records"][0]["stat"];
-    assert_eq!(stat["hits_remaining"], 3);
+    assert_eq!(stat["remaining"], 3);
     assert_eq!(stat["admissible"], true);
 }
 
@@ -557,7 +557,7 @@ async fn a_group_hoop_charges_no_member_for_a_refusal() {
     }
     let view = RequestView::empty().peer(Some(A.parse().unwrap()));
     let stats = group.stat(&view).await.unwrap();
-    let left: Vec<u64> = stats.iter().map(|s| s.as_ref().unwrap().hits_remaining).collect();
+    let left: Vec<u64> = stats.iter().map(|s| s.limited().unwrap().remaining).collect();
     assert_eq!(left, [7, 0]);
 }
 

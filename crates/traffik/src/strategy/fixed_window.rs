@@ -90,7 +90,6 @@ impl Strategy for FixedWindow {
         let w = input.rate.period_us();
         let (end, used, _) = current(state, input.clock_us(), w);
         let mut m = Metadata::new();
-        m.insert("strategy".into(), "fixed_window".into());
         m.insert("window_start_us".into(), json_u64(end.saturating_sub(w)));
         m.insert("window_us".into(), json_u64(w));
         m.insert("used".into(), json_u64(used));

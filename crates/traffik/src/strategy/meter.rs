@@ -170,10 +170,9 @@ fn units(span: u64, t: u64) -> u64 {
     if span < t { 0 } else { span / t }
 }
 
-fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
+fn meter_metadata(p: MeterParams, state: Option<&MeterState>, now: u64) -> Metadata {
     let (tat, level) = believed(p, state, now);
     let mut m = Metadata::new();
-    m.insert("strategy".into(), name.into());
     m.insert("tat_us".into(), json_u64(tat.max(now)));
     m.insert("level_us".into(), json_u64(level));
     m.insert("capacity_us".into(), json_u64(p.capacity_us));
@@ -182,7 +181,7 @@ fn meter_metadata(name: &str, p: MeterParams, state: Option<&MeterState>, now: u
 }
 
 macro_rules! meter_strategy {
-    ($ty:ident, $name:literal, $label:literal) => {
+    ($ty:ident, $name:literal) => {
         impl Strategy for $ty {
             type State = MeterState;
 
@@ -197,7 +196,7 @@ macro_rules! meter_strategy {
 
             fn metadata(&self, state: Option<&MeterState>, input: &Input) -> Metadata {
                 let p = self.spec().params(&input.rate);
-                let mut m = meter_metadata($label, p, state, input.clock_us());
+                let mut m = meter_metadata(p, state, input.clock_us());
                 self.extra_metadata(&mut m, p, state, input);
                 m
             }
@@ -250,7 +249,7 @@ impl TokenBucket {
         m.insert("burst".into(), json_u64(p.capacity_us / p.interval_us));
     }
 }
-meter_strategy!(TokenBucket, "tb", "token_bucket");
+meter_strategy!(TokenBucket, "tb");
 
 /// A token bucket that lends up to `max_debt` tokens: admits iff `tokens - cost >= -max_debt`.
 /// Any interval of length t admits at most `burst + max_debt + r·t`.
@@ -284,7 +283,7 @@ impl TokenBucketWithDebt {
         m.insert("max_debt".into(), json_u64(u64::from(self.max_debt)));
     }
 }
-meter_strategy!(TokenBucketWithDebt, "tbd", "token_bucket_with_debt");
+meter_strategy!(TokenBucketWithDebt, "tbd");
 
 /// A meter of capacity L leaking at the rate's pace; a hit adds its cost. Smooths traffic to
 /// the rate after an initial burst of at most L.
@@ -301,7 +300,7 @@ impl LeakyBucket {
         m.insert("level".into(), (level as f64 / p.interval_us as f64).into());
     }
 }
-meter_strategy!(LeakyBucket, "lb", "leaky_bucket");
+meter_strategy!(LeakyBucket, "lb");
 
 /// Traffic shaping: a leaky bucket of capacity L whose overflow waits in a queue of `queue`
 /// cost units. A hit that finds the bucket full but the queue open is admitted with a delay
@@ -329,7 +328,7 @@ impl LeakyBucketWithQueue {
         m.insert("queue".into(), json_u64(u64::from(self.queue)));
     }
 }
-meter_strategy!(LeakyBucketWithQueue, "lbq", "leaky_bucket_with_queue");
+meter_strategy!(LeakyBucketWithQueue, "lbq");
 
 /// Generic cell rate algorithm: one timestamp per key, hits spaced by `T = W / L` with a burst
 /// tolerance τ. A hit of cost c is admitted iff all its c cells conform, i.e.
@@ -397,7 +396,7 @@ impl Gcra {
         }
     }
 }
-meter_strategy!(Gcra, "gcra", "gcra");
+meter_strategy!(Gcra, "gcra");
 
 #[cfg(test)]
 mod tests {

@@ -155,7 +155,6 @@ impl Strategy for SlidingWindowCounter {
         let w = input.rate.period_us();
         let v = view(state, input.clock_us(), w);
         let mut m = Metadata::new();
-        m.insert("strategy".into(), "sliding_window_counter".into());
         m.insert("window_start_us".into(), json_u64(v.start));
         m.insert("previous".into(), json_u64(v.prev));
         m.insert("current".into(), json_u64(v.cur));

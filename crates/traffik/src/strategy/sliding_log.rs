@@ -95,11 +95,11 @@ impl Strategy for SlidingWindowLog {
     fn metadata(&self, state: Option<&Self::State>, input: &Input) -> Metadata {
         let entries = live(state, input.clock_us(), input.rate.period_us());
         let mut m = Metadata::new();
-        m.insert("strategy".into(), "sliding_window_log".into());
         m.insert("entries".into(), json_u64(entries.len() as u64));
         m.insert("used".into(), json_u64(entries.iter().map(|e| e.1).sum()));
-        if let Some(&(t, _)) = entries.first() {
-            m.insert("oldest_us".into(), json_u64(t));
+        if let (Some(&(oldest, _)), Some(&(newest, _))) = (entries.first(), entries.last()) {
+            m.insert("oldest_us".into(), json_u64(oldest));
+            m.insert("newest_us".into(), json_u64(newest));
         }
         m
     }

@@ -20,16 +20,16 @@ pub(crate) use recovery::{Attempt, Resolved, Single, bounded};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use crate::backend::{Backend, Mode, Operation};
 use crate::clock::us;
 use crate::context::Context;
-use crate::decision::{Decision, Outcome, Source, Stat};
+use crate::decision::{Decision, Outcome, Source};
 use crate::error::Error;
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
+use crate::stat::{Snapshot, Stat};
 use crate::strategy::{Verdict, VerdictKind};
 
 /// A rate limiter: one uid, rate, strategy and backend, applied per client identity.
@@ -104,15 +104,15 @@ impl Throttle {
         self.run(req, ctx, Mode::Peek).await
     }
 
-    /// A snapshot of `req`'s quota (`None` when the request is not limited at all: disabled,
-    /// exempted, unlimited, zero cost or not matched by the rules).
-    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Option<Stat>, Error> {
+    /// A snapshot of `req`'s quota: its figures, or why the request is not limited at all
+    /// (disabled, exempted, unlimited, zero cost or not matched by the rules).
+    pub async fn stat(&self, req: &RequestView<'_>) -> Result<Snapshot, Error> {
         self.stat_under(&self.inner.key_prefix, req, &NO_CONTEXT).await
     }
 
     /// [`stat`](Self::stat) with per-hit options (a cost or scope changes which key and cost
     /// the snapshot is for).
-    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Option<Stat>, Error> {
+    pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Snapshot, Error> {
         self.stat_under(&self.inner.key_prefix, req, ctx).await
     }
 
@@ -122,10 +122,10 @@ impl Throttle {
         prefix: &Key,
         req: &RequestView<'_>,
         ctx: &Context,
-    ) -> Result<Option<Stat>, Error> {
+    ) -> Result<Snapshot, Error> {
         let config = self.inner.config.load_full();
         let prepared = match self.prepare(&config, prefix, req, ctx).await {
-            Prepared::Skip(_) => return Ok(None),
+            Prepared::Skip(reason) => return Ok(Snapshot::Skipped { throttle: self.inner.uid.to_string(), reason }),
             Prepared::Go(p) => p,
         };
         let backend = self.backend(&config)?;
@@ -135,20 +135,8 @@ impl Throttle {
             None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
         };
         let (verdict, metadata) = answer.map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
-        Ok(Some(Stat {
-            key: prepared.key,
-            rate: prepared.input.rate,
-            // A peek reports what is left after the asked cost; a snapshot reports what is left now.
-            hits_remaining: if verdict.kind == VerdictKind::Admit {
-                verdict.remaining.saturating_add(prepared.input.cost)
-            } else {
-                verdict.remaining
-            },
-            wait: if verdict.kind == VerdictKind::Deny { us(verdict.wait_us) } else { Duration::ZERO },
-            reset: us(verdict.reset_us),
-            admissible: verdict.kind != VerdictKind::Never,
-            metadata,
-        }))
+        let (uid, strategy) = (self.uid(), &config.strategy);
+        Ok(Snapshot::Limited(Stat::from_peek(uid, strategy, prepared.key, &prepared.input, verdict, metadata)))
     }
 
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
