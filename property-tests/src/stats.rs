@@ -23,7 +23,6 @@ pub async fn check_stats_match_memory(backend: SharedBackend, uid: &str) -> Resu
                 .backend(backend)
                 .strategy(suite.strategy.clone())
                 .clock(clock.clone())
-                .no_registry()
                 .build()
                 .map_err(|e| format!("{}: {e}", suite.name))
         };

@@ -25,7 +25,6 @@ fn throttle(uid: &str, rate: &str, strategy: impl Into<StrategyHandle>, clock: &
         .backend(InMemoryBackend::new())
         .strategy(strategy)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap()
 }
@@ -103,7 +102,6 @@ async fn a_request_that_is_not_limited_says_why() {
         .rate(traffik::Rate::unlimited())
         .backend(InMemoryBackend::new())
         .strategy(FixedWindow)
-        .no_registry()
         .build()
         .unwrap();
     let exempt = Throttle::builder()
@@ -113,7 +111,6 @@ async fn a_request_that_is_not_limited_says_why() {
         .strategy(FixedWindow)
         .identifier(|_: &RequestView<'_>| Identity::Exempted)
         .clock(clock.clone())
-        .no_registry()
         .build()
         .unwrap();
     let cases = [(&disabled, Skip::Disabled), (&unlimited, Skip::Unlimited), (&exempt, Skip::Exempted)];
