@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::backend::GroupOperation;
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input, TokenBucket, Verdict, VerdictKind};
-use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
+use traffik::{Backend, Key, Rate, SharedBackend, StrategyHandle};
 
 use crate::{RUN, SuiteConfig, builtin_suites, rates, run_id, runtime};
 

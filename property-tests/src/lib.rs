@@ -37,7 +37,7 @@
 //! ```
 //!
 //! Backends that read time from elsewhere (Redis' `TIME`) must be configured to use the
-//! timestamp in [`traffik::Operation`] for these suites.
+//! timestamp in [`traffik::backend::Operation`] for these suites.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,12 +60,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::Input;
 use traffik::strategy::{
     FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter, SlidingWindowLog,
     TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
 };
-use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
+use traffik::{Backend, Key, Rate, SharedBackend, StrategyHandle};
 
 /// How hard to try.
 #[derive(Clone, Debug)]

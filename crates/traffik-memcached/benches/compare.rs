@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memcache::exp::{AsyncMemcache, Meta};
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Gcra, Input};
-use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 
 const SEQUENTIAL: u32 = 10_000;

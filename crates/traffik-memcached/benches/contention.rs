@@ -11,8 +11,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input, TokenBucket};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 
 const PROCESSES: usize = 4;

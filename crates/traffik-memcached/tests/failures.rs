@@ -10,8 +10,9 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input};
-use traffik::{Backend, BackendError, Key, Mode, OnError, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, OnError, Rate, StrategyHandle};
 use traffik_memcached::{BuildError, MemcachedBackend};
 use traffik_test_support::MemcachedServer;
 

@@ -8,10 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Gcra, Input, VerdictKind};
-use traffik::{
-    Backend, Identity, Key, ManualClock, Mode, Operation, Outcome, Rate, RequestView, StrategyHandle, Throttle,
-};
+use traffik::{Backend, Identity, Key, ManualClock, Outcome, Rate, RequestView, StrategyHandle, Throttle};
 use traffik_memcached::MemcachedBackend;
 
 fn hostile_identities() -> Vec<(&'static str, Identity)> {

@@ -17,8 +17,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use traffik::backend::GroupOperation;
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input, TokenBucket, Verdict, VerdictKind};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 use traffik_property_tests::builtin_suites;
 

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memcache::exp::{AsyncMemcache, Meta};
 use serde::{Deserialize, Serialize};
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Gcra, Input, SlidingWindowLog, Step, Strategy, Verdict, VerdictKind};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 
 const NOW: u64 = 1_700_000_000_000_000;

@@ -5,8 +5,9 @@
 
 mod common;
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input, VerdictKind};
-use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_memcached::MemcachedBackend;
 use traffik_test_support::MemcachedServer;
 

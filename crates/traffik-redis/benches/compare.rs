@@ -15,11 +15,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::Builtin;
 use traffik::strategy::{
     FixedWindow, Gcra, Input, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
 };
-use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
 use traffik_redis::bb8_redis::RedisConnectionManager;
 use traffik_redis::redis::{self, Script};

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
 
 const TASKS: usize = 256;

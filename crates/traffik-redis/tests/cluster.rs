@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Gcra, Input, SlidingWindowLog};
-use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
+use traffik::{Backend, Key, Rate, SharedBackend, StrategyHandle};
 use traffik_property_tests::{SuiteConfig, check_backend, check_concurrency};
 use traffik_redis::RedisBackend;
 

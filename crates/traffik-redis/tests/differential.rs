@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{
     FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog,
     Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
-use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
 use traffik_test_support::redis_server;
 

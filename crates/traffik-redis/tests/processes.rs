@@ -11,8 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{Input, VerdictKind};
-use traffik::{Backend, Key, Mode, Operation, Rate};
+use traffik::{Backend, Key, Rate};
 use traffik_property_tests::builtin_suites;
 use traffik_test_support::redis_server;
 

@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{
     FixedWindow, Input, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, Step, Strategy, TokenBucket,
     Verdict, VerdictKind,
 };
-use traffik::{
-    Backend, BackendError, Identity, Key, Mode, OnError, Operation, Outcome, Rate, RequestView, StrategyHandle,
-    Throttle,
-};
+use traffik::{Backend, BackendError, Identity, Key, OnError, Outcome, Rate, RequestView, StrategyHandle, Throttle};
 use traffik_property_tests::builtin_suites;
 use traffik_redis::RedisBackend;
 use traffik_test_support::redis_server;

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use traffik::backend::{Mode, Operation};
 use traffik::strategy::{FixedWindow, Input};
-use traffik::{Backend, BackendError, Key, Mode, Operation, Rate, StrategyHandle};
+use traffik::{Backend, BackendError, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
 #[cfg(feature = "tls")]
 use traffik_redis::redis::{self, TlsCertificates};

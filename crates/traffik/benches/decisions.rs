@@ -21,14 +21,13 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
 use governor::{Quota, RateLimiter};
+use traffik::backend::Mode;
 use traffik::backend::PreparedKey;
 use traffik::strategy::{
     FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
     TokenBucketWithDebt,
 };
-use traffik::{
-    Clock, InMemoryBackend, Key, Mode, Rate, RequestView, StrategyHandle, SystemClock, Throttle, ThrottleGroup,
-};
+use traffik::{Clock, InMemoryBackend, Key, Rate, RequestView, StrategyHandle, SystemClock, Throttle, ThrottleGroup};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);

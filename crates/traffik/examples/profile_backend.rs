@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 use std::hint::black_box;
 
+use traffik::backend::Mode;
 use traffik::strategy::{FixedWindow, Gcra, Input};
-use traffik::{Clock, InMemoryBackend, Key, Mode, Rate, StrategyHandle, SystemClock};
+use traffik::{Clock, InMemoryBackend, Key, Rate, StrategyHandle, SystemClock};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -3,7 +3,7 @@
 //! A key is `uid:identity[:scope]...`. Every part is percent-encoded to `[A-Za-z0-9._-]` plus
 //! `%XX`, so user input cannot add separators, spaces, control characters or Redis hash-tag
 //! braces. Identity kinds carry a tag (`ip!`, `id!`, ...) so an IP address and a user name that
-//! spell the same never share a bucket. Parts longer than [`MAX_PART`] bytes once encoded are
+//! spell the same never share a bucket. Parts longer than 96 bytes once encoded are
 //! replaced by `~` and 32 hex digits of their SHA-256, so keys stay short (Memcached allows 250
 //! bytes) whatever the input; `~` never appears otherwise, so hashed and plain parts cannot
 //! collide.

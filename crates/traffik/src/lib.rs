@@ -33,9 +33,9 @@
 //! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
 //! | stacked limits, decided as one | [`ThrottleGroup`], [`GroupDecision`] |
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
-//! | what the client sees | [`Decision`], [`Headers`], [`Reply`] (429 and 503, for every integration) |
+//! | what the client sees | [`Decision`], [`Headers`], [`Reply`](reply::Reply) (429 and 503, for every integration) |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
-//! | dashboards | [`Snapshot`], [`Stat`], [`BreakerInfo`], [`IncidentCounts`] |
+//! | dashboards | [`Snapshot`], [`Stat`], [`BreakerInfo`](policy::BreakerInfo), [`IncidentCounts`](policy::IncidentCounts) |
 //!
 //! # Rate strings
 //!
@@ -103,11 +103,11 @@ mod clock;
 mod context;
 mod decision;
 mod error;
-mod functions;
+pub mod functions;
 mod group;
 pub mod headers;
-mod identity;
-mod key;
+pub mod identity;
+pub mod key;
 pub mod policy;
 mod rate;
 mod registry;
@@ -123,6 +123,8 @@ mod throttle;
 /// The throttle builder's states and the sealed traits that mark a complete builder
 /// (see [`ThrottleBuilder`]).
 pub mod builder {
+    //! The builder's states (`NoUid`, `Uid`, ...), the sealed traits that mark a complete
+    //! builder, and what `rate(..)` and `backend(..)` accept.
     pub use crate::throttle::BackendChoice;
     pub use crate::throttle::builder::{
         HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid, RateSet,
@@ -130,25 +132,20 @@ pub mod builder {
     };
 }
 
-pub use backend::{Backend, BoxFuture, Eviction, InMemoryBackend, Mode, Operation, SharedBackend};
+pub use backend::{Backend, InMemoryBackend, SharedBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::Context;
 pub use decision::{Decision, Outcome, Skip, Source};
-pub use error::{BackendError, BoxError, ConfigError, Error, OnError};
-pub use functions::{AsyncFn, Cost, CostFn, RateFn, RateSource, SyncFn};
+pub use error::{BackendError, ConfigError, Error, OnError};
+pub use functions::{Cost, RateSource};
 pub use group::{GroupDecision, ThrottleGroup};
-pub use headers::{Header, HeaderOverrides, Headers, When};
-pub use identity::{AsyncIdentifier, ClientIp, Identifier, Identity, IpNet, RequestView, TrustedProxies};
-pub use key::{Key, KeyBuilder};
-pub use policy::{
-    AsyncHandler, BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker, ErrorPolicy, Failover, Failure,
-    IncidentCounts, Recovery, Retry,
-};
+pub use headers::{Headers, When};
+pub use identity::{ClientIp, Identifier, Identity, RequestView, TrustedProxies};
+pub use key::Key;
+pub use policy::{CircuitBreaker, ErrorPolicy, Failover, Retry};
 pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, Quotas, ThrottleRegistry};
-pub use reply::{Reply, ReplyBody, WsVerdict};
-pub use rules::{AsyncPredicate, PathPattern, Rule};
+pub use rules::Rule;
 pub use stat::{Snapshot, Stat};
 pub use strategy::StrategyHandle;
-pub use throttle::{BackendChoice, IntoRate};
 pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use traffik::backend::{BoxFuture, Operation};
+use traffik::policy::{BreakerConfig, BreakerState, Recovery};
 use traffik::strategy::{FixedWindow, Metadata, Verdict};
 use traffik::{
-    Backend, BackendError, BoxFuture, BreakerConfig, BreakerState, CircuitBreaker, Error, ErrorPolicy, Failover,
-    InMemoryBackend, ManualClock, Operation, Outcome, Recovery, RequestView, Retry, Source, Throttle, rate,
+    Backend, BackendError, CircuitBreaker, Error, ErrorPolicy, Failover, InMemoryBackend, ManualClock, Outcome,
+    RequestView, Retry, Source, Throttle, rate,
 };
 
 /// A backend that fails its first `fail_first` calls (all calls when `u32::MAX`), or hangs.
@@ -113,7 +115,7 @@ async fn raise_returns_the_typed_error() {
 
 #[tokio::test]
 async fn custom_handler_sees_the_failure_and_decides() {
-    let policy = ErrorPolicy::custom(|f: &traffik::Failure<'_>| {
+    let policy = ErrorPolicy::custom(|f: &traffik::policy::Failure<'_>| {
         assert_eq!((f.uid, f.backend, f.cost), ("custom", "flaky", 1));
         if f.error.is_transient() { Recovery::Throttle(Duration::from_secs(7)) } else { Recovery::Raise }
     });

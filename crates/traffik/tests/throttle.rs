@@ -565,7 +565,9 @@ async fn the_plain_hit_shortcut_applies_the_error_policy() {
     let t = Throttle::builder()
         .uid("shortcut-full")
         .rate("5/s")
-        .backend(InMemoryBackend::builder().shards(1).max_keys(1).eviction(traffik::Eviction::RejectNew).build())
+        .backend(
+            InMemoryBackend::builder().shards(1).max_keys(1).eviction(traffik::backend::Eviction::RejectNew).build(),
+        )
         .strategy(FixedWindow)
         .clock(clock())
         .on_error(traffik::ErrorPolicy::allow())

@@ -12,10 +12,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use traffik::backend::{BoxFuture, Operation};
+use traffik::functions::SyncFn;
+use traffik::reply::ReplyBody;
 use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, Metadata, Verdict};
 use traffik::{
-    Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, ReplyBody, RequestView,
-    SyncFn, Throttle, ThrottleGroup, ThrottleRegistry, rate,
+    Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, RequestView, Throttle,
+    ThrottleGroup, ThrottleRegistry, rate,
 };
 use traffik::{Headers, When};
 

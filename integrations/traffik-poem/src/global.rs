@@ -5,8 +5,9 @@ use std::sync::{Arc, LazyLock};
 
 use poem::http::{HeaderMap, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use traffik::rules::PathPattern;
 use traffik::rules::Predicate;
-use traffik::{Context, Decision, PathPattern, Rule, Throttle};
+use traffik::{Context, Decision, Rule, Throttle};
 
 use crate::middleware::{allowed_headers, hold, record_shared};
 use crate::response::{add_missing, error_response, throttled_response};
@@ -77,7 +78,7 @@ impl MiddlewareThrottle {
     }
 
     /// Only requests for which the predicate holds: a sync closure
-    /// `Fn(&RequestView, &Context) -> bool` or a [`traffik::AsyncPredicate`]. Runs last, after
+    /// `Fn(&RequestView, &Context) -> bool` or a [`traffik::rules::AsyncPredicate`]. Runs last, after
     /// the method and path checks passed.
     #[must_use]
     pub fn predicate(mut self, predicate: impl Predicate) -> Self {

@@ -136,7 +136,7 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
                     throttled_response_with(member, &req, decision, |h| decided.list_members_in(h))
                 }
                 // A refused group always has a refusing member; this only keeps the path total.
-                None => crate::response::into_response(traffik::Reply::unavailable()),
+                None => crate::response::into_response(traffik::reply::Reply::unavailable()),
             });
         }
         let wait = decided.hold();

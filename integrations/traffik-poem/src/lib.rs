@@ -106,7 +106,7 @@ pub use middleware::{
 pub use quotas::QuotasEndpoint;
 pub use response::{ThrottledHandler, default_throttled_response, error_response, throttled_response};
 #[cfg(feature = "websocket")]
-pub use traffik::WsVerdict;
+pub use traffik::reply::WsVerdict;
 pub use view::{client_ip, full_uri, peer_addr, request_view};
 #[cfg(feature = "websocket")]
 pub use ws::{WsReaction, WsThrottle, notice};

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use poem::http::{HeaderMap, HeaderValue, header};
 use poem::{Request, Response};
+use traffik::reply::Reply;
 use traffik::reply::add_missing_headers;
-use traffik::{Decision, Headers, Reply, RequestView, Throttle};
+use traffik::{Decision, Headers, RequestView, Throttle};
 
 use crate::view::request_view;
 

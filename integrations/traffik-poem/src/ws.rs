@@ -13,7 +13,8 @@ use poem::PathPattern;
 use poem::Request;
 use poem::http::{Extensions, HeaderMap, Method, Uri};
 use poem::web::websocket::{CloseCode, Message};
-use traffik::{Context, Decision, Outcome, RequestView, Throttle, WsVerdict};
+use traffik::reply::WsVerdict;
+use traffik::{Context, Decision, Outcome, RequestView, Throttle};
 
 use crate::view::peer_addr;
 
@@ -140,7 +141,7 @@ impl WsThrottle {
             Err(error) => {
                 tracing::debug!(throttle = self.throttle.uid(), %error,
                     "rate limiter failed; closing WebSocket with 1011");
-                let body = traffik::ReplyBody::unavailable().to_notice_json();
+                let body = traffik::reply::ReplyBody::unavailable().to_notice_json();
                 socket.send(Message::text(body)).await?;
                 socket.send(Message::close_with(CloseCode::Error, "rate limiter unavailable")).await?;
                 return Ok(WsVerdict::Failed(error));
@@ -172,5 +173,5 @@ impl WsThrottle {
 /// `{"type":"rate_limit","error":..,"message":..,"retry_after_ms":..}` (`retry_after_ms` is
 /// `null` when the cost can never fit).
 pub fn notice(decision: &Decision) -> String {
-    traffik::ReplyBody::for_decision(decision).to_notice_json()
+    traffik::reply::ReplyBody::for_decision(decision).to_notice_json()
 }

@@ -8,7 +8,8 @@ use poem::http::{Method, StatusCode};
 use poem::test::TestClient;
 use poem::web::Data;
 use poem::{EndpointExt, Route, get, handler};
-use traffik::{AsyncPredicate, Context, RequestView, rate};
+use traffik::rules::AsyncPredicate;
+use traffik::{Context, RequestView, rate};
 use traffik::{Headers, When};
 use traffik_poem::{MiddlewareThrottle, ThrottleDecisions, ThrottleMiddleware};
 

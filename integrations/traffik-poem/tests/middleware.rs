@@ -159,7 +159,7 @@ async fn a_backend_failure_the_policy_raises_answers_503_json() {
     assert!(!body.to_string().contains("down for the test"), "backend details stay in the logs");
     // The observed defect: the body named the throttle. It is the core's, naming nothing.
     assert!(!body.to_string().contains(throttle.uid()), "the throttle's uid leaked: {body}");
-    assert_eq!(body, serde_json::to_value(traffik::ReplyBody::unavailable()).unwrap());
+    assert_eq!(body, serde_json::to_value(traffik::reply::ReplyBody::unavailable()).unwrap());
 
     // The default policy (throttle) fails closed with a 429 instead.
     let closed = throttle!(rate!("5/min")).backend(Broken).build().unwrap();

@@ -232,7 +232,10 @@ async fn a_failing_throttle_closes_the_websocket_with_1011() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     socket.send(Message::text("a")).await.unwrap();
     let error: Value = serde_json::from_str(&next_text(&mut socket).await).unwrap();
-    assert_eq!(error, serde_json::from_str::<Value>(&traffik::ReplyBody::unavailable().to_notice_json()).unwrap());
+    assert_eq!(
+        error,
+        serde_json::from_str::<Value>(&traffik::reply::ReplyBody::unavailable().to_notice_json()).unwrap()
+    );
     let msg = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
     let Message::Close(Some(frame)) = msg else { panic!("expected a close frame, got {msg:?}") };
     assert_eq!(u16::from(frame.code), 1011);

@@ -9,7 +9,8 @@ use salvo::handler::Skipper;
 use salvo::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Context, Decision, Error, Outcome, Reply, ReplyBody, Throttle};
+use traffik::reply::{Reply, ReplyBody};
+use traffik::{Context, Decision, Error, Outcome, Throttle};
 
 use crate::depot::{ThrottleRecord, record};
 use crate::view::request_view;
@@ -351,7 +352,7 @@ impl Handler for SalvoThrottle {
     }
 }
 
-/// The JSON body of a denial: the core's [`ReplyBody`](traffik::ReplyBody),
+/// The JSON body of a denial: the core's [`ReplyBody`](traffik::reply::ReplyBody),
 /// `{"error":"rate_limited","message":..,"retry_after_ms":..}`, or, when the cost can never fit,
 /// `{"error":"cost_exceeds_limit","message":..,"cost":..,"limit":..,"retry_after_ms":null}`.
 pub fn throttled_body(decision: &Decision) -> serde_json::Value {

@@ -55,7 +55,7 @@
 //! | cost can never fit | `429`, `{"error":"cost_exceeds_limit",...,"retry_after_ms":null}`, no `Retry-After` |
 //! | backend failure the error policy raises | `503`, `{"error":"rate_limiter_unavailable",...}` (nothing internal named) |
 //!
-//! The statuses, `Retry-After` and bodies are the core's [`traffik::Reply`], the same as in
+//! The statuses, `Retry-After` and bodies are the core's [`traffik::reply::Reply`], the same as in
 //! `traffik-poem`.
 //!
 //! In shadow mode ([`Throttle::set_shadow`](traffik::Throttle::set_shadow), the builder's
@@ -132,7 +132,7 @@ pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, wri
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
 pub use quotas::QuotasHandler;
 #[cfg(feature = "websocket")]
-pub use traffik::WsVerdict;
+pub use traffik::reply::WsVerdict;
 pub use view::{client_ip, peer_addr, request_view};
 #[cfg(feature = "websocket")]
 pub use ws::{INTERNAL_ERROR, POLICY_VIOLATION, WsConnection, WsThrottle, ws_throttled_message};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use salvo::http::Method;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Error, PathPattern, Rule, Throttle};
+use traffik::rules::PathPattern;
+use traffik::{Error, Rule, Throttle};
 
 use crate::hoop::SalvoThrottle;
 

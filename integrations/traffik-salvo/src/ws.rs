@@ -8,7 +8,8 @@ use salvo::Request;
 use salvo::http::uri::Uri;
 use salvo::http::{HeaderMap, Method};
 use salvo::websocket::{Message, WebSocket};
-use traffik::{Context, Decision, Error, Outcome, RequestView, Throttle, WsVerdict};
+use traffik::reply::WsVerdict;
+use traffik::{Context, Decision, Error, Outcome, RequestView, Throttle};
 
 use crate::view::peer_addr;
 
@@ -165,7 +166,7 @@ impl fmt::Debug for WsConnection {
 /// `"cost_exceeds_limit"`, with `cost` and `limit`, and `retry_after_ms` is `null` when the
 /// cost can never fit), the same in every integration.
 pub fn ws_throttled_message(decision: &Decision) -> Message {
-    Message::text(traffik::ReplyBody::for_decision(decision).to_notice_json())
+    Message::text(traffik::reply::ReplyBody::for_decision(decision).to_notice_json())
 }
 
 impl WsConnection {
@@ -199,7 +200,7 @@ impl WsConnection {
             Err(error) => {
                 // The throttle counts and logs backend incidents itself, once a second at most.
                 tracing::debug!(throttle = self.ws.throttle.uid(), %error, "rate limiter unavailable");
-                let body = traffik::ReplyBody::unavailable().to_notice_json();
+                let body = traffik::reply::ReplyBody::unavailable().to_notice_json();
                 // A failed send shows up on the handler's next receive.
                 if ws.send(Message::text(body)).await.is_ok() {
                     let _ = ws.send(Message::close_with(INTERNAL_ERROR, "rate limiter unavailable")).await;

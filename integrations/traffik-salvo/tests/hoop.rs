@@ -14,9 +14,10 @@ use salvo::prelude::*;
 use salvo::test::ResponseExt;
 use serde_json::json;
 use traffik::Headers;
+use traffik::headers::Header;
 use traffik::strategy::LeakyBucketWithQueue;
 use traffik::{
-    ClientIp, Context, ErrorPolicy, Header, Identity, ManualClock, Outcome, RequestView, TrustedProxies, When, rate,
+    ClientIp, Context, ErrorPolicy, Identity, ManualClock, Outcome, RequestView, TrustedProxies, When, rate,
 };
 use traffik_salvo::{DepotExt, MiddlewareThrottle, SalvoThrottle, ThrottleExt, ThrottleMiddleware, ThrottledHandler};
 
@@ -368,7 +369,7 @@ async fn a_raised_backend_error_is_503_json() {
     let body = json(&mut res).await;
     assert_eq!(body["error"], "rate_limiter_unavailable");
     assert!(!body.to_string().contains("always down"), "no backend details leak");
-    assert_eq!(body, serde_json::to_value(traffik::ReplyBody::unavailable()).unwrap(), "the core's body");
+    assert_eq!(body, serde_json::to_value(traffik::reply::ReplyBody::unavailable()).unwrap(), "the core's body");
     assert_eq!(counter.calls(), 0);
 }
 

@@ -204,7 +204,10 @@ async fn a_failing_throttle_closes_the_websocket_with_1011() {
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     ws.send(Message::text("a")).await.unwrap();
     let notice: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-    assert_eq!(notice, serde_json::from_str::<Value>(&traffik::ReplyBody::unavailable().to_notice_json()).unwrap());
+    assert_eq!(
+        notice,
+        serde_json::from_str::<Value>(&traffik::reply::ReplyBody::unavailable().to_notice_json()).unwrap()
+    );
     match ws.next().await.unwrap().unwrap() {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1011),
         other => panic!("expected a close frame, got {other:?}"),

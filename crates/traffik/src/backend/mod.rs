@@ -28,6 +28,8 @@ use crate::strategy::{Input, Metadata, StrategyHandle, Verdict};
 /// alias, so implementations written against either name agree).
 pub use futures_core::future::BoxFuture;
 
+pub use crate::error::BoxError;
+
 /// Whether a decision consumes quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {

@@ -130,7 +130,7 @@ impl From<IpAddr> for Identity {
 ///
 /// Implemented by [`ClientIp`] (the default), by sync closures
 /// `Fn(&RequestView<'_>) -> Identity`, by [`AsyncIdentifier`], and by
-/// [`SyncFn`](crate::SyncFn)/[`AsyncFn`](crate::AsyncFn) around closures that also read the hit's
+/// [`SyncFn`](crate::functions::SyncFn)/[`AsyncFn`](crate::functions::AsyncFn) around closures that also read the hit's
 /// [`Context`] (where an integration puts what earlier middleware stored: a user from Salvo's
 /// `Depot`, a tenant from Poem's extensions):
 ///

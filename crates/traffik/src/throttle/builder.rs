@@ -236,7 +236,7 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
         self.rate_source(RateSource::Dynamic(Arc::new(AsyncFn(f))))
     }
 
-    /// A rate source implementing [`RateFn`](crate::RateFn) or a fixed rate.
+    /// A rate source implementing [`RateFn`](crate::functions::RateFn) or a fixed rate.
     pub fn rate_source(self, source: RateSource) -> ThrottleBuilder<U, RateSet, B, S> {
         ThrottleBuilder {
             uid: self.uid,

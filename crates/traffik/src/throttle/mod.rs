@@ -9,7 +9,7 @@ mod prepare;
 mod recovery;
 mod shortcut;
 
-pub use builder::{IntoRate, ThrottleBuilder};
+pub use builder::ThrottleBuilder;
 pub use config::BackendChoice;
 pub(crate) use config::{Config, ThrottleInner, metric_uid};
 pub use context_backend::{context_backend, with_backend};

@@ -10,10 +10,11 @@ use poem::http::StatusCode;
 use poem::web::{Data, Html, Json};
 use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 use serde_json::{Value, json};
+use traffik::policy::BreakerConfig;
 use traffik::strategy::{FixedWindow, SlidingWindowLog, TokenBucketWithDebt};
 use traffik::{
-    Backend, BreakerConfig, CircuitBreaker, Clock, ErrorPolicy, InMemoryBackend, SharedBackend, StrategyHandle,
-    Throttle, ThrottleRegistry,
+    Backend, CircuitBreaker, Clock, ErrorPolicy, InMemoryBackend, SharedBackend, StrategyHandle, Throttle,
+    ThrottleRegistry,
 };
 use traffik_poem::{QuotasEndpoint, ThrottleExt};
 

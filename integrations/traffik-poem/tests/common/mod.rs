@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use poem::listener::TcpAcceptor;
 use poem::test::TestResponse;
 use poem::{Endpoint, Server};
+use traffik::backend::{BoxFuture, Operation};
 use traffik::strategy::{Metadata, Verdict};
-use traffik::{Backend, BackendError, BoxFuture, Operation};
+use traffik::{Backend, BackendError};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 

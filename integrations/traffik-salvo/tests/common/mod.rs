@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use salvo::http::Method;
 use salvo::test::{RequestBuilder, ResponseExt};
 use salvo::{Response, Router, Server, Service};
-use traffik::{BackendError, BoxFuture, Operation, strategy::Metadata, strategy::Verdict};
+use traffik::backend::{BoxFuture, Operation};
+use traffik::{BackendError, strategy::Metadata, strategy::Verdict};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
