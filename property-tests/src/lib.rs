@@ -33,7 +33,8 @@
 //!
 //! let suite = Suite::new("plain_fixed_window", StrategyHandle::new(PlainFixedWindow), Bound::FixedWindows)
 //!     .with_fixed_window_model();
-//! check_suite(|| Arc::new(InMemoryBackend::new()) as SharedBackend, &suite, &SuiteConfig::quick());
+//! check_suite(|| Arc::new(InMemoryBackend::new()) as SharedBackend, &suite, &SuiteConfig::quick())?;
+//! # Ok::<(), traffik_property_tests::SuiteFailure>(())
 //! ```
 //!
 //! Backends that read time from elsewhere (Redis' `TIME`) must be configured to use the
@@ -177,7 +178,10 @@ impl Suite {
         self
     }
 
-    fn with_queue(mut self, queue: u32) -> Self {
+    /// Cost units the strategy may queue (answer `Delay` for) beyond its quota, as a shaping
+    /// strategy does: delays are then checked against this allowance instead of failing the
+    /// suite. A custom strategy that delays needs it to pass.
+    pub fn with_queue(mut self, queue: u32) -> Self {
         self.queue = queue;
         self
     }
@@ -311,16 +315,36 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
-/// Runs every built-in suite against the backend that `make` returns. Call from a plain
-/// `#[test]`, not from inside a runtime: the suites build their own and call `make` in it.
-pub fn check_backend(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig) {
-    for suite in builtin_suites() {
-        check_suite(&make, &suite, cfg);
+/// A suite that failed: which suite, on which backend, and proptest's account of the smallest
+/// failing schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuiteFailure {
+    /// The suite's name.
+    pub suite: String,
+    /// The backend's kind (`"memory"`, `"redis"`, ...).
+    pub backend: String,
+    /// The failing schedule and what went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for SuiteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "suite `{}` failed on backend `{}`: {}", self.suite, self.backend, self.message)
     }
 }
 
-/// Runs one suite (see the [crate docs](crate)).
-pub fn check_suite(make: impl Fn() -> SharedBackend, suite: &Suite, cfg: &SuiteConfig) {
+impl std::error::Error for SuiteFailure {}
+
+/// Runs every built-in suite against the backend that `make` returns, stopping at the first
+/// failure. Call from a plain `#[test]`, not from inside a runtime: the suites build their own
+/// and call `make` in it.
+pub fn check_backend(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig) -> Result<(), SuiteFailure> {
+    builtin_suites().iter().try_for_each(|suite| check_suite(&make, suite, cfg))
+}
+
+/// Runs one suite (see the [crate docs](crate)); `Err` names the suite, the backend and the
+/// smallest failing schedule proptest found.
+pub fn check_suite(make: impl Fn() -> SharedBackend, suite: &Suite, cfg: &SuiteConfig) -> Result<(), SuiteFailure> {
     let rt = runtime();
     let backend = {
         let _guard = rt.enter();
@@ -333,9 +357,11 @@ pub fn check_suite(make: impl Fn() -> SharedBackend, suite: &Suite, cfg: &SuiteC
         ..ProptestConfig::default()
     });
     let result = runner.run(&cases(cfg.max_steps), |case| rt.block_on(run_case(backend.as_ref(), suite, &case)));
-    if let Err(e) = result {
-        panic!("suite `{}` failed on backend `{}`: {e}", suite.name, backend.kind());
-    }
+    result.map_err(|e| SuiteFailure {
+        suite: suite.name.clone(),
+        backend: backend.kind().to_owned(),
+        message: e.to_string(),
+    })
 }
 
 async fn decide(

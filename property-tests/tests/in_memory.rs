@@ -17,7 +17,7 @@ fn memory() -> SharedBackend {
 #[test]
 fn every_strategy_stays_within_its_bound_on_the_in_memory_backend() {
     for suite in builtin_suites() {
-        check_suite(memory, &suite, &SuiteConfig::thorough());
+        check_suite(memory, &suite, &SuiteConfig::thorough()).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -31,7 +31,7 @@ fn tiny_shards_and_caps_do_not_change_decisions() {
     // One shard and a cap far above the keys used: same suites, different storage layout.
     let make = || Arc::new(InMemoryBackend::builder().shards(1).max_keys(1 << 20).build()) as SharedBackend;
     for suite in builtin_suites() {
-        check_suite(make, &suite, &SuiteConfig::quick());
+        check_suite(make, &suite, &SuiteConfig::quick()).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -59,4 +59,19 @@ fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity() {
 #[test]
 fn a_refunded_hit_leaves_no_trace_on_any_built_in_strategy() {
     check_refunds(2_000);
+}
+
+/// A suite can fail, and says so as a value: a fixed window claimed to hold the sliding-window
+/// bound admits up to twice its limit across a window boundary, which the suite finds.
+#[test]
+fn a_strategy_that_breaks_its_claimed_bound_fails_its_suite() {
+    use traffik::StrategyHandle;
+    use traffik::strategy::FixedWindow;
+    use traffik_property_tests::{Bound, Suite};
+
+    let suite = Suite::new("fixed_window_claiming_sliding", StrategyHandle::new(FixedWindow), Bound::SlidingWindows);
+    let failure = check_suite(memory, &suite, &SuiteConfig::thorough()).expect_err("the boundary burst is found");
+    assert_eq!(failure.suite, "fixed_window_claiming_sliding");
+    assert_eq!(failure.backend, "memory");
+    assert!(failure.to_string().starts_with("suite `fixed_window_claiming_sliding` failed on backend `memory`"));
 }

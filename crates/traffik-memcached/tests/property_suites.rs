@@ -22,7 +22,8 @@ fn backend(addr: &str) -> SharedBackend {
 fn every_strategy_stays_within_its_bound_on_memcached() {
     let server = common::memcached_server();
     // Decisions take a loopback round trip or two, so more than the `quick` preset fits.
-    check_backend(|| backend(&server.addr), &SuiteConfig { cases: 64, max_steps: 60 });
+    check_backend(|| backend(&server.addr), &SuiteConfig { cases: 64, max_steps: 60 })
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

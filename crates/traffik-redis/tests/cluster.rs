@@ -29,7 +29,8 @@ fn cluster_backend(urls: &[String]) -> RedisBackend {
 fn suites_pass_and_each_decision_stays_in_one_slot_on_a_three_master_cluster() {
     let cluster = common::cluster::redis_cluster();
     let urls = cluster.urls.clone();
-    check_backend(|| Arc::new(cluster_backend(&urls)) as SharedBackend, &SuiteConfig::quick());
+    check_backend(|| Arc::new(cluster_backend(&urls)) as SharedBackend, &SuiteConfig::quick())
+        .unwrap_or_else(|e| panic!("{e}"));
     check_concurrency(|| Arc::new(cluster_backend(&urls)) as SharedBackend, 64);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -13,13 +13,14 @@ use traffik_test_support::redis_server;
 fn every_strategy_stays_within_its_bound_on_a_multiplexed_connection() {
     let server = redis_server();
     let cfg = SuiteConfig { cases: 96, max_steps: 60 };
-    check_backend(|| common::shared(common::client_clock(&server.url)), &cfg);
+    check_backend(|| common::shared(common::client_clock(&server.url)), &cfg).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn every_strategy_stays_within_its_bound_on_a_bb8_pool() {
     let server = redis_server();
-    check_backend(|| common::shared(common::client_clock_pooled(&server.url, 4)), &SuiteConfig::quick());
+    check_backend(|| common::shared(common::client_clock_pooled(&server.url, 4)), &SuiteConfig::quick())
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
