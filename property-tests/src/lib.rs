@@ -43,6 +43,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod custom;
+pub mod failing;
 pub mod faults;
 pub mod groups;
 pub mod rate_change;

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use traffik::backend::{BoxFuture, Operation};
@@ -13,66 +12,15 @@ use traffik::{
     Backend, BackendError, CircuitBreaker, Error, ErrorPolicy, Failover, InMemoryBackend, ManualClock, Outcome,
     RequestView, Retry, Source, Throttle, rate,
 };
+use traffik_property_tests::failing::Failing;
 
-/// A backend that fails its first `fail_first` calls (all calls when `u32::MAX`), or hangs.
-#[derive(Debug, Default)]
-struct Flaky {
-    calls: AtomicU32,
-    fail_first: u32,
-    hang: bool,
-    inner: InMemoryBackend,
+/// A backend that fails its first `n` decisions (every one with `u32::MAX`), shared so a test
+/// can count its calls.
+fn flaky(n: u32) -> Arc<Failing> {
+    Arc::new(Failing::first(n))
 }
 
-impl Flaky {
-    fn failing(n: u32) -> Arc<Self> {
-        Arc::new(Flaky { fail_first: n, ..Flaky::default() })
-    }
-
-    fn hanging() -> Arc<Self> {
-        Arc::new(Flaky { hang: true, ..Flaky::default() })
-    }
-
-    fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Backend for Flaky {
-    fn kind(&self) -> &'static str {
-        "flaky"
-    }
-
-    fn namespace(&self) -> &str {
-        "flaky"
-    }
-
-    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            if n < self.fail_first {
-                return Err(BackendError::Connection {
-                    backend: "flaky",
-                    message: "connection refused".into(),
-                    source: None,
-                });
-            }
-            self.inner.decide(op).await
-        })
-    }
-
-    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        self.inner.stat(op)
-    }
-
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.reset()
-    }
-}
-
-fn throttle(uid: &str, backend: Arc<Flaky>, policy: Option<ErrorPolicy>) -> Throttle {
+fn throttle(uid: &str, backend: Arc<Failing>, policy: Option<ErrorPolicy>) -> Throttle {
     let b = Throttle::builder().uid(uid).rate(rate!("1/min")).shared_backend(backend).strategy(FixedWindow);
     match policy {
         Some(p) => b.on_error(p).build().unwrap(),
@@ -86,7 +34,7 @@ fn req() -> RequestView<'static> {
 
 #[tokio::test]
 async fn default_policy_fails_closed_for_one_second() {
-    let t = throttle("default", Flaky::failing(u32::MAX), None);
+    let t = throttle("default", flaky(u32::MAX), None);
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source, d.wait), (Outcome::Throttled, Source::ErrorPolicy, Duration::from_secs(1)));
     assert_eq!(d.retry_after_secs(), Some(1));
@@ -95,7 +43,7 @@ async fn default_policy_fails_closed_for_one_second() {
 
 #[tokio::test]
 async fn allow_fails_open_and_counts() {
-    let t = throttle("allow", Flaky::failing(u32::MAX), Some(ErrorPolicy::allow()));
+    let t = throttle("allow", flaky(u32::MAX), Some(ErrorPolicy::allow()));
     for _ in 0..3 {
         let d = t.hit(&req()).await.unwrap();
         assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::ErrorPolicy));
@@ -106,7 +54,7 @@ async fn allow_fails_open_and_counts() {
 
 #[tokio::test]
 async fn raise_returns_the_typed_error() {
-    let t = throttle("raise", Flaky::failing(u32::MAX), Some(ErrorPolicy::raise()));
+    let t = throttle("raise", flaky(u32::MAX), Some(ErrorPolicy::raise()));
     match t.hit(&req()).await {
         Err(Error::Backend { uid, source: BackendError::Connection { .. } }) => assert_eq!(uid, "raise"),
         other => panic!("expected a backend error, got {other:?}"),
@@ -119,7 +67,7 @@ async fn custom_handler_sees_the_failure_and_decides() {
         assert_eq!((f.uid, f.backend, f.cost), ("custom", "flaky", 1));
         if f.error.is_transient() { Recovery::Throttle(Duration::from_secs(7)) } else { Recovery::Raise }
     });
-    let t = throttle("custom", Flaky::failing(u32::MAX), Some(policy));
+    let t = throttle("custom", flaky(u32::MAX), Some(policy));
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.wait), (Outcome::Throttled, Duration::from_secs(7)));
 }
@@ -127,7 +75,7 @@ async fn custom_handler_sees_the_failure_and_decides() {
 #[tokio::test]
 async fn backend_level_policy_applies_when_the_throttle_sets_none() {
     #[derive(Debug)]
-    struct Lenient(Arc<Flaky>);
+    struct Lenient(Arc<Failing>);
     impl Backend for Lenient {
         fn kind(&self) -> &'static str {
             "lenient"
@@ -151,7 +99,7 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
     let t = Throttle::builder()
         .uid("backend-policy")
         .rate(rate!("1/min"))
-        .backend(Lenient(Flaky::failing(u32::MAX)))
+        .backend(Lenient(flaky(u32::MAX)))
         .strategy(FixedWindow)
         .build()
         .unwrap();
@@ -163,7 +111,7 @@ async fn backend_level_policy_applies_when_the_throttle_sets_none() {
 #[tokio::test]
 async fn fallback_decides_on_the_other_backend() {
     let fallback = InMemoryBackend::new();
-    let t = throttle("fallback", Flaky::failing(u32::MAX), Some(ErrorPolicy::fallback(fallback.clone())));
+    let t = throttle("fallback", flaky(u32::MAX), Some(ErrorPolicy::fallback(fallback.clone())));
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::Fallback));
     let d = t.hit(&req()).await.unwrap();
@@ -176,45 +124,26 @@ async fn fallback_decides_on_the_other_backend() {
 async fn fallback_on_filters_errors_and_a_failing_fallback_fails_closed() {
     let never =
         ErrorPolicy::fallback_on(InMemoryBackend::new(), |e: &BackendError| matches!(e, BackendError::Timeout { .. }));
-    let t = throttle("fallback-on", Flaky::failing(u32::MAX), Some(never));
+    let t = throttle("fallback-on", flaky(u32::MAX), Some(never));
     assert_eq!(t.hit(&req()).await.unwrap().source, Source::ErrorPolicy);
 
-    #[derive(Debug)]
-    struct Down;
-    impl Backend for Down {
-        fn kind(&self) -> &'static str {
-            "down"
-        }
-        fn namespace(&self) -> &str {
-            "down"
-        }
-        fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-            Box::pin(async { Err(BackendError::command("down", "nope")) })
-        }
-        fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-            Box::pin(async { Err(BackendError::command("down", "nope")) })
-        }
-        fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-            Box::pin(async { Ok(()) })
-        }
-    }
-    let t = throttle("fallback-down", Flaky::failing(u32::MAX), Some(ErrorPolicy::fallback(Down)));
+    let t = throttle("fallback-down", flaky(u32::MAX), Some(ErrorPolicy::fallback(Failing::down())));
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source), (Outcome::Throttled, Source::ErrorPolicy));
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_recovers_from_transient_failures() {
-    let flaky = Flaky::failing(2);
+    let transient = flaky(2);
     let policy = ErrorPolicy::retry(Retry::new(3).delay(Duration::from_millis(100)).jitter(0.0), ErrorPolicy::raise());
-    let t = throttle("retry", Arc::clone(&flaky), Some(policy));
+    let t = throttle("retry", Arc::clone(&transient), Some(policy));
     let started = tokio::time::Instant::now();
     let d = t.hit(&req()).await.unwrap();
     assert_eq!((d.outcome, d.source), (Outcome::Allowed, Source::Backend));
-    assert_eq!(flaky.calls(), 3);
+    assert_eq!(transient.calls(), 3);
     assert_eq!(started.elapsed(), Duration::from_millis(300), "100 ms then 200 ms of backoff");
 
-    let hopeless = Flaky::failing(u32::MAX);
+    let hopeless = flaky(u32::MAX);
     let policy = ErrorPolicy::retry(Retry::new(2).delay(Duration::from_millis(10)).jitter(0.0), ErrorPolicy::allow());
     let t = throttle("retry-then", Arc::clone(&hopeless), Some(policy));
     assert_eq!(t.hit(&req()).await.unwrap().outcome, Outcome::Allowed);
@@ -228,7 +157,7 @@ async fn failover_opens_the_breaker_and_stops_calling_the_primary() {
         BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock.clone()),
     );
-    let primary = Flaky::failing(6);
+    let primary = flaky(6);
     let policy = ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone()).max_retries(1));
     let t = throttle("failover", Arc::clone(&primary), Some(policy));
     let other = RequestView::empty().peer(Some("192.0.2.99:1".parse().unwrap()));
@@ -260,7 +189,7 @@ async fn failover_opens_the_breaker_and_stops_calling_the_primary() {
 #[tokio::test]
 async fn circuit_breaker_policy_throttles_without_calling_while_open() {
     let breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() });
-    let primary = Flaky::failing(u32::MAX);
+    let primary = flaky(u32::MAX);
     let t = throttle(
         "breaker",
         Arc::clone(&primary),
@@ -278,7 +207,7 @@ async fn a_slow_backend_becomes_a_timeout_error_not_a_hang() {
     let t = Throttle::builder()
         .uid("slow")
         .rate(rate!("1/min"))
-        .shared_backend(Flaky::hanging())
+        .shared_backend(Arc::new(Failing::hanging()))
         .strategy(FixedWindow)
         .timeout(Duration::from_millis(250))
         .on_error(ErrorPolicy::raise())
@@ -322,7 +251,7 @@ async fn a_breaker_inside_a_retry_policy_is_consulted() {
         BreakerConfig { failure_threshold: 1, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock.clone()),
     );
-    let primary = Flaky::failing(u32::MAX);
+    let primary = flaky(u32::MAX);
     let policy = ErrorPolicy::retry(
         Retry::new(1).delay(Duration::from_millis(10)).jitter(0.0),
         ErrorPolicy::circuit_breaker(breaker.clone(), Duration::from_secs(5)),
@@ -343,7 +272,7 @@ async fn a_breaker_inside_a_retry_policy_is_consulted() {
 /// most the first call's timeout plus the deadline.
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_their_deadline() {
-    let hanging = Flaky::hanging();
+    let hanging = Arc::new(Failing::hanging());
     let t = Throttle::builder()
         .uid("retry-deadline")
         .rate(rate!("1/min"))
@@ -385,7 +314,7 @@ async fn retries_stop_at_their_deadline() {
 /// primary with many retries holds a request no longer, and the fallback decides.
 #[tokio::test(start_paused = true)]
 async fn failover_retries_stop_at_their_deadline() {
-    let hanging = Flaky::hanging();
+    let hanging = Arc::new(Failing::hanging());
     let breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() });
     let t = Throttle::builder()
         .uid("failover-deadline")
@@ -413,7 +342,7 @@ async fn a_failover_inside_a_retry_policy_serves_while_open() {
         BreakerConfig { failure_threshold: 1, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock),
     );
-    let primary = Flaky::failing(u32::MAX);
+    let primary = flaky(u32::MAX);
     let policy = ErrorPolicy::retry(
         Retry::new(1).delay(Duration::from_millis(10)).jitter(0.0).deadline(Duration::MAX),
         ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone()).deadline(Duration::MAX)),

@@ -10,9 +10,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use traffik::backend::{BoxFuture, Operation};
-use traffik::strategy::{FixedWindow, Metadata, Verdict};
-use traffik::{Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik::strategy::FixedWindow;
+use traffik::{ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik_property_tests::failing::Failing;
 
 /// Polls an in-memory hit, which never waits.
 fn now<F: Future>(f: F) -> F::Output {
@@ -141,28 +141,6 @@ fn a_group_counts_its_decisions_under_its_own_uid() {
     assert_eq!(members, 0, "members are not counted apart inside a group: {all:?}");
 }
 
-/// A backend that is always down.
-#[derive(Debug)]
-struct Down;
-
-impl Backend for Down {
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-    fn namespace(&self) -> &str {
-        "down"
-    }
-    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async { Err(BackendError::Timeout { backend: "down", after: std::time::Duration::from_secs(1) }) })
-    }
-    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async { Err(BackendError::command("down", "nope")) })
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[test]
 fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source() {
     let recorder = DebuggingRecorder::new();
@@ -172,7 +150,7 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
             Throttle::builder()
                 .uid(uid)
                 .rate("5/min")
-                .backend(Down)
+                .backend(Failing::down())
                 .strategy(FixedWindow)
                 .on_error(policy)
                 .build()
@@ -189,7 +167,7 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
         value(
             &all,
             "traffik_backend_errors_total",
-            &[("throttle", throttle), ("backend", "down"), ("kind", "timeout"), ("action", action)],
+            &[("throttle", throttle), ("backend", "down"), ("kind", "command"), ("action", action)],
         )
     };
     assert_eq!((errors("closed", "failed_closed"), errors("fallback", "fallback")), (1, 1), "{all:?}");

@@ -6,12 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use traffik::backend::{BoxFuture, Operation};
-use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, Metadata, TokenBucket, Verdict};
+use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, TokenBucket};
 use traffik::{
-    Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Source,
-    StrategyHandle, Throttle, ThrottleGroup, rate,
+    Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Source, StrategyHandle,
+    Throttle, ThrottleGroup, rate,
 };
+use traffik_property_tests::failing::Failing;
 
 fn view(ip: [u8; 4]) -> RequestView<'static> {
     RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
@@ -157,35 +157,13 @@ async fn a_delay_is_not_held_in_shadow_mode_but_its_slot_is_taken() {
     assert_eq!(shadowed.shadow_refusals(), 1);
 }
 
-/// A backend that is always down.
-#[derive(Debug)]
-struct Down;
-
-impl Backend for Down {
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-    fn namespace(&self) -> &str {
-        "down"
-    }
-    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async { Err(BackendError::command("down", "nope")) })
-    }
-    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async { Err(BackendError::command("down", "nope")) })
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[tokio::test]
 async fn a_failure_the_error_policy_throttles_is_let_through_one_it_raises_is_not() {
     let build = |uid: &str, policy: ErrorPolicy| {
         Throttle::builder()
             .uid(uid)
             .rate(rate!("5/min"))
-            .backend(Down)
+            .backend(Failing::down())
             .strategy(FixedWindow)
             .on_error(policy)
             .shadow(true)

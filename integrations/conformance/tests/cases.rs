@@ -11,37 +11,15 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-use traffik::backend::{BoxFuture, Operation};
 use traffik::functions::SyncFn;
 use traffik::reply::ReplyBody;
-use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, Metadata, Verdict};
+use traffik::strategy::{FixedWindow, LeakyBucketWithQueue};
 use traffik::{
-    Backend, BackendError, Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, RequestView, Throttle,
-    ThrottleGroup, ThrottleRegistry, rate,
+    Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Rate, RequestView, Throttle, ThrottleGroup,
+    ThrottleRegistry, rate,
 };
 use traffik::{Headers, When};
-
-/// A backend that is always down.
-#[derive(Debug)]
-struct Down;
-
-impl Backend for Down {
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-    fn namespace(&self) -> &str {
-        "down"
-    }
-    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async { Err(BackendError::command("down", "always down")) })
-    }
-    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async { Err(BackendError::command("down", "always down")) })
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
+use traffik_property_tests::failing::Failing;
 
 /// The user an earlier middleware authenticated (here: from the `u` query parameter), stored
 /// where each framework keeps such things (Poem: request extensions; Salvo: the depot).
@@ -107,7 +85,7 @@ fn throttles(app: &str) -> Throttles {
     Throttles {
         limited: build("limited", rate!("2/h")).build().unwrap(),
         costly: build("costly", rate!("5/min")).build().unwrap(),
-        down: build("down", rate!("5/min")).backend(Down).on_error(ErrorPolicy::raise()).build().unwrap(),
+        down: build("down", rate!("5/min")).backend(Failing::down()).on_error(ErrorPolicy::raise()).build().unwrap(),
         app_headers: build("app-headers", rate!("10/min")).build().unwrap(),
         outer: build("outer", rate!("10/min")).build().unwrap(),
         inner: build("inner", rate!("3/min")).build().unwrap(),
@@ -127,7 +105,7 @@ fn throttles(app: &str) -> Throttles {
         .unwrap(),
         per_message: build("per-message", rate!("1/h")).build().unwrap(),
         per_message_down: build("per-message-down", rate!("1/h"))
-            .backend(Down)
+            .backend(Failing::down())
             .on_error(ErrorPolicy::raise())
             .build()
             .unwrap(),
@@ -135,7 +113,7 @@ fn throttles(app: &str) -> Throttles {
         q_minute: build("q-minute", rate!("5/min")).registry(&registry).build().unwrap(),
         q_hour: build("q-hour", rate!("100/h")).registry(&registry).build().unwrap(),
         q_down: build("q-down", rate!("5/min"))
-            .backend(Down)
+            .backend(Failing::down())
             .on_error(ErrorPolicy::raise())
             .registry(&registry)
             .build()

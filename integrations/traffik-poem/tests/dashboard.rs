@@ -127,7 +127,7 @@ async fn the_dashboard_shows_what_its_json_says() {
     let metrics = PrometheusBuilder::new().install_recorder().unwrap();
     let clock = ManualClock::new(1_700_000_000_000_000);
     // The reports throttle's backend is down: its breaker opens and its incidents count.
-    let addr = serve(app::app(clock, metrics, Arc::new(common::Broken)).unwrap()).await;
+    let addr = serve(app::app(clock, metrics, Arc::new(common::broken())).unwrap()).await;
     let client = http_client();
 
     let mut statuses = Vec::new();
@@ -174,7 +174,7 @@ async fn the_dashboard_shows_what_its_json_says() {
     assert_eq!(shown(&dom, "throttle.search.allowed"), "10");
     assert_eq!(shown(&dom, "throttle.search.throttled"), "2");
     assert_eq!(shown(&dom, "throttle.upload.allowed"), "7");
-    assert_eq!(shown(&dom, "throttle.reports.backend"), "broken");
+    assert_eq!(shown(&dom, "throttle.reports.backend"), "down");
     assert_eq!(shown(&dom, "throttle.reports.breaker"), "open (opened 1×)");
     assert_eq!(shown(&dom, "throttle.reports.errors"), "5", "the breaker opened after 5 failures");
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broken, header, json};
+use common::{broken, header, json};
 use poem::http::StatusCode;
 use poem::test::TestClient;
 use poem::web::Data;
@@ -150,7 +150,7 @@ async fn a_custom_throttled_handler_replaces_the_response_and_keeps_configured_h
 
 #[tokio::test]
 async fn a_backend_failure_the_policy_raises_answers_503_json() {
-    let throttle = throttle!(rate!("5/min")).backend(Broken).on_error(ErrorPolicy::raise()).build().unwrap();
+    let throttle = throttle!(rate!("5/min")).backend(broken()).on_error(ErrorPolicy::raise()).build().unwrap();
     let cli = TestClient::new(get(hello).with(throttle.middleware()));
     let resp = cli.get("/").send().await;
     resp.assert_status(StatusCode::SERVICE_UNAVAILABLE);
@@ -162,7 +162,7 @@ async fn a_backend_failure_the_policy_raises_answers_503_json() {
     assert_eq!(body, serde_json::to_value(traffik::reply::ReplyBody::unavailable()).unwrap());
 
     // The default policy (throttle) fails closed with a 429 instead.
-    let closed = throttle!(rate!("5/min")).backend(Broken).build().unwrap();
+    let closed = throttle!(rate!("5/min")).backend(broken()).build().unwrap();
     let cli = TestClient::new(get(hello).with(closed.middleware()));
     let resp = cli.get("/").send().await;
     resp.assert_status(StatusCode::TOO_MANY_REQUESTS);

@@ -227,7 +227,7 @@ async fn a_websocket_message_that_can_never_fit_says_so_without_a_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_throttle_closes_the_websocket_with_1011() {
     let per_message =
-        throttle!(rate!("2/min")).backend(common::Broken).on_error(traffik::ErrorPolicy::raise()).build().unwrap();
+        throttle!(rate!("2/min")).backend(common::broken()).on_error(traffik::ErrorPolicy::raise()).build().unwrap();
     let url = ws_server(per_message, false, None).await;
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     socket.send(Message::text("a")).await.unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Broken, get, header, json, send};
+use common::{broken, get, header, json, send};
 use salvo::http::{HeaderName, HeaderValue, Method, StatusCode};
 use salvo::prelude::*;
 use salvo::test::ResponseExt;
@@ -357,7 +357,7 @@ async fn a_raised_backend_error_is_503_json() {
     let throttle = traffik::Throttle::builder()
         .uid(common::uid("salvo-broken"))
         .rate(rate!("5/h"))
-        .backend(Broken)
+        .backend(broken())
         .strategy(traffik::strategy::FixedWindow)
         .on_error(ErrorPolicy::raise())
         .build()

@@ -195,7 +195,7 @@ async fn a_failing_throttle_closes_the_websocket_with_1011() {
     let failing = traffik::Throttle::builder()
         .uid(common::uid("salvo-ws-broken"))
         .rate(rate!("2/min"))
-        .backend(common::Broken)
+        .backend(common::broken())
         .strategy(traffik::strategy::FixedWindow)
         .on_error(traffik::ErrorPolicy::raise())
         .build()

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use poem::listener::TcpAcceptor;
 use poem::test::TestResponse;
 use poem::{Endpoint, Server};
-use traffik::backend::{BoxFuture, Operation};
-use traffik::strategy::{Metadata, Verdict};
-use traffik::{Backend, BackendError};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -61,28 +58,7 @@ pub async fn json(resp: TestResponse) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// A backend that is always down.
-#[derive(Debug, Default)]
-pub struct Broken;
-
-fn down() -> BackendError {
-    BackendError::Connection { backend: "broken", message: "down for the test".into(), source: None }
-}
-
-impl Backend for Broken {
-    fn kind(&self) -> &'static str {
-        "broken"
-    }
-    fn namespace(&self) -> &str {
-        "broken"
-    }
-    fn decide<'a>(&'a self, _op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async { Err(down()) })
-    }
-    fn stat<'a>(&'a self, _op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async { Err(down()) })
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
+/// A backend that is always down (kind `"down"`).
+pub fn broken() -> traffik_property_tests::failing::Failing {
+    traffik_property_tests::failing::Failing::down()
 }

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use salvo::http::Method;
 use salvo::test::{RequestBuilder, ResponseExt};
 use salvo::{Response, Router, Server, Service};
-use traffik::backend::{BoxFuture, Operation};
-use traffik::{BackendError, strategy::Metadata, strategy::Verdict};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -70,24 +68,7 @@ pub async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
-/// A backend that always fails.
-#[derive(Debug)]
-pub struct Broken;
-
-impl traffik::Backend for Broken {
-    fn kind(&self) -> &'static str {
-        "broken"
-    }
-    fn namespace(&self) -> &str {
-        "broken"
-    }
-    fn decide<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async { Err(BackendError::command("broken", "always down")) })
-    }
-    fn stat<'a>(&'a self, _: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async { Err(BackendError::command("broken", "always down")) })
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
+/// A backend that is always down (kind `"down"`).
+pub fn broken() -> traffik_property_tests::failing::Failing {
+    traffik_property_tests::failing::Failing::down()
 }
