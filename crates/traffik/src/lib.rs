@@ -120,11 +120,9 @@ pub mod strategy;
 mod telemetry;
 mod throttle;
 
-/// The throttle builder's states and the sealed traits that mark a complete builder
-/// (see [`ThrottleBuilder`]).
+/// The throttle builder's states (`NoUid`, `Uid`, ...), the sealed traits that mark a complete
+/// builder (see [`ThrottleBuilder`]), and what `rate(..)` and `backend(..)` accept.
 pub mod builder {
-    //! The builder's states (`NoUid`, `Uid`, ...), the sealed traits that mark a complete
-    //! builder, and what `rate(..)` and `backend(..)` accept.
     pub use crate::throttle::BackendChoice;
     pub use crate::throttle::builder::{
         HasBackend, HasRate, HasStrategy, HasUid, IntoRate, NoBackend, NoRate, NoStrategy, NoUid, RateSet,

@@ -30,6 +30,43 @@ fn hello() -> &'static str {
     "hello"
 }
 
+/// The parts of the 429 the throttle sends, for the like-with-like baseline of the rejection
+/// path: a plain handler that answers with the same status, headers and body.
+#[derive(Clone)]
+struct Refusal {
+    status: poem::http::StatusCode,
+    headers: poem::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Refusal {
+    /// The reply a throttle at `1/h` sends to its second request.
+    fn sample(rt: &tokio::runtime::Runtime) -> Refusal {
+        let t = throttle("bench-sample", rate!("1/h"), Arc::new(InMemoryBackend::new()));
+        let view = traffik::RequestView::empty();
+        let decision = rt.block_on(async {
+            let _ = t.hit(&view).await.unwrap();
+            t.hit(&view).await.unwrap()
+        });
+        assert!(decision.is_refused(), "the second hit at 1/h is refused");
+        let resp = traffik_poem::default_throttled_response(&decision);
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = rt.block_on(resp.into_body().into_vec()).unwrap();
+        Refusal { status, headers, body }
+    }
+}
+
+impl Endpoint for Refusal {
+    type Output = poem::Response;
+
+    async fn call(&self, _req: poem::Request) -> poem::Result<poem::Response> {
+        let mut resp = poem::Response::builder().status(self.status).body(self.body.clone());
+        *resp.headers_mut() = self.headers.clone();
+        Ok(resp)
+    }
+}
+
 fn throttle(uid: &str, rate: Rate, backend: SharedBackend) -> Throttle {
     Throttle::builder().uid(uid).rate(rate).shared_backend(backend).strategy(FixedWindow).build().unwrap()
 }
@@ -157,6 +194,7 @@ fn main() {
                     .at("/", get(hello).with(throttle("bench-redis", rate!("4000000000/h"), redis).middleware())),
             ),
         ),
+        ("unthrottled, the same 429", spawn_server(&server_rt, Route::new().at("/", get(Refusal::sample(&server_rt))))),
         (
             "throttled, rejection path (429)",
             spawn_server(
@@ -202,5 +240,14 @@ fn main() {
         println!("{name:<40} {rps:>10.0} {:>6.2}x {cpu:>14} {cpu_ratio:>7} {added:>10}", rps / base_rps);
     }
     println!("(ratios > 1 are faster than unthrottled; the CPU ratio is baseline CPU/req over this row's)");
+    // The rejection path against its own like-with-like baseline: the same 429, unthrottled.
+    let row = |name: &str| targets.iter().position(|(n, _)| *n == name).unwrap();
+    let (same, rejected) =
+        (&results[row("unthrottled, the same 429")], &results[row("throttled, rejection path (429)")]);
+    let cpu = match (min_cpu(same), min_cpu(rejected)) {
+        (Some(b), Some(c)) => format!(", added CPU {:+.2} us", (c.as_secs_f64() - b.as_secs_f64()) * 1e6),
+        _ => String::new(),
+    };
+    println!("rejection path vs the same 429 unthrottled: {:.2}x{cpu}", mean_rps(rejected) / mean_rps(same));
     drop(redis_server);
 }
