@@ -60,8 +60,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter, SlidingWindowLog,
-    TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
+    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, RolloverSpec,
+    SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
 
@@ -105,6 +105,9 @@ pub enum Bound {
     /// A meter: releases in any interval `[t1, t2]` total at most
     /// `capacity / T + limit · (t2 - t1) / W` (burst plus the rate).
     Meter(MeterSpec),
+    /// Quota with rollover: any epoch-aligned window of the rate's period admits at most
+    /// `limit + R`, R the rollover cap under that limit.
+    Rollover(RolloverSpec),
     /// Your own check over `(release_time_us, cost)` pairs sorted by time.
     Custom(BoundCheck),
 }
@@ -118,7 +121,7 @@ impl Bound {
     pub fn longest_wait_us(&self, rate: &Rate) -> Option<u64> {
         let w = rate.period_us();
         match self {
-            Bound::FixedWindows => Some(2 * w),
+            Bound::FixedWindows | Bound::Rollover(_) => Some(2 * w),
             Bound::SlidingWindows => Some(w),
             Bound::Meter(spec) => Some(w + spec.params(rate).capacity_us),
             Bound::Custom(_) => None,
@@ -132,6 +135,7 @@ impl fmt::Debug for Bound {
             Bound::FixedWindows => f.write_str("FixedWindows"),
             Bound::SlidingWindows => f.write_str("SlidingWindows"),
             Bound::Meter(s) => write!(f, "Meter({s:?})"),
+            Bound::Rollover(s) => write!(f, "Rollover({s:?})"),
             Bound::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -141,6 +145,7 @@ impl fmt::Debug for Bound {
 enum Model {
     FixedWindow,
     SlidingLog,
+    Rollover(RolloverSpec),
 }
 
 /// A strategy under test.
@@ -179,6 +184,13 @@ impl Suite {
         self
     }
 
+    /// Also compare every decision with a naive model of the quota with rollover, which walks
+    /// the periods one by one.
+    pub fn with_rollover_model(mut self, spec: RolloverSpec) -> Self {
+        self.model = Some(Model::Rollover(spec));
+        self
+    }
+
     /// Cost units a shaping strategy may queue (delay) beyond its quota; 0 for the others.
     pub fn queue(&self) -> u32 {
         self.queue
@@ -191,14 +203,16 @@ impl Suite {
                 let p = spec.params(rate);
                 p.capacity_us / p.interval_us
             }
+            Bound::Rollover(spec) => rate.limit() + spec.cap(rate.limit()),
             _ => rate.limit(),
         }
     }
 }
 
-/// The eight built-in strategies with their bounds and models.
+/// The built-in strategies with their bounds and models.
 pub fn builtin_suites() -> Vec<Suite> {
     let gcra_tol = std::time::Duration::from_millis(300);
+    let capped = QuotaRollover::builder().max_rollover(2).max_percent(50).build().expect("valid rollover");
     vec![
         Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows).with_fixed_window_model(),
         Suite::new("sliding_window_log", SlidingWindowLog.into(), Bound::SlidingWindows).with_sliding_log_model(),
@@ -228,6 +242,10 @@ pub fn builtin_suites() -> Vec<Suite> {
             Bound::Meter(MeterSpec::Gcra { tolerance_us: 300_000 }),
         ),
         Suite::new("gcra_burst", Gcra::with_burst(3).into(), Bound::Meter(MeterSpec::GcraBurst { burst: 3 })),
+        Suite::new("quota_rollover", QuotaRollover::new().into(), Bound::Rollover(RolloverSpec::default()))
+            .with_rollover_model(RolloverSpec::default()),
+        Suite::new("quota_rollover_capped", capped.into(), Bound::Rollover(capped.spec()))
+            .with_rollover_model(capped.spec()),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
     ]
@@ -361,6 +379,7 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
     // the period it was counted under.
     let mut model_fw: HashMap<u8, (u64, u64, u64)> = HashMap::new();
     let mut model_log: HashMap<u8, (u64, Vec<(u64, u64)>)> = HashMap::new();
+    let mut model_qr: HashMap<u8, RolloverModel> = HashMap::new();
     let mut now = case.start_us;
     for (i, step) in case.steps.iter().enumerate() {
         if let Some(r) = step.new_rate
@@ -427,6 +446,7 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
                     }
                     ok
                 }
+                Model::Rollover(spec) => model_qr.entry(step.key).or_default().hit(spec, rate, now, cost),
             };
             prop_assert_eq!(v.is_admitted(), admit, "model disagrees; {}", ctx());
         }
@@ -471,18 +491,61 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
     Ok(())
 }
 
+/// The quota-with-rollover model of one key: its current period, walked forward one period at
+/// a time (never by the strategy's shortcuts).
+#[derive(Clone, Copy, Debug, Default)]
+struct RolloverModel {
+    /// `(period index, period length, used, rollover)` of the latest admission, if any.
+    at: Option<(u64, u64, u64, u64)>,
+}
+
+impl RolloverModel {
+    fn hit(&mut self, spec: RolloverSpec, rate: Rate, now: u64, cost: u64) -> bool {
+        let (l, w) = (rate.limit(), rate.period_us());
+        let cap = spec.cap(l);
+        let index = now / w;
+        let (used, carried) = match self.at {
+            Some((i, period, used, carried)) if period == w && i <= index => {
+                let (mut i, mut used, mut carried) = (i, used, carried.min(cap));
+                while i < index {
+                    let next = (l + carried).saturating_sub(used).min(cap);
+                    if used == 0 && next == carried {
+                        // Idle periods that change nothing any more.
+                        break;
+                    }
+                    i += 1;
+                    used = 0;
+                    carried = next;
+                }
+                (used, carried)
+            }
+            // Never seen, or counted under another period: as after an idle spell.
+            _ => (0, cap),
+        };
+        let ok = used + cost <= l + carried;
+        if ok {
+            self.at = Some((index, w, used + cost, carried));
+        }
+        ok
+    }
+}
+
 /// Checks a bound over `(time_us, cost)` pairs sorted by time.
 pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(), String> {
     let l = rate.limit();
     let w = rate.period_us();
     match bound {
-        Bound::FixedWindows => {
+        Bound::FixedWindows | Bound::Rollover(_) => {
+            let most = match bound {
+                Bound::Rollover(spec) => l + spec.cap(l),
+                _ => l,
+            };
             let mut per: HashMap<u64, u64> = HashMap::new();
             for &(t, c) in log {
                 *per.entry(t / w).or_default() += c;
             }
-            match per.iter().find(|(_, used)| **used > l) {
-                Some((win, used)) => Err(format!("window {win} admitted {used} > {l}")),
+            match per.iter().find(|(_, used)| **used > most) {
+                Some((win, used)) => Err(format!("window {win} admitted {used} > {most}")),
                 None => Ok(()),
             }
         }

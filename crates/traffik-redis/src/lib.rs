@@ -147,6 +147,7 @@ pub fn lua_script(builtin: &Builtin) -> Option<LuaScript> {
         Builtin::SlidingWindowCounter => &s.sliding_counter,
         Builtin::SlidingWindowLog => &s.sliding_log,
         Builtin::Meter(_) => &s.meter,
+        Builtin::QuotaRollover(_) => &s.quota_rollover,
         _ => return None,
     };
     Some(LuaScript { sha1: &lua.hash, source: &lua.source })
@@ -534,6 +535,7 @@ impl RedisBackend {
             Builtin::SlidingWindowCounter => &s.sliding_counter,
             Builtin::SlidingWindowLog => &s.sliding_log,
             Builtin::Meter(_) => &s.meter,
+            Builtin::QuotaRollover(_) => &s.quota_rollover,
             _ => {
                 return Err(BackendError::command(KIND, "unknown built-in strategy (no Lua script)"));
             }
@@ -548,6 +550,10 @@ impl RedisBackend {
             Builtin::Meter(spec) => {
                 let p = spec.params(&input.rate);
                 call.arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
+            }
+            Builtin::QuotaRollover(spec) => {
+                let limit = input.rate.limit();
+                call.arg(limit).arg(input.rate.period_us()).arg(spec.cap(limit));
             }
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
@@ -659,6 +665,10 @@ impl RedisBackend {
                 Some(Builtin::Meter(spec)) => {
                     let p = spec.params(&input.rate);
                     call.arg("m").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
+                }
+                Some(Builtin::QuotaRollover(spec)) => {
+                    let (limit, w) = (input.rate.limit(), input.rate.period_us());
+                    call.arg("qr").arg(cost).arg(limit).arg(w).arg(spec.cap(limit)).arg(0);
                 }
                 Some(b) => {
                     let which = match b {

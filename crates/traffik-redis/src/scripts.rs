@@ -198,6 +198,52 @@ if cost <= limit then
 end
 "#;
 
+/// Quota with rollover (after [`WINDOW`]). Extra ARGV: the rollover cap R (after limit and
+/// period). State: `"start used carried period"`, the start of the period the usage counts in,
+/// the cost admitted in it, the rollover it started with and the period's length. Absent state,
+/// another period, a start a period or more ahead of now, or a period before the previous one
+/// read as an idle spell (rollover R); the previous period rolls over
+/// `min(R, L + min(carried, R) - used)`.
+const QUOTA_ROLLOVER: &str = r#"
+local cap = ARGV[7] * 1
+if cost <= limit + cap then
+  local used, carried = 0, cap
+  if raw then
+    local ss, su, sc, sp = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+    if ss then
+      ss = ss * 1
+      if sp * 1 == w and ss < now + w then
+        sc = sc * 1
+        if sc > cap then sc = cap end
+        if ss >= start then
+          start, used, carried = ss, su * 1, sc
+        elseif ss + w == start then
+          local unused = limit + sc - su * 1
+          if unused < 0 then unused = 0 end
+          if unused < cap then carried = unused end
+        end
+      end
+    end
+  end
+  local allowance = limit + carried
+  reset = start + w - now
+  if used + cost <= allowance then
+    used = used + cost
+    kind, remaining = 0, allowance - used
+    if mode == 'c' then
+      state, ttl = string.format('%d %d %d %d', start, used, carried, w), reset + w
+    end
+  else
+    remaining = allowance - used
+    if remaining < 0 then remaining = 0 end
+    local roll = remaining
+    if roll > cap then roll = cap end
+    kind, wait = 2, reset
+    if cost > limit + roll then wait = reset + w end
+  end
+end
+"#;
+
 /// Sliding window log. Extra ARGV: limit, period_us. State: `"period/t:c t:c ..."`, the period
 /// the log was written under and its entries, oldest first. An entry counts while it is within
 /// the shorter of the two periods (`horizon`); entries a period or more ahead of now are not
@@ -374,8 +420,9 @@ return {0, now, cur}
 
 /// The group script: decides every member of a group in one script. `KEYS` = the members'
 /// storage keys; `ARGV = mode, now, min_ttl_ms`, then per member six values: strategy (`fw`,
-/// `swc`, `swl` or `m`), cost, and the four parameters of its script (`limit, period_us` for the
-/// windows and the log, `interval_us, capacity_us, queue_us, period_us` for meters). Every
+/// `swc`, `swl`, `qr` or `m`), cost, and the four parameters of its script (`limit, period_us` for
+/// the windows and the log, `limit, period_us, cap` for the quota with rollover,
+/// `interval_us, capacity_us, queue_us, period_us` for meters). Every
 /// member is decided on its current state with the bodies of the single scripts; the new states
 /// are written only in consume mode and only if every member admitted. Replies
 /// `{kind, remaining, wait_us, reset_us}` per member, flattened.
@@ -445,6 +492,8 @@ fn group_script() -> String {
         &member_body(&[WINDOW, SLIDING_COUNTER]),
         "  elseif which == 'swl' then\n",
         &member_body(&[SLIDING_LOG]),
+        "  elseif which == 'qr' then\n",
+        &member_body(&[WINDOW, QUOTA_ROLLOVER]),
         "  else\n",
         &member_body(&[METER]),
         "  end\n",
@@ -474,6 +523,7 @@ pub(crate) struct Scripts {
     pub(crate) sliding_counter: Lua,
     pub(crate) sliding_log: Lua,
     pub(crate) meter: Lua,
+    pub(crate) quota_rollover: Lua,
     pub(crate) group: Lua,
     pub(crate) read: Lua,
     pub(crate) cas: Lua,
@@ -488,6 +538,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     sliding_counter: Lua::new(strategy_script(&[WINDOW, SLIDING_COUNTER])),
     sliding_log: Lua::new(strategy_script(&[SLIDING_LOG])),
     meter: Lua::new(strategy_script(&[METER])),
+    quota_rollover: Lua::new(strategy_script(&[WINDOW, QUOTA_ROLLOVER])),
     group: Lua::new(group_script()),
     read: Lua::new(READ.to_owned()),
     cas: Lua::new(CAS.to_owned()),
@@ -499,7 +550,7 @@ mod tests {
 
     #[test]
     fn the_group_script_reads_each_members_own_parameters() {
-        let members = member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER]);
+        let members = member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER, QUOTA_ROLLOVER]);
         for single in ["ARGV[4]", "ARGV[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]"] {
             assert!(!members.contains(single), "{single} left in a member body");
         }

@@ -3,7 +3,7 @@
 use redis::Value;
 use traffik::BackendError;
 use traffik::strategy::{
-    Builtin, FixedWindowState, MeterState, SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
+    Builtin, FixedWindowState, MeterState, QuotaRolloverState, SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
 };
 
 use crate::KIND;
@@ -88,6 +88,12 @@ pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>
         }
         Builtin::Meter(_) => match numbers(raw)?[..] {
             [tat] => serde_json::to_vec(&MeterState { tat }),
+            _ => return None,
+        },
+        Builtin::QuotaRollover(_) => match numbers(raw)?[..] {
+            [start_us, used, carried, period_us] => {
+                serde_json::to_vec(&QuotaRolloverState { start_us, used, carried, period_us })
+            }
             _ => return None,
         },
         _ => return None,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog,
-    Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
+    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, SlidingWindowCounter,
+    SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
@@ -30,6 +30,7 @@ enum Which {
     Lb,
     Lbq(u32),
     Gcra(u64),
+    Qr(Option<u64>, Option<u32>),
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +69,7 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
         Just(Which::Lb),
         (0u32..10).prop_map(Which::Lbq),
         prop_oneof![Just(0u64), 0u64..5_000_000].prop_map(Which::Gcra),
+        (proptest::option::of(0u64..30), proptest::option::of(0u32..=100)).prop_map(|(m, p)| Which::Qr(m, p)),
     ]
 }
 
@@ -196,6 +198,16 @@ async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
         Which::Lb => compare(LeakyBucket, backend, case).await,
         Which::Lbq(q) => compare(LeakyBucketWithQueue::new(q), backend, case).await,
         Which::Gcra(t) => compare(Gcra::with_tolerance(Duration::from_micros(t)), backend, case).await,
+        Which::Qr(max, percent) => {
+            let mut b = QuotaRollover::builder();
+            if let Some(m) = max {
+                b = b.max_rollover(m);
+            }
+            if let Some(p) = percent {
+                b = b.max_percent(p);
+            }
+            compare(b.build().map_err(|e| TestCaseError::fail(e.to_string()))?, backend, case).await
+        }
     }
 }
 
