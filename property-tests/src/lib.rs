@@ -44,10 +44,12 @@
 pub mod custom;
 pub mod faults;
 pub mod groups;
+pub mod priority;
 pub mod rate_change;
 pub mod refunds;
 
 pub use groups::{check_group_concurrency, check_groups};
+pub use priority::check_priorities;
 pub use rate_change::check_rate_changes;
 pub use refunds::check_refunds;
 
@@ -60,7 +62,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, RolloverSpec,
+    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, Reserved, RolloverSpec,
     SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
@@ -246,6 +248,7 @@ pub fn builtin_suites() -> Vec<Suite> {
             .with_rollover_model(RolloverSpec::default()),
         Suite::new("quota_rollover_capped", capped.into(), Bound::Rollover(capped.spec()))
             .with_rollover_model(capped.spec()),
+        Suite::new("priority_reserved", Reserved::new(6).into(), Bound::FixedWindows).with_fixed_window_model(),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
     ]

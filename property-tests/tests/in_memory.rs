@@ -7,7 +7,7 @@ use std::sync::Arc;
 use traffik::{InMemoryBackend, SharedBackend};
 use traffik_property_tests::{
     SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
-    check_refunds, check_suite,
+    check_priorities, check_refunds, check_suite,
 };
 
 fn memory() -> SharedBackend {
@@ -59,4 +59,9 @@ fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity() {
 #[test]
 fn a_refunded_hit_leaves_no_trace_on_any_built_in_strategy() {
     check_refunds(2_000);
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_in_memory() {
+    check_priorities(memory, &SuiteConfig::thorough());
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use traffik::SharedBackend;
 use traffik_memcached::MemcachedBackend;
 use traffik_property_tests::{
-    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes,
 };
 
 fn backend(addr: &str) -> SharedBackend {
@@ -47,4 +48,10 @@ fn groups_decide_as_one_on_memcached() {
 fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_memcached() {
     let server = common::memcached_server();
     check_group_concurrency(|| backend(&server.addr), 64);
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_on_memcached() {
+    let server = common::memcached_server();
+    check_priorities(|| backend(&server.addr), &SuiteConfig { cases: 48, max_steps: 40 });
 }

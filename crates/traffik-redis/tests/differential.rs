@@ -13,7 +13,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, SlidingWindowCounter,
+    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
     SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
@@ -31,6 +31,7 @@ enum Which {
     Lbq(u32),
     Gcra(u64),
     Qr(Option<u64>, Option<u32>),
+    Prio(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +71,7 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
         (0u32..10).prop_map(Which::Lbq),
         prop_oneof![Just(0u64), 0u64..5_000_000].prop_map(Which::Gcra),
         (proptest::option::of(0u64..30), proptest::option::of(0u32..=100)).prop_map(|(m, p)| Which::Qr(m, p)),
+        (1u64..10_000).prop_map(Which::Prio),
     ]
 }
 
@@ -198,6 +200,7 @@ async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
         Which::Lb => compare(LeakyBucket, backend, case).await,
         Which::Lbq(q) => compare(LeakyBucketWithQueue::new(q), backend, case).await,
         Which::Gcra(t) => compare(Gcra::with_tolerance(Duration::from_micros(t)), backend, case).await,
+        Which::Prio(capacity) => compare(Reserved::new(capacity), backend, case).await,
         Which::Qr(max, percent) => {
             let mut b = QuotaRollover::builder();
             if let Some(m) = max {

@@ -5,7 +5,8 @@
 mod common;
 
 use traffik_property_tests::{
-    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes,
 };
 use traffik_test_support::redis_server;
 
@@ -54,4 +55,10 @@ fn groups_decide_as_one_in_one_script_on_redis() {
 fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity_on_redis() {
     let server = redis_server();
     check_group_concurrency(|| common::shared(common::client_clock(&server.url)), 64);
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_on_redis() {
+    let server = redis_server();
+    check_priorities(|| common::shared(common::client_clock(&server.url)), &SuiteConfig { cases: 64, max_steps: 40 });
 }

@@ -109,6 +109,7 @@ pub mod headers;
 mod identity;
 mod key;
 pub mod policy;
+pub mod priority;
 mod rate;
 mod registry;
 pub mod reply;

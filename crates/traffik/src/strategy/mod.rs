@@ -10,6 +10,7 @@
 //! | [`LeakyBucket`] | theoretical arrival time | any interval t: <= L + r·t |
 //! | [`LeakyBucketWithQueue`] | theoretical arrival time | releases in any interval t: <= L + r·t |
 //! | [`Gcra`] | theoretical arrival time | any interval t: <= 1 + τ/T + r·t |
+//! | [`Reserved`] | time of the latest admission, cost used, period | any aligned window <= L; levels below i <= ceiling(i) |
 //! | [`QuotaRollover`] | period start, cost used, rollover | any aligned window <= L + R (R: rollover cap) |
 //!
 //! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
@@ -53,6 +54,7 @@
 mod fixed_window;
 mod meter;
 mod params;
+mod reserved;
 mod rollover;
 mod sliding_counter;
 mod sliding_log;
@@ -60,6 +62,7 @@ mod sliding_log;
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt};
 pub use params::ParamError;
+pub use reserved::Reserved;
 pub use rollover::{QuotaRollover, QuotaRolloverBuilder, QuotaRolloverState, RolloverSpec};
 pub use sliding_counter::{SlidingWindowCounter, SlidingWindowCounterState};
 pub use sliding_log::{SlidingWindowLog, SlidingWindowLogState};
