@@ -62,7 +62,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, Reserved, RolloverSpec,
+    CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, Reserved, RolloverSpec,
     SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
@@ -110,6 +110,9 @@ pub enum Bound {
     /// Quota with rollover: any epoch-aligned window of the rate's period admits at most
     /// `limit + R`, R the rollover cap under that limit.
     Rollover(RolloverSpec),
+    /// A cost-aware token bucket: the bound of the plain token bucket with the same burst
+    /// ([`CostAwareSpec::plain`]); its waits may reach the slowdown times the capacity.
+    CostAware(CostAwareSpec),
     /// Your own check over `(release_time_us, cost)` pairs sorted by time.
     Custom(BoundCheck),
 }
@@ -126,6 +129,7 @@ impl Bound {
             Bound::FixedWindows | Bound::Rollover(_) => Some(2 * w),
             Bound::SlidingWindows => Some(w),
             Bound::Meter(spec) => Some(w + spec.params(rate).capacity_us),
+            Bound::CostAware(spec) => Some(w + 4 * spec.plain().params(rate).capacity_us),
             Bound::Custom(_) => None,
         }
     }
@@ -138,6 +142,7 @@ impl fmt::Debug for Bound {
             Bound::SlidingWindows => f.write_str("SlidingWindows"),
             Bound::Meter(s) => write!(f, "Meter({s:?})"),
             Bound::Rollover(s) => write!(f, "Rollover({s:?})"),
+            Bound::CostAware(s) => write!(f, "CostAware({s:?})"),
             Bound::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -206,6 +211,10 @@ impl Suite {
                 p.capacity_us / p.interval_us
             }
             Bound::Rollover(spec) => rate.limit() + spec.cap(rate.limit()),
+            Bound::CostAware(spec) => {
+                let p = spec.plain().params(rate);
+                p.capacity_us / p.interval_us
+            }
             _ => rate.limit(),
         }
     }
@@ -214,6 +223,14 @@ impl Suite {
 /// The built-in strategies with their bounds and models.
 pub fn builtin_suites() -> Vec<Suite> {
     let gcra_tol = std::time::Duration::from_millis(300);
+    let cost_aware = CostAwareTokenBucket::builder().build().expect("valid cost-aware bucket");
+    let cost_aware_burst = CostAwareTokenBucket::builder()
+        .burst(3)
+        .window(2)
+        .reference_cost(1.5)
+        .max_slowdown(2.5)
+        .build()
+        .expect("valid cost-aware bucket");
     let capped = QuotaRollover::builder().max_rollover(2).max_percent(50).build().expect("valid rollover");
     vec![
         Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows).with_fixed_window_model(),
@@ -248,6 +265,8 @@ pub fn builtin_suites() -> Vec<Suite> {
             .with_rollover_model(RolloverSpec::default()),
         Suite::new("quota_rollover_capped", capped.into(), Bound::Rollover(capped.spec()))
             .with_rollover_model(capped.spec()),
+        Suite::new("cost_aware_token_bucket", cost_aware.into(), Bound::CostAware(cost_aware.spec())),
+        Suite::new("cost_aware_token_bucket_burst", cost_aware_burst.into(), Bound::CostAware(cost_aware_burst.spec())),
         Suite::new("priority_reserved", Reserved::new(6).into(), Bound::FixedWindows).with_fixed_window_model(),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
@@ -561,7 +580,12 @@ pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(),
             }
             Ok(())
         }
-        Bound::Meter(spec) => {
+        Bound::Meter(_) | Bound::CostAware(_) => {
+            let spec = match bound {
+                Bound::CostAware(spec) => spec.plain(),
+                Bound::Meter(spec) => *spec,
+                _ => return Err("not a meter bound".into()),
+            };
             let p = spec.params(rate);
             // sum <= C/T + L·span/W  <=>  sum·T·W <= C·W + L·span·T
             for i in 0..log.len() {

@@ -148,6 +148,7 @@ pub fn lua_script(builtin: &Builtin) -> Option<LuaScript> {
         Builtin::SlidingWindowLog => &s.sliding_log,
         Builtin::Meter(_) => &s.meter,
         Builtin::QuotaRollover(_) => &s.quota_rollover,
+        Builtin::CostAware(_) => &s.cost_aware,
         _ => return None,
     };
     Some(LuaScript { sha1: &lua.hash, source: &lua.source })
@@ -536,6 +537,7 @@ impl RedisBackend {
             Builtin::SlidingWindowLog => &s.sliding_log,
             Builtin::Meter(_) => &s.meter,
             Builtin::QuotaRollover(_) => &s.quota_rollover,
+            Builtin::CostAware(_) => &s.cost_aware,
             _ => {
                 return Err(BackendError::command(KIND, "unknown built-in strategy (no Lua script)"));
             }
@@ -554,6 +556,10 @@ impl RedisBackend {
             Builtin::QuotaRollover(spec) => {
                 let limit = input.rate.limit();
                 call.arg(limit).arg(input.rate.period_us()).arg(spec.cap(limit));
+            }
+            Builtin::CostAware(spec) => {
+                let p = spec.plain().params(&input.rate);
+                call.arg(p.interval_us).arg(p.capacity_us).arg(p.period_us).arg(state::cost_aware_arg(&spec));
             }
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
@@ -669,6 +675,11 @@ impl RedisBackend {
                 Some(Builtin::QuotaRollover(spec)) => {
                     let (limit, w) = (input.rate.limit(), input.rate.period_us());
                     call.arg("qr").arg(cost).arg(limit).arg(w).arg(spec.cap(limit)).arg(0);
+                }
+                Some(Builtin::CostAware(spec)) => {
+                    let p = spec.plain().params(&input.rate);
+                    call.arg("ca").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.period_us);
+                    call.arg(state::cost_aware_arg(&spec));
                 }
                 Some(b) => {
                     let which = match b {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
     SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
@@ -32,6 +32,8 @@ enum Which {
     Gcra(u64),
     Qr(Option<u64>, Option<u32>),
     Prio(u64),
+    /// Burst, reference cost in thousandths, slowdown in thousandths, window.
+    Ca(Option<u32>, u64, u64, u32),
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +74,8 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
         prop_oneof![Just(0u64), 0u64..5_000_000].prop_map(Which::Gcra),
         (proptest::option::of(0u64..30), proptest::option::of(0u32..=100)).prop_map(|(m, p)| Which::Qr(m, p)),
         (1u64..10_000).prop_map(Which::Prio),
+        (proptest::option::of(1u32..40), 1u64..8_000, 1_000u64..=4_000, 1u32..=1_000)
+            .prop_map(|(b, r, m, n)| Which::Ca(b, r, m, n)),
     ]
 }
 
@@ -200,6 +204,16 @@ async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
         Which::Lb => compare(LeakyBucket, backend, case).await,
         Which::Lbq(q) => compare(LeakyBucketWithQueue::new(q), backend, case).await,
         Which::Gcra(t) => compare(Gcra::with_tolerance(Duration::from_micros(t)), backend, case).await,
+        Which::Ca(burst, reference, slowdown, window) => {
+            let mut b = CostAwareTokenBucket::builder()
+                .reference_cost(reference as f64 / 1000.0)
+                .max_slowdown(slowdown as f64 / 1000.0)
+                .window(window);
+            if let Some(burst) = burst {
+                b = b.burst(burst);
+            }
+            compare(b.build().map_err(|e| TestCaseError::fail(e.to_string()))?, backend, case).await
+        }
         Which::Prio(capacity) => compare(Reserved::new(capacity), backend, case).await,
         Which::Qr(max, percent) => {
             let mut b = QuotaRollover::builder();

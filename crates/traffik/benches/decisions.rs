@@ -23,7 +23,7 @@ use std::time::Instant;
 use governor::{Quota, RateLimiter};
 use traffik::backend::PreparedKey;
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
     SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{
@@ -125,6 +125,7 @@ fn strategies() -> Vec<(&'static str, StrategyHandle)> {
         ("gcra", Gcra::new().into()),
         ("quota_rollover", QuotaRollover::builder().max_percent(50).build().unwrap().into()),
         ("priority_reserved", Reserved::new(u64::from(u32::MAX)).into()),
+        ("cost_aware_token_bucket", CostAwareTokenBucket::builder().build().unwrap().into()),
     ]
 }
 
@@ -171,7 +172,7 @@ fn main() {
                 if name == "fixed_window" {
                     fixed_window_ns = ns;
                 }
-                if name == "quota_rollover" || name == "priority_reserved" {
+                if matches!(name, "quota_rollover" | "priority_reserved" | "cost_aware_token_bucket") {
                     // The newer strategies are held to the fixed window's cost (its row above
                     // ran on the same backend and workload).
                     let what = format!("backend {name} / fixed_window, {keys} keys, {threads} thr");

@@ -11,6 +11,7 @@
 //! | [`LeakyBucketWithQueue`] | theoretical arrival time | releases in any interval t: <= L + r·t |
 //! | [`Gcra`] | theoretical arrival time | any interval t: <= 1 + τ/T + r·t |
 //! | [`Reserved`] | time of the latest admission, cost used, period | any aligned window <= L; levels below i <= ceiling(i) |
+//! | [`CostAwareTokenBucket`] | theoretical arrival time, average admitted cost | any interval t: <= B + r·t |
 //! | [`QuotaRollover`] | period start, cost used, rollover | any aligned window <= L + R (R: rollover cap) |
 //!
 //! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
@@ -51,6 +52,7 @@
 //! }
 //! ```
 
+mod cost_aware;
 mod fixed_window;
 mod meter;
 mod params;
@@ -59,6 +61,7 @@ mod rollover;
 mod sliding_counter;
 mod sliding_log;
 
+pub use cost_aware::{CostAwareBuilder, CostAwareSpec, CostAwareState, CostAwareTokenBucket};
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt};
 pub use params::ParamError;
@@ -211,6 +214,8 @@ pub enum Builtin {
     Meter(meter::MeterSpec),
     /// [`QuotaRollover`] with its cap.
     QuotaRollover(RolloverSpec),
+    /// [`CostAwareTokenBucket`] with its parameters.
+    CostAware(CostAwareSpec),
 }
 
 pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
