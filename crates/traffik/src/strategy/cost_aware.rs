@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::meter::{MeterParams, MeterSpec};
 use super::params::{ParamError, positive};
-use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
+use super::fixed_window::{TIME_BITS, TIME_MASK};
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Averages and the slowdown are kept in thousandths (integers, exact in Lua's doubles).
 const MILLI: u64 = 1000;
@@ -271,7 +272,27 @@ impl Strategy for CostAwareTokenBucket {
     fn builtin(&self) -> Option<Builtin> {
         Some(Builtin::CostAware(self.spec))
     }
+
+    /// `[tat | avg << 53 (its low 11 bits), avg >> 11 << 37 | prev]`: times below 2^53 µs and
+    /// averages below 2^37 thousandths pack; others are boxed.
+    #[inline]
+    fn pack(&self, s: &CostAwareState) -> Option<Packed> {
+        if s.tat > TIME_MASK || s.avg_milli >> AVG_BITS != 0 || s.prev_avg_milli >> AVG_BITS != 0 {
+            return None;
+        }
+        let low = s.avg_milli & ((1 << (64 - TIME_BITS)) - 1);
+        Some(Packed([s.tat | low << TIME_BITS, (s.avg_milli >> (64 - TIME_BITS)) << AVG_BITS | s.prev_avg_milli]))
+    }
+
+    #[inline]
+    fn unpack(&self, p: Packed) -> Option<CostAwareState> {
+        let avg_milli = (p.0[1] >> AVG_BITS) << (64 - TIME_BITS) | p.0[0] >> TIME_BITS;
+        Some(CostAwareState { tat: p.0[0] & TIME_MASK, avg_milli, prev_avg_milli: p.0[1] & ((1 << AVG_BITS) - 1) })
+    }
 }
+
+/// Averages below 2^37 thousandths (about 137 million units) pack.
+const AVG_BITS: u32 = 37;
 
 #[cfg(test)]
 mod tests {
@@ -298,6 +319,26 @@ mod tests {
             spec,
             Ok(CostAwareSpec { burst: None, reference_milli: 2500, max_slowdown_milli: 1500, window: 3 })
         );
+    }
+
+    #[test]
+    fn states_pack_exactly_or_not_at_all() {
+        let q = CostAwareTokenBucket::builder().build().unwrap();
+        let top = (1 << AVG_BITS) - 1;
+        for s in [
+            CostAwareState { tat: 0, avg_milli: 0, prev_avg_milli: 0 },
+            CostAwareState { tat: TIME_MASK, avg_milli: top, prev_avg_milli: top },
+            CostAwareState { tat: 1_700_000_000_123_456, avg_milli: 4_321, prev_avg_milli: 1_000 },
+        ] {
+            assert_eq!(q.pack(&s).and_then(|p| q.unpack(p)), Some(s));
+        }
+        for s in [
+            CostAwareState { tat: TIME_MASK + 1, avg_milli: 0, prev_avg_milli: 0 },
+            CostAwareState { tat: 0, avg_milli: top + 1, prev_avg_milli: 0 },
+            CostAwareState { tat: 0, avg_milli: 0, prev_avg_milli: top + 1 },
+        ] {
+            assert_eq!(q.pack(&s), None, "{s:?}");
+        }
     }
 
     #[test]

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fixed_window::window_start;
+use super::fixed_window::{TIME_BITS, TIME_MASK, window_start};
 use super::params::ParamError;
-use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
+use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// How much unused quota may roll over: the smaller of an absolute cap and a percentage of the
 /// limit, and never more than the limit itself (rolled-over quota is spent first and never
@@ -223,6 +223,26 @@ impl Strategy for QuotaRollover {
     fn builtin(&self) -> Option<Builtin> {
         Some(Builtin::QuotaRollover(self.spec))
     }
+
+    /// `[start | period >> 32 << 53, period << 32 | used << 16 | carried]`: starts below 2^53 µs,
+    /// periods below 2^43 µs and usage and rollover below 2^16 pack; others are boxed.
+    #[inline]
+    fn pack(&self, s: &QuotaRolloverState) -> Option<Packed> {
+        if s.start_us > TIME_MASK || s.period_us >> 43 != 0 || s.used >> 16 != 0 || s.carried >> 16 != 0 {
+            return None;
+        }
+        Some(Packed([s.start_us | (s.period_us >> 32) << TIME_BITS, s.period_us << 32 | s.used << 16 | s.carried]))
+    }
+
+    #[inline]
+    fn unpack(&self, p: Packed) -> Option<QuotaRolloverState> {
+        Some(QuotaRolloverState {
+            start_us: p.0[0] & TIME_MASK,
+            used: (p.0[1] >> 16) & 0xffff,
+            carried: p.0[1] & 0xffff,
+            period_us: (p.0[0] >> TIME_BITS) << 32 | p.0[1] >> 32,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +297,26 @@ mod tests {
         assert_eq!(run(&q, &mut s, 10, 13).wait_us, 2 * MIN - 10);
         assert_eq!(run(&q, &mut s, 10, 12).wait_us, MIN - 10);
         assert_eq!(run(&q, &mut s, 10, 15).kind, VerdictKind::Never);
+    }
+
+    #[test]
+    fn states_pack_exactly_or_not_at_all() {
+        let q = QuotaRollover::new();
+        for s in [
+            QuotaRolloverState { start_us: 0, used: 0, carried: 0, period_us: 1 },
+            QuotaRolloverState { start_us: TIME_MASK, used: 0xffff, carried: 0xffff, period_us: (1 << 43) - 1 },
+            QuotaRolloverState { start_us: 1_700_000_000_000_000, used: 12, carried: 5, period_us: 86_400_000_000 },
+        ] {
+            assert_eq!(q.pack(&s).and_then(|p| q.unpack(p)), Some(s));
+        }
+        for s in [
+            QuotaRolloverState { start_us: TIME_MASK + 1, used: 0, carried: 0, period_us: 1 },
+            QuotaRolloverState { start_us: 0, used: 1 << 16, carried: 0, period_us: 1 },
+            QuotaRolloverState { start_us: 0, used: 0, carried: 1 << 16, period_us: 1 },
+            QuotaRolloverState { start_us: 0, used: 0, carried: 0, period_us: 1 << 43 },
+        ] {
+            assert_eq!(q.pack(&s), None, "{s:?}");
+        }
     }
 
     #[test]
