@@ -62,8 +62,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, QuotaRollover, Reserved, RolloverSpec,
-    SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
+    CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec,
+    QuotaRollover, Reserved, RolloverSpec, SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
+    Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, SharedBackend, StrategyHandle};
 

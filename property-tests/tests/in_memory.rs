@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
 use traffik_property_tests::{
-    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
-    check_priorities, check_refunds, check_suite,
+    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes, check_refunds, check_suite,
 };
 
 fn memory() -> SharedBackend {

@@ -611,7 +611,8 @@ mod tests {
 
     #[test]
     fn the_group_script_reads_each_members_own_parameters() {
-        let members = member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER, QUOTA_ROLLOVER, COST_AWARE]);
+        let members =
+            member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER, QUOTA_ROLLOVER, COST_AWARE]);
         for single in ["ARGV[4]", "ARGV[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]"] {
             assert!(!members.contains(single), "{single} left in a member body");
         }

@@ -3,7 +3,8 @@
 use redis::Value;
 use traffik::BackendError;
 use traffik::strategy::{
-    Builtin, CostAwareSpec, CostAwareState, FixedWindowState, MeterState, QuotaRolloverState, SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
+    Builtin, CostAwareSpec, CostAwareState, FixedWindowState, MeterState, QuotaRolloverState,
+    SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
 };
 
 use crate::KIND;
@@ -96,9 +97,7 @@ pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>
             _ => return None,
         },
         Builtin::CostAware(_) => match numbers(raw)?[..] {
-            [tat, avg_milli, prev_avg_milli] => {
-                serde_json::to_vec(&CostAwareState { tat, avg_milli, prev_avg_milli })
-            }
+            [tat, avg_milli, prev_avg_milli] => serde_json::to_vec(&CostAwareState { tat, avg_milli, prev_avg_milli }),
             _ => return None,
         },
         Builtin::QuotaRollover(_) => match numbers(raw)?[..] {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use traffik::strategy::{
-    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
-    SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved,
+    SlidingWindowCounter, SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Mode, Operation, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;

@@ -23,8 +23,8 @@ use std::time::Instant;
 use governor::{Quota, RateLimiter};
 use traffik::backend::PreparedKey;
 use traffik::strategy::{
-    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved, SlidingWindowCounter,
-    SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved,
+    SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{
     Clock, InMemoryBackend, Key, Mode, Rate, RequestView, StrategyHandle, SystemClock, Throttle, ThrottleGroup,

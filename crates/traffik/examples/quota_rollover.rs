@@ -40,7 +40,10 @@ fn main() -> Result<(), traffik::Error> {
         let stat = now_or_never(throttle.stat(&client))?.expect("limited");
         let rollover = stat.metadata.get("rollover").cloned().unwrap_or_default();
         let admitted = (0..asked).filter(|_| now_or_never(throttle.hit(&client)).unwrap().is_allowed()).count();
-        println!("day {day}: starts with rollover {rollover} ({} left), {admitted} of {asked} admitted", stat.hits_remaining);
+        println!(
+            "day {day}: starts with rollover {rollover} ({} left), {admitted} of {asked} admitted",
+            stat.hits_remaining
+        );
         clock.advance(DAY);
     }
     Ok(())

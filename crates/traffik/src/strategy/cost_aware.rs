@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::fixed_window::{TIME_BITS, TIME_MASK};
 use super::meter::{MeterParams, MeterSpec};
 use super::params::{ParamError, positive};
-use super::fixed_window::{TIME_BITS, TIME_MASK};
 use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Averages and the slowdown are kept in thousandths (integers, exact in Lua's doubles).
@@ -315,10 +315,7 @@ mod tests {
         assert!(matches!(b().window(1001).build(), Err(ParamError::OutOfRange { .. })));
         assert!(matches!(b().reference_cost(0.0001).build(), Err(ParamError::OutOfRange { .. })));
         let spec = b().reference_cost(2.5).max_slowdown(1.5).window(3).build().map(|s| s.spec());
-        assert_eq!(
-            spec,
-            Ok(CostAwareSpec { burst: None, reference_milli: 2500, max_slowdown_milli: 1500, window: 3 })
-        );
+        assert_eq!(spec, Ok(CostAwareSpec { burst: None, reference_milli: 2500, max_slowdown_milli: 1500, window: 3 }));
     }
 
     #[test]
