@@ -150,7 +150,6 @@ async fn flood(backend: SharedBackend) {
     let req = request();
     let count = |level: u8, tries: u32| {
         let t = t.clone();
-        let req = req.clone();
         async move {
             let ctx = Context::new().with(Level(level));
             let mut n = 0;
