@@ -46,11 +46,13 @@ pub mod custom;
 pub mod failing;
 pub mod faults;
 pub mod groups;
+pub mod priority;
 pub mod rate_change;
 pub mod refunds;
 pub mod stats;
 
 pub use groups::{check_group_concurrency, check_groups};
+pub use priority::check_priorities;
 pub use rate_change::check_rate_changes;
 pub use refunds::check_refunds;
 pub use stats::check_stats_match_memory;
@@ -65,8 +67,9 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use traffik::backend::{Mode, Operation};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec, SlidingWindowCounter, SlidingWindowLog,
-    TokenBucket, TokenBucketWithDebt, Verdict, VerdictKind,
+    CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec,
+    QuotaRollover, Reserved, RolloverSpec, SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
+    Verdict, VerdictKind,
 };
 use traffik::{Backend, Key, Rate, SharedBackend, StrategyHandle};
 
@@ -110,6 +113,12 @@ pub enum Bound {
     /// A meter: releases in any interval `[t1, t2]` total at most
     /// `capacity / T + limit · (t2 - t1) / W` (burst plus the rate).
     Meter(MeterSpec),
+    /// Quota with rollover: any epoch-aligned window of the rate's period admits at most
+    /// `limit + R`, R the rollover cap under that limit.
+    Rollover(RolloverSpec),
+    /// A cost-aware token bucket: the bound of the plain token bucket with the same burst
+    /// ([`CostAwareSpec::plain`]); its waits may reach the slowdown times the capacity.
+    CostAware(CostAwareSpec),
     /// Your own check over `(release_time_us, cost)` pairs sorted by time.
     Custom(BoundCheck),
 }
@@ -123,9 +132,10 @@ impl Bound {
     pub fn longest_wait_us(&self, rate: &Rate) -> Option<u64> {
         let w = rate.period_us();
         match self {
-            Bound::FixedWindows => Some(2 * w),
+            Bound::FixedWindows | Bound::Rollover(_) => Some(2 * w),
             Bound::SlidingWindows => Some(w),
             Bound::Meter(spec) => Some(w + spec.params(rate).capacity_us),
+            Bound::CostAware(spec) => Some(w + 4 * spec.plain().params(rate).capacity_us),
             Bound::Custom(_) => None,
         }
     }
@@ -137,6 +147,8 @@ impl fmt::Debug for Bound {
             Bound::FixedWindows => f.write_str("FixedWindows"),
             Bound::SlidingWindows => f.write_str("SlidingWindows"),
             Bound::Meter(s) => write!(f, "Meter({s:?})"),
+            Bound::Rollover(s) => write!(f, "Rollover({s:?})"),
+            Bound::CostAware(s) => write!(f, "CostAware({s:?})"),
             Bound::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -146,6 +158,7 @@ impl fmt::Debug for Bound {
 enum Model {
     FixedWindow,
     SlidingLog,
+    Rollover(RolloverSpec),
 }
 
 /// A strategy under test.
@@ -187,6 +200,13 @@ impl Suite {
         self
     }
 
+    /// Also compare every decision with a naive model of the quota with rollover, which walks
+    /// the periods one by one.
+    pub fn with_rollover_model(mut self, spec: RolloverSpec) -> Self {
+        self.model = Some(Model::Rollover(spec));
+        self
+    }
+
     /// Cost units a shaping strategy may queue (delay) beyond its quota; 0 for the others.
     pub fn queue(&self) -> u32 {
         self.queue
@@ -199,14 +219,28 @@ impl Suite {
                 let p = spec.params(rate);
                 p.capacity_us / p.interval_us
             }
+            Bound::Rollover(spec) => rate.limit() + spec.cap(rate.limit()),
+            Bound::CostAware(spec) => {
+                let p = spec.plain().params(rate);
+                p.capacity_us / p.interval_us
+            }
             _ => rate.limit(),
         }
     }
 }
 
-/// The eight built-in strategies with their bounds and models.
+/// The built-in strategies with their bounds and models.
 pub fn builtin_suites() -> Vec<Suite> {
     let gcra_tol = std::time::Duration::from_millis(300);
+    let cost_aware = CostAwareTokenBucket::builder().build().expect("valid cost-aware bucket");
+    let cost_aware_burst = CostAwareTokenBucket::builder()
+        .burst(3)
+        .window(2)
+        .reference_cost(1.5)
+        .max_slowdown(2.5)
+        .build()
+        .expect("valid cost-aware bucket");
+    let capped = QuotaRollover::builder().max_rollover(2).max_percent(50).build().expect("valid rollover");
     vec![
         Suite::new("fixed_window", FixedWindow.into(), Bound::FixedWindows).with_fixed_window_model(),
         Suite::new("sliding_window_log", SlidingWindowLog.into(), Bound::SlidingWindows).with_sliding_log_model(),
@@ -236,6 +270,13 @@ pub fn builtin_suites() -> Vec<Suite> {
             Bound::Meter(MeterSpec::Gcra { tolerance_us: 300_000 }),
         ),
         Suite::new("gcra_burst", Gcra::with_burst(3).into(), Bound::Meter(MeterSpec::GcraBurst { burst: 3 })),
+        Suite::new("quota_rollover", QuotaRollover::new().into(), Bound::Rollover(RolloverSpec::default()))
+            .with_rollover_model(RolloverSpec::default()),
+        Suite::new("quota_rollover_capped", capped.into(), Bound::Rollover(capped.spec()))
+            .with_rollover_model(capped.spec()),
+        Suite::new("cost_aware_token_bucket", cost_aware.into(), Bound::CostAware(cost_aware.spec())),
+        Suite::new("cost_aware_token_bucket_burst", cost_aware_burst.into(), Bound::CostAware(cost_aware_burst.spec())),
+        Suite::new("priority_reserved", Reserved::new(6).into(), Bound::FixedWindows).with_fixed_window_model(),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
     ]
@@ -391,6 +432,7 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
     // the period it was counted under.
     let mut model_fw: HashMap<u8, (u64, u64, u64)> = HashMap::new();
     let mut model_log: HashMap<u8, (u64, Vec<(u64, u64)>)> = HashMap::new();
+    let mut model_qr: HashMap<u8, RolloverModel> = HashMap::new();
     let mut now = case.start_us;
     for (i, step) in case.steps.iter().enumerate() {
         if let Some(r) = step.new_rate
@@ -457,6 +499,7 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
                     }
                     ok
                 }
+                Model::Rollover(spec) => model_qr.entry(step.key).or_default().hit(spec, rate, now, cost),
             };
             prop_assert_eq!(v.is_admitted(), admit, "model disagrees; {}", ctx());
         }
@@ -501,18 +544,61 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
     Ok(())
 }
 
+/// The quota-with-rollover model of one key: its current period, walked forward one period at
+/// a time (never by the strategy's shortcuts).
+#[derive(Clone, Copy, Debug, Default)]
+struct RolloverModel {
+    /// `(period index, period length, used, rollover)` of the latest admission, if any.
+    at: Option<(u64, u64, u64, u64)>,
+}
+
+impl RolloverModel {
+    fn hit(&mut self, spec: RolloverSpec, rate: Rate, now: u64, cost: u64) -> bool {
+        let (l, w) = (rate.limit(), rate.period_us());
+        let cap = spec.cap(l);
+        let index = now / w;
+        let (used, carried) = match self.at {
+            Some((i, period, used, carried)) if period == w && i <= index => {
+                let (mut i, mut used, mut carried) = (i, used, carried.min(cap));
+                while i < index {
+                    let next = (l + carried).saturating_sub(used).min(cap);
+                    if used == 0 && next == carried {
+                        // Idle periods that change nothing any more.
+                        break;
+                    }
+                    i += 1;
+                    used = 0;
+                    carried = next;
+                }
+                (used, carried)
+            }
+            // Never seen, or counted under another period: as after an idle spell.
+            _ => (0, cap),
+        };
+        let ok = used + cost <= l + carried;
+        if ok {
+            self.at = Some((index, w, used + cost, carried));
+        }
+        ok
+    }
+}
+
 /// Checks a bound over `(time_us, cost)` pairs sorted by time.
 pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(), String> {
     let l = rate.limit();
     let w = rate.period_us();
     match bound {
-        Bound::FixedWindows => {
+        Bound::FixedWindows | Bound::Rollover(_) => {
+            let most = match bound {
+                Bound::Rollover(spec) => l + spec.cap(l),
+                _ => l,
+            };
             let mut per: HashMap<u64, u64> = HashMap::new();
             for &(t, c) in log {
                 *per.entry(t / w).or_default() += c;
             }
-            match per.iter().find(|(_, used)| **used > l) {
-                Some((win, used)) => Err(format!("window {win} admitted {used} > {l}")),
+            match per.iter().find(|(_, used)| **used > most) {
+                Some((win, used)) => Err(format!("window {win} admitted {used} > {most}")),
                 None => Ok(()),
             }
         }
@@ -525,7 +611,12 @@ pub fn check_bound(bound: &Bound, rate: &Rate, log: &[(u64, u64)]) -> Result<(),
             }
             Ok(())
         }
-        Bound::Meter(spec) => {
+        Bound::Meter(_) | Bound::CostAware(_) => {
+            let spec = match bound {
+                Bound::CostAware(spec) => spec.plain(),
+                Bound::Meter(spec) => *spec,
+                _ => return Err("not a meter bound".into()),
+            };
             let p = spec.params(rate);
             // sum <= C/T + L·span/W  <=>  sum·T·W <= C·W + L·span·T
             for i in 0..log.len() {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
 use traffik_property_tests::{
-    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
-    check_refunds, check_suite,
+    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes, check_refunds, check_suite,
 };
 
 fn memory() -> SharedBackend {
@@ -74,4 +74,9 @@ fn a_strategy_that_breaks_its_claimed_bound_fails_its_suite() {
     assert_eq!(failure.suite, "fixed_window_claiming_sliding");
     assert_eq!(failure.backend, "memory");
     assert!(failure.to_string().starts_with("suite `fixed_window_claiming_sliding` failed on backend `memory`"));
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_in_memory() {
+    check_priorities(memory, &SuiteConfig::thorough());
 }

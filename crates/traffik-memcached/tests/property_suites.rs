@@ -11,7 +11,8 @@ use std::sync::Arc;
 use traffik::SharedBackend;
 use traffik_memcached::MemcachedBackend;
 use traffik_property_tests::{
-    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes,
 };
 
 fn backend(addr: &str) -> SharedBackend {
@@ -55,4 +56,10 @@ fn stat_snapshots_match_the_in_memory_backend_on_memcached() {
     let server = common::memcached_server();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(traffik_property_tests::check_stats_match_memory(backend(&server.addr), "stats")).unwrap();
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_on_memcached() {
+    let server = common::memcached_server();
+    check_priorities(|| backend(&server.addr), &SuiteConfig { cases: 48, max_steps: 40 });
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use traffik::backend::{Mode, Operation};
 use traffik::strategy::Builtin;
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucketWithQueue, QuotaRollover, SlidingWindowCounter,
+    SlidingWindowLog, TokenBucket,
 };
 use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
@@ -72,10 +73,10 @@ impl Raw {
 
 /// `sha` of the form `script:<sha>:<arg>,<arg>...` selects a strategy script with its
 /// parameters; anything else is the trivial script.
-fn raw_args(sha: &str) -> Option<(&str, Vec<u64>)> {
+fn raw_args(sha: &str) -> Option<(&str, Vec<&str>)> {
     let rest = sha.strip_prefix("script:")?;
     let (sha, args) = rest.split_once(':')?;
-    Some((sha, args.split(',').map(|a| a.parse().unwrap()).collect()))
+    Some((sha, args.split(',').collect()))
 }
 
 fn keys() -> Vec<Key> {
@@ -181,6 +182,8 @@ fn main() {
         ("token_bucket", TokenBucket::new().into()),
         ("leaky_bucket_with_queue", LeakyBucketWithQueue::new(10).into()),
         ("gcra", Gcra::new().into()),
+        ("quota_rollover", QuotaRollover::builder().max_percent(50).build().unwrap().into()),
+        ("cost_aware_token_bucket", CostAwareTokenBucket::builder().build().unwrap().into()),
     ];
     let rate = Rate::per_millis(1_000, 60_000).unwrap();
     rt.block_on(async {
@@ -236,19 +239,23 @@ fn main() {
                 backend.reset().await.unwrap();
                 let b = s.builtin().unwrap();
                 let script = traffik_redis::lua_script(&b).unwrap();
-                let params = match b {
+                let params: Vec<String> = match b {
                     Builtin::Meter(spec) => {
                         let p = spec.params(&rate);
-                        vec![p.interval_us, p.capacity_us, p.queue_us, p.period_us]
+                        [p.interval_us, p.capacity_us, p.queue_us, p.period_us].map(|n| n.to_string()).to_vec()
                     }
-                    _ => vec![rate.limit(), rate.period_us()],
+                    Builtin::QuotaRollover(spec) => {
+                        [rate.limit(), rate.period_us(), spec.cap(rate.limit())].map(|n| n.to_string()).to_vec()
+                    }
+                    Builtin::CostAware(spec) => {
+                        let p = spec.plain().params(&rate);
+                        let mut v = [p.interval_us, p.capacity_us, p.period_us].map(|n| n.to_string()).to_vec();
+                        v.push(format!("{} {} {}", spec.reference_milli, spec.max_slowdown_milli, spec.window));
+                        v
+                    }
+                    _ => [rate.limit(), rate.period_us()].map(|n| n.to_string()).to_vec(),
                 };
-                let same: Arc<str> = format!(
-                    "script:{}:{}",
-                    script.sha1,
-                    params.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-                )
-                .into();
+                let same: Arc<str> = format!("script:{}:{}", script.sha1, params.join(",")).into();
                 let same_keys: Arc<Vec<String>> =
                     Arc::new(keys.iter().map(|k| format!("traffik:{{{}}}:raw-{}", k.as_str(), s.name())).collect());
                 let (mut raw_lats, mut same_lats, mut lats): (Vec<Duration>, Vec<Duration>, Vec<Duration>);

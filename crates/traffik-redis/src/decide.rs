@@ -41,6 +41,8 @@ impl RedisBackend {
             Builtin::SlidingWindowCounter => &s.sliding_counter,
             Builtin::SlidingWindowLog => &s.sliding_log,
             Builtin::Meter(_) => &s.meter,
+            Builtin::QuotaRollover(_) => &s.quota_rollover,
+            Builtin::CostAware(_) => &s.cost_aware,
             _ => {
                 return Err(BackendError::command(KIND, "unknown built-in strategy (no Lua script)"));
             }
@@ -55,6 +57,14 @@ impl RedisBackend {
             Builtin::Meter(spec) => {
                 let p = spec.params(&input.rate);
                 call.arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
+            }
+            Builtin::QuotaRollover(spec) => {
+                let limit = input.rate.limit();
+                call.arg(limit).arg(input.rate.period_us()).arg(spec.cap(limit));
+            }
+            Builtin::CostAware(spec) => {
+                let p = spec.plain().params(&input.rate);
+                call.arg(p.interval_us).arg(p.capacity_us).arg(p.period_us).arg(state::cost_aware_arg(&spec));
             }
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
@@ -162,6 +172,15 @@ impl RedisBackend {
                 Some(Builtin::Meter(spec)) => {
                     let p = spec.params(&input.rate);
                     call.arg("m").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.queue_us).arg(p.period_us);
+                }
+                Some(Builtin::QuotaRollover(spec)) => {
+                    let (limit, w) = (input.rate.limit(), input.rate.period_us());
+                    call.arg("qr").arg(cost).arg(limit).arg(w).arg(spec.cap(limit)).arg(0);
+                }
+                Some(Builtin::CostAware(spec)) => {
+                    let p = spec.plain().params(&input.rate);
+                    call.arg("ca").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.period_us);
+                    call.arg(state::cost_aware_arg(&spec));
                 }
                 Some(b) => {
                     let which = match b {

@@ -128,7 +128,8 @@ pub use redis;
 /// benchmark it raw. Its arguments are described in the crate's source (`scripts.rs`):
 /// `KEYS[1]` = storage key; `ARGV` = mode (`c`/`p`/`s`), now (empty = server `TIME`),
 /// min TTL in ms, cost, then `limit, period_us` or, for meters, `interval_us, capacity_us,
-/// queue_us, period_us`.
+/// queue_us, period_us` (quota with rollover: `limit, period_us, cap`; cost-aware token bucket:
+/// `interval_us, capacity_us, period_us, "reference_milli max_slowdown_milli window"`).
 #[derive(Clone, Copy, Debug)]
 pub struct LuaScript {
     /// SHA1 digest, for `EVALSHA`.
@@ -145,6 +146,8 @@ pub fn lua_script(builtin: &Builtin) -> Option<LuaScript> {
         Builtin::SlidingWindowCounter => &s.sliding_counter,
         Builtin::SlidingWindowLog => &s.sliding_log,
         Builtin::Meter(_) => &s.meter,
+        Builtin::QuotaRollover(_) => &s.quota_rollover,
+        Builtin::CostAware(_) => &s.cost_aware,
         _ => return None,
     };
     Some(LuaScript { sha1: &lua.hash, source: &lua.source })

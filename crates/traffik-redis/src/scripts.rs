@@ -198,6 +198,108 @@ if cost <= limit then
 end
 "#;
 
+/// Quota with rollover (after [`WINDOW`]). Extra ARGV: the rollover cap R (after limit and
+/// period). State: `"start used carried period"`, the start of the period the usage counts in,
+/// the cost admitted in it, the rollover it started with and the period's length. Absent state,
+/// another period, a start a period or more ahead of now, or a period before the previous one
+/// read as an idle spell (rollover R); the previous period rolls over
+/// `min(R, L + min(carried, R) - used)`.
+const QUOTA_ROLLOVER: &str = r#"
+local cap = ARGV[7] * 1
+if cost <= limit + cap then
+  local used, carried = 0, cap
+  if raw then
+    local ss, su, sc, sp = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+    if ss then
+      ss = ss * 1
+      if sp * 1 == w and ss < now + w then
+        sc = sc * 1
+        if sc > cap then sc = cap end
+        if ss >= start then
+          start, used, carried = ss, su * 1, sc
+        elseif ss + w == start then
+          local unused = limit + sc - su * 1
+          if unused < 0 then unused = 0 end
+          if unused < cap then carried = unused end
+        end
+      end
+    end
+  end
+  local allowance = limit + carried
+  reset = start + w - now
+  if used + cost <= allowance then
+    used = used + cost
+    kind, remaining = 0, allowance - used
+    if mode == 'c' then
+      state, ttl = string.format('%d %d %d %d', start, used, carried, w), reset + w
+    end
+  else
+    remaining = allowance - used
+    if remaining < 0 then remaining = 0 end
+    local roll = remaining
+    if roll > cap then roll = cap end
+    kind, wait = 2, reset
+    if cost > limit + roll then wait = reset + w end
+  end
+end
+"#;
+
+/// Cost-aware token bucket. Extra ARGV: interval_us T, capacity_us, period_us, and
+/// `"reference_milli max_slowdown_milli window"`. State: `"tat avg prev"`, the theoretical
+/// arrival time, the average admitted cost in thousandths and the average before the latest
+/// admission. A full bucket (level 0) starts the average at the reference; a level more than a
+/// period beyond four capacities is forgiven. Every division is an exact floor division of
+/// integers below 2^53.
+const COST_AWARE: &str = r#"
+local t = ARGV[5] * 1
+local cap = ARGV[6] * 1
+local ref, top, n = string.match(ARGV[8], '^(%d+) (%d+) (%d+)$')
+ref, top, n = ref * 1, top * 1, n * 1
+local need = cost * t
+if need <= cap then
+  local function fdiv(a, b)
+    local q = math.floor(a / b)
+    local r = a - q * b
+    if r < 0 then
+      q = q - 1
+    elseif r >= b then
+      q = q + 1
+    end
+    return q
+  end
+  local tat, level, avg = now, 0, ref
+  if raw then
+    local st, sa = string.match(raw, '^(%d+) (%d+) %d+$')
+    if st then
+      st = st * 1
+      local l = st - now
+      if l > 0 and l <= cap * 4 + ARGV[7] * 1 then tat, level, avg = st, l, sa * 1 end
+    end
+  end
+  if level + need <= cap then
+    local nxt = fdiv(avg * (n - 1) + cost * 2000, n + 1)
+    local f = fdiv(nxt * 1000, ref)
+    if f < 1000 then f = 1000 end
+    if f > top then f = top end
+    local q = fdiv(t, 1000)
+    local step = q * f + fdiv((t - q * 1000) * f + 999, 1000)
+    local at = tat
+    if now > at then at = now end
+    at = at + cost * step
+    reset = at - now
+    kind, remaining = 0, 0
+    if reset < cap then remaining = fdiv(cap - reset, t) end
+    if mode == 'c' then
+      state, ttl = string.format('%d %d %d', at, nxt, avg), reset
+    end
+  else
+    kind, wait, reset = 2, level + need - cap, level
+    remaining = 0
+    if level < cap then remaining = fdiv(cap - level, t) end
+  end
+end
+"#;
+
 /// Sliding window log. Extra ARGV: limit, period_us. State: `"period/t:c t:c ..."`, the period
 /// the log was written under and its entries, oldest first. An entry counts while it is within
 /// the shorter of the two periods (`horizon`); entries a period or more ahead of now are not
@@ -374,8 +476,10 @@ return {0, now, cur}
 
 /// The group script: decides every member of a group in one script. `KEYS` = the members'
 /// storage keys; `ARGV = mode, now, min_ttl_ms`, then per member six values: strategy (`fw`,
-/// `swc`, `swl` or `m`), cost, and the four parameters of its script (`limit, period_us` for the
-/// windows and the log, `interval_us, capacity_us, queue_us, period_us` for meters). Every
+/// `swc`, `swl`, `qr`, `ca` or `m`), cost, and the four parameters of its script (`limit, period_us` for
+/// the windows and the log, `limit, period_us, cap` for the quota with rollover,
+/// `interval_us, capacity_us, period_us, "reference slowdown window"` for the cost-aware bucket,
+/// `interval_us, capacity_us, queue_us, period_us` for meters). Every
 /// member is decided on its current state with the bodies of the single scripts; the new states
 /// are written only in consume mode and only if every member admitted. Replies
 /// `{kind, remaining, wait_us, reset_us}` per member, flattened.
@@ -445,6 +549,10 @@ fn group_script() -> String {
         &member_body(&[WINDOW, SLIDING_COUNTER]),
         "  elseif which == 'swl' then\n",
         &member_body(&[SLIDING_LOG]),
+        "  elseif which == 'ca' then\n",
+        &member_body(&[COST_AWARE]),
+        "  elseif which == 'qr' then\n",
+        &member_body(&[WINDOW, QUOTA_ROLLOVER]),
         "  else\n",
         &member_body(&[METER]),
         "  end\n",
@@ -474,6 +582,8 @@ pub(crate) struct Scripts {
     pub(crate) sliding_counter: Lua,
     pub(crate) sliding_log: Lua,
     pub(crate) meter: Lua,
+    pub(crate) quota_rollover: Lua,
+    pub(crate) cost_aware: Lua,
     pub(crate) group: Lua,
     pub(crate) read: Lua,
     pub(crate) cas: Lua,
@@ -488,6 +598,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     sliding_counter: Lua::new(strategy_script(&[WINDOW, SLIDING_COUNTER])),
     sliding_log: Lua::new(strategy_script(&[SLIDING_LOG])),
     meter: Lua::new(strategy_script(&[METER])),
+    quota_rollover: Lua::new(strategy_script(&[WINDOW, QUOTA_ROLLOVER])),
+    cost_aware: Lua::new(strategy_script(&[COST_AWARE])),
     group: Lua::new(group_script()),
     read: Lua::new(READ.to_owned()),
     cas: Lua::new(CAS.to_owned()),
@@ -499,7 +611,8 @@ mod tests {
 
     #[test]
     fn the_group_script_reads_each_members_own_parameters() {
-        let members = member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER]);
+        let members =
+            member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER, QUOTA_ROLLOVER, COST_AWARE]);
         for single in ["ARGV[4]", "ARGV[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]"] {
             assert!(!members.contains(single), "{single} left in a member body");
         }

@@ -3,7 +3,8 @@
 use redis::Value;
 use traffik::BackendError;
 use traffik::strategy::{
-    Builtin, FixedWindowState, MeterState, SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
+    Builtin, CostAwareSpec, CostAwareState, FixedWindowState, MeterState, QuotaRolloverState,
+    SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
 };
 
 use crate::KIND;
@@ -39,6 +40,11 @@ pub(crate) fn items(v: &Value) -> Result<&[Value], BackendError> {
         Value::Array(items) => Ok(items),
         _ => Err(bad_reply("array", v)),
     }
+}
+
+/// The cost-aware bucket's last script argument: `"reference_milli max_slowdown_milli window"`.
+pub(crate) fn cost_aware_arg(spec: &CostAwareSpec) -> String {
+    format!("{} {} {}", spec.reference_milli, spec.max_slowdown_milli, spec.window)
 }
 
 /// `{kind, remaining, wait_us, reset_us, ...}` to a verdict.
@@ -88,6 +94,16 @@ pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>
         }
         Builtin::Meter(_) => match numbers(raw)?[..] {
             [tat] => serde_json::to_vec(&MeterState { tat }),
+            _ => return None,
+        },
+        Builtin::CostAware(_) => match numbers(raw)?[..] {
+            [tat, avg_milli, prev_avg_milli] => serde_json::to_vec(&CostAwareState { tat, avg_milli, prev_avg_milli }),
+            _ => return None,
+        },
+        Builtin::QuotaRollover(_) => match numbers(raw)?[..] {
+            [start_us, used, carried, period_us] => {
+                serde_json::to_vec(&QuotaRolloverState { start_us, used, carried, period_us })
+            }
             _ => return None,
         },
         _ => return None,

@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use traffik::backend::{Mode, Operation};
 use traffik::strategy::{
-    FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, SlidingWindowCounter, SlidingWindowLog,
-    Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
+    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved,
+    SlidingWindowCounter, SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
@@ -31,6 +31,10 @@ enum Which {
     Lb,
     Lbq(u32),
     Gcra(u64),
+    Qr(Option<u64>, Option<u32>),
+    Prio(u64),
+    /// Burst, reference cost in thousandths, slowdown in thousandths, window.
+    Ca(Option<u32>, u64, u64, u32),
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +73,10 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
         Just(Which::Lb),
         (0u32..10).prop_map(Which::Lbq),
         prop_oneof![Just(0u64), 0u64..5_000_000].prop_map(Which::Gcra),
+        (proptest::option::of(0u64..30), proptest::option::of(0u32..=100)).prop_map(|(m, p)| Which::Qr(m, p)),
+        (1u64..10_000).prop_map(Which::Prio),
+        (proptest::option::of(1u32..40), 1u64..8_000, 1_000u64..=4_000, 1u32..=1_000)
+            .prop_map(|(b, r, m, n)| Which::Ca(b, r, m, n)),
     ]
 }
 
@@ -197,6 +205,27 @@ async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
         Which::Lb => compare(LeakyBucket, backend, case).await,
         Which::Lbq(q) => compare(LeakyBucketWithQueue::new(q), backend, case).await,
         Which::Gcra(t) => compare(Gcra::with_tolerance(Duration::from_micros(t)), backend, case).await,
+        Which::Ca(burst, reference, slowdown, window) => {
+            let mut b = CostAwareTokenBucket::builder()
+                .reference_cost(reference as f64 / 1000.0)
+                .max_slowdown(slowdown as f64 / 1000.0)
+                .window(window);
+            if let Some(burst) = burst {
+                b = b.burst(burst);
+            }
+            compare(b.build().map_err(|e| TestCaseError::fail(e.to_string()))?, backend, case).await
+        }
+        Which::Prio(capacity) => compare(Reserved::new(capacity), backend, case).await,
+        Which::Qr(max, percent) => {
+            let mut b = QuotaRollover::builder();
+            if let Some(m) = max {
+                b = b.max_rollover(m);
+            }
+            if let Some(p) = percent {
+                b = b.max_percent(p);
+            }
+            compare(b.build().map_err(|e| TestCaseError::fail(e.to_string()))?, backend, case).await
+        }
     }
 }
 

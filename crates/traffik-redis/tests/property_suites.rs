@@ -5,7 +5,8 @@
 mod common;
 
 use traffik_property_tests::{
-    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_rate_changes,
+    SuiteConfig, check_backend, check_concurrency, check_group_concurrency, check_groups, check_priorities,
+    check_rate_changes,
 };
 use traffik_test_support::redis_server;
 
@@ -64,4 +65,10 @@ fn stat_snapshots_match_the_in_memory_backend_on_redis() {
     let backend = common::shared(common::client_clock(&server.url));
     let uid = format!("stats-{:x}", common::run_id());
     rt.block_on(traffik_property_tests::check_stats_match_memory(backend, &uid)).unwrap();
+}
+
+#[test]
+fn priorities_share_one_window_and_keep_every_reserve_on_redis() {
+    let server = redis_server();
+    check_priorities(|| common::shared(common::client_clock(&server.url)), &SuiteConfig { cases: 64, max_steps: 40 });
 }

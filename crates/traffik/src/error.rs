@@ -117,6 +117,12 @@ pub enum ConfigError {
         /// Why it was not found.
         reason: String,
     },
+    /// A strategy's parameter is out of its range.
+    #[error(transparent)]
+    Strategy(#[from] crate::strategy::ParamError),
+    /// Priority levels that cannot share their capacity.
+    #[error(transparent)]
+    Priority(#[from] crate::priority::PriorityError),
     /// A numeric parameter is not a number in its allowed range (NaN, infinite, negative,
     /// zero where that means nothing, ...).
     #[error("{parameter} must be {expected}, got {value}")]

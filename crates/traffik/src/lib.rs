@@ -109,6 +109,7 @@ pub mod headers;
 pub mod identity;
 pub mod key;
 pub mod policy;
+pub mod priority;
 mod rate;
 mod registry;
 pub mod reply;

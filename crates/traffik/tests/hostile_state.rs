@@ -9,7 +9,8 @@
 use proptest::prelude::*;
 use traffik::Rate;
 use traffik::strategy::{
-    FixedWindow, FixedWindowState, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, MeterState, SlidingWindowCounter,
+    CostAwareState, CostAwareTokenBucket, FixedWindow, FixedWindowState, Gcra, Input, LeakyBucket,
+    LeakyBucketWithQueue, MeterState, QuotaRollover, QuotaRolloverState, Reserved, SlidingWindowCounter,
     SlidingWindowCounterState, SlidingWindowLog, SlidingWindowLogState, Strategy as Limiter, TokenBucket,
     TokenBucketWithDebt, VerdictKind,
 };
@@ -48,10 +49,21 @@ fn bound_us(rate: Rate) -> u64 {
     3 * rate.period_us() + u64::from(QUEUE + DEBT + 1) * t
 }
 
+/// [`bound_us`] for the strategy named `name`: the cost-aware token bucket's level may reach
+/// four capacities beyond the period (its documented longest wait is W + 4·capacity), and an
+/// admission adds up to four more.
+fn bound_of(name: &str, rate: Rate) -> u64 {
+    let capacity = rate.limit() * rate.emission_interval_us();
+    if name == "catb" { bound_us(rate) + 9 * capacity } else { bound_us(rate) }
+}
+
+/// The rollover cap used here: a fresh client gets L + 5, within the burst allowance below.
+const ROLLOVER: u64 = 5;
+
 /// Hits at one instant from `state` until refused (at most `cap` + 1 of them): how many were
 /// admitted, checking every answer on the way.
 fn burst<S: Limiter>(s: &S, mut state: Option<S::State>, input: &Input, cap: u64) -> Result<u64, TestCaseError> {
-    let bound = bound_us(input.rate);
+    let bound = bound_of(s.name(), input.rate);
     let mut admitted = 0;
     for _ in 0..=cap {
         let step = s.decide(state.as_ref(), input);
@@ -106,6 +118,9 @@ proptest! {
             &input,
         )?;
         no_more_than_fresh(&SlidingWindowLog, SlidingWindowLogState { period_us: d, entries }, &input)?;
+        no_more_than_fresh(&Reserved::new(u64::from(u32::MAX)), FixedWindowState { last_us: a, used: b, period_us: c }, &input)?;
+        let rollover = QuotaRollover::builder().max_rollover(ROLLOVER).build().unwrap();
+        no_more_than_fresh(&rollover, QuotaRolloverState { start_us: a, used: b, carried: c, period_us: d }, &input)?;
     }
 
     #[test]
@@ -119,11 +134,20 @@ proptest! {
         no_more_than_fresh(&Gcra::new(), state, &input)?;
     }
 
+    #[test]
+    fn the_cost_aware_bucket_survives_any_stored_numbers(
+        now in instant(), rate in rate(), tat in number(), avg in number(), prev in number(),
+    ) {
+        let input = Input { now_us: now, rate, cost: 1 };
+        let state = CostAwareState { tat, avg_milli: avg, prev_avg_milli: prev };
+        no_more_than_fresh(&CostAwareTokenBucket::builder().build().unwrap(), state, &input)?;
+    }
+
     /// Bytes that are not a state are a typed error; any answer at all is never a panic.
     #[test]
     fn stored_bytes_are_parsed_or_refused(now in instant(), rate in rate(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let input = Input { now_us: now, rate, cost: 1 };
-        let handles: [traffik::StrategyHandle; 8] = [
+        let handles: [traffik::StrategyHandle; 11] = [
             FixedWindow.into(),
             SlidingWindowCounter.into(),
             SlidingWindowLog.into(),
@@ -132,10 +156,13 @@ proptest! {
             LeakyBucket.into(),
             LeakyBucketWithQueue::new(QUEUE).into(),
             Gcra::new().into(),
+            QuotaRollover::builder().max_rollover(ROLLOVER).build().unwrap().into(),
+            Reserved::new(10).into(),
+            CostAwareTokenBucket::builder().build().unwrap().into(),
         ];
         for h in &handles {
             if let Ok(step) = h.decide_bytes(Some(&bytes), &input) {
-                let bound = bound_us(rate);
+                let bound = bound_of(h.name(), rate);
                 prop_assert!(step.verdict.wait_us <= bound, "{}: wait {}", h.name(), step.verdict.wait_us);
                 if let Some((_, ttl)) = step.write {
                     prop_assert!(ttl <= bound, "{}: time to live {ttl}", h.name());

@@ -10,6 +10,9 @@
 //! | [`LeakyBucket`] | theoretical arrival time | any interval t: <= L + r·t |
 //! | [`LeakyBucketWithQueue`] | theoretical arrival time | releases in any interval t: <= L + r·t |
 //! | [`Gcra`] | theoretical arrival time | any interval t: <= 1 + τ/T + r·t |
+//! | [`Reserved`] | time of the latest admission, cost used, period | any aligned window <= L; levels below i <= ceiling(i) |
+//! | [`CostAwareTokenBucket`] | theoretical arrival time, average admitted cost | any interval t: <= B + r·t |
+//! | [`QuotaRollover`] | period start, cost used, rollover | any aligned window <= L + R (R: rollover cap) |
 //!
 //! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
 //! [`Verdict`] plus, when the state changes, the new state and how long it must be kept. It does
@@ -49,13 +52,21 @@
 //! }
 //! ```
 
+mod cost_aware;
 mod fixed_window;
 mod meter;
+mod params;
+mod reserved;
+mod rollover;
 mod sliding_counter;
 mod sliding_log;
 
+pub use cost_aware::{CostAwareBuilder, CostAwareSpec, CostAwareState, CostAwareTokenBucket};
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt};
+pub use params::ParamError;
+pub use reserved::Reserved;
+pub use rollover::{QuotaRollover, QuotaRolloverBuilder, QuotaRolloverState, RolloverSpec};
 pub use sliding_counter::{SlidingWindowCounter, SlidingWindowCounterState};
 pub use sliding_log::{SlidingWindowLog, SlidingWindowLogState};
 
@@ -201,6 +212,10 @@ pub enum Builtin {
     /// Any of the meter family (token buckets, leaky buckets, GCRA), reduced to its capacity and
     /// queue, both in units of the rate's emission interval or microseconds.
     Meter(meter::MeterSpec),
+    /// [`QuotaRollover`] with its cap.
+    QuotaRollover(RolloverSpec),
+    /// [`CostAwareTokenBucket`] with its parameters.
+    CostAware(CostAwareSpec),
 }
 
 pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
