@@ -15,7 +15,8 @@ pub struct IncidentCounts {
     pub failed_open: u64,
     /// Requests rejected because of an error.
     pub failed_closed: u64,
-    /// Decisions taken by a fallback backend.
+    /// Decisions taken by a fallback backend: after an error, and while a breaker is open
+    /// (the primary is not called then, so these are not errors).
     pub fallbacks: u64,
     /// Errors returned to the caller.
     pub raised: u64,
@@ -78,6 +79,12 @@ impl Incidents {
             tracing::warn!(throttle = uid, errors_since_last_report = since, action = ?what, error = %error,
                 "rate limit backend failing");
         }
+    }
+
+    /// Counts a decision a fallback took while the breaker kept the primary out (no error:
+    /// the primary was not called).
+    pub(crate) fn record_open_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn counts(&self) -> IncidentCounts {

@@ -68,8 +68,15 @@ impl Throttle {
             // Open circuit: the primary is not called at all.
             return Ok(match policy.failover_backend() {
                 Some(fallback) => match attempt.run(fallback.as_ref(), timeout).await {
-                    Ok(v) => Resolved::Verdict(v, Source::Fallback),
-                    Err(_) => Resolved::Throttle(self.fail_wait(config)),
+                    Ok(v) => {
+                        self.inner.incidents.record_open_fallback();
+                        Resolved::Verdict(v, Source::Fallback)
+                    }
+                    Err(e) => {
+                        let now = attempt.first().input.now_us;
+                        self.inner.incidents.record(&self.inner.uid, &e, Incident::FailedClosed, now);
+                        Resolved::Throttle(self.fail_wait(config))
+                    }
                 },
                 None => Resolved::Throttle(policy.open_wait().unwrap_or_else(|| self.fail_wait(config))),
             });
