@@ -19,6 +19,7 @@ use metrics::{Counter, Recorder, SharedString};
 
 use crate::decision::{Outcome, Source};
 use crate::error::BackendError;
+use crate::policy::BreakerState;
 use crate::strategy::VerdictKind;
 
 /// The name of the decisions counter.
@@ -27,6 +28,10 @@ pub(crate) const DECISIONS: &str = "traffik_decisions_total";
 pub(crate) const SHADOW_REFUSALS: &str = "traffik_shadow_refusals_total";
 /// The name of the backend-errors counter.
 pub(crate) const BACKEND_ERRORS: &str = "traffik_backend_errors_total";
+/// The name of the breaker-state gauge.
+pub(crate) const BREAKER_STATE: &str = "traffik_breaker_state";
+/// The name of the breaker-transitions counter.
+pub(crate) const BREAKER_TRANSITIONS: &str = "traffik_breaker_transitions_total";
 
 /// In the order of [`VerdictKind`]'s variants, then skipped.
 const OUTCOMES: [&str; 5] = ["allowed", "delayed", "throttled", "never", "skipped"];
@@ -129,6 +134,19 @@ pub(crate) fn count_once(uid: &SharedString, outcome: Outcome, source: Source) {
 #[cold]
 pub(crate) fn count_shadow_refusal(uid: &SharedString) {
     metrics::counter!(SHADOW_REFUSALS, "throttle" => uid.clone()).increment(1);
+}
+
+/// Counts a breaker's transition seen by `throttle` and sets its state gauge.
+#[cold]
+pub(crate) fn count_breaker_transition(throttle: &str, from: BreakerState, to: BreakerState) {
+    metrics::counter!(
+        BREAKER_TRANSITIONS,
+        "throttle" => throttle.to_owned(),
+        "from" => from.name(),
+        "to" => to.name()
+    )
+    .increment(1);
+    metrics::gauge!(BREAKER_STATE, "throttle" => throttle.to_owned()).set(f64::from(to.level()));
 }
 
 /// Counts a backend error that `throttle`'s error policy handled with `action`

@@ -199,3 +199,118 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
     assert_eq!(decisions("closed", "throttled", "error_policy"), 1, "{all:?}");
     assert_eq!(decisions("fallback", "allowed", "fallback"), 1, "{all:?}");
 }
+
+/// A backend that fails while `down` is set and otherwise decides in memory.
+#[derive(Debug, Default)]
+struct Switch {
+    down: std::sync::atomic::AtomicBool,
+    inner: InMemoryBackend,
+}
+
+impl Backend for Switch {
+    fn kind(&self) -> &'static str {
+        "switch"
+    }
+    fn namespace(&self) -> &str {
+        "switch"
+    }
+    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(BackendError::command("switch", "down")) });
+        }
+        self.inner.decide(op)
+    }
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        self.inner.stat(op)
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.reset()
+    }
+}
+
+/// One snapshot (the debugging recorder's snapshots drain its counters): every counter, and
+/// the value of the gauge `name` of `throttle` (`None` when it was never set).
+fn drain(snapshotter: &Snapshotter, name: &str, throttle: &str) -> (Vec<Seen>, Option<f64>) {
+    let mut seen = Vec::new();
+    let mut level = None;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+        labels.sort();
+        match value {
+            DebugValue::Counter(n) => seen.push((key.name().to_owned(), labels, n)),
+            DebugValue::Gauge(g) if key.name() == name && labels == [("throttle".into(), throttle.into())] => {
+                level = Some(g.into_inner());
+            }
+            _ => {}
+        }
+    }
+    (seen, level)
+}
+
+#[test]
+fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_all_counted() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use traffik::{BreakerConfig, CircuitBreaker, Failover};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(0);
+    let primary = Arc::new(Switch::default());
+    primary.down.store(true, Ordering::SeqCst);
+    let breaker = CircuitBreaker::with_clock(
+        BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
+        Arc::new(clock.clone()),
+    );
+    let t = Throttle::builder()
+        .uid("guarded")
+        .rate("1000/min")
+        .shared_backend(Arc::clone(&primary) as Arc<dyn Backend>)
+        .strategy(FixedWindow)
+        .on_error(ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone())))
+        .build()
+        .unwrap();
+    let req = view([192, 0, 2, 4]);
+    let mut states = Vec::new();
+    let mut all: Vec<Seen> = Vec::new();
+    let mut look = || {
+        let (seen, level) = drain(&snapshotter, "traffik_breaker_state", "guarded");
+        all.extend(seen);
+        states.push(level);
+    };
+    metrics::with_local_recorder(&recorder, || {
+        // Two failures open the circuit; thirty more hits are served by the fallback.
+        for _ in 0..32 {
+            assert_eq!(now(t.hit(&req)).unwrap().source, traffik::Source::Fallback);
+        }
+        look();
+        // The probe after the recovery timeout fails: half-open, then open again.
+        clock.advance(Duration::from_secs(30));
+        let _ = now(t.hit(&req)).unwrap();
+        look();
+        // The next probe succeeds: closed.
+        clock.advance(Duration::from_secs(30));
+        primary.down.store(false, Ordering::SeqCst);
+        assert_eq!(now(t.hit(&req)).unwrap().source, traffik::Source::Backend);
+        look();
+    });
+    assert_eq!(states, [Some(2.0), Some(2.0), Some(0.0)]);
+    // Summed over the snapshots.
+    let total = |name: &str, labels: &[(&str, &str)]| {
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        want.sort();
+        all.iter().filter(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| v).sum::<u64>()
+    };
+    let moved =
+        |from, to| total("traffik_breaker_transitions_total", &[("throttle", "guarded"), ("from", from), ("to", to)]);
+    assert_eq!(
+        [moved("closed", "open"), moved("open", "half_open"), moved("half_open", "open"), moved("half_open", "closed")],
+        [1, 2, 1, 1]
+    );
+    let served =
+        total("traffik_decisions_total", &[("throttle", "guarded"), ("outcome", "allowed"), ("source", "fallback")]);
+    assert_eq!(served, 33);
+    assert_eq!(t.incidents().fallbacks, served, "{:?}", t.incidents());
+}

@@ -22,6 +22,7 @@ mod retry;
 mod tests;
 
 pub use breaker::{BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker};
+pub(crate) use breaker::Transition;
 pub use incidents::IncidentCounts;
 pub(crate) use incidents::{Incident, Incidents};
 pub use retry::Retry;

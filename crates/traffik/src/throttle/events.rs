@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::config::{BackendChoice, Config};
 use crate::backend::Backend;
 use crate::decision::{Outcome, Source};
+use crate::policy::{BreakerState, Transition};
 use crate::strategy::VerdictKind;
 
 /// The `debug` event of an enforced refusal: names the throttle, its strategy and backend,
@@ -41,4 +42,20 @@ pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait
         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "shadow mode let a refused request through"
     );
+}
+
+/// A breaker's transition, seen by a throttle's call to its primary backend: counted and
+/// gauged (feature `metrics`), and logged (`warn` when the circuit opens, `info` otherwise)
+/// with the throttle and the backend.
+#[cold]
+#[inline(never)]
+pub(crate) fn breaker_event(uid: &str, backend: &'static str, t: Transition) {
+    #[cfg(feature = "metrics")]
+    crate::telemetry::count_breaker_transition(uid, t.from, t.to);
+    let (from, to) = (t.from.name(), t.to.name());
+    if t.to == BreakerState::Open {
+        tracing::warn!(throttle = uid, backend, from, to, failures = t.failures, "circuit breaker opened");
+    } else {
+        tracing::info!(throttle = uid, backend, from, to, "circuit breaker moved");
+    }
 }
