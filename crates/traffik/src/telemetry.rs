@@ -33,6 +33,15 @@ pub(crate) const BREAKER_STATE: &str = "traffik_breaker_state";
 /// The name of the breaker-transitions counter.
 pub(crate) const BREAKER_TRANSITIONS: &str = "traffik_breaker_transitions_total";
 
+/// The name of the backend-call latency histogram.
+pub(crate) const BACKEND_CALL_SECONDS: &str = "traffik_backend_call_seconds";
+/// The name of the in-memory live-keys gauge.
+pub(crate) const MEMORY_KEYS: &str = "traffik_memory_keys";
+/// The name of the in-memory evictions counter.
+pub(crate) const MEMORY_EVICTIONS: &str = "traffik_memory_evictions_total";
+/// The name of the in-memory refusals-at-the-cap counter.
+pub(crate) const MEMORY_FULL_REFUSALS: &str = "traffik_memory_full_refusals_total";
+
 /// In the order of [`VerdictKind`]'s variants, then skipped.
 const OUTCOMES: [&str; 5] = ["allowed", "delayed", "throttled", "never", "skipped"];
 const SOURCES: [&str; 4] = ["backend", "fallback", "error_policy", "none"];
@@ -172,4 +181,32 @@ pub(crate) fn count_backend_error(throttle: &str, error: &BackendError, action: 
         "action" => action
     )
     .increment(1);
+}
+
+/// Records how long an awaited call to a backend of kind `backend` took (error or not).
+pub(crate) fn record_backend_call(backend: &'static str, took: std::time::Duration) {
+    metrics::histogram!(BACKEND_CALL_SECONDS, "backend" => backend).record(took.as_secs_f64());
+}
+
+/// Sets the live-keys gauge of the in-memory backend of `namespace`.
+#[cold]
+pub(crate) fn set_memory_keys(namespace: &str, keys: usize) {
+    // A gauge is a float: exact up to 2^53 keys, far beyond any cap.
+    #[allow(clippy::cast_precision_loss)]
+    let keys = keys as f64;
+    metrics::gauge!(MEMORY_KEYS, "namespace" => namespace.to_owned()).set(keys);
+}
+
+/// Counts an expired key replaced at the cap of the in-memory backend of `namespace`.
+#[cold]
+#[inline(never)]
+pub(crate) fn count_memory_eviction(namespace: &str) {
+    metrics::counter!(MEMORY_EVICTIONS, "namespace" => namespace.to_owned()).increment(1);
+}
+
+/// Counts a new key refused at the cap of the in-memory backend of `namespace`.
+#[cold]
+#[inline(never)]
+pub(crate) fn count_memory_refusal(namespace: &str) {
+    metrics::counter!(MEMORY_FULL_REFUSALS, "namespace" => namespace.to_owned()).increment(1);
 }

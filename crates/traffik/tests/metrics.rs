@@ -231,21 +231,7 @@ impl Backend for Switch {
 /// One snapshot (the debugging recorder's snapshots drain its counters): every counter, and
 /// the value of the gauge `name` of `throttle` (`None` when it was never set).
 fn drain(snapshotter: &Snapshotter, name: &str, throttle: &str) -> (Vec<Seen>, Option<f64>) {
-    let mut seen = Vec::new();
-    let mut level = None;
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        let mut labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
-        labels.sort();
-        match value {
-            DebugValue::Counter(n) => seen.push((key.name().to_owned(), labels, n)),
-            DebugValue::Gauge(g) if key.name() == name && labels == [("throttle".into(), throttle.into())] => {
-                level = Some(g.into_inner());
-            }
-            _ => {}
-        }
-    }
-    (seen, level)
+    drain_gauge(snapshotter, name, ("throttle", throttle))
 }
 
 #[test]
@@ -313,4 +299,93 @@ fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_a
         total("traffik_decisions_total", &[("throttle", "guarded"), ("outcome", "allowed"), ("source", "fallback")]);
     assert_eq!(served, 33);
     assert_eq!(t.incidents().fallbacks, served, "{:?}", t.incidents());
+}
+
+#[test]
+fn the_in_memory_backend_counts_refusals_at_its_cap_and_gauges_its_keys_on_sweep() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(1_699_999_980_000_000);
+    let backend = InMemoryBackend::builder().namespace("capped").max_keys(2).shards(1).build();
+    let t = Throttle::builder()
+        .uid("capped")
+        .rate("5/min")
+        .backend(backend.clone())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut level = None;
+    let mut all = Vec::new();
+    metrics::with_local_recorder(&recorder, || {
+        for last in 1..=3 {
+            let _ = now(t.hit(&view([198, 51, 100, last]))).unwrap();
+        }
+        // Both keys expire; the new key's incremental sweep removes them.
+        clock.advance(std::time::Duration::from_secs(180));
+        let _ = now(t.hit(&view([198, 51, 100, 4]))).unwrap();
+        backend.sweep();
+        let (seen, gauge) = drain_gauge(&snapshotter, "traffik_memory_keys", ("namespace", "capped"));
+        (all, level) = (seen, gauge);
+    });
+    assert_eq!(backend.refusals(), 1);
+    let count = |name| value(&all, name, &[("namespace", "capped")]);
+    assert_eq!(count("traffik_memory_full_refusals_total"), 1, "{all:?}");
+    assert_eq!(level, Some(1.0), "one live key after the sweep");
+}
+
+/// One snapshot: every counter, and the value of the gauge `name` whose one label is `label`.
+fn drain_gauge(snapshotter: &Snapshotter, name: &str, label: (&str, &str)) -> (Vec<Seen>, Option<f64>) {
+    let mut seen = Vec::new();
+    let mut level = None;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+        labels.sort();
+        match value {
+            DebugValue::Counter(n) => seen.push((key.name().to_owned(), labels, n)),
+            DebugValue::Gauge(g) if key.name() == name && labels == [(label.0.into(), label.1.into())] => {
+                level = Some(g.into_inner());
+            }
+            _ => {}
+        }
+    }
+    (seen, level)
+}
+
+#[test]
+fn awaited_backend_calls_are_timed_by_backend_kind() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let t = Throttle::builder()
+            .uid("timed")
+            .rate("5/min")
+            .backend(Down)
+            .strategy(FixedWindow)
+            .on_error(ErrorPolicy::fallback(InMemoryBackend::new()))
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let _ = now(t.hit(&view([192, 0, 2, 5]))).unwrap();
+        }
+    });
+    let samples: Vec<(String, Vec<f64>)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let DebugValue::Histogram(h) = value else { return None };
+            let key = key.key();
+            assert_eq!(key.name(), "traffik_backend_call_seconds");
+            let labels: Vec<_> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            Some((labels.join(","), h.into_iter().map(|v| v.into_inner()).collect()))
+        })
+        .collect();
+    // The failing primary's calls are awaited (and timed); the in-memory fallback answers
+    // without awaiting.
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(samples[0].0, "backend=down");
+    assert_eq!(samples[0].1.len(), 3, "{samples:?}");
+    assert!(samples[0].1.iter().all(|s| s.is_finite() && *s >= 0.0), "{samples:?}");
 }

@@ -340,18 +340,24 @@ pub(super) fn time_left(deadline: Option<tokio::time::Instant>, pause: Duration)
     (!whole.is_zero()).then_some(whole)
 }
 
-/// Awaits a backend call for at most `timeout`. Outside a Tokio runtime there is no timer to
+/// Awaits a backend call for at most `timeout`, timing it (feature `metrics`). Outside a Tokio runtime there is no timer to
 /// bound it with (and asking for one would panic), so the call is awaited as is.
 pub(crate) async fn bounded<T>(
     backend: &'static str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, BackendError>>,
 ) -> Result<T, BackendError> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return fut.await;
-    }
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(result) => result,
-        Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
-    }
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
+    let result = if tokio::runtime::Handle::try_current().is_err() {
+        fut.await
+    } else {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
+        }
+    };
+    #[cfg(feature = "metrics")]
+    crate::telemetry::record_backend_call(backend, started.elapsed());
+    result
 }
