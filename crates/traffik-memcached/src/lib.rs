@@ -131,6 +131,7 @@
 mod builder;
 mod cas;
 mod keys;
+mod telemetry;
 mod ttl;
 
 pub use crate::builder::BuildError;

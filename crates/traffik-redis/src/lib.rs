@@ -106,6 +106,7 @@ mod decide;
 mod reset;
 mod scripts;
 mod state;
+mod telemetry;
 
 use std::fmt;
 use std::sync::Arc;
