@@ -44,8 +44,7 @@ pub(crate) enum Incident {
 }
 
 impl Incident {
-    /// The metric label of this action.
-    #[cfg(feature = "metrics")]
+    /// The metric label and log field of this action.
     pub(super) fn name(self) -> &'static str {
         match self {
             Incident::FailedOpen => "failed_open",
@@ -76,7 +75,7 @@ impl Incidents {
         {
             let total = self.errors.load(Ordering::Relaxed);
             let since = total - self.logged_errors.swap(total, Ordering::Relaxed);
-            tracing::warn!(throttle = uid, errors_since_last_report = since, action = ?what, error = %error,
+            tracing::warn!(throttle = uid, errors_since_last_report = since, action = what.name(), error = %error,
                 "rate limit backend failing");
         }
     }

@@ -1,5 +1,7 @@
-//! The throttle's `tracing` events: one per enforced refusal and one per refusal shadow mode
-//! let through, naming the throttle, its strategy and backend, never the client.
+//! The throttle's `tracing` events: one per enforced refusal, one per refusal shadow mode let
+//! through and one per breaker transition, naming the throttle, its strategy and backend,
+//! never the client. Field names and values follow one scheme across events, spans and metric
+//! labels (see the `telemetry` module docs).
 
 use std::time::Duration;
 
@@ -9,21 +11,49 @@ use crate::decision::{Outcome, Source};
 use crate::policy::{BreakerState, Transition};
 use crate::strategy::VerdictKind;
 
+/// The `backend` field of a throttle's configuration: its backend's kind, or `context` for a
+/// backend chosen per request.
+pub(crate) fn backend_kind(choice: &BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Fixed(b) => b.kind(),
+        BackendChoice::Context => "context",
+    }
+}
+
+/// The `outcome` field (and metric label) of an outcome: `allowed`, `delayed`, `throttled`,
+/// `never` or `skipped`.
+pub(crate) fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Allowed => "allowed",
+        Outcome::Delayed => "delayed",
+        Outcome::Throttled => "throttled",
+        Outcome::Never => "never",
+        Outcome::Skipped(_) => "skipped",
+    }
+}
+
+/// The `source` field (and metric label) of a source: `backend`, `fallback`, `error_policy`
+/// or `none`.
+pub(crate) fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Backend => "backend",
+        Source::Fallback => "fallback",
+        Source::ErrorPolicy => "error_policy",
+        Source::None => "none",
+    }
+}
+
 /// The `debug` event of an enforced refusal: names the throttle, its strategy and backend,
 /// never the client.
 #[cold]
 #[inline(never)]
 pub(crate) fn denial_event(uid: &str, config: &Config, outcome: Outcome, source: Source, cost: u64, wait: Duration) {
-    let backend = match &config.backend {
-        BackendChoice::Fixed(b) => b.kind(),
-        BackendChoice::Context => "context",
-    };
     tracing::debug!(
         throttle = uid,
         strategy = config.strategy.name(),
-        backend,
-        outcome = ?outcome,
-        source = ?source,
+        backend = backend_kind(&config.backend),
+        outcome = outcome_name(outcome),
+        source = source_name(source),
         cost,
         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "rate limit refused a request"
@@ -37,7 +67,7 @@ pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait
     let outcome = if kind == VerdictKind::Never { Outcome::Never } else { Outcome::Throttled };
     tracing::debug!(
         throttle = uid,
-        outcome = ?outcome,
+        outcome = outcome_name(outcome),
         cost,
         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "shadow mode let a refused request through"
