@@ -1,19 +1,45 @@
 //! Metrics through the [`metrics`] facade (feature `metrics`, on by default).
 //!
-//! | metric | kind | labels |
-//! |---|---|---|
-//! | `traffik_decisions_total` | counter | `throttle`, `outcome`, `source` |
-//! | `traffik_shadow_refusals_total` | counter | `throttle` |
-//! | `traffik_backend_errors_total` | counter | `throttle`, `backend`, `kind`, `action` |
+//! | metric | kind | labels | counts |
+//! |---|---|---|---|
+//! | `traffik_decisions_total` | counter | `throttle`, `outcome`, `source` | every hit's decision |
+//! | `traffik_shadow_refusals_total` | counter | `throttle` | refusals shadow mode let through |
+//! | `traffik_backend_errors_total` | counter | `throttle`, `backend`, `kind`, `action` | backend errors, by what the error policy did |
+//! | `traffik_breaker_transitions_total` | counter | `throttle`, `from`, `to` | breaker transitions a throttle's calls made |
+//! | `traffik_breaker_state` | gauge | `throttle` | the breaker's state after its last transition: 0 closed, 1 half-open, 2 open |
+//! | `traffik_backend_call_seconds` | histogram | `backend` | awaited backend calls (errors and timeouts included) |
+//! | `traffik_memory_keys` | gauge | `namespace` | in-memory keys, set by [`InMemoryBackend::sweep`](crate::InMemoryBackend::sweep) |
+//! | `traffik_memory_evictions_total` | counter | `namespace` | expired keys replaced at the cap |
+//! | `traffik_memory_full_refusals_total` | counter | `namespace` | new keys refused at the cap |
+//! | `traffik_cas_retries_total` | counter | `backend` | lost compare-and-swaps tried again (`traffik-memcached`; `traffik-redis`'s path for custom strategies) |
+//! | `traffik_redis_script_reloads_total` | counter | | scripts sent in full after `NOSCRIPT` (a server's first call of each script included) |
+//! | `traffik_redis_reconnects_total` | counter | | connections opened to replace a broken or silent one |
 //!
-//! `throttle` is a throttle's or group's uid; `outcome` is `allowed`, `delayed`, `throttled`,
-//! `never` or `skipped`; `source` is `backend`, `fallback`, `error_policy` or `none` (a
-//! skipped hit). Hits are counted, checks are not; a group counts its own decisions under its
-//! uid, not its members'. No label ever holds a client identity or a key. Any exporter works
-//! (install it as the global recorder); with none installed a decision pays a look-up of the
-//! recorder in force, a comparison and a no-op increment.
-//! Handles are registered with the recorder in force when a throttle is configured, and again
-//! on the first hit after another recorder takes over.
+//! The backend crates' metrics come with their own `metrics` feature (on by default).
+//!
+//! Label values: `throttle` is a throttle's or group's uid; `outcome` is `allowed`, `delayed`,
+//! `throttled`, `never` or `skipped`; `source` is `backend`, `fallback`, `error_policy` or
+//! `none` (a skipped hit); `backend` a backend's kind (`memory`, `redis`, `memcached`, ...);
+//! `from` and `to` are `closed`, `open` or `half_open`; `namespace` an in-memory backend's
+//! namespace. Hits are counted, checks are not; a group counts its own decisions under its
+//! uid, not its members'. Every decision a fallback served is counted with `source="fallback"`
+//! (and in [`IncidentCounts::fallbacks`](crate::IncidentCounts::fallbacks)), those served
+//! while the breaker kept the primary out included. A breaker shared by several throttles
+//! reports each transition under the throttle whose call made it. No label ever holds a
+//! client identity or a key. Any exporter works (install it as the global recorder); with
+//! none installed a decision pays a look-up of the recorder in force, a comparison and a
+//! no-op increment.
+//! Decision handles are registered with the recorder in force when a throttle is configured,
+//! and again on the first hit after another recorder takes over; the others are registered
+//! where they are counted (rare events, or calls that await a backend).
+//!
+//! `tracing` uses the same names: fields `throttle`, `strategy`, `backend`, `outcome`,
+//! `source`, `action`, `from`, `to`, `cost`, `wait_ms` and `error`, with the values above.
+//! Each decision on the general path (not the common configuration's in-memory shortcut) runs
+//! in a `debug` span `traffik.decision` with `throttle`, `strategy`, `backend` and `mode`
+//! (`hit` or `check`), and records `outcome` and `source` when decided. Breaker transitions
+//! are events with `throttle`, `backend`, `from` and `to` (`warn` when the circuit opens,
+//! `info` otherwise).
 
 use metrics::{Counter, Recorder, SharedString};
 

@@ -11,7 +11,9 @@ mod shortcut;
 
 pub use builder::{IntoRate, ThrottleBuilder};
 pub use config::BackendChoice;
-pub(crate) use config::{Config, ThrottleInner, metric_uid};
+#[cfg(feature = "metrics")]
+pub(crate) use config::metric_uid;
+pub(crate) use config::{Config, ThrottleInner};
 pub use context_backend::{context_backend, with_backend};
 pub(crate) use events::{backend_kind, denial_event, outcome_name, shadow_refusal_event, source_name};
 pub(crate) use prepare::{Prepared, Ready};
