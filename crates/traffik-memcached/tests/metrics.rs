@@ -62,7 +62,12 @@ fn lost_compare_and_swaps_are_counted_as_retries() {
     });
     let key = Key::builder("metrics").part(b"contended").build();
     let rate = Rate::per_millis(1_000, 60_000).unwrap();
-    let op = || Operation { key: &key, strategy: &s, input: Input { now_us: 1_000_000, rate, cost: 1 }, mode: Mode::Consume };
+    let op = || Operation {
+        key: &key,
+        strategy: &s,
+        input: Input { now_us: 1_000_000, rate, cost: 1 },
+        mode: Mode::Consume,
+    };
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {

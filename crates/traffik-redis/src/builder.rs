@@ -16,9 +16,6 @@ use traffik::OnError;
 use crate::conn::{Conn, ConnectFuture, Factory, LazyPool, PoolConfig, Reconnecting, Timeouts};
 use crate::{Inner, MAX_TTL_MS, RedisBackend};
 
-pub(crate) use bb8;
-pub(crate) use bb8_redis;
-pub(crate) use redis;
 
 /// A configuration error from [`RedisBackendBuilder::build`].
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,6 @@ use traffik::BackendError;
 use crate::conn::Call;
 use crate::{KIND, RedisBackend, state};
 
-pub(crate) use redis;
 
 /// Escapes glob characters for `SCAN MATCH`.
 pub(crate) fn glob_escape(s: &str) -> String {

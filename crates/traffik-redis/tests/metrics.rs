@@ -126,7 +126,8 @@ impl Strategy for Saboteur {
     fn decide(&self, state: Option<&u64>, _input: &Input) -> Step<u64> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1_000;
         let mut admin = self.admin.lock().expect("admin");
-        let _: () = redis::cmd("SET").arg(&self.storage_key).arg(n).arg("PX").arg(60_000).query(&mut *admin).expect("set");
+        let _: () =
+            redis::cmd("SET").arg(&self.storage_key).arg(n).arg("PX").arg(60_000).query(&mut *admin).expect("set");
         Step::write(Verdict::admit(0, 1_000_000), state.map_or(1, |s| s + 1), 1_000_000)
     }
 }

@@ -21,8 +21,8 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
-pub use breaker::{BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker};
 pub(crate) use breaker::Transition;
+pub use breaker::{BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker};
 pub use incidents::IncidentCounts;
 pub(crate) use incidents::{Incident, Incidents};
 pub use retry::Retry;

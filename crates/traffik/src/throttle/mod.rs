@@ -183,7 +183,13 @@ impl Throttle {
 
     /// The general path of a decision: prepare, ask the backend under the error policy,
     /// conclude.
-    async fn general(&self, config: &Config, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
+    async fn general(
+        &self,
+        config: &Config,
+        req: &RequestView<'_>,
+        ctx: &Context,
+        mode: Mode,
+    ) -> Result<Decision, Error> {
         let prefix = &self.inner.key_prefix;
         let prepared = match self.prepare_now(config, prefix, req, ctx) {
             Some(p) => p,

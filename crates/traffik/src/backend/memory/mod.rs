@@ -393,7 +393,6 @@ impl Backend for InMemoryBackend {
     }
 
     #[inline]
-
     fn decide_now(&self, op: &Operation<'_>) -> Option<Result<Verdict, BackendError>> {
         Some(self.decide_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, op.mode))
     }
