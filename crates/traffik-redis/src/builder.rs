@@ -16,7 +16,6 @@ use traffik::OnError;
 use crate::conn::{Conn, ConnectFuture, Factory, LazyPool, PoolConfig, Reconnecting, Timeouts};
 use crate::{Inner, MAX_TTL_MS, RedisBackend};
 
-
 /// A configuration error from [`RedisBackendBuilder::build`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

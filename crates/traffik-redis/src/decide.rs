@@ -12,7 +12,6 @@ use crate::conn::Call;
 use crate::scripts::{Lua, SCRIPTS};
 use crate::{KIND, MAX_COST, RedisBackend, ScriptMode, state};
 
-
 /// Waits a little before retrying a lost compare-and-swap: a yield for the first retries, then
 /// a random sleep of up to 2^attempt ms (at most 16 ms).
 pub(crate) async fn backoff(attempt: u32) {

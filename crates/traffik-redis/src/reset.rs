@@ -7,7 +7,6 @@ use traffik::BackendError;
 use crate::conn::Call;
 use crate::{KIND, RedisBackend, state};
 
-
 /// Escapes glob characters for `SCAN MATCH`.
 pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);

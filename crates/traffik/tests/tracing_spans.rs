@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,6 @@ use traffik::{
 struct Seen {
     spans: Arc<Mutex<Vec<(String, String)>>>,
     events: Arc<Mutex<Vec<(tracing::Level, String)>>>,
-    next: Arc<AtomicU64>,
 }
 
 struct Fields(String);
@@ -43,7 +42,6 @@ impl tracing::Subscriber for Seen {
         attrs.record(&mut fields);
         let mut spans = self.spans.lock().unwrap();
         spans.push((attrs.metadata().name().to_owned(), fields.0));
-        self.next.fetch_add(1, Ordering::SeqCst);
         tracing::span::Id::from_u64(spans.len() as u64)
     }
     fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
