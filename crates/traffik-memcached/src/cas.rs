@@ -155,6 +155,7 @@ impl MemcachedBackend {
                     self.refund_all(&client, ops, &applied).await;
                     return Err(BackendError::Contention { backend: KIND, attempts: tries });
                 }
+                crate::telemetry::count_cas_retry();
                 backoff(tries).await;
                 let again = match self.load(&client, op, &mut attempts).await {
                     Ok((key, read)) => {
@@ -210,7 +211,10 @@ impl MemcachedBackend {
                 };
                 let exptime = memcached_exptime(refund.1, self.inner.min_ttl_secs, wall_clock_secs());
                 match self.store(client, &key, &refund.0, exptime, Some(*cas)).await {
-                    Ok(false) => backoff(attempts).await,
+                    Ok(false) => {
+                        crate::telemetry::count_cas_retry();
+                        backoff(attempts).await;
+                    }
                     Ok(true) => {
                         self.inner.refunds.fetch_add(1, Ordering::Relaxed);
                         break;
@@ -252,6 +256,7 @@ impl MemcachedBackend {
             if attempts >= inner.cas_attempts {
                 return Err(BackendError::Contention { backend: KIND, attempts });
             }
+            crate::telemetry::count_cas_retry();
             if turn.is_none() {
                 // Waiting in the queue spaces the retries of this process; the state has
                 // changed by the time our turn comes, so read it again at once.

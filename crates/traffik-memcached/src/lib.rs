@@ -40,6 +40,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Metrics
+//!
+//! With the crate feature `metrics` (on by default), through the `metrics` facade:
+//! `traffik_cas_retries_total{backend="memcached"}`, every lost compare-and-swap tried again
+//! (decisions, group members and refunds). Call latency and errors are counted by the throttle
+//! (see the README, "Metrics and logs").
+//!
 //! # Round trips
 //!
 //! | call | round trips (no contention) |
@@ -131,6 +138,7 @@
 mod builder;
 mod cas;
 mod keys;
+mod telemetry;
 mod ttl;
 
 pub use crate::builder::BuildError;

@@ -74,6 +74,7 @@ impl Call {
             Call::Plain(cmd) => cmd.query_async(conn).await,
             Call::Script { lua, cmd } => match cmd.query_async(conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    crate::telemetry::count_script_reload();
                     Self::eval(lua, cmd).query_async(conn).await
                 }
                 other => other,
@@ -269,6 +270,9 @@ impl<C: Clone + Send + 'static> Reconnecting<C> {
         };
         match result {
             Ok(conn) => {
+                if *generation > 0 {
+                    crate::telemetry::count_reconnect();
+                }
                 *generation += 1;
                 let health = Arc::new(Health::new());
                 *lock(&self.current) = Some((*generation, conn.clone(), Arc::clone(&health)));
@@ -507,6 +511,7 @@ impl PooledExchange {
         // place; the pool gets the fresh one back.
         match tokio::time::timeout(t.connect, self.pool.dedicated_connection()).await {
             Ok(Ok(fresh)) => {
+                crate::telemetry::count_reconnect();
                 **pooled = fresh;
                 if again {
                     return match tokio::time::timeout(t.command, call.send(&mut **pooled)).await {
@@ -531,7 +536,10 @@ impl Drop for PooledExchange {
         runtime.spawn(async move {
             let _turn = turn;
             match tokio::time::timeout(connect, pool.dedicated_connection()).await {
-                Ok(Ok(fresh)) => *pooled = fresh,
+                Ok(Ok(fresh)) => {
+                    crate::telemetry::count_reconnect();
+                    *pooled = fresh;
+                }
                 _ => tracing::debug!("abandoned pooled redis connection kept: reconnect failed"),
             }
         });

@@ -126,6 +126,7 @@ impl RedisBackend {
             if attempt >= self.inner.cas_attempts {
                 return Err(BackendError::Contention { backend: KIND, attempts: attempt });
             }
+            crate::telemetry::count_cas_retry();
             backoff(attempt).await;
         }
     }

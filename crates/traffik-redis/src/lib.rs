@@ -88,6 +88,15 @@
 //! fit in one decision, and a stalled server is reported by the bound that names it. Retry
 //! policies add their own deadline ([`Retry::deadline`](traffik::Retry::deadline)).
 //!
+//! # Metrics
+//!
+//! With the crate feature `metrics` (on by default), through the `metrics` facade:
+//! `traffik_redis_script_reloads_total` (scripts sent in full after `NOSCRIPT`, a server's first
+//! call of each script included), `traffik_redis_reconnects_total` (connections opened to
+//! replace a broken or silent one) and `traffik_cas_retries_total{backend="redis"}` (lost
+//! compare-and-swaps of custom strategies tried again). Call latency and errors are counted by
+//! the throttle (see the README, "Metrics and logs").
+//!
 //! # TLS
 //!
 //! With the crate feature `tls`, `rediss://` URLs connect through rustls and verify the server
@@ -106,6 +115,7 @@ mod decide;
 mod reset;
 mod scripts;
 mod state;
+mod telemetry;
 
 use std::fmt;
 use std::sync::Arc;

@@ -12,7 +12,8 @@
 //! windows on the same clients (like for like with `hit`) (`--toggle-collect='*group_hits*'`); `governor` is
 //! governor's keyed `check_key` on the same 10,000 keys. `hit-recorded` and `group-recorded` are
 //! `hit` and `group` with a metrics recorder installed (feature `metrics`: the decision
-//! counters then count for real).
+//! counters then count for real); `hit-prometheus` is `hit` with the Prometheus exporter's
+//! recorder installed (`metrics-exporter-prometheus`, without its HTTP listener).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -44,6 +45,11 @@ fn main() {
         // before anything is built.
         metrics_util::debugging::DebuggingRecorder::new().install().unwrap();
     }
+    if what.ends_with("-prometheus") {
+        // The Prometheus exporter's recorder (no HTTP listener: rendering is not counted).
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
+        black_box(&handle);
+    }
     let views: Vec<RequestView<'static>> = (0..KEYS)
         .map(|i| RequestView::empty().peer(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 1))))
         .collect();
@@ -72,10 +78,12 @@ fn main() {
         let _ = black_box(now_or_never(group.hit(v)).unwrap());
     }
     match what.as_str() {
-        "hit" | "hit-recorded" => hits(&throttle, &views),
+        "hit" | "hit-recorded" | "hit-prometheus" => hits(&throttle, &views),
         "group" | "group-recorded" => group_hits(&group, &views),
         "governor" => checks(&limiter),
-        other => panic!("unknown operation {other:?}: use hit, group, hit-recorded, group-recorded or governor"),
+        other => panic!(
+            "unknown operation {other:?}: use hit, group, hit-recorded, group-recorded, hit-prometheus or governor"
+        ),
     }
 }
 

@@ -337,7 +337,7 @@ impl ThrottleGroup {
         tracing::debug!(
             throttle = self.inner.uid.as_str(),
             member = decided.binding_member().map(Throttle::uid),
-            outcome = ?decided.outcome,
+            outcome = crate::throttle::outcome_name(decided.outcome),
             wait_ms = u64::try_from(decided.wait.as_millis()).unwrap_or(u64::MAX),
             "rate limit refused a request"
         );

@@ -118,7 +118,7 @@ impl ThrottleRegistry {
                 Ok(Snapshot::Limited(stat)) => quotas.quotas.push(stat),
                 Ok(Snapshot::Skipped { .. }) => {}
                 Err(error) => {
-                    tracing::debug!(uid = throttle.uid(), %error, "quota snapshot failed");
+                    tracing::debug!(throttle = throttle.uid(), %error, "quota snapshot failed");
                     quotas.unavailable.push(throttle.uid().to_owned());
                 }
             }

@@ -357,3 +357,30 @@ async fn a_failover_inside_a_retry_policy_serves_while_open() {
     }
     assert_eq!(primary.calls(), calls, "an open breaker keeps requests off the primary");
 }
+
+/// `incidents().fallbacks` counts every decision a fallback served, including those served
+/// while the breaker was open (the primary not called, so no error to go with them).
+#[tokio::test(start_paused = true)]
+async fn every_decision_served_by_the_fallback_is_counted_while_the_breaker_is_open() {
+    let clock = ManualClock::new(0);
+    let breaker = CircuitBreaker::with_clock(
+        BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
+        Arc::new(clock.clone()),
+    );
+    let primary = flaky(u32::MAX);
+    let policy = ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone()));
+    let t = throttle("served-while-open", Arc::clone(&primary), Some(policy));
+    let mut served = 0;
+    for i in 0..200u32 {
+        let who = RequestView::empty().peer(Some(std::net::SocketAddr::from(([192, 0, 2, 10], 1 + (i % 50) as u16))));
+        let d = t.hit(&who).await.unwrap();
+        served += u64::from(d.source == Source::Fallback);
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert_eq!(primary.calls(), 2, "the open breaker spares the primary");
+    assert_eq!(served, 200);
+    let counts = t.incidents();
+    assert_eq!(counts.fallbacks, served, "{counts:?}");
+    // Errors are the primary's failures only; an open circuit's decisions are not errors.
+    assert_eq!(counts.errors, 2, "{counts:?}");
+}

@@ -10,8 +10,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use traffik::strategy::FixedWindow;
-use traffik::{ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik::backend::{BoxFuture, Operation};
+use traffik::strategy::{FixedWindow, Metadata, Verdict};
+use traffik::{Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
 use traffik_property_tests::failing::Failing;
 
 /// Polls an in-memory hit, which never waits.
@@ -176,4 +177,195 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
     };
     assert_eq!(decisions("closed", "throttled", "error_policy"), 1, "{all:?}");
     assert_eq!(decisions("fallback", "allowed", "fallback"), 1, "{all:?}");
+}
+
+/// A backend that fails while `down` is set and otherwise decides in memory.
+#[derive(Debug, Default)]
+struct Switch {
+    down: std::sync::atomic::AtomicBool,
+    inner: InMemoryBackend,
+}
+
+impl Backend for Switch {
+    fn kind(&self) -> &'static str {
+        "switch"
+    }
+    fn namespace(&self) -> &str {
+        "switch"
+    }
+    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(BackendError::command("switch", "down")) });
+        }
+        self.inner.decide(op)
+    }
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        self.inner.stat(op)
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.reset()
+    }
+}
+
+/// One snapshot (the debugging recorder's snapshots drain its counters): every counter, and
+/// the value of the gauge `name` of `throttle` (`None` when it was never set).
+fn drain(snapshotter: &Snapshotter, name: &str, throttle: &str) -> (Vec<Seen>, Option<f64>) {
+    drain_gauge(snapshotter, name, ("throttle", throttle))
+}
+
+#[test]
+fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_all_counted() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use traffik::policy::BreakerConfig;
+    use traffik::{CircuitBreaker, Failover};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(0);
+    let primary = Arc::new(Switch::default());
+    primary.down.store(true, Ordering::SeqCst);
+    let breaker = CircuitBreaker::with_clock(
+        BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
+        Arc::new(clock.clone()),
+    );
+    let t = Throttle::builder()
+        .uid("guarded")
+        .rate("1000/min")
+        .shared_backend(Arc::clone(&primary) as Arc<dyn Backend>)
+        .strategy(FixedWindow)
+        .on_error(ErrorPolicy::failover(Failover::new(InMemoryBackend::new(), breaker.clone())))
+        .build()
+        .unwrap();
+    let req = view([192, 0, 2, 4]);
+    let mut states = Vec::new();
+    let mut all: Vec<Seen> = Vec::new();
+    let mut look = || {
+        let (seen, level) = drain(&snapshotter, "traffik_breaker_state", "guarded");
+        all.extend(seen);
+        states.push(level);
+    };
+    metrics::with_local_recorder(&recorder, || {
+        // Two failures open the circuit; thirty more hits are served by the fallback.
+        for _ in 0..32 {
+            assert_eq!(now(t.hit(&req)).unwrap().source, traffik::Source::Fallback);
+        }
+        look();
+        // The probe after the recovery timeout fails: half-open, then open again.
+        clock.advance(Duration::from_secs(30));
+        let _ = now(t.hit(&req)).unwrap();
+        look();
+        // The next probe succeeds: closed.
+        clock.advance(Duration::from_secs(30));
+        primary.down.store(false, Ordering::SeqCst);
+        assert_eq!(now(t.hit(&req)).unwrap().source, traffik::Source::Backend);
+        look();
+    });
+    assert_eq!(states, [Some(2.0), Some(2.0), Some(0.0)]);
+    // Summed over the snapshots.
+    let total = |name: &str, labels: &[(&str, &str)]| {
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        want.sort();
+        all.iter().filter(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| v).sum::<u64>()
+    };
+    let moved =
+        |from, to| total("traffik_breaker_transitions_total", &[("throttle", "guarded"), ("from", from), ("to", to)]);
+    assert_eq!(
+        [moved("closed", "open"), moved("open", "half_open"), moved("half_open", "open"), moved("half_open", "closed")],
+        [1, 2, 1, 1]
+    );
+    let served =
+        total("traffik_decisions_total", &[("throttle", "guarded"), ("outcome", "allowed"), ("source", "fallback")]);
+    assert_eq!(served, 33);
+    assert_eq!(t.incidents().fallbacks, served, "{:?}", t.incidents());
+}
+
+#[test]
+fn the_in_memory_backend_counts_refusals_at_its_cap_and_gauges_its_keys_on_sweep() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(1_699_999_980_000_000);
+    let backend = InMemoryBackend::builder().namespace("capped").max_keys(2).shards(1).build();
+    let t = Throttle::builder()
+        .uid("capped")
+        .rate("5/min")
+        .backend(backend.clone())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut level = None;
+    let mut all = Vec::new();
+    metrics::with_local_recorder(&recorder, || {
+        for last in 1..=3 {
+            let _ = now(t.hit(&view([198, 51, 100, last]))).unwrap();
+        }
+        // Both keys expire; the new key's incremental sweep removes them.
+        clock.advance(std::time::Duration::from_secs(180));
+        let _ = now(t.hit(&view([198, 51, 100, 4]))).unwrap();
+        backend.sweep();
+        let (seen, gauge) = drain_gauge(&snapshotter, "traffik_memory_keys", ("namespace", "capped"));
+        (all, level) = (seen, gauge);
+    });
+    assert_eq!(backend.refusals(), 1);
+    let count = |name| value(&all, name, &[("namespace", "capped")]);
+    assert_eq!(count("traffik_memory_full_refusals_total"), 1, "{all:?}");
+    assert_eq!(level, Some(1.0), "one live key after the sweep");
+}
+
+/// One snapshot: every counter, and the value of the gauge `name` whose one label is `label`.
+fn drain_gauge(snapshotter: &Snapshotter, name: &str, label: (&str, &str)) -> (Vec<Seen>, Option<f64>) {
+    let mut seen = Vec::new();
+    let mut level = None;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+        labels.sort();
+        match value {
+            DebugValue::Counter(n) => seen.push((key.name().to_owned(), labels, n)),
+            DebugValue::Gauge(g) if key.name() == name && labels == [(label.0.into(), label.1.into())] => {
+                level = Some(g.into_inner());
+            }
+            _ => {}
+        }
+    }
+    (seen, level)
+}
+
+#[test]
+fn awaited_backend_calls_are_timed_by_backend_kind() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let t = Throttle::builder()
+            .uid("timed")
+            .rate("5/min")
+            .backend(Failing::down())
+            .strategy(FixedWindow)
+            .on_error(ErrorPolicy::fallback(InMemoryBackend::new()))
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let _ = now(t.hit(&view([192, 0, 2, 5]))).unwrap();
+        }
+    });
+    let samples: Vec<(String, Vec<f64>)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let DebugValue::Histogram(h) = value else { return None };
+            let key = key.key();
+            assert_eq!(key.name(), "traffik_backend_call_seconds");
+            let labels: Vec<_> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            Some((labels.join(","), h.into_iter().map(|v| v.into_inner()).collect()))
+        })
+        .collect();
+    // The failing primary's calls are awaited (and timed); the in-memory fallback answers
+    // without awaiting.
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(samples[0].0, "backend=down");
+    assert_eq!(samples[0].1.len(), 3, "{samples:?}");
+    assert!(samples[0].1.iter().all(|s| s.is_finite() && *s >= 0.0), "{samples:?}");
 }

@@ -63,7 +63,7 @@ async fn refusals_are_logged_once_at_debug_without_the_client() {
     let (level, fields) = shadow[0];
     assert_eq!(*level, tracing::Level::DEBUG);
     assert!(fields.contains("throttle=\"logged\"") || fields.contains("throttle=logged"), "{fields}");
-    assert!(fields.contains("Throttled"), "{fields}");
+    assert!(fields.contains("outcome=\"throttled\""), "{fields}");
     assert!(!fields.contains("203.0.113"), "no client identity in the event: {fields}");
 
     // Enforced refusals, on the common configuration's shortcut and on the general path (a
@@ -76,7 +76,7 @@ async fn refusals_are_logged_once_at_debug_without_the_client() {
     assert_eq!(refused.len(), 2, "{seen:?}");
     for (level, fields) in refused {
         assert_eq!(*level, tracing::Level::DEBUG);
-        for field in ["throttle=\"logged\"", "strategy=\"fw\"", "backend=\"memory\"", "Throttled"] {
+        for field in ["throttle=\"logged\"", "strategy=\"fw\"", "backend=\"memory\"", "outcome=\"throttled\""] {
             assert!(fields.contains(field), "{field} in {fields}");
         }
         assert!(!fields.contains("203.0.113"), "no client identity in the event: {fields}");

@@ -135,7 +135,8 @@ impl From<IpAddr> for Identity {
 /// `Depot`, a tenant from Poem's extensions):
 ///
 /// ```
-/// use traffik::{Context, Identity, RequestView, SyncFn};
+/// use traffik::{Context, Identity, RequestView};
+/// use traffik::functions::SyncFn;
 /// #[derive(Clone)]
 /// struct User(String);
 /// let by_user = SyncFn(|_req: &RequestView<'_>, ctx: &Context| match ctx.get::<User>() {
@@ -173,7 +174,8 @@ where
 /// from the request and returns a `'static` future.
 ///
 /// ```
-/// use traffik::{AsyncIdentifier, Identity, RequestView};
+/// use traffik::{Identity, RequestView};
+/// use traffik::identity::AsyncIdentifier;
 /// let by_token = AsyncIdentifier(|req: &RequestView<'_>| {
 ///     let token = req.headers().get("x-api-key").map(|v| v.as_bytes().to_vec());
 ///     async move {

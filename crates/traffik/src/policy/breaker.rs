@@ -41,6 +41,35 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The state's name in metrics and logs: `closed`, `open` or `half_open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    /// The state as a gauge reads it: 0 closed, 1 half-open, 2 open.
+    pub fn level(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
+/// A change of a breaker's state, as a call reporting to it made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: BreakerState,
+    pub(crate) to: BreakerState,
+    /// Consecutive failures counted when the circuit opened from closed (0 otherwise).
+    pub(crate) failures: u32,
+}
+
 /// A snapshot of a breaker for health endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakerInfo {
@@ -127,19 +156,24 @@ impl CircuitBreaker {
     /// not until `recovery_timeout` has passed, then as the first probe of the half-open
     /// state; while half-open, only when no other probe is out.
     pub fn allow(&self) -> bool {
+        self.admit().0
+    }
+
+    /// [`allow`](Self::allow), and the transition it made (open → half-open), if any.
+    pub(crate) fn admit(&self) -> (bool, Option<Transition>) {
         if self.inner.fast.load(Ordering::Acquire) == CLOSED {
-            return true;
+            return (true, None);
         }
         let recovery = to_us(self.inner.config.recovery_timeout);
         let now = self.inner.clock.now_us();
         let mut c = self.inner.cell.lock();
         match c.state {
-            BreakerState::Closed => true,
+            BreakerState::Closed => (true, None),
             BreakerState::HalfOpen => match c.probing {
-                Some(since) if now.saturating_sub(since) < recovery => false,
+                Some(since) if now.saturating_sub(since) < recovery => (false, None),
                 _ => {
                     c.probing = Some(now);
-                    true
+                    (true, None)
                 }
             },
             BreakerState::Open => {
@@ -148,9 +182,9 @@ impl CircuitBreaker {
                     c.state = BreakerState::HalfOpen;
                     c.successes = 0;
                     c.probing = Some(now);
-                    true
+                    (true, Some(Transition { from: BreakerState::Open, to: BreakerState::HalfOpen, failures: 0 }))
                 } else {
-                    false
+                    (false, None)
                 }
             }
         }
@@ -158,35 +192,58 @@ impl CircuitBreaker {
 
     /// Records a successful call.
     pub fn record_success(&self) {
+        let _ = self.succeeded();
+    }
+
+    /// [`record_success`](Self::record_success), and the transition it made (half-open →
+    /// closed), if any.
+    #[inline]
+    pub(crate) fn succeeded(&self) -> Option<Transition> {
         if self.inner.fast.load(Ordering::Acquire) == CLOSED && self.inner.streak.load(Ordering::Relaxed) == 0 {
             // Closed with no failure streak: nothing to reset, and no lock taken.
-            return;
+            return None;
         }
+        self.succeeded_slow()
+    }
+
+    #[cold]
+    fn succeeded_slow(&self) -> Option<Transition> {
         let mut c = self.inner.cell.lock();
         match c.state {
             BreakerState::Closed => {
                 c.failures = 0;
                 self.inner.streak.store(0, Ordering::Relaxed);
+                None
             }
             BreakerState::HalfOpen => {
                 c.probing = None;
                 c.successes += 1;
-                if c.successes >= self.inner.config.success_threshold {
-                    c.state = BreakerState::Closed;
-                    c.failures = 0;
-                    c.successes = 0;
-                    self.inner.streak.store(0, Ordering::Relaxed);
-                    self.inner.fast.store(CLOSED, Ordering::Release);
+                if c.successes < self.inner.config.success_threshold {
+                    return None;
                 }
+                c.state = BreakerState::Closed;
+                c.failures = 0;
+                c.successes = 0;
+                self.inner.streak.store(0, Ordering::Relaxed);
+                self.inner.fast.store(CLOSED, Ordering::Release);
+                Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Closed, failures: 0 })
             }
-            BreakerState::Open => {}
+            BreakerState::Open => None,
         }
     }
 
     /// Records a failed call.
     pub fn record_failure(&self) {
+        if let Some(t) = self.failed() {
+            tracing::warn!(from = t.from.name(), to = t.to.name(), failures = t.failures, "circuit breaker opened");
+        }
+    }
+
+    /// [`record_failure`](Self::record_failure), and the transition it made (to open), if any.
+    pub(crate) fn failed(&self) -> Option<Transition> {
         let mut c = self.inner.cell.lock();
-        let open = match c.state {
+        let from = c.state;
+        let open = match from {
             BreakerState::Closed => {
                 c.failures = c.failures.saturating_add(1);
                 self.inner.streak.store(c.failures, Ordering::Relaxed);
@@ -195,15 +252,16 @@ impl CircuitBreaker {
             BreakerState::HalfOpen => true,
             BreakerState::Open => false,
         };
-        if open {
-            c.state = BreakerState::Open;
-            c.opened_at_us = Some(self.inner.clock.now_us());
-            c.successes = 0;
-            c.probing = None;
-            c.times_opened += 1;
-            self.inner.fast.store(NOT_CLOSED, Ordering::Release);
-            tracing::warn!(failures = c.failures, "circuit breaker opened");
+        if !open {
+            return None;
         }
+        c.state = BreakerState::Open;
+        c.opened_at_us = Some(self.inner.clock.now_us());
+        c.successes = 0;
+        c.probing = None;
+        c.times_opened += 1;
+        self.inner.fast.store(NOT_CLOSED, Ordering::Release);
+        Some(Transition { from, to: BreakerState::Open, failures: c.failures })
     }
 
     /// The current state (without moving open → half-open).

@@ -15,7 +15,8 @@ pub struct IncidentCounts {
     pub failed_open: u64,
     /// Requests rejected because of an error.
     pub failed_closed: u64,
-    /// Decisions taken by a fallback backend.
+    /// Decisions taken by a fallback backend: after an error, and while a breaker is open
+    /// (the primary is not called then, so these are not errors).
     pub fallbacks: u64,
     /// Errors returned to the caller.
     pub raised: u64,
@@ -43,8 +44,7 @@ pub(crate) enum Incident {
 }
 
 impl Incident {
-    /// The metric label of this action.
-    #[cfg(feature = "metrics")]
+    /// The metric label and log field of this action.
     pub(super) fn name(self) -> &'static str {
         match self {
             Incident::FailedOpen => "failed_open",
@@ -75,9 +75,15 @@ impl Incidents {
         {
             let total = self.errors.load(Ordering::Relaxed);
             let since = total - self.logged_errors.swap(total, Ordering::Relaxed);
-            tracing::warn!(throttle = uid, errors_since_last_report = since, action = ?what, error = %error,
+            tracing::warn!(throttle = uid, errors_since_last_report = since, action = what.name(), error = %error,
                 "rate limit backend failing");
         }
+    }
+
+    /// Counts a decision a fallback took while the breaker kept the primary out (no error:
+    /// the primary was not called).
+    pub(crate) fn record_open_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn counts(&self) -> IncidentCounts {

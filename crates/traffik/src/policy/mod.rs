@@ -21,6 +21,7 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use breaker::Transition;
 pub use breaker::{BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker};
 pub use incidents::IncidentCounts;
 pub(crate) use incidents::{Incident, Incidents};

@@ -11,9 +11,11 @@ mod shortcut;
 
 pub use builder::ThrottleBuilder;
 pub use config::BackendChoice;
-pub(crate) use config::{Config, ThrottleInner, metric_uid};
+#[cfg(feature = "metrics")]
+pub(crate) use config::metric_uid;
+pub(crate) use config::{Config, ThrottleInner};
 pub use context_backend::{context_backend, with_backend};
-pub(crate) use events::{denial_event, shadow_refusal_event};
+pub(crate) use events::{backend_kind, denial_event, outcome_name, shadow_refusal_event, source_name};
 pub(crate) use prepare::{Prepared, Ready};
 pub(crate) use recovery::{Attempt, Resolved, Single, bounded};
 
@@ -157,15 +159,46 @@ impl Throttle {
             }
         }
         let config = self.inner.config.load();
+        // A span per decision on the general path (the shortcut above has none), with the
+        // decision's outcome and source recorded when it is known.
+        let span = tracing::debug_span!(
+            "traffik.decision",
+            throttle = &*self.inner.uid,
+            strategy = config.strategy.name(),
+            backend = backend_kind(&config.backend),
+            mode = if mode == Mode::Consume { "hit" } else { "check" },
+            outcome = tracing::field::Empty,
+            source = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.general(&config, req, ctx, mode).await;
+        }
+        let decision = tracing::Instrument::instrument(self.general(&config, req, ctx, mode), span.clone()).await;
+        if let Ok(d) = &decision {
+            span.record("outcome", outcome_name(d.outcome));
+            span.record("source", source_name(d.source));
+        }
+        decision
+    }
+
+    /// The general path of a decision: prepare, ask the backend under the error policy,
+    /// conclude.
+    async fn general(
+        &self,
+        config: &Config,
+        req: &RequestView<'_>,
+        ctx: &Context,
+        mode: Mode,
+    ) -> Result<Decision, Error> {
         let prefix = &self.inner.key_prefix;
-        let prepared = match self.prepare_now(&config, prefix, req, ctx) {
+        let prepared = match self.prepare_now(config, prefix, req, ctx) {
             Some(p) => p,
-            None => Box::pin(self.prepare(&config, prefix, req, ctx)).await,
+            None => Box::pin(self.prepare(config, prefix, req, ctx)).await,
         };
         let prepared = match prepared {
             Prepared::Skip(skip) => {
                 if mode == Mode::Consume {
-                    self.count(&config, Outcome::Skipped(skip), Source::None);
+                    self.count(config, Outcome::Skipped(skip), Source::None);
                 }
                 return Ok(Decision::skipped(skip));
             }
@@ -175,7 +208,7 @@ impl Throttle {
         let primary = match &config.backend {
             BackendChoice::Fixed(b) => b,
             BackendChoice::Context => {
-                context_backend = self.backend(&config)?;
+                context_backend = self.backend(config)?;
                 &context_backend
             }
         };
@@ -190,11 +223,11 @@ impl Throttle {
             Some(Ok(v)) => Resolved::Verdict(v, Source::Backend),
             Some(Err(e)) => {
                 let policy = config.policy.as_ref().map_or_else(ErrorPolicy::throttle, ErrorPolicy::clone);
-                Box::pin(self.recover(&policy, &config, primary, &Single(op), req, e)).await?
+                Box::pin(self.recover(&policy, config, primary, &Single(op), req, e)).await?
             }
-            None => Box::pin(self.decide(&config, primary, &Single(op), req)).await?,
+            None => Box::pin(self.decide(config, primary, &Single(op), req)).await?,
         };
-        Ok(self.conclude(&config, prepared, resolved, ctx.is_shadow(), mode))
+        Ok(self.conclude(config, prepared, resolved, ctx.is_shadow(), mode))
     }
 
     /// Whether shadow mode (the throttle's, or `forced` for this hit) lets a verdict of `cost`

@@ -8,12 +8,13 @@ use std::time::Duration;
 use super::Throttle;
 use super::config::{BackendChoice, Config};
 use super::context_backend::context_backend;
+use super::events::breaker_event;
 use super::prepare::Ready;
 use crate::backend::{Backend, BoxFuture, Mode, Operation, SharedBackend};
 use crate::decision::{Decision, Source};
 use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
-use crate::policy::{ErrorPolicy, Failure, Incident, PolicyKind, Recovery};
+use crate::policy::{CircuitBreaker, ErrorPolicy, Failure, Incident, PolicyKind, Recovery, Transition};
 use crate::strategy::Verdict;
 
 impl Throttle {
@@ -63,13 +64,20 @@ impl Throttle {
         };
         let timeout = config.timeout;
         if let Some(breaker) = policy.breaker()
-            && !breaker.allow()
+            && !self.breaker_admits(breaker, primary.kind())
         {
             // Open circuit: the primary is not called at all.
             return Ok(match policy.failover_backend() {
                 Some(fallback) => match attempt.run(fallback.as_ref(), timeout).await {
-                    Ok(v) => Resolved::Verdict(v, Source::Fallback),
-                    Err(_) => Resolved::Throttle(self.fail_wait(config)),
+                    Ok(v) => {
+                        self.inner.incidents.record_open_fallback();
+                        Resolved::Verdict(v, Source::Fallback)
+                    }
+                    Err(e) => {
+                        let now = attempt.first().input.now_us;
+                        self.inner.incidents.record(&self.inner.uid, &e, Incident::FailedClosed, now);
+                        Resolved::Throttle(self.fail_wait(config))
+                    }
                 },
                 None => Resolved::Throttle(policy.open_wait().unwrap_or_else(|| self.fail_wait(config))),
             });
@@ -77,11 +85,29 @@ impl Throttle {
         match attempt.run(primary.as_ref(), timeout).await {
             Ok(v) => {
                 if let Some(b) = policy.breaker() {
-                    b.record_success();
+                    self.breaker_moved(b.succeeded(), primary.kind());
                 }
                 Ok(Resolved::Verdict(v, Source::Backend))
             }
             Err(e) => self.recover(policy, config, primary, attempt, req, e).await,
+        }
+    }
+
+    /// Whether `breaker` lets a call to the primary (of kind `backend`) through; reports the
+    /// transition to half-open that letting a probe through makes.
+    #[inline]
+    fn breaker_admits(&self, breaker: &CircuitBreaker, backend: &'static str) -> bool {
+        let (admitted, moved) = breaker.admit();
+        self.breaker_moved(moved, backend);
+        admitted
+    }
+
+    /// Reports a breaker's transition, if any: the `traffik_breaker_*` metrics and an event
+    /// (`warn` when the circuit opens, `info` otherwise) naming the throttle and the backend.
+    #[inline]
+    fn breaker_moved(&self, moved: Option<Transition>, backend: &'static str) {
+        if let Some(t) = moved {
+            breaker_event(&self.inner.uid, backend, t);
         }
     }
 
@@ -160,7 +186,7 @@ impl Throttle {
                     match again.run(attempt, primary, timeout, deadline, error).await {
                         Ok(v) => {
                             if let Some(b) = then.breaker() {
-                                b.record_success();
+                                self.breaker_moved(b.succeeded(), primary.kind());
                             }
                             return Ok(Resolved::Verdict(v, Source::Backend));
                         }
@@ -178,17 +204,17 @@ impl Throttle {
                     };
                     match again.run(attempt, primary, timeout, deadline, error).await {
                         Ok(v) => {
-                            f.breaker_ref().record_success();
+                            self.breaker_moved(f.breaker_ref().succeeded(), primary.kind());
                             Ok(Resolved::Verdict(v, Source::Backend))
                         }
                         Err(e) => {
-                            f.breaker_ref().record_failure();
+                            self.breaker_moved(f.breaker_ref().failed(), primary.kind());
                             Ok(self.fall_back(f.backend_ref(), attempt, timeout, &e, config).await)
                         }
                     }
                 }
                 PolicyKind::Breaker { breaker, wait } => {
-                    breaker.record_failure();
+                    self.breaker_moved(breaker.failed(), primary.kind());
                     note(&error, Incident::FailedClosed);
                     Ok(Resolved::Throttle(*wait))
                 }
@@ -314,18 +340,24 @@ pub(super) fn time_left(deadline: Option<tokio::time::Instant>, pause: Duration)
     (!whole.is_zero()).then_some(whole)
 }
 
-/// Awaits a backend call for at most `timeout`. Outside a Tokio runtime there is no timer to
+/// Awaits a backend call for at most `timeout`, timing it (feature `metrics`). Outside a Tokio runtime there is no timer to
 /// bound it with (and asking for one would panic), so the call is awaited as is.
 pub(crate) async fn bounded<T>(
     backend: &'static str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, BackendError>>,
 ) -> Result<T, BackendError> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return fut.await;
-    }
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(result) => result,
-        Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
-    }
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
+    let result = if tokio::runtime::Handle::try_current().is_err() {
+        fut.await
+    } else {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout { backend, after: timeout }),
+        }
+    };
+    #[cfg(feature = "metrics")]
+    crate::telemetry::record_backend_call(backend, started.elapsed());
+    result
 }

@@ -352,6 +352,8 @@ impl InMemoryBackend {
             shard.high_water = shard.high_water.max(now);
             shard.sweep();
         }
+        #[cfg(feature = "metrics")]
+        crate::telemetry::set_memory_keys(&self.inner.namespace, self.len());
     }
 
     /// Deletes everything, synchronously.

@@ -269,10 +269,14 @@ impl Shard {
             if self.table.get_bucket(i).is_some_and(|e| e.expires_at() <= now && !spare.contains(&e.key)) {
                 self.remove_bucket(i);
                 inner.evictions.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                crate::telemetry::count_memory_eviction(&inner.namespace);
                 return Ok(());
             }
         }
         inner.refusals.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::telemetry::count_memory_refusal(&inner.namespace);
         Err(BackendError::Full { max_keys: inner.max_keys })
     }
 }
