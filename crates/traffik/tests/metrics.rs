@@ -369,3 +369,44 @@ fn awaited_backend_calls_are_timed_by_backend_kind() {
     assert_eq!(samples[0].1.len(), 3, "{samples:?}");
     assert!(samples[0].1.iter().all(|s| s.is_finite() && *s >= 0.0), "{samples:?}");
 }
+
+/// An expired key replaced at the cap is counted: the counter agrees with the backend's own
+/// `evictions()`. Live keys fill the cap but one, whose client's key expires before the next
+/// client arrives; that newcomer finds the expired key in its incremental sweep (no eviction),
+/// replaces it at the cap (an eviction) or, beyond the bounded scan's reach, is refused; the
+/// scan's starting point moves every round, so a hundred rounds evict many times.
+#[test]
+fn the_in_memory_backend_counts_keys_replaced_at_its_cap() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The start of a day: the long keys' window (a day) outlasts the hundred rounds.
+    let clock = ManualClock::new(1_700_006_400_000_000);
+    let backend = InMemoryBackend::builder().namespace("churn").max_keys(64).shards(1).build();
+    let build = |uid: &str, rate: &str| {
+        Throttle::builder()
+            .uid(uid)
+            .rate(rate)
+            .backend(backend.clone())
+            .strategy(FixedWindow)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (long, short) = (build("long", "5/d"), build("short", "5/min"));
+    let mut all = Vec::new();
+    metrics::with_local_recorder(&recorder, || {
+        for i in 0..63u8 {
+            assert!(now(long.hit(&view([198, 51, 100, i]))).unwrap().is_allowed());
+        }
+        for round in 0..100u8 {
+            // Admitted in its sweep's or the eviction scan's reach, refused (`Full`) beyond it.
+            let _ = now(short.hit(&view([203, 0, 113, round]))).unwrap();
+            clock.advance(std::time::Duration::from_secs(120));
+        }
+        all = drain(&snapshotter, "none", "none").0;
+    });
+    assert_eq!(backend.len(), 64, "the cap is held");
+    assert!(backend.evictions() > 0, "expired keys were replaced at the cap");
+    let counted = value(&all, "traffik_memory_evictions_total", &[("namespace", "churn")]);
+    assert_eq!(counted, backend.evictions(), "{all:?}");
+}
