@@ -333,7 +333,9 @@ impl ThrottleGroup {
     /// The `debug` event of an enforced refusal: the group, the binding member; never the client.
     #[cold]
     #[inline(never)]
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     fn denial_event(&self, decided: &GroupDecision) {
+        #[cfg(feature = "tracing")]
         tracing::debug!(
             throttle = self.inner.uid.as_str(),
             member = decided.binding_member().map(Throttle::uid),

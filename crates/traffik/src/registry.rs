@@ -118,7 +118,10 @@ impl ThrottleRegistry {
                 Ok(Snapshot::Limited(stat)) => quotas.quotas.push(stat),
                 Ok(Snapshot::Skipped { .. }) => {}
                 Err(error) => {
+                    #[cfg(feature = "tracing")]
                     tracing::debug!(throttle = throttle.uid(), %error, "quota snapshot failed");
+                    #[cfg(not(feature = "tracing"))]
+                    let _ = error;
                     quotas.unavailable.push(throttle.uid().to_owned());
                 }
             }

@@ -538,6 +538,7 @@ impl Adaptive {
         }
         i.factor.store(factor.to_bits(), Ordering::Relaxed);
         i.step_ends_us.store(now.saturating_add(i.interval_us), Ordering::Release);
+        #[cfg(feature = "tracing")]
         if factor != before {
             tracing::info!(base = %i.base, from = before, to = factor, overloaded, "adaptive limit moved");
         }

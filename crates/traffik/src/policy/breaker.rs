@@ -234,9 +234,13 @@ impl CircuitBreaker {
 
     /// Records a failed call.
     pub fn record_failure(&self) {
-        if let Some(t) = self.failed() {
+        let transition = self.failed();
+        #[cfg(feature = "tracing")]
+        if let Some(t) = transition {
             tracing::warn!(from = t.from.name(), to = t.to.name(), failures = t.failures, "circuit breaker opened");
         }
+        #[cfg(not(feature = "tracing"))]
+        let _ = transition;
     }
 
     /// [`record_failure`](Self::record_failure), and the transition it made (to open), if any.

@@ -24,6 +24,7 @@ pub struct IncidentCounts {
 
 /// Counters plus once-per-burst logging.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) struct Incidents {
     pub(super) errors: AtomicU64,
     pub(super) failed_open: AtomicU64,
@@ -45,6 +46,7 @@ pub(crate) enum Incident {
 
 impl Incident {
     /// The metric label and log field of this action.
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
     pub(super) fn name(self) -> &'static str {
         match self {
             Incident::FailedOpen => "failed_open",
@@ -69,7 +71,11 @@ impl Incidents {
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         crate::telemetry::count_backend_error(uid, error, what.name());
+        #[cfg(not(feature = "tracing"))]
+        let _ = (uid, error, now_us);
+        #[cfg(feature = "tracing")]
         let last = self.last_log_us.load(Ordering::Relaxed);
+        #[cfg(feature = "tracing")]
         if now_us.saturating_sub(last) >= 1_000_000
             && self.last_log_us.compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {

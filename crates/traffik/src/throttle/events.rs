@@ -3,6 +3,9 @@
 //! never the client. Field names and values follow one scheme across events, spans and metric
 //! labels (see the `telemetry` module docs).
 
+// Without the `tracing` feature the events compile to nothing, and so do their helpers.
+#![cfg_attr(not(feature = "tracing"), allow(dead_code, unused_imports))]
+
 use std::time::Duration;
 
 use super::config::{BackendChoice, Config};
@@ -47,7 +50,9 @@ pub(crate) fn source_name(source: Source) -> &'static str {
 /// never the client.
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn denial_event(uid: &str, config: &Config, outcome: Outcome, source: Source, cost: u64, wait: Duration) {
+    #[cfg(feature = "tracing")]
     tracing::debug!(
         throttle = uid,
         strategy = config.strategy.name(),
@@ -63,11 +68,12 @@ pub(crate) fn denial_event(uid: &str, config: &Config, outcome: Outcome, source:
 /// The `debug` event of a refusal that shadow mode let through (a throttle's or a group's):
 /// names the throttle, never the client.
 #[cold]
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait: Duration) {
-    let outcome = if kind == VerdictKind::Never { Outcome::Never } else { Outcome::Throttled };
+    #[cfg(feature = "tracing")]
     tracing::debug!(
         throttle = uid,
-        outcome = outcome_name(outcome),
+        outcome = outcome_name(if kind == VerdictKind::Never { Outcome::Never } else { Outcome::Throttled }),
         cost,
         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "shadow mode let a refused request through"
@@ -79,10 +85,13 @@ pub(crate) fn shadow_refusal_event(uid: &str, kind: VerdictKind, cost: u64, wait
 /// with the throttle and the backend.
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn breaker_event(uid: &str, backend: &'static str, t: Transition) {
     #[cfg(feature = "metrics")]
     crate::telemetry::count_breaker_transition(uid, t.from, t.to);
+    #[cfg(feature = "tracing")]
     let (from, to) = (t.from.name(), t.to.name());
+    #[cfg(feature = "tracing")]
     if t.to == BreakerState::Open {
         tracing::warn!(throttle = uid, backend, from, to, failures = t.failures, "circuit breaker opened");
     } else {

@@ -15,6 +15,7 @@ pub use config::BackendChoice;
 pub(crate) use config::metric_uid;
 pub(crate) use config::{Config, ThrottleInner};
 pub use context_backend::{context_backend, with_backend};
+#[cfg_attr(not(feature = "tracing"), allow(unused_imports))]
 pub(crate) use events::{backend_kind, denial_event, outcome_name, shadow_refusal_event, source_name};
 pub(crate) use prepare::{Prepared, Ready};
 pub(crate) use recovery::{Attempt, Resolved, Single, bounded};
@@ -159,26 +160,31 @@ impl Throttle {
             }
         }
         let config = self.inner.config.load();
+        #[cfg(not(feature = "tracing"))]
+        return self.general(&config, req, ctx, mode).await;
         // A span per decision on the general path (the shortcut above has none), with the
         // decision's outcome and source recorded when it is known.
-        let span = tracing::debug_span!(
-            "traffik.decision",
-            throttle = &*self.inner.uid,
-            strategy = config.strategy.name(),
-            backend = backend_kind(&config.backend),
-            mode = if mode == Mode::Consume { "hit" } else { "check" },
-            outcome = tracing::field::Empty,
-            source = tracing::field::Empty,
-        );
-        if span.is_disabled() {
-            return self.general(&config, req, ctx, mode).await;
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::debug_span!(
+                "traffik.decision",
+                throttle = &*self.inner.uid,
+                strategy = config.strategy.name(),
+                backend = backend_kind(&config.backend),
+                mode = if mode == Mode::Consume { "hit" } else { "check" },
+                outcome = tracing::field::Empty,
+                source = tracing::field::Empty,
+            );
+            if span.is_disabled() {
+                return self.general(&config, req, ctx, mode).await;
+            }
+            let decision = tracing::Instrument::instrument(self.general(&config, req, ctx, mode), span.clone()).await;
+            if let Ok(d) = &decision {
+                span.record("outcome", outcome_name(d.outcome));
+                span.record("source", source_name(d.source));
+            }
+            decision
         }
-        let decision = tracing::Instrument::instrument(self.general(&config, req, ctx, mode), span.clone()).await;
-        if let Ok(d) = &decision {
-            span.record("outcome", outcome_name(d.outcome));
-            span.record("source", source_name(d.source));
-        }
-        decision
     }
 
     /// The general path of a decision: prepare, ask the backend under the error policy,
