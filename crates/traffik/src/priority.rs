@@ -46,13 +46,11 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::Rate;
-use crate::backend::BoxFuture;
 use crate::context::Context;
-use crate::functions::{RateFn, RateSource};
+use crate::functions::RateSource;
 use crate::identity::RequestView;
+use crate::sources::{Resolver, Tiers};
 pub use crate::strategy::Reserved;
-
-type Resolver<K> = dyn Fn(&RequestView<'_>, &Context) -> Option<K> + Send + Sync;
 
 /// The capacity a level keeps for itself and the levels above it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,11 +122,10 @@ pub struct Priorities<K> {
 }
 
 struct Inner<K> {
-    resolve: Arc<Resolver<K>>,
     base: Rate,
-    /// Level -> its ceiling's rate (limit = ceiling, period = the base's).
-    rates: HashMap<K, Rate>,
-    default: Rate,
+    /// Each level as a tier whose rate is its ceiling (limit = ceiling, period = the base's):
+    /// choosing a level's rate per hit is what tiers already do.
+    levels: Arc<Tiers<K>>,
 }
 
 impl<K> Clone for Priorities<K> {
@@ -141,8 +138,7 @@ impl<K: fmt::Debug> fmt::Debug for Priorities<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Priorities")
             .field("base", &self.inner.base)
-            .field("rates", &self.inner.rates)
-            .field("default", &self.inner.default)
+            .field("levels", &self.inner.levels)
             .finish_non_exhaustive()
     }
 }
@@ -172,17 +168,17 @@ where
 
     /// The ceiling of `level`: the base limit less the reserves of the levels above it.
     pub fn ceiling_of(&self, level: &K) -> Option<u64> {
-        self.inner.rates.get(level).map(Rate::limit)
+        self.inner.levels.rate_of(level).map(|r| r.limit())
     }
 
     /// The rate a hit of `level` is decided under (limit: its ceiling; period: the base's).
     pub fn rate_of(&self, level: &K) -> Option<Rate> {
-        self.inner.rates.get(level).copied()
+        self.inner.levels.rate_of(level)
     }
 
     /// The rate for one hit: its level's, or the default level's.
     pub fn rate_for(&self, req: &RequestView<'_>, ctx: &Context) -> Rate {
-        (self.inner.resolve)(req, ctx).and_then(|l| self.inner.rates.get(&l).copied()).unwrap_or(self.inner.default)
+        self.inner.levels.rate_for(req, ctx)
     }
 }
 
@@ -271,21 +267,8 @@ where
             let level = self.default.map(|d| format!("{d:?}")).unwrap_or_default();
             return Err(PriorityError::UnknownDefault { level });
         };
-        Ok(Priorities { inner: Arc::new(Inner { resolve: self.resolve, base: self.base, rates, default }) })
-    }
-}
-
-impl<K> RateFn for Priorities<K>
-where
-    K: Eq + Hash + fmt::Debug + Send + Sync + 'static,
-{
-    fn rate<'a>(&'a self, req: &'a RequestView<'a>, ctx: &'a Context) -> BoxFuture<'a, Rate> {
-        let rate = self.rate_for(req, ctx);
-        Box::pin(async move { rate })
-    }
-
-    fn rate_now(&self, req: &RequestView<'_>, ctx: &Context) -> Option<Rate> {
-        Some(self.rate_for(req, ctx))
+        let levels = Arc::new(Tiers::from_parts(self.resolve, rates, default));
+        Ok(Priorities { inner: Arc::new(Inner { base: self.base, levels }) })
     }
 }
 
@@ -294,7 +277,7 @@ where
     K: Eq + Hash + fmt::Debug + Send + Sync + 'static,
 {
     fn from(p: Priorities<K>) -> Self {
-        RateSource::Dynamic(Arc::new(p))
+        RateSource::Dynamic(Arc::clone(&p.inner.levels) as Arc<dyn crate::functions::RateFn>)
     }
 }
 

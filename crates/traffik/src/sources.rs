@@ -20,7 +20,7 @@ use crate::functions::{RateFn, RateSource};
 use crate::identity::RequestView;
 use futures_core::future::BoxFuture;
 
-type Resolver<K> = dyn Fn(&RequestView<'_>, &Context) -> Option<K> + Send + Sync;
+pub(crate) type Resolver<K> = dyn Fn(&RequestView<'_>, &Context) -> Option<K> + Send + Sync;
 
 /// A rate per tier. The tier of a hit comes from a resolver over the request and its
 /// [`Context`] (never from the storage key, so no path or identity a client sends can pick a
@@ -87,6 +87,11 @@ where
     /// The rate for one hit.
     pub fn rate_for(&self, req: &RequestView<'_>, ctx: &Context) -> Rate {
         (self.resolve)(req, ctx).and_then(|tier| self.rates.get(&tier).copied()).unwrap_or(self.default)
+    }
+
+    /// Tiers already checked by another builder (the priority levels' ceilings).
+    pub(crate) fn from_parts(resolve: Arc<Resolver<K>>, rates: HashMap<K, Rate>, default: Rate) -> Tiers<K> {
+        Tiers { resolve, rates, default }
     }
 }
 
