@@ -50,7 +50,9 @@ fn main() -> Result<(), traffik::Error> {
     ] {
         let view = RequestView::empty().peer(Some(([192, 0, 2, who.len() as u8], 1000).into()));
         let admitted = (0..20).filter(|_| now_or_never(per_plan.hit_with(&view, &ctx)).unwrap().is_allowed()).count();
-        println!("{who:>9}: {admitted} of 20 admitted this minute");
+        let stat = now_or_never(per_plan.stat_with(&view, &ctx))?.into_limited();
+        let tier = stat.map(|s| s.metadata["source"].to_string()).unwrap_or_default();
+        println!("{who:>9}: {admitted} of 20 admitted this minute; stat says {tier}");
     }
 
     // Office hours in New York get a lower rate than the night.
@@ -71,5 +73,14 @@ fn main() -> Result<(), traffik::Error> {
         clock.advance(std::time::Duration::from_secs(1));
         println!("adaptive after {second} s: {} (factor {:.2})", adaptive.rate(), adaptive.factor());
     }
+
+    // The same controller fed by observed responses (what the Poem and Salvo `ObserveLoad`
+    // middleware do per request): 1 of 4 responses failed, above a share of 0.2.
+    let observed = Adaptive::builder(rate!("100/s")).max_error_share(0.2)?.clock(clock.clone()).build();
+    for status in [200, 200, 503, 200] {
+        observed.begin().finish(status);
+    }
+    clock.advance(std::time::Duration::from_secs(1));
+    println!("observed after 1 of 4 failed: {} (factor {:.2})", observed.rate(), observed.factor());
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::Rate;
 use crate::context::Context;
 use crate::identity::{Identifier, Identity, RequestView};
+use crate::strategy::Metadata;
 use futures_core::future::BoxFuture;
 
 /// Computes the cost of a hit from the request and context.
@@ -25,6 +26,13 @@ pub trait RateFn: Send + Sync + 'static {
     /// The rate without awaiting, when possible.
     fn rate_now(&self, _req: &RequestView<'_>, _ctx: &Context) -> Option<Rate> {
         None
+    }
+
+    /// What the source knows about one hit's rate, for `stat` snapshots: the tier it picked,
+    /// the factor in force, the window open now. [`Throttle::stat`](crate::Throttle::stat)
+    /// puts a non-empty answer under `metadata.source`. Nothing by default.
+    fn describe(&self, _req: &RequestView<'_>, _ctx: &Context) -> Metadata {
+        Metadata::new()
     }
 }
 

@@ -267,7 +267,8 @@ where
             let level = self.default.map(|d| format!("{d:?}")).unwrap_or_default();
             return Err(PriorityError::UnknownDefault { level });
         };
-        let levels = Arc::new(Tiers::from_parts(self.resolve, rates, default));
+        let default_name = self.default.map(|d| format!("{d:?}")).unwrap_or_default();
+        let levels = Arc::new(Tiers::priority_levels(self.resolve, rates, default, default_name));
         Ok(Priorities { inner: Arc::new(Inner { base: self.base, levels }) })
     }
 }

@@ -180,3 +180,105 @@ fn bad_parameters_are_typed_errors() {
     }
     assert!(base().floor(1.0).is_ok() && base().increase(0.0).is_ok());
 }
+
+fn observed(clock: &ManualClock) -> Adaptive {
+    Adaptive::builder(rate!("100/min"))
+        .clock(clock.clone())
+        .latency_target(Duration::from_millis(100))
+        .max_slow_share(0.25)
+        .unwrap()
+        .max_error_share(0.5)
+        .unwrap()
+        .build()
+}
+
+/// Scripted responses: a step is judged by the share of slow responses (latency measured on
+/// the limit's clock) against `max_slow_share`.
+#[test]
+fn observed_latency_cuts_when_too_many_responses_are_slow() {
+    let clock = ManualClock::new(0);
+    let a = observed(&clock);
+    let respond = |millis: u64, status: u16| {
+        let seen = a.begin();
+        clock.advance(Duration::from_millis(millis));
+        seen.finish(status);
+    };
+    // 1 slow of 4 is 25%: not more than the share allowed.
+    for millis in [10, 20, 30, 300] {
+        respond(millis, 200);
+    }
+    clock.set_us(1_000_000);
+    assert_eq!(limit(&a), 100, "1 of 4 slow is within the share");
+    // 2 slow of 4: overloaded.
+    for millis in [10, 20, 150, 300] {
+        respond(millis, 200);
+    }
+    clock.set_us(2_000_000);
+    assert_eq!(limit(&a), 50, "2 of 4 slow cut the limit");
+    // A step with no response at all is calm.
+    clock.set_us(3_000_000);
+    assert_eq!(limit(&a), 55);
+}
+
+/// Failed responses (5xx, or an observation dropped unfinished: a timeout or a cancelled
+/// handler) are judged against `max_error_share`.
+#[test]
+fn observed_failures_and_abandoned_handlers_cut_past_the_error_share() {
+    let clock = ManualClock::new(0);
+    let a = observed(&clock);
+    a.begin().finish(200);
+    a.begin().finish(503);
+    clock.set_us(1_000_000);
+    assert_eq!(limit(&a), 100, "1 of 2 failed is within the share of 0.5");
+    a.begin().finish(200);
+    a.begin().finish(500);
+    drop(a.begin());
+    clock.set_us(2_000_000);
+    assert_eq!(limit(&a), 50, "a dropped observation counts as failed: 2 of 3");
+    // 4xx answers are the client's fault, not load.
+    for _ in 0..10 {
+        a.begin().finish(429);
+    }
+    clock.set_us(3_000_000);
+    assert_eq!(limit(&a), 55);
+}
+
+/// Without a latency target or an error share, responses are counted but judge nothing.
+#[test]
+fn observed_responses_judge_nothing_unless_asked() {
+    let clock = ManualClock::new(0);
+    let a = Adaptive::builder(rate!("100/min")).clock(clock.clone()).build();
+    let seen = a.begin();
+    clock.advance(Duration::from_secs(30));
+    seen.finish(500);
+    drop(a.begin());
+    clock.set_us(31_000_000);
+    assert_eq!(limit(&a), 100);
+    let bad = Adaptive::builder(rate!("1/s")).max_error_share(1.0);
+    assert!(matches!(bad, Err(Error::Config(ConfigError::OutOfRange { .. }))), "{bad:?}");
+    let bad = Adaptive::builder(rate!("1/s")).max_slow_share(f64::NAN);
+    assert!(matches!(bad, Err(Error::Config(ConfigError::OutOfRange { .. }))), "{bad:?}");
+}
+
+/// `stat` shows the factor in force, the base limit and the limit it gives.
+#[test]
+fn stat_shows_the_factor_in_force() {
+    let clock = ManualClock::new(0);
+    let a = adaptive(&clock);
+    let t = Throttle::builder()
+        .uid("adaptive-stat")
+        .rate_source(a.clone().into())
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    a.signal(Load::Overloaded);
+    clock.advance(SECOND);
+    let stat = now_or_never(t.stat(&RequestView::empty())).unwrap().into_limited().unwrap();
+    assert_eq!(stat.limit, 50);
+    assert_eq!(
+        stat.metadata["source"],
+        serde_json::json!({"kind": "adaptive", "factor": 0.5, "base_limit": 100, "limit": 50})
+    );
+}

@@ -85,6 +85,15 @@ fn the_level_comes_from_a_header_and_an_unknown_one_gets_the_default() {
     assert_eq!(hits(Some("urgent"), 4), 4);
     assert_eq!(hits(None, 10), 2);
     assert_eq!(hits(Some("high"), 10), 4);
+    // `stat` names the level a request falls in.
+    let level = |value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-priority", value.parse().unwrap());
+        let req = RequestView::new(&Method::GET, &uri, &headers).peer(peer());
+        now_or_never(t.stat(&req)).unwrap().into_limited().unwrap().metadata["source"].clone()
+    };
+    assert_eq!(level("high"), serde_json::json!({"kind": "priorities", "level": "\"high\"", "default": false}));
+    assert_eq!(level("urgent"), serde_json::json!({"kind": "priorities", "level": "\"low\"", "default": true}));
     let err = Priorities::builder(rate!("10/min"), |_: &RequestView<'_>, _: &Context| None::<u8>)
         .level(1, Reserve::Percent(150))
         .level(2, Reserve::None)

@@ -131,3 +131,23 @@ fn a_throttle_follows_its_schedule() {
     clock.set_us(clock.now_us() + 60_000_000); // 17:00
     assert_eq!(admitted(), 5, "evening");
 }
+
+/// `stat` names the window in force (local time), or none outside every window.
+#[test]
+fn stat_names_the_window_in_force() {
+    let clock = ManualClock::new(us(1_796_317_140)); // 16:59 UTC
+    let schedule = Schedule::builder(rate!("5/min")).window("09:00", "17:00", rate!("2/min")).unwrap();
+    let throttle = Throttle::builder()
+        .uid("schedule-stat")
+        .rate_source(schedule.clock(clock.clone()).build().into())
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let view = RequestView::empty();
+    let source = || now_or_never(throttle.stat(&view)).unwrap().into_limited().unwrap().metadata["source"].clone();
+    assert_eq!(source(), serde_json::json!({"kind": "schedule", "window": "09:00-17:00"}));
+    clock.set_us(clock.now_us() + 60_000_000); // 17:00
+    assert_eq!(source(), serde_json::json!({"kind": "schedule", "window": null}));
+}

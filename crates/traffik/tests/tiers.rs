@@ -103,3 +103,20 @@ fn bad_tier_sets_are_typed_errors() {
         Tiers::builder(resolve).tier("free", rate!("2/min")).tier("free", rate!("3/min")).default_tier("free").build();
     assert!(matches!(twice, Err(Error::Config(ConfigError::DuplicateTier { .. }))), "{twice:?}");
 }
+
+/// `stat` names the tier a request falls in, and says when it got the default tier's rate.
+#[test]
+fn stat_names_the_tier_and_whether_it_was_the_default() {
+    let t = throttle();
+    let view = RequestView::empty().peer(peer(30));
+    let source = |ctx: &Context| {
+        let stat = now_or_never(t.stat_with(&view, ctx)).unwrap().into_limited().unwrap();
+        (stat.limit, stat.metadata["source"].clone())
+    };
+    let (limit, pro) = source(&Context::new().with(Plan("pro")));
+    assert_eq!(limit, 5);
+    assert_eq!(pro, serde_json::json!({"kind": "tiers", "tier": "\"pro\"", "default": false}));
+    let (limit, unknown) = source(&Context::new().with(Plan("platinum")));
+    assert_eq!(limit, 2);
+    assert_eq!(unknown, serde_json::json!({"kind": "tiers", "tier": "\"free\"", "default": true}));
+}

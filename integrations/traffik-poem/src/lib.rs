@@ -90,6 +90,7 @@
 
 mod global;
 mod group;
+mod load;
 mod middleware;
 mod quotas;
 mod response;
@@ -99,6 +100,7 @@ mod ws;
 
 pub use global::{MiddlewareThrottle, ThrottleMiddleware, ThrottleMiddlewareEndpoint};
 pub use group::{GroupEndpoint, GroupExt, PoemGroup};
+pub use load::{ObserveLoad, ObserveLoadEndpoint};
 pub use middleware::{
     PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions, enforce, hit,
     is_throttled, record,

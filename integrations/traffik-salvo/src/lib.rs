@@ -120,6 +120,7 @@
 mod depot;
 mod group;
 mod hoop;
+mod load;
 mod middleware;
 mod quotas;
 mod view;
@@ -129,6 +130,7 @@ mod ws;
 pub use depot::{DepotExt, ThrottleRecord, ThrottleRecords};
 pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
+pub use load::ObserveLoad;
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
 pub use quotas::QuotasHandler;
 #[cfg(feature = "websocket")]

@@ -29,6 +29,7 @@ use crate::clock::us;
 use crate::context::Context;
 use crate::decision::{Decision, Outcome, Source};
 use crate::error::Error;
+use crate::functions::RateSource;
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::ErrorPolicy;
@@ -137,7 +138,14 @@ impl Throttle {
             Some(answer) => answer,
             None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
         };
-        let (verdict, metadata) = answer.map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
+        let (verdict, mut metadata) =
+            answer.map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
+        if let RateSource::Dynamic(source) = &config.rate {
+            let described = source.describe(req, ctx);
+            if !described.is_empty() {
+                metadata.insert("source".into(), described.into());
+            }
+        }
         let (uid, strategy) = (self.uid(), &config.strategy);
         Ok(Snapshot::Limited(Stat::from_peek(uid, strategy, prepared.key, &prepared.input, verdict, metadata)))
     }
