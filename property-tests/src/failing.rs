@@ -1,15 +1,16 @@
 //! Backends that fail on purpose, for testing what a throttle, an integration or an error
 //! policy does when storage is down: one type instead of a hand-written copy per test file.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use traffik::backend::{BoxFuture, Operation};
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{Backend, BackendError, InMemoryBackend};
 
 /// A backend that fails: every call ([`Failing::down`]), its first `n` decisions
-/// ([`Failing::first`], then it decides in memory), or by never answering
-/// ([`Failing::hanging`], for timeouts). Counts the decisions asked of it.
+/// ([`Failing::first`], then it decides in memory), by never answering ([`Failing::hanging`],
+/// for timeouts), or while switched off ([`Failing::switch`] and [`Failing::set_down`], for
+/// outages that end). Counts the decisions asked of it.
 #[derive(Debug)]
 pub struct Failing {
     kind: &'static str,
@@ -18,12 +19,15 @@ pub struct Failing {
     calls: AtomicU32,
     fail_first: u32,
     hang: bool,
+    /// Decisions fail while set (a [`Failing::switch`] backend).
+    switched_off: AtomicBool,
     inner: InMemoryBackend,
 }
 
 impl Failing {
     fn with(kind: &'static str, down: bool, fail_first: u32, hang: bool) -> Self {
-        Failing { kind, down, calls: AtomicU32::new(0), fail_first, hang, inner: InMemoryBackend::new() }
+        let switched_off = AtomicBool::new(false);
+        Failing { kind, down, calls: AtomicU32::new(0), fail_first, hang, switched_off, inner: InMemoryBackend::new() }
     }
 
     /// Always down: every decision, snapshot and reset fails with a command error. Its kind
@@ -44,6 +48,18 @@ impl Failing {
         Failing::with("flaky", false, 0, true)
     }
 
+    /// Decides in memory until [`set_down`](Self::set_down)`(true)`, then fails its decisions
+    /// with a command error until `set_down(false)`; snapshots and resets always work. Its kind
+    /// is `"switch"`.
+    pub fn switch() -> Self {
+        Failing::with("switch", false, 0, false)
+    }
+
+    /// Switches the outage on or off (any kind; a [`Failing::down`] backend stays down).
+    pub fn set_down(&self, down: bool) {
+        self.switched_off.store(down, Ordering::SeqCst);
+    }
+
     /// Decisions asked of it so far.
     pub fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
@@ -52,6 +68,8 @@ impl Failing {
     fn error(&self) -> BackendError {
         if self.down {
             BackendError::command(self.kind, "always down")
+        } else if self.switched_off.load(Ordering::SeqCst) {
+            BackendError::command(self.kind, "switched off")
         } else {
             BackendError::Connection { backend: self.kind, message: "connection refused".into(), source: None }
         }
@@ -73,7 +91,7 @@ impl Backend for Failing {
             if self.hang {
                 std::future::pending::<()>().await;
             }
-            if n < self.fail_first {
+            if n < self.fail_first || self.switched_off.load(Ordering::SeqCst) {
                 return Err(self.error());
             }
             self.inner.decide(op).await

@@ -10,9 +10,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use traffik::backend::{BoxFuture, Operation};
-use traffik::strategy::{FixedWindow, Metadata, Verdict};
-use traffik::{Backend, BackendError, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik::strategy::FixedWindow;
+use traffik::{Backend, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
 use traffik_property_tests::failing::Failing;
 
 /// Polls an in-memory hit, which never waits.
@@ -179,34 +178,6 @@ fn backend_errors_are_counted_by_backend_kind_and_action_and_fallbacks_by_source
     assert_eq!(decisions("fallback", "allowed", "fallback"), 1, "{all:?}");
 }
 
-/// A backend that fails while `down` is set and otherwise decides in memory.
-#[derive(Debug, Default)]
-struct Switch {
-    down: std::sync::atomic::AtomicBool,
-    inner: InMemoryBackend,
-}
-
-impl Backend for Switch {
-    fn kind(&self) -> &'static str {
-        "switch"
-    }
-    fn namespace(&self) -> &str {
-        "switch"
-    }
-    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Box::pin(async { Err(BackendError::command("switch", "down")) });
-        }
-        self.inner.decide(op)
-    }
-    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        self.inner.stat(op)
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.reset()
-    }
-}
-
 /// One snapshot (the debugging recorder's snapshots drain its counters): every counter, and
 /// the value of the gauge `name` of `throttle` (`None` when it was never set).
 fn drain(snapshotter: &Snapshotter, name: &str, throttle: &str) -> (Vec<Seen>, Option<f64>) {
@@ -216,7 +187,6 @@ fn drain(snapshotter: &Snapshotter, name: &str, throttle: &str) -> (Vec<Seen>, O
 #[test]
 fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_all_counted() {
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
     use std::time::Duration;
     use traffik::policy::BreakerConfig;
     use traffik::{CircuitBreaker, Failover};
@@ -224,8 +194,8 @@ fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_a
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let clock = ManualClock::new(0);
-    let primary = Arc::new(Switch::default());
-    primary.down.store(true, Ordering::SeqCst);
+    let primary = Arc::new(Failing::switch());
+    primary.set_down(true);
     let breaker = CircuitBreaker::with_clock(
         BreakerConfig { failure_threshold: 2, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock.clone()),
@@ -258,7 +228,7 @@ fn breaker_transitions_are_counted_and_its_state_gauged_and_fallback_decisions_a
         look();
         // The next probe succeeds: closed.
         clock.advance(Duration::from_secs(30));
-        primary.down.store(false, Ordering::SeqCst);
+        primary.set_down(false);
         assert_eq!(now(t.hit(&req)).unwrap().source, traffik::Source::Backend);
         look();
     });

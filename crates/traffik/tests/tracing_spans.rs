@@ -6,16 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use traffik::backend::{BoxFuture, Operation};
 use traffik::policy::BreakerConfig;
-use traffik::strategy::{FixedWindow, Metadata, Verdict};
-use traffik::{
-    Backend, BackendError, CircuitBreaker, Context, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle,
-};
+use traffik::strategy::FixedWindow;
+use traffik::{Backend, CircuitBreaker, Context, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle};
+use traffik_property_tests::failing::Failing;
 
 /// What one thread's subscriber saw: spans (name and `name=value` fields, recorded ones
 /// appended) and events (level and fields).
@@ -60,34 +57,6 @@ impl tracing::Subscriber for Seen {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-/// A backend that fails while `down` is set and otherwise decides in memory.
-#[derive(Debug, Default)]
-struct Switch {
-    down: std::sync::atomic::AtomicBool,
-    inner: InMemoryBackend,
-}
-
-impl Backend for Switch {
-    fn kind(&self) -> &'static str {
-        "switch"
-    }
-    fn namespace(&self) -> &str {
-        "switch"
-    }
-    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(BackendError::command("switch", "down")) });
-        }
-        self.inner.decide(op)
-    }
-    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        self.inner.stat(op)
-    }
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.reset()
-    }
-}
-
 #[tokio::test]
 async fn general_path_decisions_have_a_span_and_breaker_transitions_an_event() {
     let seen = Seen::default();
@@ -129,8 +98,8 @@ async fn general_path_decisions_have_a_span_and_breaker_transitions_an_event() {
         BreakerConfig { failure_threshold: 1, recovery_timeout: Duration::from_secs(30), success_threshold: 1 },
         Arc::new(clock.clone()),
     );
-    let primary = Arc::new(Switch::default());
-    primary.down.store(true, Ordering::SeqCst);
+    let primary = Arc::new(Failing::switch());
+    primary.set_down(true);
     let guarded = Throttle::builder()
         .uid("guarded")
         .rate("100/min")
@@ -141,7 +110,7 @@ async fn general_path_decisions_have_a_span_and_breaker_transitions_an_event() {
         .unwrap();
     assert!(guarded.hit(&req).await.unwrap().is_refused());
     clock.advance(Duration::from_secs(30));
-    primary.down.store(false, Ordering::SeqCst);
+    primary.set_down(false);
     assert!(guarded.hit(&req).await.unwrap().is_allowed());
     let events = seen.events.lock().unwrap().clone();
     let moves: Vec<_> = events.iter().filter(|(_, f)| f.contains("circuit breaker")).collect();
