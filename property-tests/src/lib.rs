@@ -47,6 +47,7 @@ pub mod failing;
 pub mod faults;
 pub mod groups;
 pub mod priority;
+pub mod processes;
 pub mod rate_change;
 pub mod refunds;
 pub mod stats;
