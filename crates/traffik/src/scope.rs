@@ -187,7 +187,6 @@ impl std::fmt::Display for ScopeState {
 
 /// What [`Scope::add`] did with a cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
 pub enum Queued {
     /// Queued as a new entry.
     Added,
@@ -283,7 +282,7 @@ pub enum ScopeError {
     #[error("the scope is {0}")]
     Closed(ScopeState),
     /// The scope was refused: nothing was charged (the scope stays open).
-    #[error("the scope was refused ({outcome:?}, wait {wait:?})", outcome = .0.outcome, wait = .0.wait)]
+    #[error("{}", refused(.0))]
     Refused(Box<ScopeDecision>),
     /// The backend failed on every attempt: nothing was charged (the scope stays open).
     #[error("the scope's backend failed after {attempts} attempt(s): {source}")]
@@ -308,6 +307,15 @@ pub enum ScopeError {
     /// is in scope).
     #[error(transparent)]
     Throttle(#[from] Error),
+}
+
+/// The message of [`ScopeError::Refused`].
+fn refused(d: &ScopeDecision) -> String {
+    let by = d.binding_charge().map_or("a throttle", |c| c.throttle.as_str());
+    match d.retry_after_secs() {
+        Some(secs) => format!("the scope was refused by `{by}`: retry after {secs} s"),
+        None => format!("the scope was refused by `{by}`: its cost can never fit"),
+    }
 }
 
 impl ScopeError {

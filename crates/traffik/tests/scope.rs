@@ -125,7 +125,9 @@ async fn a_refusal_by_one_throttle_changes_no_throttle() {
     assert_eq!(refusal.outcome, Outcome::Throttled);
     assert_eq!(refusal.binding_charge().map(|c| c.throttle.as_str()), Some("tight"));
     assert!(refusal.wait > Duration::ZERO && refusal.wait <= Duration::from_secs(60));
-    assert_eq!(refusal.retry_after_secs(), Some(refusal.wait.as_micros().div_ceil(1_000_000) as u64));
+    let secs = refusal.wait.as_micros().div_ceil(1_000_000) as u64;
+    assert_eq!(refusal.retry_after_secs(), Some(secs));
+    assert_eq!(err.to_string(), format!("the scope was refused by `tight`: retry after {secs} s"));
     // Neither throttle was charged, and the scope stays open.
     assert_eq!((used(&loose, &req).await, used(&tight, &req).await), (0, 2));
     assert_eq!(scope.state(), ScopeState::Open);
