@@ -10,10 +10,12 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use traffik::SharedBackend;
 use traffik::scope::{Applied, ScopeState};
 use traffik::strategy::{FixedWindow, Gcra, SlidingWindowLog, TokenBucket};
 use traffik::{Context, ManualClock, RequestView, Scope, Snapshot, StrategyHandle, Throttle};
 use traffik_memcached::MemcachedBackend;
+use traffik_property_tests::{SuiteConfig, check_scopes};
 
 const T0: u64 = 1_700_000_000_000_000;
 
@@ -144,4 +146,11 @@ fn concurrent_scopes_never_over_admit() {
         // Every compensation is done once the applies have returned.
         assert_eq!((used(&tight, &view(3)).await, used(&loose, &view(3)).await), (10, 5));
     });
+}
+
+#[test]
+fn scopes_agree_with_the_model_on_memcached() {
+    let server = common::memcached_server();
+    let make = || Arc::new(backend(&server.addr, "scope-prop")) as SharedBackend;
+    check_scopes(make, &SuiteConfig { cases: 48, max_steps: 40 }, true);
 }

@@ -16,6 +16,7 @@ use traffik::strategy::{FixedWindow, Gcra, SlidingWindowLog, TokenBucket};
 use traffik::{
     Context, ManualClock, RequestView, Scope, ScopeError, SharedBackend, Snapshot, StrategyHandle, Throttle,
 };
+use traffik_property_tests::{SuiteConfig, check_scopes};
 use traffik_redis::RedisBackend;
 
 const T0: u64 = 1_700_000_000_000_000;
@@ -226,4 +227,15 @@ fn on_a_cluster_one_key_applies_and_keys_across_slots_are_a_typed_error() {
         assert_eq!(used(&a, &req).await, 4 + applied_before);
         assert_eq!(used(&b, &view(i)).await, 0);
     });
+}
+
+#[test]
+fn scopes_agree_with_the_model_on_redis() {
+    let server = traffik_test_support::redis_server();
+    // Built-in strategies only: a group of keys is one script, which has no custom strategy.
+    check_scopes(
+        || common::shared(common::client_clock(&server.url)),
+        &SuiteConfig { cases: 64, max_steps: 40 },
+        false,
+    );
 }
