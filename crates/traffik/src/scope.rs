@@ -97,7 +97,9 @@ use crate::throttle::{Config, Prepared, Ready, Throttle, bounded, time_left};
 /// - Using a scope after it was applied, cancelled or merged is a typed error
 ///   ([`ScopeError::Closed`]).
 /// - The throttles' error policies are not consulted: the work is done, and whether to deliver
-///   it when the charge fails is the application's choice. A throttle's shadow mode does not
+///   it when the charge fails is the application's choice. A refusal is logged at `debug`
+///   (`deferred quota scope refused`, with the binding throttle's uid); scope charges are not
+///   counted in the decision metrics. A throttle's shadow mode does not
 ///   apply inside a scope either (as inside a group: one decision for every entry).
 ///
 /// # Nested scopes
@@ -109,7 +111,8 @@ use crate::throttle::{Config, Prepared, Ready, Throttle, bounded, time_left};
 /// # Before applying
 ///
 /// [`check`](Self::check) asks whether the whole scope would be admitted now, as one group and
-/// consuming nothing; [`stat`](Self::stat) gives a snapshot per entry, for its queued cost.
+/// consuming nothing; [`stat`](Self::stat) gives a snapshot per entry, for its queued cost. A
+/// child answers for its own entries (they are not its parent's until merged).
 ///
 /// # Retries
 ///
@@ -355,12 +358,6 @@ pub enum RunError<T, E> {
     },
 }
 
-impl<T, E> From<E> for RunError<T, E> {
-    fn from(e: E) -> Self {
-        RunError::Work(e)
-    }
-}
-
 impl Default for Scope {
     fn default() -> Self {
         Scope::new()
@@ -596,7 +593,10 @@ impl Scope {
                 pending.finish(ScopeState::Applied);
                 Ok(Applied::Charged(decision))
             }
-            Ok(decision) => Err(ScopeError::Refused(Box::new(decision))),
+            Ok(decision) => {
+                refusal_event(&decision);
+                Err(ScopeError::Refused(Box::new(decision)))
+            }
             Err(e) => Err(e),
         }
     }
@@ -647,6 +647,19 @@ impl State {
         }
         all
     }
+}
+
+/// The `debug` event of a refused scope: the binding throttle, never the client.
+#[cold]
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+fn refusal_event(decision: &ScopeDecision) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(
+        throttle = decision.binding_charge().map(|c| c.throttle.as_str()),
+        outcome = crate::throttle::outcome_name(decision.outcome),
+        wait_ms = u64::try_from(decision.wait.as_millis()).unwrap_or(u64::MAX),
+        "deferred quota scope refused"
+    );
 }
 
 /// The entries of an apply in flight, put back if it ends without charging them.

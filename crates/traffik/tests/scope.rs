@@ -615,3 +615,26 @@ async fn a_custom_backend_written_to_the_contract_runs_scopes() {
     assert!(scope.apply().await.unwrap_err().refusal().is_some());
     assert_eq!(used(&a, &req).await, 3);
 }
+
+/// An apply whose future is dropped (a caller's own timeout) leaves the scope open with its
+/// entries, as if it had not been applied: cancel it or apply it again.
+#[tokio::test(start_paused = true)]
+async fn an_apply_dropped_midway_leaves_the_scope_open() {
+    let clock = ManualClock::new(T0);
+    let (_hanging, backend) = failing(Failing::hanging());
+    let t = Throttle::builder()
+        .uid("t")
+        .rate("5/min")
+        .shared_backend(backend)
+        .strategy(FixedWindow)
+        .clock(clock.clone())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let scope = Scope::new();
+    let _ = scope.add_with(&t, &view(17), &Context::new().cost(2)).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), scope.apply()).await.is_err());
+    assert_eq!((scope.state(), scope.len()), (ScopeState::Open, 1));
+    assert_eq!(scope.entries()[0].cost, 2);
+    scope.cancel().unwrap();
+}
