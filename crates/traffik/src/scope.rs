@@ -122,6 +122,8 @@ use crate::throttle::{Config, Prepared, Ready, Throttle, bounded, time_left};
 /// settings allow another attempt (its count, its error filter, its deadline from the first
 /// failure), pausing the longest backoff among them: no entry gets fewer retries than it asked
 /// for. After the last attempt the error is [`ScopeError::Backend`] with the number of attempts.
+/// Each call is bounded by the longest timeout among the entries' throttles (and by what is
+/// left of the retry deadline).
 ///
 /// # No locks
 ///
