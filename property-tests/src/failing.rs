@@ -3,14 +3,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use traffik::backend::{BoxFuture, Operation};
+use traffik::backend::{BoxFuture, GroupOperation, Operation};
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{Backend, BackendError, InMemoryBackend};
 
 /// A backend that fails: every call ([`Failing::down`]), its first `n` decisions
 /// ([`Failing::first`], then it decides in memory), by never answering ([`Failing::hanging`],
 /// for timeouts), or while switched off ([`Failing::switch`] and [`Failing::set_down`], for
-/// outages that end). Counts the decisions asked of it.
+/// outages that end). Counts the decisions asked of it (a group decision is one).
 #[derive(Debug)]
 pub struct Failing {
     kind: &'static str,
@@ -95,6 +95,20 @@ impl Backend for Failing {
                 return Err(self.error());
             }
             self.inner.decide(op).await
+        })
+    }
+
+    /// A group decision is one call: it fails, hangs or is decided in memory like a decision.
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            if n < self.fail_first || self.switched_off.load(Ordering::SeqCst) {
+                return Err(self.error());
+            }
+            self.inner.decide_group(group).await
         })
     }
 

@@ -50,12 +50,14 @@ pub mod priority;
 pub mod processes;
 pub mod rate_change;
 pub mod refunds;
+pub mod scopes;
 pub mod stats;
 
 pub use groups::{check_group_concurrency, check_groups};
 pub use priority::check_priorities;
 pub use rate_change::check_rate_changes;
 pub use refunds::check_refunds;
+pub use scopes::check_scopes;
 pub use stats::check_stats_match_memory;
 
 use std::collections::HashMap;

@@ -110,6 +110,10 @@
 //! the tightest member's capacity is admitted, and every refusal is refunded
 //! ([`MemcachedBackend::group_refunds`] counts them).
 //!
+//! A deferred [`Scope`](traffik::Scope) is applied the same way, on the throttles' own keys
+//! (the group's tag is empty: keys are stored as single decisions store them, so the scope
+//! and the throttles' hits share state).
+//!
 //! # Time
 //!
 //! Memcached has no server time a client can use, so decisions use the throttle's `now`

@@ -161,8 +161,12 @@ impl RedisBackend {
         if self.inner.client_clock && first.input.now_us >= MAX_COST {
             return Err(BackendError::command(KIND, "client timestamp beyond 2^53 microseconds"));
         }
-        let keys: Vec<String> =
-            group.ops.iter().map(|op| self.group_storage_key(group.tag, op.key, op.strategy)).collect();
+        // An empty tag: the throttles' own keys (a deferred scope), stored as single decisions.
+        let keys: Vec<String> = if group.tag.is_empty() {
+            group.ops.iter().map(|op| self.storage_key(op.key, op.strategy)).collect()
+        } else {
+            group.ops.iter().map(|op| self.group_storage_key(group.tag, op.key, op.strategy)).collect()
+        };
         let mut call = Call::script_keys(&SCRIPTS.group, &keys);
         let mode = if first.mode == Mode::Consume { ScriptMode::Consume } else { ScriptMode::Peek };
         call.arg(mode.arg()).arg(self.now_arg(&first.input)).arg(self.inner.min_ttl_ms);

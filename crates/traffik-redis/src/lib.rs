@@ -37,6 +37,13 @@
 //! Lua compare-and-swap to write, retried with jitter up to
 //! [`RedisBackendBuilder::cas_attempts`] times before [`BackendError::Contention`].
 //!
+//! A group of throttles ([`traffik::ThrottleGroup`]) is one script too, on keys of its own:
+//! `<namespace>:{<group uid>}:<key>:<strategy name>`, all in the hash slot of the group's uid.
+//! A deferred [`Scope`](traffik::Scope) is applied by the same script on the throttles' own
+//! keys (an empty group tag), so that the scope and the throttles' hits share state; on a
+//! Cluster those keys are in one slot only when the scope has one key, and a scope across slots
+//! is refused by the server (a `BackendError`, nothing charged).
+//!
 //! # Time
 //!
 //! By default the scripts read the server's `TIME`, so application instances with skewed

@@ -667,6 +667,18 @@ struct Failed {
 
 /// The group's outcome and binding member from its members' decisions.
 fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
+    let binding = binding_of(&members);
+    let (outcome, wait) = match binding.and_then(|b| members.get(b)) {
+        Some(d) => (d.outcome, d.wait),
+        None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
+    };
+    GroupDecision { outcome, wait, members, binding, shadow: false, group: Some(group) }
+}
+
+/// The binding decision among `members` (see [`GroupDecision::binding`]); `None` when every
+/// one skipped. Deferred scopes ([`Scope`](crate::Scope)) conclude by the same rule.
+#[inline]
+pub(crate) fn binding_of(members: &[Decision]) -> Option<usize> {
     let mut binding: Option<usize> = None;
     for (i, d) in members.iter().enumerate() {
         let binds = match binding.and_then(|b| members.get(b)) {
@@ -677,11 +689,7 @@ fn conclude(members: Vec<Decision>, group: ThrottleGroup) -> GroupDecision {
             binding = Some(i);
         }
     }
-    let (outcome, wait) = match binding.and_then(|b| members.get(b)) {
-        Some(d) => (d.outcome, d.wait),
-        None => (members.first().map_or(Outcome::Skipped(Skip::Rules), |d| d.outcome), Duration::ZERO),
-    };
-    GroupDecision { outcome, wait, members, binding, shadow: false, group: Some(group) }
+    binding
 }
 
 /// How strongly an outcome binds a group: a cost that never fits, then a refusal, a delay, an

@@ -32,6 +32,7 @@
 //! | who is limited | [`Identity`], [`ClientIp`], [`TrustedProxies`], [`Identifier`] |
 //! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
 //! | stacked limits, decided as one | [`ThrottleGroup`], [`GroupDecision`] |
+//! | deferred quota: charge a job once, at the end | [`Scope`], [`ScopeDecision`], [`ScopeError`] |
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
 //! | what the client sees | [`Decision`], [`Headers`], [`Reply`](reply::Reply) (429 and 503, for every integration) |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
@@ -114,6 +115,7 @@ mod rate;
 mod registry;
 pub mod reply;
 pub mod rules;
+pub mod scope;
 pub mod sources;
 pub mod stat;
 pub mod strategy;
@@ -145,6 +147,7 @@ pub use policy::{CircuitBreaker, ErrorPolicy, Failover, Retry};
 pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, Quotas, ThrottleRegistry};
 pub use rules::Rule;
+pub use scope::{Scope, ScopeDecision, ScopeError};
 pub use stat::{Snapshot, Stat};
 pub use strategy::StrategyHandle;
 pub use throttle::{Throttle, ThrottleBuilder, context_backend, with_backend};

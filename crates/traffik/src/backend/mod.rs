@@ -58,6 +58,13 @@ pub struct Operation<'a> {
 pub struct GroupOperation<'a> {
     /// A tag shared by every key of the group (Redis Cluster puts the group's keys in the
     /// tag's hash slot, so one script can decide them all).
+    ///
+    /// Empty when the keys are throttles' own keys rather than a group's (a deferred
+    /// [`Scope`](crate::Scope) charging its entries): each key must then be stored where
+    /// [`Backend::decide`] stores it, so that the scope and the throttle's own hits share
+    /// state. A backend that stores group members like single decisions (the in-memory and
+    /// Memcached ones) needs nothing more; one that derives group storage from the tag (Redis)
+    /// uses its single-decision keys for an empty tag.
     pub tag: &'a str,
     /// The members' operations, in order, all with the same [`Mode`].
     pub ops: &'a [Operation<'a>],

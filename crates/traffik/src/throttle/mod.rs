@@ -18,7 +18,7 @@ pub use context_backend::{context_backend, with_backend};
 #[cfg_attr(not(feature = "tracing"), allow(unused_imports))]
 pub(crate) use events::{backend_kind, denial_event, outcome_name, shadow_refusal_event, source_name};
 pub(crate) use prepare::{Prepared, Ready};
-pub(crate) use recovery::{Attempt, Resolved, Single, bounded};
+pub(crate) use recovery::{Attempt, Resolved, Single, bounded, time_left};
 
 use std::fmt;
 use std::sync::atomic::Ordering;

@@ -331,7 +331,7 @@ impl Again<'_> {
 /// What is left of `deadline` after a pause of `pause` from now, in whole milliseconds (the
 /// timer's resolution, so a call cut off at it never ends past the deadline); `None` when
 /// nothing is. No deadline leaves all the time there is.
-pub(super) fn time_left(deadline: Option<tokio::time::Instant>, pause: Duration) -> Option<Duration> {
+pub(crate) fn time_left(deadline: Option<tokio::time::Instant>, pause: Duration) -> Option<Duration> {
     let Some(deadline) = deadline else {
         return Some(Duration::MAX);
     };
