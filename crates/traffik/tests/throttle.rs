@@ -655,3 +655,39 @@ async fn quotas_list_what_limits_the_caller() {
     assert_eq!(json["quotas"][1]["remaining"], 3, "each snapshot names its throttle: {json}");
     drop((api_only, off));
 }
+
+/// `Throttle::hit` answers a small, `Send` future (a few words: the general path is boxed only
+/// when it is taken), which completes once and then stays pending.
+#[tokio::test]
+async fn a_hit_is_a_small_send_future_on_every_path() {
+    use std::future::Future;
+    use std::task::{Context as TaskContext, Poll, Waker};
+    fn send<T: Send>(_: &T) {}
+    let t = Throttle::builder()
+        .uid("small-future")
+        .rate("1/min")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(clock())
+        .build()
+        .unwrap();
+    let req = view("192.0.2.77");
+    let hit = t.hit(&req);
+    send(&hit);
+    assert!(std::mem::size_of_val(&hit) <= 4 * std::mem::size_of::<usize>(), "{}", std::mem::size_of_val(&hit));
+    let mut hit = std::pin::pin!(hit);
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    assert!(matches!(hit.as_mut().poll(&mut cx), Poll::Ready(Ok(ref d)) if d.is_allowed()));
+    assert!(hit.as_mut().poll(&mut cx).is_pending(), "completed once");
+    // The general path (a backend that is awaited): the same future type, and the same answer.
+    let general = Throttle::builder()
+        .uid("small-future-general")
+        .rate("1/min")
+        .backend(traffik_property_tests::failing::Failing::first(0))
+        .strategy(FixedWindow)
+        .clock(clock())
+        .build()
+        .unwrap();
+    assert!(general.hit(&req).await.unwrap().is_allowed());
+    assert!(general.hit(&req).await.unwrap().is_throttled());
+}

@@ -84,13 +84,13 @@ impl Throttle {
         &self.inner.uid
     }
 
-    /// Checks and consumes quota for `req`.
+    /// Checks and consumes quota for `req`: a future of the [`Decision`] (see [`Hit`]).
     ///
     /// Not for use from a thread-local value's destructor: the common configuration's shortcut
     /// reads a thread-local cache, which may already be gone there (use
     /// [`hit_with`](Self::hit_with), which never reads it).
-    pub async fn hit(&self, req: &RequestView<'_>) -> Result<Decision, Error> {
-        self.run(req, &NO_CONTEXT, Mode::Consume).await
+    pub fn hit<'a>(&'a self, req: &'a RequestView<'_>) -> Hit<'a> {
+        Hit { state: HitState::Start { throttle: self, req } }
     }
 
     /// Checks and consumes quota with per-hit options (cost override, scope, values).
@@ -150,23 +150,21 @@ impl Throttle {
         Ok(Snapshot::Limited(Stat::from_peek(uid, strategy, prepared.key, &prepared.input, verdict, metadata)))
     }
 
+    /// A plain hit (no per-hit context) on the common configuration, decided without awaiting
+    /// when it can be.
+    fn shortcut(&self) -> bool {
+        self.inner.fast.load(Ordering::Acquire)
+    }
+
     async fn run(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
-        // A plain hit (no per-hit context) on the common configuration.
         if mode == Mode::Consume && std::ptr::eq(ctx, &*NO_CONTEXT) {
-            if self.inner.fast.load(Ordering::Acquire) {
-                let mut failed = None;
-                if let Some(decision) = self.try_fast(req, &mut failed) {
-                    return Ok(decision);
-                }
-                if let Some((ready, error)) = failed {
-                    // The backend refused the hit (nothing was applied): the error policy
-                    // decides, without asking the backend a second time.
-                    return Box::pin(self.recover_shortcut(ready, req, error)).await;
-                }
-            } else {
-                self.forget_cached();
-            }
+            return Hit { state: HitState::Start { throttle: self, req } }.await;
         }
+        self.traced(req, ctx, mode).await
+    }
+
+    /// The general path, in a span per decision when tracing is on.
+    async fn traced(&self, req: &RequestView<'_>, ctx: &Context, mode: Mode) -> Result<Decision, Error> {
         let config = self.inner.config.load();
         #[cfg(not(feature = "tracing"))]
         return self.general(&config, req, ctx, mode).await;
@@ -333,5 +331,66 @@ impl fmt::Debug for Throttle {
             .field("disabled", &self.is_disabled())
             .field("shadow", &self.is_shadow())
             .finish()
+    }
+}
+
+/// The future of [`Throttle::hit`]. Small (a few words, whatever the throttle's configuration):
+/// on the in-memory shortcut its first poll decides without awaiting; otherwise it boxes the
+/// general path's future and drives it. Polled again after it completed, it stays pending.
+#[must_use = "a hit does nothing unless it is awaited"]
+pub struct Hit<'a> {
+    state: HitState<'a>,
+}
+
+enum HitState<'a> {
+    Start { throttle: &'a Throttle, req: &'a RequestView<'a> },
+    Running(futures_core::future::BoxFuture<'a, Result<Decision, Error>>),
+    Done,
+}
+
+impl fmt::Debug for Hit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            HitState::Start { .. } => "start",
+            HitState::Running(_) => "running",
+            HitState::Done => "done",
+        };
+        f.debug_struct("Hit").field("state", &state).finish()
+    }
+}
+
+impl std::future::Future for Hit<'_> {
+    type Output = Result<Decision, Error>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let HitState::Start { throttle, req } = this.state {
+            let mut failed = None;
+            if throttle.shortcut() {
+                if let Some(decision) = throttle.try_fast(req, &mut failed) {
+                    this.state = HitState::Done;
+                    return Poll::Ready(Ok(decision));
+                }
+            } else {
+                throttle.forget_cached();
+            }
+            this.state = HitState::Running(match failed {
+                // The backend refused the hit (nothing was applied): the error policy decides,
+                // without asking the backend a second time.
+                Some((ready, error)) => Box::pin(throttle.recover_shortcut(ready, req, error)),
+                None => Box::pin(throttle.traced(req, &NO_CONTEXT, Mode::Consume)),
+            });
+        }
+        match &mut this.state {
+            HitState::Running(future) => match future.as_mut().poll(cx) {
+                Poll::Ready(answer) => {
+                    this.state = HitState::Done;
+                    Poll::Ready(answer)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            HitState::Start { .. } | HitState::Done => Poll::Pending,
+        }
     }
 }
