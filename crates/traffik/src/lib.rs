@@ -125,6 +125,23 @@ mod throttle;
 
 /// The throttle builder's states (`NoUid`, `Uid`, ...), the sealed traits that mark a complete
 /// builder (see [`ThrottleBuilder`]), and what `rate(..)` and `backend(..)` accept.
+///
+/// # Which builders are generated
+///
+/// Plain option structs whose every field has a default and no value needs checking get a
+/// generated builder (`typed-builder`): [`policy::BreakerConfig::builder`]. The others are
+/// written by hand, each for a reason a generated builder cannot serve:
+///
+/// - the throttle's builder: alternative setters for one slot (`rate` or `rate_source`,
+///   `backend`, `shared_backend` or `context_backend`), and a message naming the missing part
+///   when `build` is called too early (`#[diagnostic::on_unimplemented]` on its sealed
+///   traits), which generated builders do not give;
+/// - [`Retry`], [`sources::AdaptiveBuilder`], [`sources::ScheduleBuilder`],
+///   [`sources::TiersBuilder`], the priorities' builder and the Redis, Memcached and in-memory
+///   backend builders: setters that check or clamp their value (a NaN, a zone name, a URL, a
+///   pool size) and a `build` that can fail with a typed error;
+/// - the Poem and Salvo middleware options: methods on the middleware value itself
+///   (`PoemThrottle::cost`, `SalvoThrottle::per_route`), with no options struct to build.
 pub mod builder {
     pub use crate::throttle::BackendChoice;
     pub use crate::throttle::builder::{

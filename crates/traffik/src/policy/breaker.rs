@@ -11,21 +11,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock, to_us};
 
-/// Settings of a [`CircuitBreaker`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Settings of a [`CircuitBreaker`]: a struct literal, or a builder whose unset fields take
+/// the defaults (5 failures, 30 s, 2 successes):
+///
+/// ```
+/// use std::time::Duration;
+/// use traffik::policy::BreakerConfig;
+///
+/// let config = BreakerConfig::builder().failure_threshold(3).recovery_timeout(Duration::from_secs(10)).build();
+/// assert_eq!(config, BreakerConfig { failure_threshold: 3, recovery_timeout: Duration::from_secs(10), success_threshold: 2 });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, typed_builder::TypedBuilder)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the circuit.
+    #[builder(default = 5)]
     pub failure_threshold: u32,
     /// How long the circuit stays open before letting a probe through.
     #[serde(with = "crate::policy::breaker::millis")]
+    #[builder(default = Duration::from_secs(30))]
     pub recovery_timeout: Duration,
     /// Successes in half-open state that close the circuit.
+    #[builder(default = 2)]
     pub success_threshold: u32,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 5, recovery_timeout: Duration::from_secs(30), success_threshold: 2 }
+        BreakerConfig::builder().build()
     }
 }
 

@@ -22,7 +22,7 @@ mod retry;
 mod tests;
 
 pub(crate) use breaker::Transition;
-pub use breaker::{BreakerConfig, BreakerInfo, BreakerState, CircuitBreaker};
+pub use breaker::{BreakerConfig, BreakerConfigBuilder, BreakerInfo, BreakerState, CircuitBreaker};
 pub use incidents::IncidentCounts;
 pub(crate) use incidents::{Incident, Incidents};
 pub use retry::Retry;
