@@ -61,7 +61,7 @@ pub(crate) fn verdict(fields: &[Value]) -> Result<Verdict, BackendError> {
             return Err(BackendError::command(KIND, format!("unknown verdict kind {other}")));
         }
     };
-    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)? })
+    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)?, lease_us: 0 })
 }
 
 fn numbers(raw: &str) -> Option<Vec<u64>> {
