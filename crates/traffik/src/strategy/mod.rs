@@ -141,7 +141,7 @@ pub struct Verdict {
     /// Time until the key is back to its full quota (or its current window ends).
     pub reset_us: u64,
     /// An admission by [`Concurrency`]: the microsecond its lease was taken at, which identifies
-    /// the lease for release and renewal ([`Amend`](crate::backend::Amend)). 0 otherwise.
+    /// the lease for release and renewal ([`Amend`]). 0 otherwise.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_us: u64,
 }
@@ -279,8 +279,8 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Extends a lease-like admission made at `charged_at_us` (see [`Concurrency`]): the new
     /// state and its time to live, or `None` when there is nothing to extend (it expired, was
     /// given back, or the strategy has no leases). Backends run it for
-    /// [`Amend::Renew`](crate::backend::Amend::Renew), as they run [`refund`](Self::refund)
-    /// for [`Amend::Refund`](crate::backend::Amend::Refund).
+    /// [`Amend::Renew`], as they run [`refund`](Self::refund)
+    /// for [`Amend::Refund`].
     fn renew(&self, _state: &Self::State, _charged_at_us: u64, _input: &Input) -> Option<Write<Self::State>> {
         None
     }
