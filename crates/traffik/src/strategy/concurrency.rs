@@ -28,9 +28,11 @@ pub const MAX_SLOTS: u64 = 1024;
 /// holder that keeps renewing keeps its slot). A cost above N is never admitted. `remaining` is
 /// the number of free slots; the reset is the latest expiry.
 ///
-/// State outlives its rate: leases are absolute times. A new N counts the same leases against
-/// it at once; under a shorter T, a lease counts at most T from now (so no wait is longer than
-/// the new T); leases stamped more than T ahead of now are not believed.
+/// State outlives its rate: leases are absolute times, stored with the lease time they were set
+/// under. A new N counts the same leases against it at once; under a shorter T each lease
+/// expires earlier by the difference (it lives at most the new T after it was taken or last
+/// renewed), under a longer one it keeps its expiry; no wait is longer than the new T. Leases
+/// stamped more than T ahead of now are not believed.
 ///
 /// ```
 /// use traffik::strategy::{Concurrency, Input, Strategy};
@@ -61,25 +63,33 @@ pub struct Lease {
     pub slots: u64,
 }
 
-/// Stored state of [`Concurrency`]: the leases, in the order they were taken.
+/// Stored state of [`Concurrency`]: the leases, in the order they were taken, and the lease
+/// time they were written under.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConcurrencyState {
+    /// The lease time the expiries were set with, microseconds.
+    #[serde(default)]
+    pub period_us: u64,
     /// The leases (expired ones may still be there; they count for nothing).
     pub leases: Vec<Lease>,
 }
 
-/// The leases that count at `now` under lease time `t`: unexpired, not stamped more than `t`
-/// ahead, with expiries capped at `now + t`; at most [`MAX_SLOTS`] of them.
+/// The leases that count at `now` under lease time `t`: under a shorter `t` than the state's,
+/// each expiry moves earlier by the difference (a lease lives at most `t` after it was taken or
+/// last renewed); expired ones, those stamped more than `t` ahead and empty ones are dropped,
+/// expiries are capped at `now + t`, and at most [`MAX_SLOTS`] leases are read.
 fn live(state: Option<&ConcurrencyState>, now: u64, t: u64) -> Vec<Lease> {
     let Some(s) = state else {
         return Vec::new();
     };
+    let shorter = s.period_us.saturating_sub(t);
     let horizon = now.saturating_add(t);
     s.leases
         .iter()
+        .map(|l| Lease { until_us: l.until_us.saturating_sub(shorter).min(horizon), ..*l })
         .filter(|l| l.until_us > now && l.at_us <= horizon && l.slots > 0)
         .take(MAX_SLOTS as usize)
-        .map(|l| Lease { until_us: l.until_us.min(horizon), slots: l.slots.min(MAX_SLOTS), ..*l })
+        .map(|l| Lease { slots: l.slots.min(MAX_SLOTS), ..l })
         .collect()
 }
 
@@ -94,9 +104,9 @@ fn latest(leases: &[Lease], now: u64) -> u64 {
 
 /// The state to write for `leases` and how long to keep it (at least 1 µs, so that no backend
 /// reads a time to live of 0 as "forever").
-fn keep(leases: Vec<Lease>, now: u64) -> Write<ConcurrencyState> {
+fn keep(leases: Vec<Lease>, now: u64, t: u64) -> Write<ConcurrencyState> {
     let ttl_us = latest(&leases, now).max(1);
-    Write { state: ConcurrencyState { leases }, ttl_us }
+    Write { state: ConcurrencyState { period_us: t, leases }, ttl_us }
 }
 
 /// A fixed rate with more slots than [`MAX_SLOTS`] for [`Concurrency`]: a build error.
@@ -133,7 +143,7 @@ impl Strategy for Concurrency {
             leases.push(Lease { at_us: stamp, until_us: now.saturating_add(t), slots: c });
             let remaining = n - in_use - c;
             let reset = latest(&leases, now);
-            let write = keep(leases, now);
+            let write = keep(leases, now, t);
             return Step::write(Verdict::admit(remaining, reset).with_lease(stamp), write.state, write.ttl_us);
         }
         // Free slots in order of expiry until the cost fits.
@@ -169,11 +179,11 @@ impl Strategy for Concurrency {
     /// Releases the lease taken at `charged_at_us` (whatever `input.cost` says: a lease is
     /// given back whole); `None` if it has expired or was released already.
     fn refund(&self, s: &ConcurrencyState, charged_at_us: u64, input: &Input) -> Option<Write<ConcurrencyState>> {
-        let now = input.clock_us();
-        let mut leases = live(Some(s), now, input.rate.period_us());
+        let (t, now) = (input.rate.period_us(), input.clock_us());
+        let mut leases = live(Some(s), now, t);
         let i = leases.iter().position(|l| l.at_us == charged_at_us)?;
         leases.remove(i);
-        Some(keep(leases, now))
+        Some(keep(leases, now, t))
     }
 
     /// Extends the lease taken at `charged_at_us` to T from now; `None` if it has expired or
@@ -183,7 +193,7 @@ impl Strategy for Concurrency {
         let mut leases = live(Some(s), now, t);
         let lease = leases.iter_mut().find(|l| l.at_us == charged_at_us)?;
         lease.until_us = now.saturating_add(t);
-        Some(keep(leases, now))
+        Some(keep(leases, now, t))
     }
 
     fn builtin(&self) -> Option<Builtin> {
@@ -193,6 +203,20 @@ impl Strategy for Concurrency {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shorter_lease_time_shortens_every_lease() {
+        let mut s = None;
+        hit(&mut s, 0, 1);
+        hit(&mut s, 0, 1);
+        hit(&mut s, 0, 1);
+        // Now 3/4s: the leases (10 s) expire at 4 s.
+        let short = Input { now_us: S, rate: crate::rate!("3/4s"), cost: 1 };
+        let v = Concurrency.decide(s.as_ref(), &short).verdict;
+        assert_eq!(v.wait_us, 3 * S);
+        let later = Input { now_us: 4 * S, ..short };
+        assert!(Concurrency.decide(s.as_ref(), &later).verdict.is_admitted());
+    }
+
     use super::*;
     use crate::rate;
     use crate::strategy::VerdictKind;
@@ -250,10 +274,13 @@ mod tests {
     #[test]
     fn hostile_state_is_bounded() {
         let lease = Lease { at_us: u64::MAX, until_us: u64::MAX, slots: u64::MAX };
-        let far = ConcurrencyState { leases: vec![lease; 5000] };
+        let far = ConcurrencyState { period_us: 10 * S, leases: vec![lease; 5000] };
         // Stamped far ahead: not believed.
         assert!(Concurrency.decide(Some(&far), &at(0, 1)).verdict.is_admitted());
-        let near = ConcurrencyState { leases: vec![Lease { at_us: 0, until_us: u64::MAX, slots: u64::MAX }; 5000] };
+        let near = ConcurrencyState {
+            period_us: 10 * S,
+            leases: vec![Lease { at_us: 0, until_us: u64::MAX, slots: u64::MAX }; 5000],
+        };
         let v = Concurrency.decide(Some(&near), &at(0, 1)).verdict;
         assert_eq!(v.kind, VerdictKind::Deny);
         // Expiries are capped at one lease time from now.
