@@ -141,7 +141,7 @@ pub struct Verdict {
     /// Time until the key is back to its full quota (or its current window ends).
     pub reset_us: u64,
     /// An admission by [`Concurrency`]: the microsecond its lease was taken at, which identifies
-    /// the lease for release and renewal ([`Amend`]). 0 otherwise.
+    /// the lease for release and renewal ([`Amend`]). 0 otherwise (a stat may leave it 0 too).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_us: u64,
 }
