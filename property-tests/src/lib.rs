@@ -46,6 +46,7 @@ pub mod custom;
 pub mod failing;
 pub mod faults;
 pub mod groups;
+pub mod leases;
 pub mod priority;
 pub mod rate_change;
 pub mod refunds;

@@ -269,7 +269,10 @@ enum LeaseAction {
     Renew(usize),
 }
 
-fn lease_steps() -> impl proptest::strategy::Strategy<Value = Vec<(i64, u64, LeaseAction, Option<(u32, u64)>)>> {
+/// A lease step: time change, cost, action, and a new limit and period (ms) from then on.
+type LeaseStep = (i64, u64, LeaseAction, Option<(u32, u64)>);
+
+fn lease_steps() -> impl proptest::strategy::Strategy<Value = Vec<LeaseStep>> {
     let action = prop_oneof![
         5 => Just(LeaseAction::Hit),
         1 => Just(LeaseAction::Peek),
@@ -292,7 +295,7 @@ fn lease_steps() -> impl proptest::strategy::Strategy<Value = Vec<(i64, u64, Lea
 async fn compare_leases(
     backend: &RedisBackend,
     (limit, period_ms, start): (u32, u64, u64),
-    steps: &[(i64, u64, LeaseAction, Option<(u32, u64)>)],
+    steps: &[LeaseStep],
 ) -> Result<(), TestCaseError> {
     let s = Concurrency;
     let handle = StrategyHandle::new(s);
