@@ -313,6 +313,14 @@ pub(crate) fn holder(config: &Config, primary: &SharedBackend, source: Source) -
 }
 
 impl Throttle {
+    /// Whether the throttle's strategy holds leases ([`Concurrency`](crate::strategy::Concurrency)),
+    /// so that integrations [`acquire`](Self::acquire) and keep the permit until the request is
+    /// done instead of [`hit`](Self::hit)ting. A custom strategy with leases is served by
+    /// calling [`acquire`](Self::acquire) directly.
+    pub fn holds_leases(&self) -> bool {
+        self.inner.config.load().strategy.builtin() == Some(crate::strategy::Builtin::Concurrency)
+    }
+
     /// A hit that holds what it took until the returned [`Permit`] is dropped: with the
     /// [`Concurrency`](crate::strategy::Concurrency) strategy, a lease on a slot, renewed in
     /// the background and released on drop (see [`lease`](crate::lease)). Any other strategy's

@@ -100,8 +100,8 @@ mod ws;
 pub use global::{MiddlewareThrottle, ThrottleMiddleware, ThrottleMiddlewareEndpoint};
 pub use group::{GroupEndpoint, GroupExt, PoemGroup};
 pub use middleware::{
-    PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions, enforce, hit,
-    is_throttled, record,
+    HeldPermit, PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions,
+    enforce, hit, is_throttled, record, take_permit,
 };
 pub use quotas::QuotasEndpoint;
 pub use response::{ThrottledHandler, default_throttled_response, error_response, throttled_response};
