@@ -14,6 +14,7 @@ use traffik::reply::{Reply, ReplyBody};
 use traffik::{Context, Decision, Error, Outcome, Throttle};
 
 use crate::depot::{ThrottleRecord, record};
+use crate::permit::HeldPermit;
 use crate::view::request_view;
 
 type ContextFn = Arc<dyn Fn(&Request, &Depot) -> Context + Send + Sync>;
@@ -393,8 +394,13 @@ impl Handler for SalvoThrottle {
                 ctrl.skip_rest();
                 return;
             }
+            // The handlers may take it ([`take_permit`](crate::take_permit)) to keep it longer.
+            let held = permit.map(HeldPermit::new);
+            if let Some(held) = &held {
+                depot.insert_typed(held.clone());
+            }
             ctrl.call_next(req, depot, res).await;
-            drop(permit);
+            drop(held.and_then(|h| h.take()));
             return;
         }
         if !self.run(req, depot, res, ctrl, None).await {

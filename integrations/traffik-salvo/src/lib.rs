@@ -121,6 +121,7 @@ mod depot;
 mod group;
 mod hoop;
 mod middleware;
+mod permit;
 mod quotas;
 mod view;
 #[cfg(feature = "websocket")]
@@ -130,6 +131,7 @@ pub use depot::{DepotExt, ThrottleRecord, ThrottleRecords};
 pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
+pub use permit::{HeldPermit, take_permit};
 pub use quotas::QuotasHandler;
 #[cfg(feature = "websocket")]
 pub use traffik::reply::WsVerdict;
