@@ -117,3 +117,44 @@ async fn a_websocket_holds_its_slot_until_it_closes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_group_of_a_rate_and_a_concurrency_limit_holds_its_lease_while_the_handler_runs() {
+    use traffik::ThrottleGroup;
+    use traffik::strategy::FixedWindow;
+    use traffik_poem::GroupExt;
+
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let finish = Arc::new(Notify::new());
+    let gate = Gate { entered: tx, finish: Arc::clone(&finish) };
+    let rate = Throttle::builder()
+        .uid("per-minute")
+        .rate("100/min")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(ManualClock::new(1_700_000_000_000_000))
+        .build()
+        .unwrap();
+    let group = ThrottleGroup::new("uploads", [rate, one_in_flight()]).unwrap();
+    let cli = TestClient::new(Route::new().at("/upload", get(slow).with(group.middleware())).data(gate));
+    let mut first = Box::pin(cli.get("/upload").send());
+    tokio::select! {
+        _ = &mut first => panic!("the handler cannot finish yet"),
+        _ = entered.recv() => {}
+    }
+    let refused = cli.get("/upload").send().await;
+    refused.assert_status(poem::http::StatusCode::TOO_MANY_REQUESTS);
+    refused.assert_header("retry-after", "30");
+    finish.notify_one();
+    first.await.assert_status_is_ok();
+    let mut again = Box::pin(cli.get("/upload").send());
+    tokio::select! {
+        _ = &mut again => panic!("the handler cannot finish yet"),
+        _ = entered.recv() => {}
+    }
+    finish.notify_one();
+    again.await.assert_status_is_ok();
+    // The rate member was charged for the two admissions only.
+    let stats = group.stat(&traffik::RequestView::empty()).await.unwrap();
+    assert_eq!(stats[0].limited().unwrap().remaining, 98);
+}

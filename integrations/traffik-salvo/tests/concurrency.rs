@@ -120,3 +120,41 @@ async fn a_websocket_holds_its_slot_until_it_closes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_group_of_a_rate_and_a_concurrency_limit_holds_its_lease_while_the_chain_runs() {
+    use traffik::ThrottleGroup;
+    use traffik::strategy::FixedWindow;
+    use traffik_salvo::GroupExt;
+
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let finish = Arc::new(Notify::new());
+    let rate = Throttle::builder()
+        .uid("per-minute")
+        .rate("100/min")
+        .backend(InMemoryBackend::new())
+        .strategy(FixedWindow)
+        .clock(ManualClock::new(1_700_000_000_000_000))
+        .build()
+        .unwrap();
+    let group = ThrottleGroup::new("uploads", [rate, one_in_flight()]).unwrap();
+    let router = Router::with_path("upload").hoop(group.hoop()).get(Slow { entered: tx, finish: Arc::clone(&finish) });
+    let service = Service::new(router);
+    let mut first = Box::pin(get(&service, "/upload", A));
+    tokio::select! {
+        _ = &mut first => panic!("the handler cannot finish yet"),
+        _ = entered.recv() => {}
+    }
+    let refused = get(&service, "/upload", A).await;
+    assert_eq!(refused.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(header(&refused, "retry-after").as_deref(), Some("30"));
+    finish.notify_one();
+    assert_eq!(first.await.status_code, Some(StatusCode::OK));
+    let mut again = Box::pin(get(&service, "/upload", A));
+    tokio::select! {
+        _ = &mut again => panic!("the handler cannot finish yet"),
+        _ = entered.recv() => {}
+    }
+    finish.notify_one();
+    assert_eq!(again.await.status_code, Some(StatusCode::OK));
+}
