@@ -36,6 +36,8 @@ fn user(req: &RequestView<'_>) -> Identity {
 #[derive(Clone)]
 enum Store {
     Slow(Duration),
+    /// The tests' store.
+    #[cfg_attr(not(test), allow(dead_code))]
     Gated(mpsc::UnboundedSender<()>, Arc<Semaphore>),
 }
 
