@@ -78,3 +78,39 @@ fn a_killed_processs_slots_come_back_after_the_lease_time() {
         leases::killed_holder_comes_back(&t, child, BOUND).await.unwrap();
     });
 }
+
+/// Corrupt or hostile stored state (another writer, a bug, a manual edit) never fails an
+/// operation and never yields a wait beyond one lease time: unreadable leases are not believed,
+/// expiries are capped at now + T, at most 1024 leases are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_lease_state_is_survived_and_bounded() {
+    use traffik::backend::{Amend, Mode, Operation};
+    use traffik::strategy::{Input, VerdictKind};
+    use traffik::{Backend, Key, Rate, StrategyHandle};
+
+    let server = redis_server();
+    let b = backend(&server.url, &namespace("corrupt"));
+    let mut admin = common::admin(&server.url);
+    let strategy = StrategyHandle::new(Concurrency);
+    let rate = Rate::per_millis(3, 30_000).unwrap();
+    let many = format!("30000000/{}", vec!["1:99999999999999999:1"; 5000].join(" "));
+    let huge = "30000000/99999999999999999999999999:99999999999999999999999999:99999999999999999999";
+    let states =
+        ["", "garbage", "30000000/", "5/1:2", "30000000/1:2:3:4 x:y:z", huge, "99999999999999999999999/1:1:1", &many];
+    for (i, raw) in states.iter().enumerate() {
+        let key = Key::builder(&format!("corrupt-{i}")).build();
+        let stored = b.storage_key(&key, &strategy);
+        let _: () = redis::cmd("SET").arg(&stored).arg(*raw).query(&mut admin).unwrap();
+        let input = Input { now_us: 0, rate, cost: 1 };
+        let op = |mode| Operation { key: &key, strategy: &strategy, input, mode };
+        let v = b.decide(op(Mode::Consume)).await.unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        if v.kind == VerdictKind::Deny {
+            assert!(v.wait_us <= 30_000_000, "{raw:?}: {v:?}");
+        }
+        assert!(v.remaining <= 3, "{raw:?}: {v:?}");
+        b.stat(op(Mode::Peek)).await.unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        for amend in [Amend::Renew { charged_at_us: 1 }, Amend::Refund { charged_at_us: 1 }] {
+            b.amend(op(Mode::Consume), amend, None).await.unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        }
+    }
+}
