@@ -46,6 +46,7 @@ pub mod custom;
 pub mod failing;
 pub mod faults;
 pub mod groups;
+pub mod leases;
 pub mod priority;
 pub mod processes;
 pub mod rate_change;
@@ -70,7 +71,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use traffik::backend::{Mode, Operation};
 use traffik::strategy::Input;
 use traffik::strategy::{
-    CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec,
+    Concurrency, CostAwareSpec, CostAwareTokenBucket, FixedWindow, Gcra, LeakyBucket, LeakyBucketWithQueue, MeterSpec,
     QuotaRollover, Reserved, RolloverSpec, SlidingWindowCounter, SlidingWindowLog, TokenBucket, TokenBucketWithDebt,
     Verdict, VerdictKind,
 };
@@ -162,6 +163,7 @@ enum Model {
     FixedWindow,
     SlidingLog,
     Rollover(RolloverSpec),
+    Concurrency,
 }
 
 /// A strategy under test.
@@ -207,6 +209,14 @@ impl Suite {
     /// the periods one by one.
     pub fn with_rollover_model(mut self, spec: RolloverSpec) -> Self {
         self.model = Some(Model::Rollover(spec));
+        self
+    }
+
+    /// Also compare every decision with a naive model of concurrency leases (the schedules
+    /// never release or renew, so every lease lives its lease time, or less after the lease time
+    /// shrinks: it then ends that much earlier).
+    pub fn with_concurrency_model(mut self) -> Self {
+        self.model = Some(Model::Concurrency);
         self
     }
 
@@ -280,6 +290,9 @@ pub fn builtin_suites() -> Vec<Suite> {
         Suite::new("cost_aware_token_bucket", cost_aware.into(), Bound::CostAware(cost_aware.spec())),
         Suite::new("cost_aware_token_bucket_burst", cost_aware_burst.into(), Bound::CostAware(cost_aware_burst.spec())),
         Suite::new("priority_reserved", Reserved::new(6).into(), Bound::FixedWindows).with_fixed_window_model(),
+        // Leases that are never released live their lease time W: at most L in any sliding
+        // window, the sliding log's bound.
+        Suite::new("concurrency", Concurrency.into(), Bound::SlidingWindows).with_concurrency_model(),
         Suite::new("custom_fixed_window", custom::PlainFixedWindow.into(), Bound::FixedWindows)
             .with_fixed_window_model(),
     ]
@@ -436,6 +449,8 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
     let mut model_fw: HashMap<u8, (u64, u64, u64)> = HashMap::new();
     let mut model_log: HashMap<u8, (u64, Vec<(u64, u64)>)> = HashMap::new();
     let mut model_qr: HashMap<u8, RolloverModel> = HashMap::new();
+    // Concurrency model: per key, the lease time and the leases' (expiry, slots).
+    let mut model_conc: HashMap<u8, (u64, Vec<(u64, u64)>)> = HashMap::new();
     let mut now = case.start_us;
     for (i, step) in case.steps.iter().enumerate() {
         if let Some(r) = step.new_rate
@@ -503,6 +518,23 @@ pub async fn run_case(backend: &dyn Backend, suite: &Suite, case: &Case) -> Resu
                     ok
                 }
                 Model::Rollover(spec) => model_qr.entry(step.key).or_default().hit(spec, rate, now, cost),
+                Model::Concurrency => {
+                    let (period, leases) = model_conc.entry(step.key).or_insert((w, Vec::new()));
+                    let shorter = period.saturating_sub(w);
+                    let live: Vec<(u64, u64)> = leases
+                        .iter()
+                        .map(|&(until, c)| (until - shorter, c))
+                        .filter(|&(until, _)| until > now)
+                        .collect();
+                    let used: u64 = live.iter().map(|(_, c)| c).sum();
+                    let ok = cost <= rate.limit() && used + cost <= rate.limit();
+                    if ok {
+                        *leases = live;
+                        leases.push((now + w, cost));
+                        *period = w;
+                    }
+                    ok
+                }
             };
             prop_assert_eq!(v.is_admitted(), admit, "model disagrees; {}", ctx());
         }

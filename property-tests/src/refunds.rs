@@ -41,10 +41,17 @@ fn case(suites: usize) -> impl proptest::strategy::Strategy<Value = RefundCase> 
         })
 }
 
-fn apply(s: &StrategyHandle, state: Option<Vec<u8>>, input: &Input) -> Result<(bool, Option<Vec<u8>>), TestCaseError> {
+/// Whether the hit was admitted, the state after it, and what identifies the admission for a
+/// refund: a lease's stamp, else the hit's time.
+fn apply(
+    s: &StrategyHandle,
+    state: Option<Vec<u8>>,
+    input: &Input,
+) -> Result<(bool, Option<Vec<u8>>, u64), TestCaseError> {
     let step = s.decide_bytes(state.as_deref(), input).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let admitted = step.verdict.is_admitted();
-    Ok((admitted, step.write.map(|(b, _)| b).or(state)))
+    let charged_at = if step.verdict.lease_us != 0 { step.verdict.lease_us } else { input.now_us };
+    Ok((admitted, step.write.map(|(b, _)| b).or(state), charged_at))
 }
 
 /// For every built-in strategy: after some hits, one more admitted hit is given back at most
@@ -52,7 +59,7 @@ fn apply(s: &StrategyHandle, state: Option<Vec<u8>>, input: &Input) -> Result<(b
 /// answers exactly as it would have had that hit never been made. (The built-in refunds are
 /// exact for every strategy when given back that soon: the windows and the log take the cost
 /// off the window or entry that counted it, a meter's arrival time moves back by `cost · T`,
-/// never before now.)
+/// never before now; a lease is removed, named by its stamp.)
 pub fn check_refunds(cases: u32) {
     let suites: Vec<StrategyHandle> =
         builtin_suites().into_iter().map(|s| s.strategy).filter(|s| s.builtin().is_some()).collect();
@@ -67,9 +74,8 @@ pub fn check_refunds(cases: u32) {
         }
         let without = state.clone();
         now += c.hit.0;
-        let charged_at = now;
         let hit = Input { now_us: now, rate: c.rate, cost: c.hit.1 };
-        let (admitted, with) = apply(s, state, &hit)?;
+        let (admitted, with, charged_at) = apply(s, state, &hit)?;
         if !admitted {
             return Ok(());
         }
@@ -86,7 +92,14 @@ pub fn check_refunds(cases: u32) {
             let input = Input { now_us: now, rate: c.rate, cost };
             let a = s.decide_bytes(refunded.as_deref(), &input).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let b = s.decide_bytes(without.as_deref(), &input).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(a.verdict, b.verdict, "{} at +{}us, cost {}", s.name(), now - charged_at, cost);
+            prop_assert_eq!(
+                a.verdict,
+                b.verdict,
+                "{} at +{}us, cost {}",
+                s.name(),
+                now.saturating_sub(charged_at),
+                cost
+            );
         }
         Ok(())
     });

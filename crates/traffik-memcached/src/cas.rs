@@ -145,14 +145,14 @@ impl MemcachedBackend {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        self.refund_all(&client, ops, &applied).await;
+                        self.refund_all(&client, ops, &applied, &verdicts).await;
                         return Err(e);
                     }
                 }
                 // Someone wrote the member since it was read: decide it again.
                 tries += 1;
                 if tries >= self.inner.cas_attempts {
-                    self.refund_all(&client, ops, &applied).await;
+                    self.refund_all(&client, ops, &applied, &verdicts).await;
                     return Err(BackendError::Contention { backend: KIND, attempts: tries });
                 }
                 crate::telemetry::count_cas_retry();
@@ -170,14 +170,14 @@ impl MemcachedBackend {
                 match again {
                     Ok(member) => members[i] = member,
                     Err(e) => {
-                        self.refund_all(&client, ops, &applied).await;
+                        self.refund_all(&client, ops, &applied, &verdicts).await;
                         return Err(e);
                     }
                 }
                 verdicts[i] = members[i].2.verdict;
                 if !verdicts[i].is_admitted() {
                     // The group is refused after all: give back what was charged.
-                    self.refund_all(&client, ops, &applied).await;
+                    self.refund_all(&client, ops, &applied, &verdicts).await;
                     return Ok(verdicts);
                 }
             }
@@ -194,9 +194,21 @@ impl MemcachedBackend {
     /// Gives back each applied member's cost, by compare-and-swap ([`StrategyHandle::refund_bytes`]);
     /// best effort: a member that cannot be refunded (a custom strategy without refunds, a
     /// server that fails) stays charged, which never admits more than the limits.
-    pub(crate) async fn refund_all(&self, client: &AsyncMemcache, ops: &[Operation<'_>], applied: &[usize]) {
+    /// A member's admission is named by its lease stamp when it took one (a concurrency
+    /// limit), else by the time of the decision.
+    pub(crate) async fn refund_all(
+        &self,
+        client: &AsyncMemcache,
+        ops: &[Operation<'_>],
+        applied: &[usize],
+        verdicts: &[Verdict],
+    ) {
         for &i in applied {
             let op = &ops[i];
+            let charged_at = match verdicts.get(i) {
+                Some(v) if v.lease_us != 0 => v.lease_us,
+                _ => op.input.now_us,
+            };
             let mut attempts = 0u32;
             while attempts < self.inner.cas_attempts {
                 let Ok((key, read)) = self.load(client, op, &mut attempts).await else {
@@ -205,7 +217,7 @@ impl MemcachedBackend {
                 let Some((current, cas)) = &read.state else {
                     break;
                 };
-                let refund = match op.strategy.refund_bytes(current, op.input.now_us, &op.input) {
+                let refund = match op.strategy.refund_bytes(current, charged_at, &op.input) {
                     Ok(Some(r)) => r,
                     _ => break,
                 };

@@ -139,6 +139,7 @@
 //! | stored state that does not decode | [`BackendError::State`] |
 //! | after [`Backend::close`] | [`BackendError::Closed`] |
 
+mod amend;
 mod builder;
 mod cas;
 mod keys;
@@ -153,7 +154,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memcache::exp::AsyncMemcache;
-use traffik::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
+use traffik::backend::{Amend, Backend, BoxFuture, GroupOperation, Mode, Operation};
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{BackendError, OnError, StrategyHandle};
 
@@ -409,6 +410,15 @@ impl Backend for MemcachedBackend {
 
     fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
         Box::pin(self.run_group(group.ops))
+    }
+
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        _tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move { self.amend_impl(&op, amend).await })
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::Value;
 use traffik::backend::{GroupOperation, Mode, Operation};
-use traffik::strategy::{Builtin, Input, Metadata, Verdict};
+use traffik::strategy::{Builtin, Input, MAX_SLOTS, Metadata, Verdict};
 use traffik::{BackendError, StrategyHandle};
 
 use crate::conn::Call;
@@ -43,6 +43,7 @@ impl RedisBackend {
             Builtin::Meter(_) => &s.meter,
             Builtin::QuotaRollover(_) => &s.quota_rollover,
             Builtin::CostAware(_) => &s.cost_aware,
+            Builtin::Concurrency => &s.concurrency,
             _ => {
                 return Err(BackendError::command(KIND, "unknown built-in strategy (no Lua script)"));
             }
@@ -65,6 +66,9 @@ impl RedisBackend {
             Builtin::CostAware(spec) => {
                 let p = spec.plain().params(&input.rate);
                 call.arg(p.interval_us).arg(p.capacity_us).arg(p.period_us).arg(state::cost_aware_arg(&spec));
+            }
+            Builtin::Concurrency => {
+                call.arg(input.rate.limit().min(MAX_SLOTS)).arg(input.rate.period_us()).arg("").arg(0);
             }
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
@@ -140,7 +144,7 @@ impl RedisBackend {
                     Mode::Peek => ScriptMode::Peek,
                 };
                 let items = self.run_builtin(b, &op, mode).await?;
-                state::verdict(&items)
+                state::verdict_with_lease(&items)
             }
             None => self.decide_generic(&op).await,
         }
@@ -182,6 +186,10 @@ impl RedisBackend {
                     let (limit, w) = (input.rate.limit(), input.rate.period_us());
                     call.arg("qr").arg(cost).arg(limit).arg(w).arg(spec.cap(limit)).arg(0);
                 }
+                Some(Builtin::Concurrency) => {
+                    let (n, t) = (input.rate.limit().min(MAX_SLOTS), input.rate.period_us());
+                    call.arg("cc").arg(cost).arg(n).arg(t).arg("").arg(0);
+                }
                 Some(Builtin::CostAware(spec)) => {
                     let p = spec.plain().params(&input.rate);
                     call.arg("ca").arg(cost).arg(p.interval_us).arg(p.capacity_us).arg(p.period_us);
@@ -206,10 +214,10 @@ impl RedisBackend {
         }
         let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
         let items = state::items(&reply)?;
-        if items.len() != 4 * group.ops.len() {
+        if items.len() != 5 * group.ops.len() {
             return Err(BackendError::command(KIND, format!("a group reply of {} fields", items.len())));
         }
-        items.chunks_exact(4).map(state::verdict).collect()
+        items.chunks_exact(5).map(state::verdict_with_lease).collect()
     }
 
     pub(crate) async fn stat_impl(&self, op: Operation<'_>) -> Result<(Verdict, Metadata), BackendError> {

@@ -116,6 +116,7 @@
 //! Connections open on first use, inside the caller's Tokio runtime (which must have its timer
 //! enabled); multiplexed connections live on the runtime that opened them.
 
+mod amend;
 mod builder;
 mod conn;
 mod decide;
@@ -129,7 +130,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis::Value;
-use traffik::backend::{Backend, BoxFuture, GroupOperation, Operation};
+use traffik::backend::{Amend, Backend, BoxFuture, GroupOperation, Operation};
 use traffik::strategy::{Builtin, Input, Metadata, Verdict};
 use traffik::{BackendError, OnError, StrategyHandle};
 
@@ -319,6 +320,15 @@ impl Backend for RedisBackend {
 
     fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
         Box::pin(self.decide_group_impl(group))
+    }
+
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(self.amend_impl(op, amend, tag))
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

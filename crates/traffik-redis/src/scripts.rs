@@ -48,6 +48,9 @@ local kind, remaining, wait, reset = 3, 0, 0, 0
 local state, ttl
 "#;
 
+/// Declarations the concurrency script's body needs beyond the prologue's.
+const CONCURRENCY_HEAD: &str = "local lease, changed = 0, 0\n";
+
 /// Shared epilogue: writes the new state, if any, and replies.
 const EPILOGUE: &str = r#"
 if state then
@@ -442,6 +445,102 @@ if inc <= cap then
 end
 "#;
 
+/// Concurrency (leases). Extra ARGV: slots N (at most `traffik::strategy::MAX_SLOTS`), lease
+/// time T in µs, `op` (empty: a decision; `r`: release, `n`: renew the lease stamped `ARGV[8]`).
+/// State: `"T/at:until:slots ..."`, the lease time the expiries were set under and the leases in
+/// the order they were taken. Under a shorter T every expiry moves earlier by the difference;
+/// expiries are capped at `now + T`; expired, empty and far-future leases are dropped, and at
+/// most 1024 leases are read (the Rust strategy's rules, line by line). A decision's reply adds
+/// the new lease's stamp (0 when none was taken); a release or renewal replies `{changed}`.
+const CONCURRENCY: &str = r#"
+local n = ARGV[5] * 1
+local t = ARGV[6] * 1
+local op = ARGV[7]
+local horizon = now + t
+local ats, untils, slots, k = {}, {}, {}, 0
+if raw then
+  local pw, from = string.match(raw, '^(%d+)/()')
+  if pw then
+    local shorter = pw * 1 - t
+    if shorter < 0 then shorter = 0 end
+    for a, u, c in string.gmatch(string.sub(raw, from), '(%d+):(%d+):(%d+)') do
+      a, u, c = a * 1, u * 1 - shorter, c * 1
+      if u > horizon then u = horizon end
+      if u > now and a <= horizon and c > 0 and k < 1024 then
+        if c > 1024 then c = 1024 end
+        k = k + 1
+        ats[k], untils[k], slots[k] = a, u, c
+      end
+    end
+  end
+end
+local function save()
+  local parts, latest = {}, now
+  for i = 1, k do
+    parts[i] = string.format('%d:%d:%d', ats[i], untils[i], slots[i])
+    if untils[i] > latest then latest = untils[i] end
+  end
+  state = string.format('%d/', t) .. table.concat(parts, ' ')
+  ttl = latest - now
+  if ttl < 1 then ttl = 1 end
+end
+if op == '' then
+  if cost <= n then
+    local used, maxat, latest = 0, nil, now
+    for i = 1, k do
+      used = used + slots[i]
+      if not maxat or ats[i] + 1 > maxat then maxat = ats[i] + 1 end
+      if untils[i] > latest then latest = untils[i] end
+    end
+    if used + cost <= n then
+      local st = now
+      if maxat then
+        if maxat > st then st = maxat end
+      elseif st < 1 then
+        st = 1
+      end
+      k = k + 1
+      ats[k], untils[k], slots[k] = st, now + t, cost
+      if now + t > latest then latest = now + t end
+      kind, remaining, reset, lease = 0, n - used - cost, latest - now, st
+      if mode == 'c' then save() end
+    else
+      local order = {}
+      for i = 1, k do order[i] = i end
+      table.sort(order, function(x, y) return untils[x] < untils[y] end)
+      local held, w8 = used, t
+      for _, i in ipairs(order) do
+        held = held - slots[i]
+        if held + cost <= n then
+          w8 = untils[i] - now
+          break
+        end
+      end
+      remaining = n - used
+      if remaining < 0 then remaining = 0 end
+      kind, wait, reset = 2, w8, latest - now
+    end
+  end
+else
+  local stamp = ARGV[8] * 1
+  for i = 1, k do
+    if ats[i] == stamp then
+      if op == 'r' then
+        table.remove(ats, i)
+        table.remove(untils, i)
+        table.remove(slots, i)
+        k = k - 1
+      else
+        untils[i] = now + t
+      end
+      changed = 1
+      save()
+      break
+    end
+  end
+end
+"#;
+
 /// Generic path, read: `{now, value_or_nil}`. ARGV: now (empty = server `TIME`).
 const READ: &str = r#"
 local now
@@ -482,7 +581,8 @@ return {0, now, cur}
 /// `interval_us, capacity_us, queue_us, period_us` for meters). Every
 /// member is decided on its current state with the bodies of the single scripts; the new states
 /// are written only in consume mode and only if every member admitted. Replies
-/// `{kind, remaining, wait_us, reset_us}` per member, flattened.
+/// `{kind, remaining, wait_us, reset_us, lease}` per member, flattened (`lease`: a concurrency
+/// member's new lease stamp, else 0). A concurrency member (`cc`) takes `limit, period_us, '', 0`.
 const GROUP_HEAD: &str = r#"
 local gmode = ARGV[1]
 local now = ARGV[2]
@@ -503,10 +603,11 @@ for i = 1, #KEYS do
   local raw = redis.call('GET', key)
   local kind, remaining, wait, reset = 3, 0, 0, 0
   local state, ttl
+  local lease, changed = 0, 0
 "#;
 
 const GROUP_TAIL: &str = r#"
-  out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = kind, remaining, wait, reset
+  out[5 * i - 4], out[5 * i - 3], out[5 * i - 2], out[5 * i - 1], out[5 * i] = kind, remaining, wait, reset, lease
   states[i], ttls[i] = state, ttl
   if kind > 1 then all = false end
 end
@@ -553,6 +654,8 @@ fn group_script() -> String {
         &member_body(&[COST_AWARE]),
         "  elseif which == 'qr' then\n",
         &member_body(&[WINDOW, QUOTA_ROLLOVER]),
+        "  elseif which == 'cc' then\n",
+        &member_body(&[CONCURRENCY]),
         "  else\n",
         &member_body(&[METER]),
         "  end\n",
@@ -584,9 +687,20 @@ pub(crate) struct Scripts {
     pub(crate) meter: Lua,
     pub(crate) quota_rollover: Lua,
     pub(crate) cost_aware: Lua,
+    pub(crate) concurrency: Lua,
     pub(crate) group: Lua,
     pub(crate) read: Lua,
     pub(crate) cas: Lua,
+}
+
+/// The concurrency script: its replies carry the lease (decisions) or whether anything changed
+/// (releases and renewals), so the shared epilogue's last reply is replaced.
+fn concurrency_script() -> String {
+    let epilogue = EPILOGUE.replace(
+        "return {kind, remaining, wait, reset}\n",
+        "if op ~= '' then\n  return {changed}\nend\nreturn {kind, remaining, wait, reset, lease}\n",
+    );
+    [PROLOGUE, CONCURRENCY_HEAD, CONCURRENCY, &epilogue].concat()
 }
 
 fn strategy_script(body: &[&str]) -> String {
@@ -600,6 +714,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     meter: Lua::new(strategy_script(&[METER])),
     quota_rollover: Lua::new(strategy_script(&[WINDOW, QUOTA_ROLLOVER])),
     cost_aware: Lua::new(strategy_script(&[COST_AWARE])),
+    concurrency: Lua::new(concurrency_script()),
     group: Lua::new(group_script()),
     read: Lua::new(READ.to_owned()),
     cas: Lua::new(CAS.to_owned()),
@@ -611,11 +726,26 @@ mod tests {
 
     #[test]
     fn the_group_script_reads_each_members_own_parameters() {
-        let members =
-            member_body(&[WINDOW, FIXED_WINDOW, SLIDING_COUNTER, SLIDING_LOG, METER, QUOTA_ROLLOVER, COST_AWARE]);
+        let members = member_body(&[
+            WINDOW,
+            FIXED_WINDOW,
+            SLIDING_COUNTER,
+            SLIDING_LOG,
+            METER,
+            QUOTA_ROLLOVER,
+            COST_AWARE,
+            CONCURRENCY,
+        ]);
         for single in ["ARGV[4]", "ARGV[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]"] {
             assert!(!members.contains(single), "{single} left in a member body");
         }
         assert!(members.contains("ARGV[o + 3]") && members.contains("ARGV[o + 6]"));
+    }
+
+    #[test]
+    fn the_concurrency_script_replies_with_its_lease() {
+        let script = concurrency_script();
+        assert!(script.contains("return {kind, remaining, wait, reset, lease}"));
+        assert!(script.contains("return {changed}"));
     }
 }

@@ -3,7 +3,7 @@
 use redis::Value;
 use traffik::BackendError;
 use traffik::strategy::{
-    Builtin, CostAwareSpec, CostAwareState, FixedWindowState, MeterState, QuotaRolloverState,
+    Builtin, ConcurrencyState, CostAwareSpec, CostAwareState, FixedWindowState, Lease, MeterState, QuotaRolloverState,
     SlidingWindowCounterState, SlidingWindowLogState, Verdict, VerdictKind,
 };
 
@@ -61,7 +61,17 @@ pub(crate) fn verdict(fields: &[Value]) -> Result<Verdict, BackendError> {
             return Err(BackendError::command(KIND, format!("unknown verdict kind {other}")));
         }
     };
-    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)? })
+    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)?, lease_us: 0 })
+}
+
+/// A verdict, with the lease stamp that follows it when the reply has one (the concurrency
+/// script's decisions).
+pub(crate) fn verdict_with_lease(fields: &[Value]) -> Result<Verdict, BackendError> {
+    let v = verdict(fields)?;
+    match fields.get(4) {
+        Some(lease) => Ok(v.with_lease(int(lease)?)),
+        None => Ok(v),
+    }
 }
 
 fn numbers(raw: &str) -> Option<Vec<u64>> {
@@ -100,6 +110,15 @@ pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>
             [tat, avg_milli, prev_avg_milli] => serde_json::to_vec(&CostAwareState { tat, avg_milli, prev_avg_milli }),
             _ => return None,
         },
+        Builtin::Concurrency => {
+            let (period, body) = raw.split_once('/')?;
+            let n = if body.is_empty() { Vec::new() } else { numbers(body)? };
+            if n.len() % 3 != 0 {
+                return None;
+            }
+            let leases = n.chunks_exact(3).map(|l| Lease { at_us: l[0], until_us: l[1], slots: l[2] }).collect();
+            serde_json::to_vec(&ConcurrencyState { period_us: period.parse().ok()?, leases })
+        }
         Builtin::QuotaRollover(_) => match numbers(raw)?[..] {
             [start_us, used, carried, period_us] => {
                 serde_json::to_vec(&QuotaRolloverState { start_us, used, carried, period_us })

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use traffik::backend::Amend;
 use traffik::backend::{Mode, Operation};
 use traffik::strategy::{
-    CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover, Reserved,
-    SlidingWindowCounter, SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
+    Concurrency, CostAwareTokenBucket, FixedWindow, Gcra, Input, LeakyBucket, LeakyBucketWithQueue, QuotaRollover,
+    Reserved, SlidingWindowCounter, SlidingWindowLog, Strategy as RateStrategy, TokenBucket, TokenBucketWithDebt,
 };
 use traffik::{Backend, Key, Rate, StrategyHandle};
 use traffik_redis::RedisBackend;
@@ -35,6 +36,7 @@ enum Which {
     Prio(u64),
     /// Burst, reference cost in thousandths, slowdown in thousandths, window.
     Ca(Option<u32>, u64, u64, u32),
+    Conc,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +79,7 @@ fn which() -> impl proptest::strategy::Strategy<Value = Which> {
         (1u64..10_000).prop_map(Which::Prio),
         (proptest::option::of(1u32..40), 1u64..8_000, 1_000u64..=4_000, 1u32..=1_000)
             .prop_map(|(b, r, m, n)| Which::Ca(b, r, m, n)),
+        Just(Which::Conc),
     ]
 }
 
@@ -178,7 +181,8 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
         match step.action {
             Action::Stat => {
                 let (v, meta) = backend.stat(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
-                prop_assert_eq!(v, rust.verdict, "stat verdict; {}", ctx());
+                // A stat reports no lease stamp (nothing is taken).
+                prop_assert_eq!(v, rust.verdict.with_lease(0), "stat verdict; {}", ctx());
                 prop_assert_eq!(meta, s.metadata(state.as_ref(), &input), "metadata; {}", ctx());
             }
             _ => {
@@ -216,6 +220,7 @@ async fn run(backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
             compare(b.build().map_err(|e| TestCaseError::fail(e.to_string()))?, backend, case).await
         }
         Which::Prio(capacity) => compare(Reserved::new(capacity), backend, case).await,
+        Which::Conc => compare(Concurrency, backend, case).await,
         Which::Qr(max, percent) => {
             let mut b = QuotaRollover::builder();
             if let Some(m) = max {
@@ -250,5 +255,123 @@ fn sliding_counter_boundaries_and_waits_match_to_the_microsecond() {
     let result = runner.run(&counter_case(), |c| rt.block_on(run(&backend, &c)));
     if let Err(e) = result {
         panic!("Lua and Rust disagree: {e}");
+    }
+}
+
+/// One step of a lease schedule: a hit, a peek, a stat, or the release or renewal of the
+/// `n`-th lease taken so far (modulo their number; a stamp never taken when there is none).
+#[derive(Clone, Debug)]
+enum LeaseAction {
+    Hit,
+    Peek,
+    Stat,
+    Release(usize),
+    Renew(usize),
+}
+
+/// A lease step: time change, cost, action, and a new limit and period (ms) from then on.
+type LeaseStep = (i64, u64, LeaseAction, Option<(u32, u64)>);
+
+fn lease_steps() -> impl proptest::strategy::Strategy<Value = Vec<LeaseStep>> {
+    let action = prop_oneof![
+        5 => Just(LeaseAction::Hit),
+        1 => Just(LeaseAction::Peek),
+        1 => Just(LeaseAction::Stat),
+        3 => (0usize..64).prop_map(LeaseAction::Release),
+        3 => (0usize..64).prop_map(LeaseAction::Renew),
+    ];
+    let step = (
+        prop_oneof![4 => Just(0i64), 4 => 0i64..2_000_000, 2 => 0i64..20_000_000, 1 => -100_000i64..0],
+        prop_oneof![8 => Just(1u64), 2 => 1u64..=4, 1 => Just(u64::MAX)],
+        action,
+        prop_oneof![12 => Just(None), 1 => (1u32..=8, prop::sample::select(vec![100u64, 1_000, 5_000, 30_000])).prop_map(Some)],
+    );
+    prop::collection::vec(step, 1..60)
+}
+
+/// Releases and renewals too: the concurrency script and the Rust strategy agree on every
+/// decision, every release and renewal (whether the lease was still there) and every stat,
+/// stamps included, under rate changes and a lagging clock.
+async fn compare_leases(
+    backend: &RedisBackend,
+    (limit, period_ms, start): (u32, u64, u64),
+    steps: &[LeaseStep],
+) -> Result<(), TestCaseError> {
+    let s = Concurrency;
+    let handle = StrategyHandle::new(s);
+    let mut rate = Rate::per_millis(limit, period_ms).map_err(|e| TestCaseError::reject(e.to_string()))?;
+    let key = Key::builder(&format!("lease-{}", common::run_id()))
+        .part(&KEYS.fetch_add(1, Ordering::Relaxed).to_be_bytes())
+        .build();
+    let mut state = None;
+    let mut stamps: Vec<u64> = Vec::new();
+    let mut now = start;
+    for (i, (delta, cost, action, new_rate)) in steps.iter().enumerate() {
+        now = now.saturating_add_signed(*delta);
+        if let Some((l, p)) = new_rate {
+            rate = Rate::per_millis(*l, *p).map_err(|e| TestCaseError::reject(e.to_string()))?;
+        }
+        let input = Input { now_us: now, rate, cost: *cost };
+        let op = |mode| Operation { key: &key, strategy: &handle, input, mode };
+        let ctx = || format!("step {i}: now {now}, {rate:?}, cost {cost}, {action:?}, state {state:?}");
+        match action {
+            LeaseAction::Hit | LeaseAction::Peek => {
+                let rust = s.decide(state.as_ref(), &input);
+                let mode = if matches!(action, LeaseAction::Hit) { Mode::Consume } else { Mode::Peek };
+                let v = backend.decide(op(mode)).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
+                prop_assert_eq!(v, rust.verdict, "verdict; {}", ctx());
+                if let (LeaseAction::Hit, Some(w)) = (action, rust.write) {
+                    state = Some(w.state);
+                    stamps.push(v.lease_us);
+                }
+            }
+            LeaseAction::Stat => {
+                let rust = s.decide(state.as_ref(), &input);
+                let (v, meta) =
+                    backend.stat(op(Mode::Peek)).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
+                prop_assert_eq!(v, rust.verdict.with_lease(0), "stat verdict; {}", ctx());
+                prop_assert_eq!(meta, s.metadata(state.as_ref(), &input), "metadata; {}", ctx());
+            }
+            LeaseAction::Release(n) | LeaseAction::Renew(n) => {
+                let stamp = if stamps.is_empty() { 7 } else { stamps[n % stamps.len()] };
+                let amend = match action {
+                    LeaseAction::Release(_) => Amend::Refund { charged_at_us: stamp },
+                    _ => Amend::Renew { charged_at_us: stamp },
+                };
+                let rust = match (&state, amend) {
+                    (None, _) => None,
+                    (Some(st), Amend::Refund { .. }) => s.refund(st, stamp, &input),
+                    (Some(st), _) => s.renew(st, stamp, &input),
+                };
+                let changed = backend
+                    .amend(op(Mode::Consume), amend, None)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
+                prop_assert_eq!(changed, rust.is_some(), "{} of {}; {}", amend.name(), stamp, ctx());
+                if let Some(w) = rust {
+                    state = Some(w.state);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_concurrency_script_releases_and_renews_exactly_like_the_rust_strategy() {
+    let server = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let backend = common::client_clock(&server.url);
+    let mut runner = TestRunner::new(Config { cases: 600, failure_persistence: None, ..Config::default() });
+    let cases = (
+        1u32..=6,
+        prop::sample::select(vec![100u64, 1_000, 30_000]),
+        1_600_000_000_000_000u64..1_900_000_000_000_000,
+        lease_steps(),
+    );
+    let result =
+        runner.run(&cases, |(l, p, start, steps)| rt.block_on(compare_leases(&backend, (l, p, start), &steps)));
+    if let Err(e) = result {
+        panic!("Lua and Rust disagree on leases: {e}");
     }
 }

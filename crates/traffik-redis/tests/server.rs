@@ -50,7 +50,7 @@ fn exactly_one_script_call_per_decision_and_per_stat() {
     let backend = common::client_clock(&server.url);
     let rate = Rate::per_millis(5, 1_000).expect("rate");
     let builtins: Vec<_> = builtin_suites().into_iter().filter(|s| s.strategy.builtin().is_some()).collect();
-    assert_eq!(builtins.len(), 16);
+    assert_eq!(builtins.len(), 17);
     rt.block_on(async {
         // Load every script once (a fresh server answers the first EVALSHA with NOSCRIPT).
         for s in &builtins {

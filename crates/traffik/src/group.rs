@@ -14,6 +14,7 @@ use crate::decision::{Decision, Outcome, Skip, Source};
 use crate::error::{BackendError, ConfigError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
+use crate::lease::{LeaseRef, Permit};
 use crate::policy::ErrorPolicy;
 use crate::stat::Snapshot;
 use crate::strategy::{Verdict, VerdictKind};
@@ -399,7 +400,7 @@ impl ThrottleGroup {
         // moved whole, wherever it is polled).
         if let Some(failed) = failed {
             let Failed { configs, prepared, error } = *failed;
-            let decided = Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error))).await?;
+            let decided = Box::pin(self.decide(configs, prepared, req, Mode::Consume, Some(error), None)).await?;
             return Ok(self.settle(decided, false, Mode::Consume));
         }
         Box::pin(self.run(req, &NO_CONTEXT, Mode::Consume)).await
@@ -507,8 +508,28 @@ impl ThrottleGroup {
         for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
             prepared.push(member.prepare(config, prefix, req, ctx).await);
         }
-        let decided = self.decide(configs, prepared, req, mode, None).await?;
+        let decided = self.decide(configs, prepared, req, mode, None, None).await?;
         Ok(self.settle(decided, ctx.is_shadow(), mode))
+    }
+
+    /// [`hit`](Self::hit) holding what every member took until the [`Permit`] is dropped: the
+    /// leases of members with the [`Concurrency`](crate::strategy::Concurrency) strategy, if
+    /// every member admitted (see [`Throttle::acquire`]); the other members' quota stays spent.
+    pub async fn acquire(&self, req: &RequestView<'_>) -> Result<Permit<GroupDecision>, Error> {
+        self.acquire_with(req, &NO_CONTEXT).await
+    }
+
+    /// [`acquire`](Self::acquire) with per-hit options for every member.
+    pub async fn acquire_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Permit<GroupDecision>, Error> {
+        let g = &*self.inner;
+        let configs: Configs = g.members.iter().map(|m| m.inner.config.load_full()).collect();
+        let mut prepared: SmallVec<[Prepared; 4]> = SmallVec::with_capacity(g.members.len());
+        for ((member, config), prefix) in g.members.iter().zip(&configs).zip(&g.prefixes) {
+            prepared.push(member.prepare(config, prefix, req, ctx).await);
+        }
+        let mut leases = Vec::new();
+        let decided = self.decide(configs, prepared, req, Mode::Consume, None, Some(&mut leases)).await?;
+        Ok(Permit::new(self.settle(decided, ctx.is_shadow(), Mode::Consume), leases))
     }
 
     /// Asks the backend about the prepared members (unless `failed` already holds its answer,
@@ -520,6 +541,7 @@ impl ThrottleGroup {
         req: &RequestView<'_>,
         mode: Mode,
         failed: Option<BackendError>,
+        leases: Option<&mut Vec<Arc<LeaseRef>>>,
     ) -> Result<GroupDecision, Error> {
         let g = &*self.inner;
         let limiting = prepared.iter().filter(|p| matches!(p, Prepared::Go(_))).count();
@@ -559,6 +581,9 @@ impl ThrottleGroup {
             None => Box::pin(g.members[0].decide(&configs[0], &primary, &attempt, req)).await?,
         };
         drop(ops);
+        if let (Some(out), Resolved::Verdict(v, source)) = (leases, &resolved) {
+            *out = crate::lease::group_leases(&g.tag, &g.members, &configs, &prepared, &primary, v, *source);
+        }
         let verdicts = match resolved {
             Resolved::Verdict(v, source) if v.len() == limiting => Some((v, source)),
             Resolved::Verdict(v, _) => {

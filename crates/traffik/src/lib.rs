@@ -109,6 +109,7 @@ mod group;
 pub mod headers;
 pub mod identity;
 pub mod key;
+pub mod lease;
 pub mod policy;
 pub mod priority;
 mod rate;

@@ -8,9 +8,10 @@
 
 use proptest::prelude::*;
 use traffik::Rate;
+use traffik::strategy::Lease;
 use traffik::strategy::{
-    CostAwareState, CostAwareTokenBucket, FixedWindow, FixedWindowState, Gcra, Input, LeakyBucket,
-    LeakyBucketWithQueue, MeterState, QuotaRollover, QuotaRolloverState, Reserved, SlidingWindowCounter,
+    Concurrency, ConcurrencyState, CostAwareState, CostAwareTokenBucket, FixedWindow, FixedWindowState, Gcra, Input,
+    LeakyBucket, LeakyBucketWithQueue, MeterState, QuotaRollover, QuotaRolloverState, Reserved, SlidingWindowCounter,
     SlidingWindowCounterState, SlidingWindowLog, SlidingWindowLogState, Strategy as Limiter, TokenBucket,
     TokenBucketWithDebt, VerdictKind,
 };
@@ -143,11 +144,30 @@ proptest! {
         no_more_than_fresh(&CostAwareTokenBucket::builder().build().unwrap(), state, &input)?;
     }
 
+    #[test]
+    fn leases_survive_any_stored_numbers(
+        now in instant(), rate in rate(), period in number(),
+        leases in prop::collection::vec((number(), number(), number()), 0..6), stamp in number(),
+    ) {
+        let input = Input { now_us: now, rate, cost: 1 };
+        let leases: Vec<Lease> =
+            leases.into_iter().map(|(at_us, until_us, slots)| Lease { at_us, until_us, slots }).collect();
+        let state = ConcurrencyState { period_us: period, leases };
+        no_more_than_fresh(&Concurrency, state.clone(), &input)?;
+        // Releasing or renewing whatever is stored never panics, and keeps a bounded state.
+        let bound = bound_of("conc", rate);
+        for w in [Concurrency.refund(&state, stamp, &input), Concurrency.renew(&state, stamp, &input)].into_iter().flatten() {
+            prop_assert!(w.ttl_us <= bound, "time to live {}", w.ttl_us);
+            prop_assert!(w.state.leases.len() <= 1024);
+        }
+    }
+
     /// Bytes that are not a state are a typed error; any answer at all is never a panic.
     #[test]
     fn stored_bytes_are_parsed_or_refused(now in instant(), rate in rate(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let input = Input { now_us: now, rate, cost: 1 };
-        let handles: [traffik::StrategyHandle; 11] = [
+        let handles: [traffik::StrategyHandle; 12] = [
+            Concurrency.into(),
             FixedWindow.into(),
             SlidingWindowCounter.into(),
             SlidingWindowLog.into(),

@@ -87,6 +87,15 @@ impl PoemGroup {
         &self.group
     }
 
+    /// Acquires the group for `req` ([`ThrottleGroup::acquire`]): what the middleware does when
+    /// a member holds leases (a concurrency limit).
+    pub async fn acquire(&self, req: &Request) -> Result<traffik::lease::Permit<GroupDecision>, traffik::Error> {
+        match &self.context {
+            Some(f) => self.group.acquire_with(&request_view(req), &f(req)).await,
+            None => self.group.acquire(&request_view(req)).await,
+        }
+    }
+
     /// Hits the group for `req`.
     pub async fn hit(&self, req: &Request) -> Result<GroupDecision, traffik::Error> {
         match &self.context {
@@ -123,9 +132,19 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let g = &self.group;
-        let decided = match g.hit(&req).await {
-            Ok(d) => d,
-            Err(e) => return Ok(error_response(&g.uid, &e)),
+        // A member with leases (a concurrency limit): the permit is held until the endpoint has
+        // answered, and released however this future ends.
+        let leased = g.group.members().iter().any(Throttle::holds_leases);
+        let (decided, permit) = if leased {
+            match g.acquire(&req).await {
+                Ok(p) => (p.decision().clone(), Some(p)),
+                Err(e) => return Ok(error_response(&g.uid, &e)),
+            }
+        } else {
+            match g.hit(&req).await {
+                Ok(d) => (d, None),
+                Err(e) => return Ok(error_response(&g.uid, &e)),
+            }
         };
         let answer = answering(&g.group, &decided);
         if decided.is_refused() {
@@ -153,7 +172,9 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
         if let Some((_, decision)) = answer {
             req.extensions_mut().insert(decision.clone());
         }
-        let mut resp = self.inner.call(req).await?.into_response();
+        let answered = self.inner.call(req).await;
+        drop(permit);
+        let mut resp = answered?.into_response();
         if let Some(h) = headers {
             add_missing(resp.headers_mut(), h);
         }

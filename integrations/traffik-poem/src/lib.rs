@@ -102,8 +102,8 @@ pub use global::{MiddlewareThrottle, ThrottleMiddleware, ThrottleMiddlewareEndpo
 pub use group::{GroupEndpoint, GroupExt, PoemGroup};
 pub use load::{ObserveLoad, ObserveLoadEndpoint};
 pub use middleware::{
-    PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions, enforce, hit,
-    is_throttled, record,
+    HeldPermit, PoemThrottle, ThrottleDecisions, ThrottleEndpoint, ThrottleExt, apply_headers, decision, decisions,
+    enforce, hit, is_throttled, record, take_permit,
 };
 pub use quotas::QuotasEndpoint;
 pub use response::{ThrottledHandler, default_throttled_response, error_response, throttled_response};

@@ -14,6 +14,7 @@ use crate::view::request_view;
 type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
 
 struct Options {
+    refusal_status: Option<poem::http::StatusCode>,
     cost: Option<u64>,
     per_path: bool,
     per_route: bool,
@@ -94,13 +95,21 @@ impl PoemThrottle {
         PoemThrottle {
             throttle,
             uid,
-            opts: Arc::new(Options { cost: None, per_path: false, per_route: false, shadow: false, context: None }),
+            opts: Arc::new(Options {
+                refusal_status: None,
+                cost: None,
+                per_path: false,
+                per_route: false,
+                shadow: false,
+                context: None,
+            }),
         }
     }
 
     fn with_opts(mut self, f: impl FnOnce(&mut Options)) -> Self {
         let old = &self.opts;
         let mut next = Options {
+            refusal_status: old.refusal_status,
             cost: old.cost,
             per_path: old.per_path,
             per_route: old.per_route,
@@ -110,6 +119,32 @@ impl PoemThrottle {
         f(&mut next);
         self.opts = Arc::new(next);
         self
+    }
+
+    /// The status of a refusal, instead of `429 Too Many Requests`: e.g. `503 Service
+    /// Unavailable` for a concurrency limit that protects a scarce resource. Headers and body
+    /// stay the same (`Retry-After` included when a retry can pass).
+    #[must_use]
+    pub fn refusal_status(self, status: poem::http::StatusCode) -> Self {
+        self.with_opts(|o| o.refusal_status = Some(status))
+    }
+
+    fn refused(&self, req: &Request, decision: &Decision) -> Response {
+        let mut resp = throttled_response(&self.throttle, req, decision);
+        if let Some(status) = self.opts.refusal_status {
+            resp.set_status(status);
+        }
+        resp
+    }
+
+    /// Acquires a permit for `req` with this wrapper's options ([`Throttle::acquire`]): what
+    /// the middleware does for throttles that hold leases.
+    pub async fn acquire(&self, req: &Request) -> Result<traffik::lease::Permit, traffik::Error> {
+        let view = request_view(req);
+        match self.context_for(req) {
+            None => self.throttle.acquire(&view).await,
+            Some(ctx) => self.throttle.acquire_with(&view, &ctx).await,
+        }
     }
 
     /// Overrides the throttle's cost for requests through this middleware.
@@ -228,12 +263,15 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let t = &self.throttle;
+        if t.throttle.holds_leases() {
+            return Box::pin(self.call_leased(req)).await;
+        }
         let decision = match t.hit(&req).await {
             Ok(d) => d,
             Err(e) => return Ok(error_response(&t.uid, &e)),
         };
         if decision.is_refused() {
-            return Ok(throttled_response(&t.throttle, &req, &decision));
+            return Ok(t.refused(&req, &decision));
         }
         hold(&decision).await;
         let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
@@ -243,6 +281,73 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
         headers.add_to(&t.throttle, kept.as_ref(), &mut resp);
         Ok(resp)
     }
+}
+
+impl<E: Endpoint> ThrottleEndpoint<E> {
+    /// A throttle with leases (a concurrency limit): the permit is held until the endpoint has
+    /// answered, and released when this future ends, however it ends (an answer, an error, a
+    /// panic, or the connection going away and the future being dropped).
+    async fn call_leased(&self, mut req: Request) -> poem::Result<Response> {
+        let t = &self.throttle;
+        let permit = match t.acquire(&req).await {
+            Ok(p) => p,
+            Err(e) => return Ok(error_response(&t.uid, &e)),
+        };
+        let decision = permit.decision().clone();
+        if decision.is_refused() {
+            return Ok(t.refused(&req, &decision));
+        }
+        hold(&decision).await;
+        let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
+        let kept = matches!(headers, HeadersFor::AfterCall).then(|| decision.clone());
+        record_shared(&mut req, &t.uid, decision);
+        // The endpoint may take the permit ([`take_permit`]) to keep it longer (a WebSocket).
+        let held = HeldPermit(Arc::new(std::sync::Mutex::new(Some(permit))));
+        req.extensions_mut().insert(held.clone());
+        let answer = self.inner.call(req).await;
+        drop(held.take());
+        let mut resp = answer?.into_response();
+        headers.add_to(&t.throttle, kept.as_ref(), &mut resp);
+        Ok(resp)
+    }
+}
+
+/// The permit a concurrency limit's middleware holds for a request, in the request's
+/// extensions until the endpoint has answered; see [`take_permit`].
+#[derive(Clone)]
+pub struct HeldPermit(Arc<std::sync::Mutex<Option<traffik::lease::Permit>>>);
+
+impl fmt::Debug for HeldPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeldPermit")
+    }
+}
+
+impl HeldPermit {
+    fn take(&self) -> Option<traffik::lease::Permit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
+/// Takes the permit the innermost concurrency-limit middleware holds for `req` (a throttle with
+/// the [`Concurrency`](traffik::strategy::Concurrency) strategy), so that it lives as long as
+/// the value it is moved into rather than until the endpoint answers: move it into a
+/// WebSocket's `on_upgrade` task and the slot is held until the socket closes.
+///
+/// ```
+/// use poem::{IntoResponse, Request, handler, web::websocket::WebSocket};
+///
+/// #[handler]
+/// fn feed(ws: WebSocket, req: &Request) -> impl IntoResponse {
+///     let permit = traffik_poem::take_permit(req);
+///     ws.on_upgrade(move |socket| async move {
+///         let _held = permit; // released when the socket's task ends
+///         let _ = socket;
+///     })
+/// }
+/// ```
+pub fn take_permit(req: &Request) -> Option<traffik::lease::Permit> {
+    req.extensions().get::<HeldPermit>().and_then(HeldPermit::take)
 }
 
 /// A throttle's headers for an admitted request, added to the response once the endpoint has

@@ -113,11 +113,25 @@ impl Handler for SalvoGroup {
         }
         let members = self.group.members();
         let ctx = self.context.as_ref().map(|f| f(req, depot));
+        // A member with leases (a concurrency limit): the permit is held while the rest of the
+        // chain runs, and released however this future ends.
+        let leased = members.iter().any(traffik::Throttle::holds_leases);
+        let mut permit = None;
         let decided = {
             let view = request_view(req);
-            let hit = match &ctx {
-                Some(ctx) => self.group.hit_with(&view, ctx).await,
-                None => self.group.hit(&view).await,
+            let hit = match (&ctx, leased) {
+                (Some(ctx), true) => self.group.acquire_with(&view, ctx).await.map(|p| {
+                    let d = p.decision().clone();
+                    permit = Some(p);
+                    d
+                }),
+                (None, true) => self.group.acquire(&view).await.map(|p| {
+                    let d = p.decision().clone();
+                    permit = Some(p);
+                    d
+                }),
+                (Some(ctx), false) => self.group.hit_with(&view, ctx).await,
+                (None, false) => self.group.hit(&view).await,
             };
             let decided = match hit {
                 Ok(d) => d,
@@ -161,6 +175,10 @@ impl Handler for SalvoGroup {
         }
         record(depot, entry);
         delay(hold).await;
+        if let Some(permit) = permit {
+            ctrl.call_next(req, depot, res).await;
+            drop(permit);
+        }
     }
 }
 

@@ -9,10 +9,12 @@ use salvo::handler::Skipper;
 use salvo::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
+use traffik::lease::Permit;
 use traffik::reply::{Reply, ReplyBody};
 use traffik::{Context, Decision, Error, Outcome, Throttle};
 
 use crate::depot::{ThrottleRecord, record};
+use crate::permit::HeldPermit;
 use crate::view::request_view;
 
 type ContextFn = Arc<dyn Fn(&Request, &Depot) -> Context + Send + Sync>;
@@ -21,6 +23,7 @@ type ResponderFn = Arc<dyn Fn(&Decision, &mut Response) + Send + Sync>;
 /// Per-hoop options (shared by clones).
 #[derive(Clone, Default)]
 pub(crate) struct Options {
+    refusal_status: Option<StatusCode>,
     cost: Option<u64>,
     context: Option<ContextFn>,
     per_route: bool,
@@ -95,6 +98,14 @@ impl SalvoThrottle {
     #[must_use]
     pub fn cost(self, cost: u64) -> Self {
         self.edit(|o| o.cost = Some(cost))
+    }
+
+    /// The status of a refusal, instead of `429 Too Many Requests`: e.g. `503 Service
+    /// Unavailable` for a concurrency limit that protects a scarce resource. Headers and body
+    /// stay the same (`Retry-After` included when a retry can pass).
+    #[must_use]
+    pub fn refusal_status(self, status: StatusCode) -> Self {
+        self.edit(|o| o.refusal_status = Some(status))
     }
 
     /// Builds the per-hit [`Context`] (cost override, scope parts, typed values for the
@@ -220,12 +231,37 @@ impl SalvoThrottle {
         ctrl: &mut FlowCtrl,
         given: Option<Context>,
     ) -> bool {
+        self.run_with(req, depot, res, ctrl, given, None).await
+    }
+
+    /// [`run`](Self::run); with `permit`, the throttle is [acquired](Throttle::acquire) and the
+    /// permit left there for the caller to hold.
+    async fn run_with(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+        given: Option<Context>,
+        permit: Option<&mut Option<Permit>>,
+    ) -> bool {
         let ctx = self.build_context(req, depot, given);
         let (decision, stat) = {
             let view = request_view(req);
-            let result = match &ctx {
-                Some(ctx) => self.throttle.hit_with(&view, ctx).await,
-                None => self.throttle.hit(&view).await,
+            let result = match (permit, &ctx) {
+                (Some(slot), ctx) => {
+                    let acquired = match ctx {
+                        Some(ctx) => self.throttle.acquire_with(&view, ctx).await,
+                        None => self.throttle.acquire(&view).await,
+                    };
+                    acquired.map(|p| {
+                        let d = p.decision().clone();
+                        *slot = Some(p);
+                        d
+                    })
+                }
+                (None, Some(ctx)) => self.throttle.hit_with(&view, ctx).await,
+                (None, None) => self.throttle.hit(&view).await,
             };
             let decision = match result {
                 Ok(d) => d,
@@ -252,6 +288,9 @@ impl SalvoThrottle {
         let uid = Arc::clone(&self.uid);
         if decision.is_refused() {
             refuse(&self.throttle, ThrottleRecord { uid, decision, stat }, req, depot, res, ctrl).await;
+            if let Some(status) = self.opts.refusal_status {
+                res.status_code(status);
+            }
             return false;
         }
         let wait = decision.hold();
@@ -344,6 +383,24 @@ impl Handler for SalvoThrottle {
         if let Some(skipper) = &self.opts.skipper
             && skipper.skipped(req, depot)
         {
+            return;
+        }
+        if self.throttle.holds_leases() {
+            // A concurrency limit: the permit is held while the rest of the chain runs, and
+            // released when this future ends, however it ends (the handlers answered, one
+            // panicked, or the connection went away and the future was dropped).
+            let mut permit = None;
+            if !self.run_with(req, depot, res, ctrl, None, Some(&mut permit)).await {
+                ctrl.skip_rest();
+                return;
+            }
+            // The handlers may take it ([`take_permit`](crate::take_permit)) to keep it longer.
+            let held = permit.map(HeldPermit::new);
+            if let Some(held) = &held {
+                depot.insert_typed(held.clone());
+            }
+            ctrl.call_next(req, depot, res).await;
+            drop(held.and_then(|h| h.take()));
             return;
         }
         if !self.run(req, depot, res, ctrl, None).await {

@@ -122,6 +122,7 @@ mod group;
 mod hoop;
 mod load;
 mod middleware;
+mod permit;
 mod quotas;
 mod view;
 #[cfg(feature = "websocket")]
@@ -132,6 +133,7 @@ pub use group::{GroupExt, SalvoGroup};
 pub use hoop::{SalvoThrottle, ThrottleExt, ThrottledHandler, throttled_body, write_throttled};
 pub use load::ObserveLoad;
 pub use middleware::{MiddlewareThrottle, ThrottleMiddleware};
+pub use permit::{HeldPermit, take_permit};
 pub use quotas::QuotasHandler;
 #[cfg(feature = "websocket")]
 pub use traffik::reply::WsVerdict;

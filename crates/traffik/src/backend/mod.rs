@@ -11,7 +11,10 @@
 //! distributed locks. Built-in strategies ([`StrategyHandle::builtin`]) may use native
 //! implementations; any other strategy must work through [`StrategyHandle::decide_bytes`].
 
+mod amend;
 mod memory;
+
+pub use amend::Amend;
 
 pub(crate) use memory::Verdicts;
 pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};
@@ -104,6 +107,33 @@ pub trait Backend: Any + Send + Sync + fmt::Debug {
         None
     }
 
+    /// Applies a refund or a lease renewal ([`Amend`]) to the key of `op` atomically (`tag`: the
+    /// [`GroupOperation::tag`] when the admission was a group member's, for backends that key
+    /// group members apart, as Redis does): `true` if
+    /// the state changed, `false` if there was nothing to change (the key's state is gone, the
+    /// lease expired or was released, the window passed). `op.mode` is ignored. The default
+    /// refuses with [`BackendError::Unsupported`]; a custom backend implements it like
+    /// [`decide`](Self::decide), running [`StrategyHandle::amend_bytes`] on the stored state and
+    /// writing the result (with its time to live) only if the state is still what it read.
+    /// Leases ([`Concurrency`](crate::strategy::Concurrency)) need it to be released before they
+    /// expire and to be renewed.
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (op, amend, tag);
+        let backend = self.kind();
+        Box::pin(async move { Err(BackendError::Unsupported { backend, what: "refunds and lease renewals" }) })
+    }
+
+    /// [`amend`](Self::amend) without awaiting, for backends that never block (the in-memory
+    /// one); `None` otherwise.
+    fn amend_now(&self, _op: &Operation<'_>, _amend: Amend, _tag: Option<&str>) -> Option<Result<bool, BackendError>> {
+        None
+    }
+
     /// What a hit would get now, plus strategy metadata; writes nothing.
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
@@ -151,6 +181,17 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn decide_group_now(&self, group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
         (**self).decide_group_now(group)
+    }
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).amend(op, amend, tag)
+    }
+    fn amend_now(&self, op: &Operation<'_>, amend: Amend, tag: Option<&str>) -> Option<Result<bool, BackendError>> {
+        (**self).amend_now(op, amend, tag)
     }
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)

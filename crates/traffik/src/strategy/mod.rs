@@ -13,6 +13,7 @@
 //! | [`Reserved`] | time of the latest admission, cost used, period | any aligned window <= L; levels below i <= ceiling(i) |
 //! | [`CostAwareTokenBucket`] | theoretical arrival time, average admitted cost | any interval t: <= B + r·t |
 //! | [`QuotaRollover`] | period start, cost used, rollover | any aligned window <= L + R (R: rollover cap) |
+//! | [`Concurrency`] | leases (taken at, expiry, slots) | at any instant, live leases hold <= L slots |
 //!
 //! A strategy gets the stored state (or none), `now`, the rate and the cost, and returns a
 //! [`Verdict`] plus, when the state changes, the new state and how long it must be kept. It does
@@ -52,6 +53,7 @@
 //! }
 //! ```
 
+mod concurrency;
 mod cost_aware;
 mod fixed_window;
 mod meter;
@@ -61,6 +63,8 @@ mod rollover;
 mod sliding_counter;
 mod sliding_log;
 
+pub(crate) use concurrency::check_slots;
+pub use concurrency::{Concurrency, ConcurrencyState, Lease, MAX_SLOTS};
 pub use cost_aware::{CostAwareBuilder, CostAwareSpec, CostAwareState, CostAwareTokenBucket};
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use meter::{Gcra, LeakyBucket, LeakyBucketWithQueue, MeterState, TokenBucket, TokenBucketWithDebt};
@@ -78,6 +82,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Rate;
+use crate::backend::Amend;
 
 /// Strategy-specific details reported by `stat` (e.g. tokens left, window start).
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
@@ -135,27 +140,41 @@ pub struct Verdict {
     pub wait_us: u64,
     /// Time until the key is back to its full quota (or its current window ends).
     pub reset_us: u64,
+    /// An admission by [`Concurrency`]: the microsecond its lease was taken at, which identifies
+    /// the lease for release and renewal ([`Amend`]). 0 otherwise (a stat may leave it 0 too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_us: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Verdict {
     /// An admission.
     pub const fn admit(remaining: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Admit, remaining, wait_us: 0, reset_us }
+        Verdict { kind: VerdictKind::Admit, remaining, wait_us: 0, reset_us, lease_us: 0 }
     }
 
     /// An admission that must wait `delay_us` before it is released.
     pub const fn delay(delay_us: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Delay, remaining: 0, wait_us: delay_us, reset_us }
+        Verdict { kind: VerdictKind::Delay, remaining: 0, wait_us: delay_us, reset_us, lease_us: 0 }
     }
 
     /// A denial that a retry after `wait_us` would pass.
     pub const fn deny(remaining: u64, wait_us: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Deny, remaining, wait_us, reset_us }
+        Verdict { kind: VerdictKind::Deny, remaining, wait_us, reset_us, lease_us: 0 }
     }
 
     /// The cost can never be admitted.
     pub const fn never() -> Self {
-        Verdict { kind: VerdictKind::Never, remaining: 0, wait_us: 0, reset_us: 0 }
+        Verdict { kind: VerdictKind::Never, remaining: 0, wait_us: 0, reset_us: 0, lease_us: 0 }
+    }
+
+    /// This verdict with the lease it took ([`lease_us`](Self::lease_us)).
+    pub const fn with_lease(mut self, lease_us: u64) -> Self {
+        self.lease_us = lease_us;
+        self
     }
 
     /// Whether the hit goes through (now or after a delay).
@@ -216,6 +235,8 @@ pub enum Builtin {
     QuotaRollover(RolloverSpec),
     /// [`CostAwareTokenBucket`] with its parameters.
     CostAware(CostAwareSpec),
+    /// [`Concurrency`].
+    Concurrency,
 }
 
 pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
@@ -252,6 +273,15 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Built-ins: the windows and the log take the cost off the window or entry that counted
     /// it; a meter's theoretical arrival time moves back by `cost · T`, never before now.
     fn refund(&self, _state: &Self::State, _charged_at_us: u64, _input: &Input) -> Option<Write<Self::State>> {
+        None
+    }
+
+    /// Extends a lease-like admission made at `charged_at_us` (see [`Concurrency`]): the new
+    /// state and its time to live, or `None` when there is nothing to extend (it expired, was
+    /// given back, or the strategy has no leases). Backends run it for
+    /// [`Amend::Renew`], as they run [`refund`](Self::refund)
+    /// for [`Amend::Refund`].
+    fn renew(&self, _state: &Self::State, _charged_at_us: u64, _input: &Input) -> Option<Write<Self::State>> {
         None
     }
 
@@ -299,6 +329,8 @@ trait Erased: Send + Sync + fmt::Debug {
         charged_at_us: u64,
         input: &Input,
     ) -> Result<Option<(Vec<u8>, u64)>, StateError>;
+    fn amend_bytes(&self, state: &[u8], amend: Amend, input: &Input) -> Result<Option<(Vec<u8>, u64)>, StateError>;
+    fn amend_slot(&self, slot: &mut Option<Slot>, amend: Amend, input: &Input) -> Option<u64>;
 }
 
 /// The result of a decision over serialized state (the generic compare-and-swap path).
@@ -406,6 +438,33 @@ impl<S: Strategy> Erased for S {
             None => Ok(None),
         }
     }
+
+    fn amend_bytes(&self, state: &[u8], amend: Amend, input: &Input) -> Result<Option<(Vec<u8>, u64)>, StateError> {
+        let Some(state) = self.read_state(Some(state))? else {
+            return Ok(None);
+        };
+        match self.amended(&state, amend, input) {
+            Some(w) => {
+                let bytes = serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?;
+                Ok(Some((bytes, w.ttl_us)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn amend_slot(&self, slot: &mut Option<Slot>, amend: Amend, input: &Input) -> Option<u64> {
+        let state = match slot {
+            Some(Slot::Boxed(any)) => any.downcast_ref::<S::State>().cloned(),
+            Some(Slot::Packed(p)) => self.unpack(*p),
+            None => None,
+        }?;
+        let w = self.amended(&state, amend, input)?;
+        *slot = Some(match self.pack(&w.state) {
+            Some(p) => Slot::Packed(p),
+            None => Slot::Boxed(Box::new(w.state)),
+        });
+        Some(w.ttl_us)
+    }
 }
 
 trait StoreExt: Strategy {
@@ -431,6 +490,13 @@ trait StoreExt: Strategy {
 
     fn state_error(&self, action: &'static str, source: serde_json::Error) -> StateError {
         StateError { strategy: self.name().to_owned(), action, source }
+    }
+
+    fn amended(&self, state: &Self::State, amend: Amend, input: &Input) -> Option<Write<Self::State>> {
+        match amend {
+            Amend::Refund { charged_at_us } => self.refund(state, charged_at_us, input),
+            Amend::Renew { charged_at_us } => self.renew(state, charged_at_us, input),
+        }
     }
 }
 
@@ -503,6 +569,17 @@ impl StrategyHandle {
         input: &Input,
     ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
         self.inner.refund_bytes(state, charged_at_us, input)
+    }
+
+    /// A refund or a renewal ([`Amend`]) over serialized state: the new serialized state and
+    /// its time to live, or `None` when nothing changes (what it names has expired or is gone).
+    pub fn amend_bytes(&self, state: &[u8], amend: Amend, input: &Input) -> Result<Option<(Vec<u8>, u64)>, StateError> {
+        self.inner.amend_bytes(state, amend, input)
+    }
+
+    /// A refund or a renewal on in-memory state: the new time to live when the state changed.
+    pub(crate) fn amend_slot(&self, slot: &mut Option<Slot>, amend: Amend, input: &Input) -> Option<u64> {
+        self.inner.amend_slot(slot, amend, input)
     }
 
     pub(crate) fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep {

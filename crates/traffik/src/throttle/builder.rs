@@ -427,10 +427,12 @@ impl<U, R, B, S> ThrottleBuilder<U, R, B, S> {
             return Err(ConfigError::UidLength { len: uid.len(), max: 128 }.into());
         }
         let rate = self.rate.take()?;
+        let strategy = self.strategy.take();
+        crate::strategy::check_slots(&strategy, &rate)?;
         let o = self.opts;
         let mut config = Config {
             rate,
-            strategy: self.strategy.take(),
+            strategy,
             backend: self.backend.take(),
             cost: o.cost,
             identifier: o.identifier,

@@ -263,7 +263,7 @@ impl Throttle {
 
     /// The decision for a backend's (or an error policy's) answer, under shadow mode (the
     /// throttle's, or `forced` for this hit).
-    fn conclude(
+    pub(crate) fn conclude(
         &self,
         config: &Config,
         prepared: Ready,
@@ -299,7 +299,7 @@ impl Throttle {
     /// Counts a hit's decision (feature `metrics`); when another recorder has taken over since
     /// the configuration registered its counters, counts it there and registers them again.
     #[inline]
-    fn count(&self, config: &Config, outcome: Outcome, source: Source) {
+    pub(crate) fn count(&self, config: &Config, outcome: Outcome, source: Source) {
         #[cfg(feature = "metrics")]
         if !config.counters.count(outcome, source) {
             self.recount(outcome, source);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hashbrown::HashTable;
 
 use self::spin::Mutex;
-use crate::backend::{Backend, BoxFuture, GroupOperation, Mode, Operation};
+use crate::backend::{Amend, Backend, BoxFuture, GroupOperation, Mode, Operation};
 use crate::error::{BackendError, OnError};
 use crate::key::Key;
 use crate::strategy::{Input, Metadata, Packed, PackedStep, Slot, StrategyHandle, Verdict};
@@ -297,6 +297,29 @@ impl InMemoryBackend {
         Ok(verdict)
     }
 
+    /// A refund or a renewal under the key's shard lock.
+    fn amend_prepared(&self, key: PreparedKey, strategy: &StrategyHandle, input: &Input, amend: Amend) -> bool {
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        let now = input.now_us.min(EXPIRY - 1);
+        let hash = key.0;
+        let Some(entry) = shard.table.find_mut(hash, |e| e.key == hash).filter(|e| e.expires_at() > now) else {
+            return false;
+        };
+        let expires_at = entry.expires_at();
+        let mut slot = take_slot(&mut shard.boxes, entry);
+        match strategy.amend_slot(&mut slot, amend, input) {
+            Some(ttl) => {
+                put_slot(&mut shard.boxes, entry, slot, now.saturating_add(ttl));
+                true
+            }
+            None => {
+                put_slot(&mut shard.boxes, entry, slot, expires_at);
+                false
+            }
+        }
+    }
+
     fn stat_prepared(&self, key: PreparedKey, strategy: &StrategyHandle, input: &Input) -> (Verdict, Metadata) {
         let mut guard = self.shard(key).lock();
         let shard = &mut *guard;
@@ -404,6 +427,20 @@ impl Backend for InMemoryBackend {
 
     fn decide_group_now(&self, group: GroupOperation<'_>) -> Option<Result<Vec<Verdict>, BackendError>> {
         Some(self.decide_group_ops(group))
+    }
+
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        _tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let changed = self.amend_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, amend);
+        Box::pin(std::future::ready(Ok(changed)))
+    }
+
+    fn amend_now(&self, op: &Operation<'_>, amend: Amend, _tag: Option<&str>) -> Option<Result<bool, BackendError>> {
+        Some(Ok(self.amend_prepared(self.prepare(op.key, op.strategy), op.strategy, &op.input, amend)))
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {

@@ -1,0 +1,97 @@
+//! Refunds and lease renewals ([`Amend`]): one script call for the concurrency strategy, the
+//! generic compare-and-swap path for custom strategies.
+
+use traffik::BackendError;
+use traffik::backend::{Amend, Operation};
+use traffik::strategy::{Builtin, Input, MAX_SLOTS};
+
+use crate::conn::Call;
+use crate::decide::backoff;
+use crate::scripts::SCRIPTS;
+use crate::{KIND, MAX_COST, RedisBackend, state};
+
+impl RedisBackend {
+    /// Applies `amend` to the key of `op` (under the group's tag for a group member's
+    /// admission). Built-ins other than the concurrency strategy have no refund script yet:
+    /// [`BackendError::Unsupported`].
+    pub(crate) async fn amend_impl(
+        &self,
+        op: Operation<'_>,
+        amend: Amend,
+        tag: Option<&str>,
+    ) -> Result<bool, BackendError> {
+        self.check_open()?;
+        let key = match tag {
+            Some(tag) => self.group_storage_key(tag, op.key, op.strategy),
+            None => self.storage_key(op.key, op.strategy),
+        };
+        match op.strategy.builtin() {
+            Some(Builtin::Concurrency) => self.amend_leases(&key, &op, amend).await,
+            Some(_) => Err(BackendError::Unsupported { backend: KIND, what: "refunds of this built-in strategy" }),
+            None => self.amend_generic(&key, &op, amend).await,
+        }
+    }
+
+    /// One call of the concurrency script in `r` (release) or `n` (renew) mode.
+    async fn amend_leases(&self, key: &str, op: &Operation<'_>, amend: Amend) -> Result<bool, BackendError> {
+        let input = &op.input;
+        if self.inner.client_clock && input.now_us >= MAX_COST {
+            return Err(BackendError::command(KIND, "client timestamp beyond 2^53 microseconds"));
+        }
+        let which = match amend {
+            Amend::Refund { .. } => "r",
+            Amend::Renew { .. } => "n",
+            _ => return Err(BackendError::Unsupported { backend: KIND, what: "this change to an admission" }),
+        };
+        let stamp = amend.charged_at_us();
+        if stamp >= MAX_COST {
+            // No lease is stamped that late (Lua numbers are doubles): nothing to change.
+            return Ok(false);
+        }
+        let mut call = Call::script(&SCRIPTS.concurrency, key);
+        call.arg("c").arg(self.now_arg(input)).arg(self.inner.min_ttl_ms).arg(1);
+        call.arg(input.rate.limit().min(MAX_SLOTS)).arg(input.rate.period_us()).arg(which).arg(stamp);
+        let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
+        match state::items(&reply)? {
+            [changed, ..] => Ok(state::int(changed)? == 1),
+            [] => Err(BackendError::command(KIND, "empty reply to a release or renewal")),
+        }
+    }
+
+    /// Custom strategies: read, [`StrategyHandle::amend_bytes`](traffik::StrategyHandle::amend_bytes),
+    /// write if unchanged, as decisions on the generic path.
+    async fn amend_generic(&self, key: &str, op: &Operation<'_>, amend: Amend) -> Result<bool, BackendError> {
+        let (mut now, mut current) = self.read(key, &op.input).await?;
+        let mut attempt = 0u32;
+        loop {
+            let Some(bytes) = current.as_deref() else {
+                return Ok(false);
+            };
+            let input = Input { now_us: now, ..op.input };
+            let Some((new, ttl_us)) = op.strategy.amend_bytes(bytes, amend, &input)? else {
+                return Ok(false);
+            };
+            let mut call = Call::script(&SCRIPTS.cas, key);
+            call.arg(self.now_arg(&op.input)).arg("1").arg(bytes).arg(new).arg(self.ttl_ms(ttl_us));
+            let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
+            match state::items(&reply)? {
+                [ok] if state::int(ok)? == 1 => return Ok(true),
+                [_, n, cur, ..] => {
+                    now = state::int(n)?;
+                    current = state::bytes(cur)?;
+                }
+                [_, n] => {
+                    now = state::int(n)?;
+                    current = None;
+                }
+                _ => return Err(BackendError::command(KIND, "bad compare-and-swap reply")),
+            }
+            attempt += 1;
+            if attempt >= self.inner.cas_attempts {
+                return Err(BackendError::Contention { backend: KIND, attempts: attempt });
+            }
+            crate::telemetry::count_cas_retry();
+            backoff(attempt).await;
+        }
+    }
+}
