@@ -8,12 +8,19 @@ use std::time::Duration;
 use traffik::SharedBackend;
 use traffik_redis::RedisBackend;
 
+/// How long a test waits for the server: generous, so that a machine busy with other builds and
+/// tests (4 processes x 64 tasks here, CI's parallel test binaries) does not turn a slow answer
+/// into a failure. The fault suites set their own, short timeouts.
+pub const PATIENT: Duration = Duration::from_secs(30);
+
 /// A backend on `url` in client-clock mode, with keys kept long enough for any test.
 pub fn client_clock(url: &str) -> RedisBackend {
     RedisBackend::builder()
         .url(url)
         .namespace("t")
         .use_client_clock(true)
+        .connection_timeout(PATIENT)
+        .command_timeout(PATIENT)
         .min_ttl(Duration::from_secs(600))
         .build()
         .expect("backend")
@@ -26,6 +33,8 @@ pub fn client_clock_pooled(url: &str, size: u32) -> RedisBackend {
         .namespace("t")
         .pooled(size)
         .use_client_clock(true)
+        .connection_timeout(PATIENT)
+        .command_timeout(PATIENT)
         .min_ttl(Duration::from_secs(600))
         .build()
         .expect("backend")
