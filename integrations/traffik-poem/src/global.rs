@@ -183,7 +183,8 @@ pub struct ThrottleMiddlewareEndpoint<E> {
 
 enum Step {
     Skip,
-    Pass(Decision),
+    /// Admitted, with the permit of a throttle that holds leases (a concurrency limit).
+    Pass(Decision, Option<Box<traffik::lease::Permit>>),
     Stop(Response),
 }
 
@@ -194,15 +195,22 @@ async fn run_one(mt: &MiddlewareThrottle, req: &Request) -> Step {
     if !mt.rule.matches(&view, ctx).await {
         return Step::Skip;
     }
-    let decision = match mt.throttle.hit_with(&view, ctx).await {
-        Ok(d) => d,
-        Err(e) => return Step::Stop(error_response(&mt.uid, &e)),
+    let (decision, permit) = if mt.throttle.holds_leases() {
+        match mt.throttle.acquire_with(&view, ctx).await {
+            Ok(p) => (p.decision().clone(), Some(Box::new(p))),
+            Err(e) => return Step::Stop(error_response(&mt.uid, &e)),
+        }
+    } else {
+        match mt.throttle.hit_with(&view, ctx).await {
+            Ok(d) => (d, None),
+            Err(e) => return Step::Stop(error_response(&mt.uid, &e)),
+        }
     };
     if decision.is_refused() {
         return Step::Stop(throttled_response(&mt.throttle, req, &decision));
     }
     hold(&decision).await;
-    Step::Pass(decision)
+    Step::Pass(decision, permit)
 }
 
 impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
@@ -210,11 +218,15 @@ impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let mut headers: Option<HeaderMap> = None;
+        // Concurrency limits' permits, held until the endpoint has answered and released when
+        // this future ends, however it ends (as the per-route middleware does).
+        let mut permits = Vec::new();
         for mt in self.throttles.iter() {
             match run_one(mt, &req).await {
                 Step::Skip => {}
                 Step::Stop(resp) => return Ok(resp),
-                Step::Pass(decision) => {
+                Step::Pass(decision, permit) => {
+                    permits.extend(permit);
                     if let Some(h) = allowed_headers(&mt.throttle, &req, &decision) {
                         headers.get_or_insert_with(HeaderMap::new).extend(h);
                     }
@@ -222,7 +234,9 @@ impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
                 }
             }
         }
-        let mut resp = self.inner.call(req).await?.into_response();
+        let answer = self.inner.call(req).await;
+        drop(permits);
+        let mut resp = answer?.into_response();
         if let Some(h) = headers {
             add_missing(resp.headers_mut(), h);
         }

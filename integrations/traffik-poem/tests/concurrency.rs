@@ -158,3 +158,30 @@ async fn a_group_of_a_rate_and_a_concurrency_limit_holds_its_lease_while_the_han
     let stats = group.stat(&traffik::RequestView::empty()).await.unwrap();
     assert_eq!(stats[0].limited().unwrap().remaining, 98);
 }
+
+/// The app-wide `ThrottleMiddleware` holds a concurrency limit's permit until the endpoint
+/// answers and gives the slot back then (it used to hit, taking a lease nobody released until
+/// it expired), and while the endpoint runs a second request is refused.
+#[tokio::test]
+async fn the_app_wide_middleware_holds_and_returns_a_concurrency_slot() {
+    use traffik_poem::{MiddlewareThrottle, ThrottleMiddleware};
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let finish = Arc::new(Notify::new());
+    let gate = Gate { entered: tx, finish: Arc::clone(&finish) };
+    let app = Route::new()
+        .at("/upload", get(slow))
+        .with(ThrottleMiddleware::new([MiddlewareThrottle::new(one_in_flight())]))
+        .data(gate);
+    let cli = TestClient::new(app);
+    for round in 0..3 {
+        let mut first = Box::pin(cli.get("/upload").send());
+        tokio::select! {
+            _ = &mut first => panic!("the handler cannot finish yet"),
+            _ = entered.recv() => {}
+        }
+        let refused = cli.get("/upload").send().await;
+        assert_eq!(refused.0.status(), poem::http::StatusCode::TOO_MANY_REQUESTS, "round {round}");
+        finish.notify_one();
+        assert_eq!(first.await.0.status(), poem::http::StatusCode::OK, "round {round}: the slot came back");
+    }
+}

@@ -236,7 +236,7 @@ impl SalvoThrottle {
 
     /// [`run`](Self::run); with `permit`, the throttle is [acquired](Throttle::acquire) and the
     /// permit left there for the caller to hold.
-    async fn run_with(
+    pub(crate) async fn run_with(
         &self,
         req: &mut Request,
         depot: &mut Depot,

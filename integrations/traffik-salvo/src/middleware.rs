@@ -185,14 +185,29 @@ impl ThrottleMiddleware {
 #[async_trait]
 impl Handler for ThrottleMiddleware {
     async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        // Concurrency limits' permits, held while the rest of the chain runs and released when
+        // this future ends, however it ends (as the per-route hoop does).
+        let mut permits = Vec::new();
         for entry in self.entries.iter() {
             if !entry.matches(req, depot).await {
                 continue;
             }
-            if !entry.hoop.run(req, depot, res, ctrl, None).await {
+            let admitted = if entry.hoop.throttle().holds_leases() {
+                let mut permit = None;
+                let admitted = entry.hoop.run_with(req, depot, res, ctrl, None, Some(&mut permit)).await;
+                permits.extend(permit);
+                admitted
+            } else {
+                entry.hoop.run(req, depot, res, ctrl, None).await
+            };
+            if !admitted {
                 ctrl.skip_rest();
                 return;
             }
+        }
+        if !permits.is_empty() {
+            ctrl.call_next(req, depot, res).await;
+            drop(permits);
         }
     }
 }

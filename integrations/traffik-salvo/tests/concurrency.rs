@@ -158,3 +158,28 @@ async fn a_group_of_a_rate_and_a_concurrency_limit_holds_its_lease_while_the_cha
     finish.notify_one();
     assert_eq!(again.await.status_code, Some(StatusCode::OK));
 }
+
+/// The app-wide `ThrottleMiddleware` holds a concurrency limit's permit while the rest of the
+/// chain runs and gives the slot back when it answers (it used to hit, taking a lease nobody
+/// released until it expired), and while the handler runs a second request is refused.
+#[tokio::test]
+async fn the_app_wide_middleware_holds_and_returns_a_concurrency_slot() {
+    use traffik_salvo::{MiddlewareThrottle, ThrottleMiddleware};
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let finish = Arc::new(Notify::new());
+    let router = Router::new()
+        .hoop(ThrottleMiddleware::new([MiddlewareThrottle::new(one_in_flight())]))
+        .push(Router::with_path("upload").get(Slow { entered: tx, finish: Arc::clone(&finish) }));
+    let service = Service::new(router);
+    for round in 0..3 {
+        let mut first = Box::pin(get(&service, "/upload", A));
+        tokio::select! {
+            _ = &mut first => panic!("the handler cannot finish yet"),
+            _ = entered.recv() => {}
+        }
+        let refused = get(&service, "/upload", A).await;
+        assert_eq!(refused.status_code, Some(StatusCode::TOO_MANY_REQUESTS), "round {round}");
+        finish.notify_one();
+        assert_eq!(first.await.status_code, Some(StatusCode::OK), "round {round}: the slot came back");
+    }
+}
