@@ -32,9 +32,19 @@ impl RedisBackend {
         op: &Operation<'_>,
         mode: ScriptMode,
     ) -> Result<Vec<Value>, BackendError> {
+        self.run_builtin_at(builtin, op, mode, self.storage_key(op.key, op.strategy)).await
+    }
+
+    /// [`run_builtin`](Self::run_builtin) on the stored key `key` (a group member's).
+    async fn run_builtin_at(
+        &self,
+        builtin: Builtin,
+        op: &Operation<'_>,
+        mode: ScriptMode,
+        key: String,
+    ) -> Result<Vec<Value>, BackendError> {
         let s = &*SCRIPTS;
         let input = &op.input;
-        let key = self.storage_key(op.key, op.strategy);
         let cost = input.cost.min(MAX_COST);
         let lua: &'static Lua = match builtin {
             Builtin::FixedWindow => &s.fixed_window,
@@ -220,11 +230,21 @@ impl RedisBackend {
         items.chunks_exact(5).map(state::verdict_with_lease).collect()
     }
 
-    pub(crate) async fn stat_impl(&self, op: Operation<'_>) -> Result<(Verdict, Metadata), BackendError> {
+    /// A snapshot of `op`'s key; with a (non-empty) group tag, of the key a group decided
+    /// under that tag.
+    pub(crate) async fn stat_impl(
+        &self,
+        op: Operation<'_>,
+        tag: Option<&str>,
+    ) -> Result<(Verdict, Metadata), BackendError> {
         self.check_open()?;
+        let key = match tag {
+            Some(tag) if !tag.is_empty() => self.group_storage_key(tag, op.key, op.strategy),
+            _ => self.storage_key(op.key, op.strategy),
+        };
         match op.strategy.builtin() {
             Some(b) => {
-                let items = self.run_builtin(b, &op, ScriptMode::Stat).await?;
+                let items = self.run_builtin_at(b, &op, ScriptMode::Stat, key).await?;
                 let verdict = state::verdict(&items)?;
                 let now = match items.get(4) {
                     Some(v) => state::int(v)?,
@@ -240,7 +260,6 @@ impl RedisBackend {
                 Ok((verdict, meta))
             }
             None => {
-                let key = self.storage_key(op.key, op.strategy);
                 let (now, current) = self.read(&key, &op.input).await?;
                 let input = Input { now_us: now, ..op.input };
                 let step = op.strategy.decide_bytes(current.as_deref(), &input)?;

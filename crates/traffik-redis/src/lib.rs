@@ -332,7 +332,16 @@ impl Backend for RedisBackend {
     }
 
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(self.stat_impl(op))
+        Box::pin(self.stat_impl(op, None))
+    }
+
+    /// Group members are stored under their group's tag: the snapshot reads them there.
+    fn stat_member<'a>(
+        &'a self,
+        op: Operation<'a>,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(self.stat_impl(op, Some(tag)))
     }
 
     fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {

@@ -133,3 +133,38 @@ fn a_group_with_a_custom_strategy_is_a_typed_error() {
         "{err:?}"
     );
 }
+
+/// A group's `stat` on Redis reads the members' state where the group's decisions wrote it
+/// (under the group's tag), so its snapshots agree with the same group's in memory.
+#[test]
+fn a_groups_stat_sees_what_its_hits_used_as_in_memory() {
+    let server = common::private_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let group_on = |backend: SharedBackend| {
+        let burst = member("burst", "5/s", TokenBucket::new(), &backend, &clock);
+        let sustained = member("sustained", "10/min", FixedWindow, &backend, &clock);
+        let log = member("log", "4/min", SlidingWindowLog, &backend, &clock);
+        ThrottleGroup::new("stats", [burst, sustained, log]).unwrap()
+    };
+    let on_redis = group_on(Arc::new(common::client_clock(&server.url)));
+    let in_memory = group_on(Arc::new(traffik::InMemoryBackend::new()));
+    let snapshot = |group: &ThrottleGroup| {
+        rt.block_on(group.stat(&view(7)))
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let s = s.into_limited().expect("limited");
+                (s.throttle, s.used, s.remaining, s.admissible)
+            })
+            .collect::<Vec<_>>()
+    };
+    for step in 0..6 {
+        let (r, m) = (rt.block_on(on_redis.hit(&view(7))).unwrap(), rt.block_on(in_memory.hit(&view(7))).unwrap());
+        assert_eq!(r.is_allowed(), m.is_allowed(), "step {step}");
+        clock.advance(Duration::from_millis(50));
+        let (r, m) = (snapshot(&on_redis), snapshot(&in_memory));
+        assert_eq!(r, m, "step {step}");
+        assert!(r.iter().all(|(_, used, _, _)| *used > 0), "step {step}: every member shows its use: {r:?}");
+    }
+}

@@ -431,7 +431,7 @@ impl ThrottleGroup {
     pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Vec<Snapshot>, Error> {
         let mut stats = Vec::with_capacity(self.inner.members.len());
         for (member, prefix) in self.inner.members.iter().zip(&self.inner.prefixes) {
-            stats.push(member.stat_under(prefix, req, ctx).await?);
+            stats.push(member.stat_under(prefix, Some(&self.inner.tag), req, ctx).await?);
         }
         Ok(stats)
     }

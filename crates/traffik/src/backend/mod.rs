@@ -137,6 +137,19 @@ pub trait Backend: Any + Send + Sync + fmt::Debug {
     /// What a hit would get now, plus strategy metadata; writes nothing.
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>>;
 
+    /// [`stat`](Self::stat) of a group member's key, whose admissions
+    /// [`decide_group`](Self::decide_group) made under `tag` ([`GroupOperation::tag`]).
+    /// Backends that store group members apart (Redis keeps them in the tag's hash slot)
+    /// read them there; the default is [`stat`](Self::stat).
+    fn stat_member<'a>(
+        &'a self,
+        op: Operation<'a>,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        let _ = tag;
+        self.stat(op)
+    }
+
     /// [`stat`](Self::stat) without awaiting, for backends that never block (the in-memory
     /// one): no timeout, so no timer, is needed. `None` otherwise.
     fn stat_now(&self, _op: &Operation<'_>) -> Option<Result<(Verdict, Metadata), BackendError>> {
@@ -195,6 +208,13 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
         (**self).stat(op)
+    }
+    fn stat_member<'a>(
+        &'a self,
+        op: Operation<'a>,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        (**self).stat_member(op, tag)
     }
     fn stat_now(&self, op: &Operation<'_>) -> Option<Result<(Verdict, Metadata), BackendError>> {
         (**self).stat_now(op)

@@ -111,19 +111,21 @@ impl Throttle {
     /// A snapshot of `req`'s quota: its figures, or why the request is not limited at all
     /// (disabled, exempted, unlimited, zero cost or not matched by the rules).
     pub async fn stat(&self, req: &RequestView<'_>) -> Result<Snapshot, Error> {
-        self.stat_under(&self.inner.key_prefix, req, &NO_CONTEXT).await
+        self.stat_under(&self.inner.key_prefix, None, req, &NO_CONTEXT).await
     }
 
     /// [`stat`](Self::stat) with per-hit options (a cost or scope changes which key and cost
     /// the snapshot is for).
     pub async fn stat_with(&self, req: &RequestView<'_>, ctx: &Context) -> Result<Snapshot, Error> {
-        self.stat_under(&self.inner.key_prefix, req, ctx).await
+        self.stat_under(&self.inner.key_prefix, None, req, ctx).await
     }
 
-    /// [`stat`](Self::stat) for keys that start with `prefix` (a group's member keys).
+    /// [`stat`](Self::stat) for keys that start with `prefix` (a group's member keys, decided
+    /// under the group's `tag`).
     pub(crate) async fn stat_under(
         &self,
         prefix: &Key,
+        tag: Option<&str>,
         req: &RequestView<'_>,
         ctx: &Context,
     ) -> Result<Snapshot, Error> {
@@ -134,9 +136,12 @@ impl Throttle {
         };
         let backend = self.backend(&config)?;
         let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode: Mode::Peek };
-        let answer = match backend.stat_now(&op) {
-            Some(answer) => answer,
-            None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
+        let answer = match tag {
+            Some(tag) => bounded(backend.kind(), config.timeout, backend.stat_member(op, tag)).await,
+            None => match backend.stat_now(&op) {
+                Some(answer) => answer,
+                None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
+            },
         };
         let (verdict, mut metadata) =
             answer.map_err(|source| Error::Backend { uid: self.inner.uid.clone(), source })?;
