@@ -42,11 +42,21 @@ impl CostAwareSpec {
     /// thousandths.
     pub fn average_after(&self, avg_milli: u64, cost: u64) -> u64 {
         let n = u64::from(self.window.clamp(1, MAX_WINDOW));
+        // A hit costing the average leaves it where it is: `(a·(n-1) + 2a) / (n+1) = a` exactly
+        // when nothing saturates. The common case (steady costs), without the division.
+        if cost.checked_mul(MILLI) == Some(avg_milli) && avg_milli.checked_mul(n + 1).is_some() {
+            return avg_milli;
+        }
         avg_milli.saturating_mul(n - 1).saturating_add(cost.saturating_mul(2 * MILLI)) / (n + 1)
     }
 
     /// The slowdown for an average: `clamp(avg / c0, 1, M)`, in thousandths (rounded down).
     pub fn slowdown_milli(&self, avg_milli: u64) -> u64 {
+        // At or below the reference cost there is no slowdown (the quotient is at most 1000,
+        // and the clamp's floor is 1000): the common case, without the division.
+        if avg_milli <= self.reference_milli {
+            return MILLI;
+        }
         let top = self.max_slowdown_milli.clamp(MILLI, MAX_SLOWDOWN_MILLI);
         (avg_milli.saturating_mul(MILLI) / self.reference_milli.max(1)).clamp(MILLI, top)
     }
@@ -55,6 +65,10 @@ impl CostAwareSpec {
 /// The time a unit of cost takes to refill under a slowdown of `f` thousandths:
 /// `ceil(T · f / 1000)`, worked out without products beyond 2^53.
 fn slowed_interval(t: u64, f: u64) -> u64 {
+    if f == MILLI {
+        // No slowdown: the expression below is exactly `t`.
+        return t;
+    }
     (t / MILLI).saturating_mul(f).saturating_add(((t % MILLI) * f).div_ceil(MILLI))
 }
 
@@ -299,6 +313,34 @@ mod tests {
     use super::*;
     use crate::rate;
     use crate::strategy::VerdictKind;
+
+    /// The shortcuts (steady costs, no slowdown) answer exactly what the formulas do.
+    #[test]
+    fn shortcuts_agree_with_the_formulas() {
+        let values = [0, 1, 2, 999, 1_000, 1_001, 1_500, 4_000, 1 << 40, u64::MAX / 1_000, u64::MAX / 3, u64::MAX];
+        for window in [1, 2, 10, 1_000] {
+            for reference_milli in [0, 1, 1_000, 1_500, 1 << 40] {
+                let spec = CostAwareSpec { burst: None, reference_milli, max_slowdown_milli: 4_000, window };
+                let n = u64::from(window);
+                for avg in values {
+                    let top = spec.max_slowdown_milli.clamp(MILLI, MAX_SLOWDOWN_MILLI);
+                    let slowdown = (avg.saturating_mul(MILLI) / reference_milli.max(1)).clamp(MILLI, top);
+                    assert_eq!(spec.slowdown_milli(avg), slowdown, "avg {avg}, reference {reference_milli}");
+                    for cost in [0, 1, 2, 1_000, u64::MAX / 1_000, u64::MAX] {
+                        let formula =
+                            avg.saturating_mul(n - 1).saturating_add(cost.saturating_mul(2 * MILLI)) / (n + 1);
+                        assert_eq!(spec.average_after(avg, cost), formula, "avg {avg}, cost {cost}, n {n}");
+                    }
+                }
+            }
+        }
+        for t in [1, 999, 1_000, 1_001, 333_334, u64::MAX] {
+            for f in [MILLI, 1_001, 2_500, 4_000] {
+                let formula = (t / MILLI).saturating_mul(f).saturating_add(((t % MILLI) * f).div_ceil(MILLI));
+                assert_eq!(slowed_interval(t, f), formula, "t {t}, f {f}");
+            }
+        }
+    }
 
     #[test]
     fn bad_parameters_are_typed_errors() {
