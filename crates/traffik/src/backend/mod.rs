@@ -140,7 +140,9 @@ pub trait Backend: Any + Send + Sync + fmt::Debug {
     /// [`stat`](Self::stat) of a group member's key, whose admissions
     /// [`decide_group`](Self::decide_group) made under `tag` ([`GroupOperation::tag`]).
     /// Backends that store group members apart (Redis keeps them in the tag's hash slot)
-    /// read them there; the default is [`stat`](Self::stat).
+    /// read them there; the default is [`stat`](Self::stat). Asked only when
+    /// [`stat_now`](Self::stat_now) has no answer: a backend that answers `stat_now` keeps
+    /// group members where [`decide`](Self::decide) keeps them.
     fn stat_member<'a>(
         &'a self,
         op: Operation<'a>,

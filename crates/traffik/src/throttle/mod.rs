@@ -136,10 +136,10 @@ impl Throttle {
         };
         let backend = self.backend(&config)?;
         let op = Operation { key: &prepared.key, strategy: &config.strategy, input: prepared.input, mode: Mode::Peek };
-        let answer = match tag {
-            Some(tag) => bounded(backend.kind(), config.timeout, backend.stat_member(op, tag)).await,
-            None => match backend.stat_now(&op) {
-                Some(answer) => answer,
+        let answer = match backend.stat_now(&op) {
+            Some(answer) => answer,
+            None => match tag {
+                Some(tag) => bounded(backend.kind(), config.timeout, backend.stat_member(op, tag)).await,
                 None => bounded(backend.kind(), config.timeout, backend.stat(op)).await,
             },
         };
