@@ -57,6 +57,38 @@ fn group_cases(max_steps: usize, suites: usize) -> impl proptest::strategy::Stra
         .prop_map(|(members, steps)| GroupCase { members, steps })
 }
 
+/// What a multi-key suite (groups, scopes) runs on: a runtime, the backend `make` returns
+/// (built inside the runtime), the built-in strategies (and the custom one when asked) and a
+/// proptest runner for `cfg`.
+pub(crate) struct Setup {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) backend: SharedBackend,
+    pub(crate) suites: Vec<StrategyHandle>,
+    pub(crate) runner: TestRunner,
+}
+
+impl Setup {
+    pub(crate) fn new(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig, with_custom: bool) -> Setup {
+        let rt = runtime();
+        let backend = {
+            let _guard = rt.enter();
+            make()
+        };
+        let suites = builtin_suites()
+            .into_iter()
+            .filter(|s| with_custom || s.strategy.builtin().is_some())
+            .map(|s| s.strategy)
+            .collect();
+        let runner = TestRunner::new(ProptestConfig {
+            cases: cfg.cases,
+            failure_persistence: None,
+            max_shrink_iters: 256,
+            ..ProptestConfig::default()
+        });
+        Setup { rt, backend, suites, runner }
+    }
+}
+
 /// Runs random group schedules against the backend `make` returns, comparing every verdict with
 /// a model made of each member's own state machine on its own state: the group admits iff every
 /// member's machine admits, and then (for a hit) every member's state moves, otherwise none
@@ -64,22 +96,7 @@ fn group_cases(max_steps: usize, suites: usize) -> impl proptest::strategy::Stra
 /// would, and that a denied group hit changes no member's state. `with_custom` includes the
 /// suites' custom strategy (backends that run groups of custom strategies).
 pub fn check_groups(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig, with_custom: bool) {
-    let rt = runtime();
-    let backend = {
-        let _guard = rt.enter();
-        make()
-    };
-    let suites: Vec<StrategyHandle> = builtin_suites()
-        .into_iter()
-        .filter(|s| with_custom || s.strategy.builtin().is_some())
-        .map(|s| s.strategy)
-        .collect();
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: cfg.cases,
-        failure_persistence: None,
-        max_shrink_iters: 256,
-        ..ProptestConfig::default()
-    });
+    let Setup { rt, backend, suites, mut runner } = Setup::new(make, cfg, with_custom);
     let result = runner.run(&group_cases(cfg.max_steps, suites.len()), |case| {
         rt.block_on(run_group(backend.as_ref(), &suites, &case))
     });

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use traffik::scope::Applied;
 use traffik::strategy::{Input, Verdict, VerdictKind};
 use traffik::{
@@ -15,7 +15,8 @@ use traffik::{
     StrategyHandle, Throttle,
 };
 
-use crate::{RUN, SuiteConfig, builtin_suites, rates, run_id, runtime};
+use crate::groups::Setup;
+use crate::{RUN, SuiteConfig, rates, run_id};
 
 /// A throttle of a random schedule.
 #[derive(Clone, Debug)]
@@ -90,22 +91,7 @@ fn scope_cases(max_steps: usize, suites: usize) -> impl proptest::strategy::Stra
 /// the throttles' plain hits read and write the same state. `with_custom` includes the suites'
 /// custom strategy (backends that decide groups of custom strategies).
 pub fn check_scopes(make: impl Fn() -> SharedBackend, cfg: &SuiteConfig, with_custom: bool) {
-    let rt = runtime();
-    let backend = {
-        let _guard = rt.enter();
-        make()
-    };
-    let suites: Vec<StrategyHandle> = builtin_suites()
-        .into_iter()
-        .filter(|s| with_custom || s.strategy.builtin().is_some())
-        .map(|s| s.strategy)
-        .collect();
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: cfg.cases,
-        failure_persistence: None,
-        max_shrink_iters: 256,
-        ..ProptestConfig::default()
-    });
+    let Setup { rt, backend, suites, mut runner } = Setup::new(make, cfg, with_custom);
     let result =
         runner.run(&scope_cases(cfg.max_steps, suites.len()), |case| rt.block_on(run_scopes(&backend, &suites, &case)));
     if let Err(e) = result {
