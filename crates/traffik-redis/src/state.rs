@@ -61,7 +61,7 @@ pub(crate) fn verdict(fields: &[Value]) -> Result<Verdict, BackendError> {
             return Err(BackendError::command(KIND, format!("unknown verdict kind {other}")));
         }
     };
-    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)?, lease_us: 0 })
+    Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)?, lease_us: 0, at_us: 0 })
 }
 
 /// A verdict, with the lease stamp that follows it when the reply has one (the concurrency

@@ -85,6 +85,32 @@ pub struct Decision {
     /// request. Always `false` on allowed and skipped decisions. Serialized only when `true`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub shadow: bool,
+    /// An admission's charge: when the backend that decided made it, in microseconds on that
+    /// backend's clock (the throttle's clock; a Redis server's `TIME` when it keeps time; a
+    /// lease's stamp for [`Concurrency`](crate::strategy::Concurrency)). What
+    /// [`Throttle::refund`](crate::Throttle::refund) names the charge by: with it, a window
+    /// strategy gives the cost back to the window that counted it, or to none when that
+    /// window has passed. 0 when nothing was charged. Serialized only when not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub charged_at_us: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// When an admission by `v`, decided with the input's `now_us`, was charged (0: refused).
+#[inline]
+fn charged_at(v: &Verdict, now_us: u64) -> u64 {
+    if !v.is_admitted() {
+        0
+    } else if v.lease_us != 0 {
+        v.lease_us
+    } else if v.at_us != 0 {
+        v.at_us
+    } else {
+        now_us
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -103,6 +129,7 @@ impl Decision {
             reset: Duration::ZERO,
             source: Source::None,
             shadow: false,
+            charged_at_us: 0,
         }
     }
 
@@ -118,6 +145,7 @@ impl Decision {
             reset: Duration::ZERO,
             source: Source::ErrorPolicy,
             shadow: false,
+            charged_at_us: 0,
         }
     }
 
@@ -135,13 +163,15 @@ impl Decision {
             reset: Duration::ZERO,
             source: Source::Backend,
             shadow: false,
+            charged_at_us: 0,
         }
     }
 
     /// Fills a [`pending`](Self::pending) decision in from the backend's verdict.
     #[inline]
-    pub(crate) fn settle(&mut self, v: Verdict, source: Source) {
+    pub(crate) fn settle(&mut self, v: Verdict, source: Source, now_us: u64) {
         self.outcome = v.kind.outcome();
+        self.charged_at_us = charged_at(&v, now_us);
         self.remaining = if v.kind == VerdictKind::Never { None } else { Some(v.remaining) };
         self.wait = Duration::from_micros(v.wait_us);
         self.reset = Duration::from_micros(v.reset_us);
@@ -149,7 +179,15 @@ impl Decision {
     }
 
     #[inline]
-    pub(crate) fn from_verdict(v: Verdict, key: Key, rate: Rate, cost: u64, source: Source, shadow: bool) -> Self {
+    pub(crate) fn from_verdict(
+        v: Verdict,
+        key: Key,
+        rate: Rate,
+        cost: u64,
+        source: Source,
+        shadow: bool,
+        now_us: u64,
+    ) -> Self {
         let outcome = v.kind.outcome();
         Decision {
             outcome,
@@ -163,7 +201,17 @@ impl Decision {
             reset: Duration::from_micros(v.reset_us),
             source,
             shadow,
+            charged_at_us: charged_at(&v, now_us),
         }
+    }
+
+    /// Whether this decision charged a backend: admitted (or delayed) by the throttle's backend
+    /// or its fallback, so that [`Throttle::refund`](crate::Throttle::refund) has something to
+    /// give back. Not when skipped, let through by the error policy, or refused (shadow mode
+    /// lets a refusal through without charging it).
+    pub fn is_charged(&self) -> bool {
+        matches!(self.outcome, Outcome::Allowed | Outcome::Delayed)
+            && matches!(self.source, Source::Backend | Source::Fallback)
     }
 
     /// Whether the throttle admitted the request (possibly after [`Decision::wait`], when

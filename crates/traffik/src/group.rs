@@ -421,6 +421,26 @@ impl ThrottleGroup {
         self.run(req, ctx, Mode::Peek).await
     }
 
+    /// Gives back what `decision`, one of this group's admissions, charged: every member's
+    /// cost, as [`Throttle::refund`] does for one throttle (a member's window that has passed
+    /// keeps its count). The number of members whose state changed; 0 when the group refused
+    /// the hit (nothing was charged then) or the decision is another group's.
+    ///
+    /// On Redis each member is one script call.
+    pub async fn refund(&self, decision: &GroupDecision) -> Result<usize, Error> {
+        let ours = decision.group.as_ref().is_some_and(|g| Arc::ptr_eq(&g.inner, &self.inner));
+        if !ours || !matches!(decision.outcome, Outcome::Allowed | Outcome::Delayed) {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        for (member, d) in self.inner.members.iter().zip(&decision.members) {
+            if member.refund_under(d, d.cost, Some(&self.inner.tag)).await? {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// A snapshot per member, in member order ([`Snapshot::Skipped`] for members that do not
     /// limit the request, with the reason).
     pub async fn stat(&self, req: &RequestView<'_>) -> Result<Vec<Snapshot>, Error> {
@@ -478,8 +498,9 @@ impl ThrottleGroup {
         let mut verdicts = Verdicts::new();
         match memory.decide_group_prepared(&keys, Mode::Consume, &mut verdicts) {
             Ok(()) => {
-                for ((decision, &verdict), (_, config)) in members.iter_mut().zip(&verdicts).zip(configs) {
-                    config.settle(decision, verdict, Source::Backend);
+                let decided = members.iter_mut().zip(&verdicts).zip(configs).zip(&keys);
+                for (((decision, &verdict), (_, config)), (_, _, input)) in decided {
+                    config.settle(decision, verdict, Source::Backend, input.now_us);
                 }
                 Some(self.settle(conclude(members, self.clone()), false, Mode::Consume))
             }
@@ -616,7 +637,7 @@ impl ThrottleGroup {
                 Prepared::Go(Ready { key, input }) => {
                     let decision = match &verdicts {
                         Some((v, source)) if next < v.len() => {
-                            configs[i].decision(v[next], key, input.rate, input.cost, *source, false)
+                            configs[i].decision(v[next], key, &input, *source, false)
                         }
                         _ => Decision::failed_open(key, input.rate, input.cost),
                     };

@@ -390,6 +390,7 @@ mod tests {
             reset: Duration::from_secs(30),
             source: Source::Backend,
             shadow: false,
+            charged_at_us: 0,
         }
     }
 

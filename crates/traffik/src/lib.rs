@@ -168,4 +168,4 @@ pub use rules::Rule;
 pub use scope::{Scope, ScopeDecision, ScopeError};
 pub use stat::{Snapshot, Stat};
 pub use strategy::StrategyHandle;
-pub use throttle::{Hit, Throttle, ThrottleBuilder, context_backend, with_backend};
+pub use throttle::{Hit, Settlement, Throttle, ThrottleBuilder, context_backend, with_backend};

@@ -816,7 +816,7 @@ async fn decide(entries: &[Entry], policies: &[Retry], mode: Mode) -> Result<Sco
         .zip(verdicts)
         .map(|((op, input), verdict)| {
             let e = &entries[op.entry];
-            let decision = e.config.decision(verdict, e.key.clone(), input.rate, input.cost, Source::Backend, false);
+            let decision = e.config.decision(verdict, e.key.clone(), &input, Source::Backend, false);
             Charge { throttle: e.throttle.uid().to_owned(), decision }
         })
         .collect();

@@ -557,6 +557,7 @@ mod tests {
             reset: Duration::from_secs(3600),
             source: traffik::Source::Backend,
             shadow: false,
+            charged_at_us: 0,
         }
     }
 

@@ -144,6 +144,12 @@ pub struct Verdict {
     /// the lease for release and renewal ([`Amend`]). 0 otherwise (a stat may leave it 0 too).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_us: u64,
+    /// When the backend decided, on its own clock, if that is not the input's
+    /// [`now_us`](Input::now_us): a Redis server that keeps time answers with its `TIME`. 0
+    /// otherwise; strategies leave it 0. What a [`Decision`](crate::Decision) names its charge
+    /// by ([`Decision::charged_at_us`](crate::Decision::charged_at_us)), for refunds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at_us: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -153,27 +159,33 @@ fn is_zero(v: &u64) -> bool {
 impl Verdict {
     /// An admission.
     pub const fn admit(remaining: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Admit, remaining, wait_us: 0, reset_us, lease_us: 0 }
+        Verdict { kind: VerdictKind::Admit, remaining, wait_us: 0, reset_us, lease_us: 0, at_us: 0 }
     }
 
     /// An admission that must wait `delay_us` before it is released.
     pub const fn delay(delay_us: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Delay, remaining: 0, wait_us: delay_us, reset_us, lease_us: 0 }
+        Verdict { kind: VerdictKind::Delay, remaining: 0, wait_us: delay_us, reset_us, lease_us: 0, at_us: 0 }
     }
 
     /// A denial that a retry after `wait_us` would pass.
     pub const fn deny(remaining: u64, wait_us: u64, reset_us: u64) -> Self {
-        Verdict { kind: VerdictKind::Deny, remaining, wait_us, reset_us, lease_us: 0 }
+        Verdict { kind: VerdictKind::Deny, remaining, wait_us, reset_us, lease_us: 0, at_us: 0 }
     }
 
     /// The cost can never be admitted.
     pub const fn never() -> Self {
-        Verdict { kind: VerdictKind::Never, remaining: 0, wait_us: 0, reset_us: 0, lease_us: 0 }
+        Verdict { kind: VerdictKind::Never, remaining: 0, wait_us: 0, reset_us: 0, lease_us: 0, at_us: 0 }
     }
 
     /// This verdict with the lease it took ([`lease_us`](Self::lease_us)).
     pub const fn with_lease(mut self, lease_us: u64) -> Self {
         self.lease_us = lease_us;
+        self
+    }
+
+    /// This verdict as decided at `at_us` on the backend's clock ([`at_us`](Self::at_us)).
+    pub const fn decided_at(mut self, at_us: u64) -> Self {
+        self.at_us = at_us;
         self
     }
 

@@ -17,7 +17,7 @@ use crate::identity::{ClientIp, Identifier};
 use crate::key::Key;
 use crate::policy::{ErrorPolicy, Incidents};
 use crate::rules::RuleSet;
-use crate::strategy::{StrategyHandle, Verdict};
+use crate::strategy::{Input, StrategyHandle, Verdict};
 
 /// Where a throttle's backend comes from (builder state: the backend is set).
 #[derive(Clone, Debug)]
@@ -83,26 +83,19 @@ impl Config {
     /// The decision for a verdict, with denied hits told to wait at least `min_wait`, marked as
     /// let through by shadow mode when `shadow`.
     #[inline]
-    pub(crate) fn decision(
-        &self,
-        verdict: Verdict,
-        key: Key,
-        rate: Rate,
-        cost: u64,
-        source: Source,
-        shadow: bool,
-    ) -> Decision {
-        let mut decision = Decision::from_verdict(verdict, key, rate, cost, source, shadow);
+    pub(crate) fn decision(&self, verdict: Verdict, key: Key, input: &Input, source: Source, shadow: bool) -> Decision {
+        let mut decision = Decision::from_verdict(verdict, key, input.rate, input.cost, source, shadow, input.now_us);
         if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
             decision.wait = self.min_wait;
         }
         decision
     }
 
-    /// Completes a decision made by [`Decision::pending`] with the backend's verdict.
+    /// Completes a decision made by [`Decision::pending`] with the backend's verdict on a hit
+    /// decided at `now_us`.
     #[inline]
-    pub(crate) fn settle(&self, decision: &mut Decision, verdict: Verdict, source: Source) {
-        decision.settle(verdict, source);
+    pub(crate) fn settle(&self, decision: &mut Decision, verdict: Verdict, source: Source, now_us: u64) {
+        decision.settle(verdict, source, now_us);
         if decision.outcome == Outcome::Throttled && decision.wait < self.min_wait {
             decision.wait = self.min_wait;
         }

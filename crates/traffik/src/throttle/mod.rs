@@ -7,6 +7,7 @@ mod context_backend;
 mod events;
 mod prepare;
 mod recovery;
+mod refund;
 mod shortcut;
 
 pub use builder::ThrottleBuilder;
@@ -19,6 +20,7 @@ pub use context_backend::{context_backend, with_backend};
 pub(crate) use events::{backend_kind, denial_event, outcome_name, shadow_refusal_event, source_name};
 pub(crate) use prepare::{Prepared, Ready};
 pub(crate) use recovery::{Attempt, Resolved, Single, bounded, time_left};
+pub use refund::Settlement;
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -289,9 +291,9 @@ impl Throttle {
                 (v, Source::ErrorPolicy)
             }
         };
-        let (rate, cost) = (prepared.input.rate, prepared.input.cost);
+        let cost = prepared.input.cost;
         let shadow = self.shadowed(verdict.kind, verdict.wait_us, cost, forced, mode);
-        let decision = config.decision(verdict, prepared.key, rate, cost, source, shadow);
+        let decision = config.decision(verdict, prepared.key, &prepared.input, source, shadow);
         if mode == Mode::Consume {
             self.count(config, decision.outcome, source);
             if decision.is_refused() {

@@ -97,7 +97,7 @@ impl Throttle {
                 if matches!(verdict.kind, VerdictKind::Deny | VerdictKind::Never) {
                     self.fast_denial(verdict.kind, verdict.wait_us);
                 }
-                Some(config.decision(verdict, key, fast.rate, fast.cost, Source::Backend, false))
+                Some(config.decision(verdict, key, &input, Source::Backend, false))
             }
             Err(error) => {
                 *failed = Some((Ready { key, input }, error));
