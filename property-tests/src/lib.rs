@@ -57,7 +57,7 @@ pub mod stats;
 pub use groups::{check_group_concurrency, check_groups};
 pub use priority::check_priorities;
 pub use rate_change::check_rate_changes;
-pub use refunds::check_refunds;
+pub use refunds::{check_backend_refunds, check_refunds};
 pub use scopes::check_scopes;
 pub use stats::check_stats_match_memory;
 

@@ -1,9 +1,13 @@
 //! Refunds: a hit given back leaves the key as if it had not happened.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use traffik::strategy::Input;
-use traffik::{Rate, StrategyHandle};
+use traffik::{Clock, Context, ManualClock, Rate, RequestView, SharedBackend, StrategyHandle, Throttle};
 
 use crate::{builtin_suites, rates};
 
@@ -106,4 +110,80 @@ pub fn check_refunds(cases: u32) {
     if let Err(e) = result {
         panic!("a refunded hit left a trace: {e}");
     }
+}
+
+/// [`check_refunds`] through a [`Throttle`](traffik::Throttle) on a backend: for every built-in
+/// strategy, two clients get the same earlier hits; one of them makes one more hit, which is
+/// given back with [`Throttle::refund`](traffik::Throttle::refund) at most 50 µs later; from
+/// then on both clients get the same answers to every check. This covers the backend's side of
+/// a refund: the admission named by [`Decision::charged_at_us`](traffik::Decision), the key
+/// found again, the state written back atomically.
+///
+/// The backend must decide at the throttles' time (Redis: its client-clock mode). Keys are
+/// unique per case (a fresh throttle uid), so a shared server needs no reset between cases.
+pub fn check_backend_refunds(make: impl Fn() -> SharedBackend, cases: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let backend = {
+        let _guard = rt.enter();
+        make()
+    };
+    let suites: Vec<StrategyHandle> =
+        builtin_suites().into_iter().map(|s| s.strategy).filter(|s| s.builtin().is_some()).collect();
+    let run = Arc::new(AtomicU64::new(0));
+    let mut runner = TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
+    let result = runner.run(&case(suites.len()), |c| {
+        let n = run.fetch_add(1, Ordering::Relaxed);
+        rt.block_on(backend_case(&backend, &suites[c.suite], &c, n))
+    });
+    if let Err(e) = result {
+        panic!("a refund through a throttle left a trace on backend `{}`: {e}", backend.kind());
+    }
+}
+
+async fn backend_case(
+    backend: &SharedBackend,
+    strategy: &StrategyHandle,
+    c: &RefundCase,
+    n: u64,
+) -> Result<(), TestCaseError> {
+    let fail = |e: traffik::Error| TestCaseError::fail(e.to_string());
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let t = Throttle::builder()
+        .uid(format!("refund-{:x}-{n}", crate::run_id()))
+        .rate(c.rate)
+        .shared_backend(Arc::clone(backend))
+        .strategy(strategy.clone())
+        .clock(clock.clone())
+        .no_registry()
+        .build()
+        .map_err(fail)?;
+    let refunded = RequestView::empty().peer(Some(SocketAddr::from(([192, 0, 2, 1], 4000))));
+    let twin = RequestView::empty().peer(Some(SocketAddr::from(([192, 0, 2, 2], 4000))));
+    let cost = |c: u64| Context::new().cost(c);
+    for &(advance, c) in &c.before {
+        clock.advance_us(advance);
+        let _ = t.hit_with(&refunded, &cost(c)).await.map_err(fail)?;
+        let _ = t.hit_with(&twin, &cost(c)).await.map_err(fail)?;
+    }
+    clock.advance_us(c.hit.0);
+    let hit = t.hit_with(&refunded, &cost(c.hit.1)).await.map_err(fail)?;
+    if !hit.is_charged() {
+        return Ok(());
+    }
+    clock.advance_us(c.refund_after_us);
+    t.refund(&hit).await.map_err(fail)?;
+    for &(advance, c) in &c.later {
+        clock.advance_us(advance);
+        let a = t.check_with(&refunded, &cost(c)).await.map_err(fail)?;
+        let b = t.check_with(&twin, &cost(c)).await.map_err(fail)?;
+        prop_assert_eq!(
+            (a.outcome, a.remaining, a.wait, a.reset),
+            (b.outcome, b.remaining, b.wait, b.reset),
+            "{} at +{}us after the refunded hit, cost {}",
+            strategy.name(),
+            clock.now_us().saturating_sub(hit.charged_at_us),
+            c
+        );
+    }
+    Ok(())
 }

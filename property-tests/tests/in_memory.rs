@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use traffik::{InMemoryBackend, SharedBackend};
 use traffik_property_tests::{
-    SuiteConfig, builtin_suites, check_concurrency, check_group_concurrency, check_groups, check_priorities,
-    check_rate_changes, check_refunds, check_suite,
+    SuiteConfig, builtin_suites, check_backend_refunds, check_concurrency, check_group_concurrency, check_groups,
+    check_priorities, check_rate_changes, check_refunds, check_suite,
 };
 
 fn memory() -> SharedBackend {
@@ -59,6 +59,11 @@ fn sixty_four_tasks_on_one_group_admit_exactly_its_tightest_capacity() {
 #[test]
 fn a_refunded_hit_leaves_no_trace_on_any_built_in_strategy() {
     check_refunds(2_000);
+}
+
+#[test]
+fn a_hit_refunded_through_a_throttle_leaves_no_trace_in_memory() {
+    check_backend_refunds(memory, 1_000);
 }
 
 /// A suite can fail, and says so as a value: a fixed window claimed to hold the sliding-window

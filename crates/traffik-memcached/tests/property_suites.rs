@@ -63,3 +63,9 @@ fn priorities_share_one_window_and_keep_every_reserve_on_memcached() {
     let server = common::memcached_server();
     check_priorities(|| backend(&server.addr), &SuiteConfig { cases: 48, max_steps: 40 });
 }
+
+#[test]
+fn a_hit_refunded_through_a_throttle_leaves_no_trace_on_memcached() {
+    let server = common::memcached_server();
+    traffik_property_tests::check_backend_refunds(|| backend(&server.addr), 200);
+}
