@@ -112,7 +112,7 @@ pub fn check_refunds(cases: u32) {
     }
 }
 
-/// [`check_refunds`] through a [`Throttle`](traffik::Throttle) on a backend: for every built-in
+/// [`check_refunds`] through a [`Throttle`] on a backend: for every built-in
 /// strategy, two clients get the same earlier hits; one of them makes one more hit, which is
 /// given back with [`Throttle::refund`](traffik::Throttle::refund) at most 50 µs later; from
 /// then on both clients get the same answers to every check. This covers the backend's side of
