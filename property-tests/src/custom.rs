@@ -1,7 +1,7 @@
 //! A user-style strategy (no native backend path, no inline packing), to prove that custom
 //! strategies run on every backend through the generic compare-and-swap path.
 
-use traffik::strategy::{FixedWindow, FixedWindowState, Input, Metadata, Step, Strategy};
+use traffik::strategy::{FixedWindow, FixedWindowState, Input, Metadata, Step, Strategy, Write};
 
 /// Fixed-window semantics implemented as a third-party strategy would be: it reuses the public
 /// state machine but reports no built-in identity, so backends must use the generic path.
@@ -21,5 +21,9 @@ impl Strategy for PlainFixedWindow {
 
     fn metadata(&self, state: Option<&FixedWindowState>, input: &Input) -> Metadata {
         FixedWindow.metadata(state, input)
+    }
+
+    fn refund(&self, state: &FixedWindowState, charged_at_us: u64, input: &Input) -> Option<Write<FixedWindowState>> {
+        FixedWindow.refund(state, charged_at_us, input)
     }
 }

@@ -42,6 +42,7 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod contract;
 pub mod custom;
 pub mod failing;
 pub mod faults;

@@ -58,15 +58,14 @@ fn apply(
     Ok((admitted, step.write.map(|(b, _)| b).or(state), charged_at))
 }
 
-/// For every built-in strategy: after some hits, one more admitted hit is given back at most
+/// For every built-in strategy (and the suites' custom one): after some hits, one more admitted hit is given back at most
 /// 50 µs later (as the Memcached backend compensates a group hit); from then on every peek
 /// answers exactly as it would have had that hit never been made. (The built-in refunds are
 /// exact for every strategy when given back that soon: the windows and the log take the cost
 /// off the window or entry that counted it, a meter's arrival time moves back by `cost · T`,
 /// never before now; a lease is removed, named by its stamp.)
 pub fn check_refunds(cases: u32) {
-    let suites: Vec<StrategyHandle> =
-        builtin_suites().into_iter().map(|s| s.strategy).filter(|s| s.builtin().is_some()).collect();
+    let suites: Vec<StrategyHandle> = builtin_suites().into_iter().map(|s| s.strategy).collect();
     let mut runner = TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
     let result = runner.run(&case(suites.len()), |c| {
         let s = &suites[c.suite];
@@ -113,7 +112,7 @@ pub fn check_refunds(cases: u32) {
 }
 
 /// [`check_refunds`] through a [`Throttle`] on a backend: for every built-in
-/// strategy, two clients get the same earlier hits; one of them makes one more hit, which is
+/// strategy (and the suites' custom one, which takes the backend's generic path), two clients get the same earlier hits; one of them makes one more hit, which is
 /// given back with [`Throttle::refund`](traffik::Throttle::refund) at most 50 µs later; from
 /// then on both clients get the same answers to every check. This covers the backend's side of
 /// a refund: the admission named by [`Decision::charged_at_us`](traffik::Decision), the key
@@ -127,8 +126,7 @@ pub fn check_backend_refunds(make: impl Fn() -> SharedBackend, cases: u32) {
         let _guard = rt.enter();
         make()
     };
-    let suites: Vec<StrategyHandle> =
-        builtin_suites().into_iter().map(|s| s.strategy).filter(|s| s.builtin().is_some()).collect();
+    let suites: Vec<StrategyHandle> = builtin_suites().into_iter().map(|s| s.strategy).collect();
     let run = Arc::new(AtomicU64::new(0));
     let mut runner = TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
     let result = runner.run(&case(suites.len()), |c| {

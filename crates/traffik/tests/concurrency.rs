@@ -3,18 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use traffik::backend::{Amend, BoxFuture, Operation};
-use traffik::strategy::{Concurrency, FixedWindow, Metadata, Verdict};
-use traffik::{
-    Backend, BackendError, InMemoryBackend, ManualClock, Outcome, RequestView, SharedBackend, Throttle, ThrottleGroup,
-};
+use traffik::strategy::{Concurrency, FixedWindow};
+use traffik::{Backend, InMemoryBackend, ManualClock, Outcome, RequestView, SharedBackend, Throttle, ThrottleGroup};
+use traffik_property_tests::contract::ContractBackend;
 
 const START: u64 = 1_700_000_000_000_000;
 
@@ -67,7 +63,7 @@ async fn exactly_n_in_flight_under_64_concurrent_clients_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_n_in_flight_on_a_custom_backend() {
     let clock = ManualClock::new(START);
-    exactly_n_under_64_clients(&throttle("uploads", "5/30s", BytesBackend::default(), &clock)).await;
+    exactly_n_under_64_clients(&throttle("uploads", "5/30s", ContractBackend::new(), &clock)).await;
 }
 
 #[tokio::test]
@@ -264,96 +260,10 @@ async fn stat_shows_the_slots_in_flight() {
     assert_eq!(stat.metadata.get("slots"), Some(&serde_json::Value::from(3)));
 }
 
-/// A custom backend written only against the documented contract: decisions through
-/// `StrategyHandle::decide_bytes`, refunds and renewals through `StrategyHandle::amend_bytes`,
-/// each under one lock (its atomic step).
-#[derive(Debug, Default)]
-struct BytesBackend {
-    store: Mutex<HashMap<String, Vec<u8>>>,
-}
-
-impl BytesBackend {
-    fn key(op: &Operation<'_>) -> String {
-        format!("{}:{}", op.key.as_str(), op.strategy.name())
-    }
-}
-
-impl Backend for BytesBackend {
-    fn kind(&self) -> &'static str {
-        "bytes"
-    }
-
-    fn namespace(&self) -> &str {
-        "test"
-    }
-
-    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
-        Box::pin(async move {
-            let mut store = self.store.lock();
-            let key = Self::key(&op);
-            let step = op
-                .strategy
-                .decide_bytes(store.get(&key).map(Vec::as_slice), &op.input)
-                .map_err(|e| BackendError::command("bytes", e.to_string()))?;
-            if let (traffik::backend::Mode::Consume, Some((bytes, _ttl))) = (op.mode, step.write) {
-                store.insert(key, bytes);
-            }
-            Ok(step.verdict)
-        })
-    }
-
-    fn amend<'a>(
-        &'a self,
-        op: Operation<'a>,
-        amend: Amend,
-        _tag: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let mut store = self.store.lock();
-            let key = Self::key(&op);
-            let Some(current) = store.get(&key) else {
-                return Ok(false);
-            };
-            let changed = op
-                .strategy
-                .amend_bytes(current, amend, &op.input)
-                .map_err(|e| BackendError::command("bytes", e.to_string()))?;
-            match changed {
-                Some((bytes, _ttl)) => {
-                    store.insert(key, bytes);
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
-        })
-    }
-
-    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
-        Box::pin(async move {
-            let store = self.store.lock();
-            let state = store.get(&Self::key(&op)).cloned();
-            let step = op
-                .strategy
-                .decide_bytes(state.as_deref(), &op.input)
-                .map_err(|e| BackendError::command("bytes", e.to_string()))?;
-            let meta = op
-                .strategy
-                .metadata_bytes(state.as_deref(), &op.input)
-                .map_err(|e| BackendError::command("bytes", e.to_string()))?;
-            Ok((step.verdict, meta))
-        })
-    }
-
-    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.store.lock().clear();
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[tokio::test]
 async fn a_custom_backend_releases_through_the_contract() {
     let clock = ManualClock::new(START);
-    let backend: SharedBackend = Arc::new(BytesBackend::default());
+    let backend: SharedBackend = Arc::new(ContractBackend::new());
     let t = throttle("uploads", "1/30s", backend, &clock);
     let req = view([192, 0, 2, 1]);
     let p = t.acquire(&req).await.unwrap();

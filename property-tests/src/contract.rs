@@ -1,0 +1,96 @@
+//! A backend written only against the documented [`Backend`] contract, as a user would write
+//! one for a store traffik does not ship: decisions through
+//! [`StrategyHandle::decide_bytes`](traffik::StrategyHandle::decide_bytes), refunds and lease
+//! renewals through [`StrategyHandle::amend_bytes`](traffik::StrategyHandle::amend_bytes), each
+//! under one lock (its atomic step). Times to live are ignored: state is kept until reset,
+//! which the contract allows (a strategy never relies on state expiring).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use traffik::backend::{Amend, BoxFuture, Mode, Operation};
+use traffik::strategy::{Metadata, Verdict};
+use traffik::{Backend, BackendError};
+
+/// See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct ContractBackend {
+    store: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl ContractBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn key(op: &Operation<'_>) -> String {
+        format!("{}:{}", op.key.as_str(), op.strategy.name())
+    }
+
+    fn store(&self) -> MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn state_error(e: impl std::fmt::Display) -> BackendError {
+    BackendError::command("contract", e.to_string())
+}
+
+impl Backend for ContractBackend {
+    fn kind(&self) -> &'static str {
+        "contract"
+    }
+
+    fn namespace(&self) -> &str {
+        "contract"
+    }
+
+    fn decide<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<Verdict, BackendError>> {
+        Box::pin(async move {
+            let mut store = self.store();
+            let key = Self::key(&op);
+            let step = op.strategy.decide_bytes(store.get(&key).map(Vec::as_slice), &op.input).map_err(state_error)?;
+            if let (Mode::Consume, Some((bytes, _ttl))) = (op.mode, step.write) {
+                store.insert(key, bytes);
+            }
+            Ok(step.verdict)
+        })
+    }
+
+    fn amend<'a>(
+        &'a self,
+        op: Operation<'a>,
+        amend: Amend,
+        _tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut store = self.store();
+            let key = Self::key(&op);
+            let Some(current) = store.get(&key) else {
+                return Ok(false);
+            };
+            match op.strategy.amend_bytes(current, amend, &op.input).map_err(state_error)? {
+                Some((bytes, _ttl)) => {
+                    store.insert(key, bytes);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+    }
+
+    fn stat<'a>(&'a self, op: Operation<'a>) -> BoxFuture<'a, Result<(Verdict, Metadata), BackendError>> {
+        Box::pin(async move {
+            let state = self.store().get(&Self::key(&op)).cloned();
+            let step = op.strategy.decide_bytes(state.as_deref(), &op.input).map_err(state_error)?;
+            let meta = op.strategy.metadata_bytes(state.as_deref(), &op.input).map_err(state_error)?;
+            Ok((step.verdict, meta))
+        })
+    }
+
+    fn reset(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.store().clear();
+        Box::pin(async { Ok(()) })
+    }
+}
