@@ -11,10 +11,10 @@
 //! distributed locks. Built-in strategies ([`StrategyHandle::builtin`]) may use native
 //! implementations; any other strategy must work through [`StrategyHandle::decide_bytes`].
 
-mod amend;
 mod memory;
 
-pub use amend::Amend;
+/// Changes to an admission after the fact; defined with the strategies, which apply them.
+pub use crate::strategy::Amend;
 
 pub(crate) use memory::Verdicts;
 pub use memory::{Eviction, InMemoryBackend, InMemoryBuilder, PreparedKey};

@@ -53,6 +53,7 @@
 //! }
 //! ```
 
+mod amend;
 mod concurrency;
 mod cost_aware;
 mod fixed_window;
@@ -63,6 +64,7 @@ mod rollover;
 mod sliding_counter;
 mod sliding_log;
 
+pub use amend::Amend;
 pub(crate) use concurrency::check_slots;
 pub use concurrency::{Concurrency, ConcurrencyState, Lease, MAX_SLOTS};
 pub use cost_aware::{CostAwareBuilder, CostAwareSpec, CostAwareState, CostAwareTokenBucket};
@@ -82,7 +84,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Rate;
-use crate::backend::Amend;
 
 /// Strategy-specific details reported by `stat` (e.g. tokens left, window start).
 pub type Metadata = serde_json::Map<String, serde_json::Value>;

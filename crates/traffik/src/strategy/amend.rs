@@ -1,14 +1,17 @@
 //! Changes to an admission after the fact: refunds and lease renewals.
 
-/// A change to what an earlier admission took, made by [`Backend::amend`](super::Backend::amend).
+/// A change to what an earlier admission took, made by [`Backend::amend`] (also exported as
+/// `traffik::backend::Amend`).
 ///
-/// Both name the admission by the microsecond it was charged at: for [`Concurrency`] the lease's
-/// stamp ([`Verdict::lease_us`]); for other strategies the `now` of the decision that admitted
-/// it. The backend runs [`Strategy::refund`] or [`Strategy::renew`] on the key's state, in the
+/// Both name the admission by the microsecond it was charged at
+/// ([`Decision::charged_at_us`](crate::Decision::charged_at_us)): for [`Concurrency`] the
+/// lease's stamp ([`Verdict::lease_us`]); for other strategies the time the backend decided at. The backend runs [`Strategy::refund`] or [`Strategy::renew`] on the key's state, in the
 /// same atomic step as a decision (under the shard lock in memory, a compare-and-swap on
-/// Memcached, a script on Redis), with [`Operation::input`](super::Operation::input) giving the
+/// Memcached, a script on Redis), with [`Operation::input`] giving the
 /// time (Redis replaces it with its own, as for decisions), the rate and the cost to give back.
 ///
+/// [`Backend::amend`]: crate::Backend::amend
+/// [`Operation::input`]: crate::backend::Operation::input
 /// [`Concurrency`]: crate::strategy::Concurrency
 /// [`Verdict::lease_us`]: crate::strategy::Verdict::lease_us
 /// [`Strategy::refund`]: crate::strategy::Strategy::refund
