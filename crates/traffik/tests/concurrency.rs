@@ -3,20 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::view;
 use traffik::strategy::{Concurrency, FixedWindow};
-use traffik::{Backend, InMemoryBackend, ManualClock, Outcome, RequestView, SharedBackend, Throttle, ThrottleGroup};
+use traffik::{Backend, InMemoryBackend, ManualClock, Outcome, SharedBackend, Throttle, ThrottleGroup};
 use traffik_property_tests::contract::ContractBackend;
 
 const START: u64 = 1_700_000_000_000_000;
-
-fn view(ip: [u8; 4]) -> RequestView<'static> {
-    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
-}
 
 fn throttle(uid: &str, rate: &str, backend: impl Backend, clock: &ManualClock) -> Throttle {
     Throttle::builder().uid(uid).rate(rate).backend(backend).strategy(Concurrency).clock(clock.clone()).build().unwrap()

@@ -2,32 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{throttle_on, view};
 use traffik::strategy::{FixedWindow, Gcra, SlidingWindowLog, TokenBucket};
-use traffik::{Identity, InMemoryBackend, ManualClock, Outcome, RequestView, StrategyHandle, Throttle, ThrottleGroup};
-
-fn view(ip: [u8; 4]) -> RequestView<'static> {
-    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
-}
-
-fn throttle(
-    uid: &str,
-    rate: &str,
-    strategy: impl Into<StrategyHandle>,
-    backend: &InMemoryBackend,
-    clock: &ManualClock,
-) -> Throttle {
-    Throttle::builder()
-        .uid(uid)
-        .rate(rate)
-        .backend(backend.clone())
-        .strategy(strategy)
-        .clock(clock.clone())
-        .build()
-        .unwrap()
-}
+use traffik::{Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Throttle, ThrottleGroup};
 
 /// The observed defect: `10/min` stacked over `3/min` was charged for the hits `3/min` refused
 /// (10/min had 4 left after 3 admitted and 3 denied). As a group, it has 7 left.
@@ -35,8 +17,8 @@ fn throttle(
 async fn a_refusing_member_leaves_the_others_uncharged() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::new();
-    let outer = throttle("outer", "10/min", FixedWindow, &backend, &clock);
-    let inner = throttle("inner", "3/min", FixedWindow, &backend, &clock);
+    let outer = throttle_on("outer", "10/min", FixedWindow, backend.clone(), &clock);
+    let inner = throttle_on("inner", "3/min", FixedWindow, backend.clone(), &clock);
     let group = ThrottleGroup::new("data", [outer, inner]).unwrap();
     let req = view([192, 0, 2, 1]);
     let outcomes: Vec<Outcome> = {
@@ -57,8 +39,8 @@ async fn a_refusing_member_leaves_the_others_uncharged() {
 async fn the_decision_names_the_binding_member_and_waits_for_all() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::new();
-    let burst = throttle("burst", "2/s", TokenBucket::new(), &backend, &clock);
-    let sustained = throttle("sustained", "3/min", FixedWindow, &backend, &clock);
+    let burst = throttle_on("burst", "2/s", TokenBucket::new(), backend.clone(), &clock);
+    let sustained = throttle_on("sustained", "3/min", FixedWindow, backend.clone(), &clock);
     let group = ThrottleGroup::new("api", [burst, sustained]).unwrap();
     let req = view([192, 0, 2, 2]);
     let first = group.hit(&req).await.unwrap();
@@ -86,7 +68,7 @@ async fn the_decision_names_the_binding_member_and_waits_for_all() {
 async fn members_may_differ_in_identity_strategy_rate_and_cost() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::new();
-    let per_user = throttle("per-user", "3/min", SlidingWindowLog, &backend, &clock);
+    let per_user = throttle_on("per-user", "3/min", SlidingWindowLog, backend.clone(), &clock);
     let per_tenant = Throttle::builder()
         .uid("per-tenant")
         .rate("5/min")
@@ -114,8 +96,8 @@ async fn members_may_differ_in_identity_strategy_rate_and_cost() {
 async fn skipped_members_do_not_limit_and_check_consumes_nothing() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::new();
-    let a = throttle("a", "1/min", FixedWindow, &backend, &clock);
-    let b = throttle("b", "5/min", FixedWindow, &backend, &clock);
+    let a = throttle_on("a", "1/min", FixedWindow, backend.clone(), &clock);
+    let b = throttle_on("b", "5/min", FixedWindow, backend.clone(), &clock);
     b.disable();
     let group = ThrottleGroup::new("g", [a, b]).unwrap();
     let req = view([192, 0, 2, 9]);
@@ -136,10 +118,10 @@ async fn a_group_refused_at_the_key_cap_consumes_nothing() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     // One shard holding two keys: the first member's key fits, the second's does not.
     let backend = InMemoryBackend::builder().shards(1).max_keys(2).build();
-    let filler = throttle("filler", "5/min", FixedWindow, &backend, &clock);
+    let filler = throttle_on("filler", "5/min", FixedWindow, backend.clone(), &clock);
     assert!(filler.hit(&view([10, 0, 0, 1])).await.unwrap().is_allowed());
-    let a = throttle("a", "5/min", FixedWindow, &backend, &clock);
-    let b = throttle("b", "5/min", FixedWindow, &backend, &clock);
+    let a = throttle_on("a", "5/min", FixedWindow, backend.clone(), &clock);
+    let b = throttle_on("b", "5/min", FixedWindow, backend.clone(), &clock);
     let group = ThrottleGroup::new("g", [a, b]).unwrap();
     let req = view([192, 0, 2, 10]);
     let d = group.hit(&req).await.unwrap();
@@ -152,8 +134,8 @@ fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock()
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::builder().shards(4).build();
-    let a = throttle("a", "100/min", FixedWindow, &backend, &clock);
-    let b = throttle("b", "60/min", TokenBucket::new(), &backend, &clock);
+    let a = throttle_on("a", "100/min", FixedWindow, backend.clone(), &clock);
+    let b = throttle_on("b", "60/min", TokenBucket::new(), backend.clone(), &clock);
     // The same members in both orders: a circle of lock waits would hang this test.
     let ab = ThrottleGroup::new("ab", [a.clone(), b.clone()]).unwrap();
     let ba = ThrottleGroup::new("ab", [b, a]).unwrap();
@@ -187,8 +169,8 @@ fn sixty_four_tasks_in_two_overlapping_groups_admit_exactly_and_never_deadlock()
 async fn a_member_rate_change_applies_to_the_next_group_hit() {
     let clock = ManualClock::new(1_700_000_000_000_000);
     let backend = InMemoryBackend::new();
-    let a = throttle("a", "2/min", FixedWindow, &backend, &clock);
-    let b = throttle("b", "100/min", FixedWindow, &backend, &clock);
+    let a = throttle_on("a", "2/min", FixedWindow, backend.clone(), &clock);
+    let b = throttle_on("b", "100/min", FixedWindow, backend.clone(), &clock);
     let group = ThrottleGroup::new("g", [a, b]).unwrap();
     let req = view([192, 0, 2, 10]);
     assert!(group.hit(&req).await.unwrap().is_allowed());
@@ -249,8 +231,8 @@ async fn the_draft_fields_list_every_member() {
     let group = ThrottleGroup::new(
         "api",
         [
-            throttle("burst", "3/s", FixedWindow, &backend, &clock),
-            throttle("sustained", "100/h", FixedWindow, &backend, &clock),
+            throttle_on("burst", "3/s", FixedWindow, backend.clone(), &clock),
+            throttle_on("sustained", "100/h", FixedWindow, backend.clone(), &clock),
         ],
     )
     .unwrap();

@@ -4,14 +4,16 @@
 #![cfg(feature = "metrics")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use common::view;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use traffik::strategy::FixedWindow;
-use traffik::{Backend, ErrorPolicy, InMemoryBackend, ManualClock, RequestView, Throttle, ThrottleGroup};
+use traffik::{Backend, ErrorPolicy, InMemoryBackend, ManualClock, Throttle, ThrottleGroup};
 use traffik_property_tests::failing::Failing;
 
 /// Polls an in-memory hit, which never waits.
@@ -20,10 +22,6 @@ fn now<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("an in-memory hit waited"),
     }
-}
-
-fn view(ip: [u8; 4]) -> RequestView<'static> {
-    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
 }
 
 fn throttle(uid: &str, backend: &InMemoryBackend) -> Throttle {

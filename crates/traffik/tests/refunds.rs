@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{START, throttle, view};
 use traffik::policy::BreakerConfig;
 use traffik::strategy::{Concurrency, FixedWindow, SlidingWindowCounter, SlidingWindowLog, TokenBucket};
 use traffik::{
@@ -14,24 +16,6 @@ use traffik::{
     Settlement, Source, StrategyHandle, Throttle, ThrottleGroup,
 };
 use traffik_property_tests::failing::Failing;
-
-const START: u64 = 1_700_000_000_000_000;
-
-fn view(ip: [u8; 4]) -> RequestView<'static> {
-    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
-}
-
-fn throttle(uid: &str, rate: &str, strategy: impl Into<StrategyHandle>, clock: &ManualClock) -> Throttle {
-    Throttle::builder()
-        .uid(uid)
-        .rate(rate)
-        .backend(InMemoryBackend::new())
-        .strategy(strategy)
-        .clock(clock.clone())
-        .no_registry()
-        .build()
-        .unwrap()
-}
 
 /// Unit hits the key can still take.
 async fn left(t: &Throttle, req: &RequestView<'_>) -> u64 {

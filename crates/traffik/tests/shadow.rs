@@ -3,9 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
+use common::{throttle, view};
 use traffik::strategy::{FixedWindow, LeakyBucketWithQueue, TokenBucket};
 use traffik::{
     Context, ErrorPolicy, Identity, InMemoryBackend, ManualClock, Outcome, RequestView, Source, StrategyHandle,
@@ -13,24 +15,9 @@ use traffik::{
 };
 use traffik_property_tests::failing::Failing;
 
-fn view(ip: [u8; 4]) -> RequestView<'static> {
-    RequestView::empty().peer(Some(SocketAddr::from((ip, 4000))))
-}
-
 /// At a minute boundary, so fixed windows of a minute start now.
 fn clock() -> ManualClock {
     ManualClock::new(1_699_999_980_000_000)
-}
-
-fn throttle(uid: &str, rate: &str, strategy: impl Into<StrategyHandle>, clock: &ManualClock) -> Throttle {
-    Throttle::builder()
-        .uid(uid)
-        .rate(rate)
-        .backend(InMemoryBackend::new())
-        .strategy(strategy)
-        .clock(clock.clone())
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

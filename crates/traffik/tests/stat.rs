@@ -3,30 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::throttle;
 use serde_json::{Value, json};
 use traffik::strategy::{FixedWindow, Gcra, LeakyBucketWithQueue, SlidingWindowLog, TokenBucket, TokenBucketWithDebt};
-use traffik::{
-    Context, Identity, InMemoryBackend, ManualClock, RequestView, Skip, Snapshot, Stat, StrategyHandle, Throttle,
-};
+use traffik::{Context, Identity, InMemoryBackend, ManualClock, RequestView, Skip, Snapshot, Stat, Throttle};
 
 const START_US: u64 = 1_700_000_000_000_000;
 
 fn view(ip: &str) -> RequestView<'static> {
     RequestView::empty().peer(Some(SocketAddr::new(ip.parse().unwrap(), 40000)))
-}
-
-fn throttle(uid: &str, rate: &str, strategy: impl Into<StrategyHandle>, clock: &ManualClock) -> Throttle {
-    Throttle::builder()
-        .uid(uid)
-        .rate(rate)
-        .backend(InMemoryBackend::new())
-        .strategy(strategy)
-        .clock(clock.clone())
-        .build()
-        .unwrap()
 }
 
 async fn stat(t: &Throttle, req: &RequestView<'_>) -> Stat {
