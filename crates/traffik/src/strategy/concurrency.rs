@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::native::{Builtin, Native};
 use super::params::ParamError;
-use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
+use super::{Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
 
 /// The most slots one key can have: a rate whose limit is above it is a build error
 /// ([`ParamError::OutOfRange`](super::ParamError::OutOfRange)), and a limit above it at run
@@ -195,9 +196,11 @@ impl Strategy for Concurrency {
         lease.until_us = now.saturating_add(t);
         Some(keep(leases, now, t))
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::Concurrency)
+impl Native for Concurrency {
+    fn builtin(&self) -> Builtin {
+        Builtin::Concurrency
     }
 }
 

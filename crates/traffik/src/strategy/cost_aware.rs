@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::fixed_window::{TIME_BITS, TIME_MASK};
 use super::meter::{MeterParams, MeterSpec};
+use super::native::{Builtin, Native};
 use super::params::{ParamError, positive};
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
+use super::{Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Averages and the slowdown are kept in thousandths (integers, exact in Lua's doubles).
 const MILLI: u64 = 1000;
@@ -282,9 +283,11 @@ impl Strategy for CostAwareTokenBucket {
         let state = CostAwareState { tat, avg_milli: s.prev_avg_milli, prev_avg_milli: s.prev_avg_milli };
         Some(Write { state, ttl_us: (tat - now).max(1) })
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::CostAware(self.spec))
+impl Native for CostAwareTokenBucket {
+    fn builtin(&self) -> Builtin {
+        Builtin::CostAware(self.spec)
     }
 
     /// `[tat | avg << 53 (its low 11 bits), avg >> 11 << 37 | prev]`: times below 2^53 µs and

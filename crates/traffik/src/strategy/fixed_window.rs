@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
+use super::native::{Builtin, Native};
+use super::{Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Epoch-aligned windows of the rate's period; a hit is admitted iff `used + cost <= limit` in
 /// its window. Denied hits consume nothing; the wait of a denial is exactly the time to the next
@@ -106,9 +107,11 @@ impl Strategy for FixedWindow {
         let state = FixedWindowState { used: s.used.saturating_sub(input.cost), ..*s };
         Some(Write { state, ttl_us: end - input.clock_us() })
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::FixedWindow)
+impl Native for FixedWindow {
+    fn builtin(&self) -> Builtin {
+        Builtin::FixedWindow
     }
 
     /// `[last | period >> 32 << 53, period << 32 | used]`: times below 2^53 µs, costs below

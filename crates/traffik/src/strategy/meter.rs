@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
+use super::native::{Builtin, Native};
+use super::{Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 use crate::Rate;
 use crate::clock::to_us;
 
@@ -204,9 +205,11 @@ macro_rules! meter_strategy {
             fn refund(&self, s: &MeterState, _charged_at_us: u64, input: &Input) -> Option<Write<MeterState>> {
                 refund(self.spec().params(&input.rate), s, input)
             }
+        }
 
-            fn builtin(&self) -> Option<Builtin> {
-                Some(Builtin::Meter(self.spec()))
+        impl Native for $ty {
+            fn builtin(&self) -> Builtin {
+                Builtin::Meter(self.spec())
             }
 
             fn pack(&self, s: &MeterState) -> Option<Packed> {

@@ -58,6 +58,7 @@ mod concurrency;
 mod cost_aware;
 mod fixed_window;
 mod meter;
+pub mod native;
 mod params;
 mod reserved;
 mod rollover;
@@ -84,6 +85,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Rate;
+use native::Native;
 
 /// Strategy-specific details reported by `stat` (e.g. tokens left, window start).
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
@@ -228,31 +230,9 @@ impl<S> Step<S> {
 
 /// Two machine words of state, stored inline by the in-memory backend (no allocation per key).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Packed(pub [u64; 2]);
+pub(crate) struct Packed(pub(crate) [u64; 2]);
 
-/// The built-in strategies and their parameters, so backends can run native implementations
-/// (Redis runs each as one Lua script). Only the built-in strategies return this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Builtin {
-    /// [`FixedWindow`].
-    FixedWindow,
-    /// [`SlidingWindowCounter`].
-    SlidingWindowCounter,
-    /// [`SlidingWindowLog`].
-    SlidingWindowLog,
-    /// Any of the meter family (token buckets, leaky buckets, GCRA), reduced to its capacity and
-    /// queue, both in units of the rate's emission interval or microseconds.
-    Meter(meter::MeterSpec),
-    /// [`QuotaRollover`] with its cap.
-    QuotaRollover(RolloverSpec),
-    /// [`CostAwareTokenBucket`] with its parameters.
-    CostAware(CostAwareSpec),
-    /// [`Concurrency`].
-    Concurrency,
-}
-
-pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
+pub use native::{Builtin, MAX_SPAN_US, MeterParams, MeterSpec};
 
 /// A rate-limiting algorithm as a pure state machine. See the [module docs](self).
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {
@@ -295,21 +275,6 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// [`Amend::Renew`], as they run [`refund`](Self::refund)
     /// for [`Amend::Refund`].
     fn renew(&self, _state: &Self::State, _charged_at_us: u64, _input: &Input) -> Option<Write<Self::State>> {
-        None
-    }
-
-    /// The built-in this is, for backends with native implementations. Leave as `None`.
-    fn builtin(&self) -> Option<Builtin> {
-        None
-    }
-
-    /// Packs the state into two words for inline storage, if it fits.
-    fn pack(&self, _state: &Self::State) -> Option<Packed> {
-        None
-    }
-
-    /// The inverse of [`Strategy::pack`].
-    fn unpack(&self, _packed: Packed) -> Option<Self::State> {
         None
     }
 }
@@ -365,14 +330,81 @@ pub struct StateError {
     source: serde_json::Error,
 }
 
-impl<S: Strategy> Erased for S {
+/// How a handle holds a strategy: a built-in with its native hooks ([`Native`]), or a custom
+/// one without.
+trait Storage: Send + Sync + fmt::Debug + 'static {
+    type S: Strategy;
+    fn strategy(&self) -> &Self::S;
+    fn builtin(&self) -> Option<Builtin>;
+    fn pack(&self, state: &State<Self>) -> Option<Packed>;
+    fn unpack(&self, packed: Packed) -> Option<State<Self>>;
+}
+
+/// The state of the strategy a [`Storage`] holds.
+type State<T> = <<T as Storage>::S as Strategy>::State;
+
+/// A built-in strategy.
+struct Known<S>(S);
+
+/// A custom strategy: no native path, state boxed in memory.
+struct Custom<S>(S);
+
+impl<S: fmt::Debug> fmt::Debug for Known<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Custom<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<S: Native> Storage for Known<S> {
+    type S = S;
+    #[inline]
+    fn strategy(&self) -> &S {
+        &self.0
+    }
     fn builtin(&self) -> Option<Builtin> {
-        Strategy::builtin(self)
+        Some(self.0.builtin())
+    }
+    #[inline]
+    fn pack(&self, state: &S::State) -> Option<Packed> {
+        self.0.pack(state)
+    }
+    #[inline]
+    fn unpack(&self, packed: Packed) -> Option<S::State> {
+        self.0.unpack(packed)
+    }
+}
+
+impl<S: Strategy> Storage for Custom<S> {
+    type S = S;
+    #[inline]
+    fn strategy(&self) -> &S {
+        &self.0
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        None
+    }
+    fn pack(&self, _state: &S::State) -> Option<Packed> {
+        None
+    }
+    fn unpack(&self, _packed: Packed) -> Option<S::State> {
+        None
+    }
+}
+
+impl<T: Storage> Erased for T {
+    fn builtin(&self) -> Option<Builtin> {
+        Storage::builtin(self)
     }
 
     fn decide_packed(&self, state: Option<Packed>, input: &Input, write: bool) -> PackedStep {
         let state = state.and_then(|p| self.unpack(p));
-        let step = self.decide(state.as_ref(), input);
+        let step = self.strategy().decide(state.as_ref(), input);
         match step.write {
             Some(w) if write => match self.pack(&w.state) {
                 Some(p) => PackedStep::Packed(step.verdict, p, w.ttl_us),
@@ -383,10 +415,11 @@ impl<S: Strategy> Erased for S {
     }
 
     fn decide_slot(&self, slot: &mut Option<Slot>, input: &Input, write: bool) -> (Verdict, Option<u64>) {
+        let strategy = self.strategy();
         match slot {
             Some(Slot::Boxed(any)) => {
-                if let Some(state) = any.downcast_mut::<S::State>() {
-                    let step = self.decide(Some(state), input);
+                if let Some(state) = any.downcast_mut::<State<T>>() {
+                    let step = strategy.decide(Some(state), input);
                     return match step.write {
                         Some(w) if write => {
                             *state = w.state;
@@ -397,41 +430,44 @@ impl<S: Strategy> Erased for S {
                 }
                 // A different strategy's state under this key cannot happen (the strategy name
                 // is part of the key); treat it as absent rather than fail.
-                self.store(slot, self.decide(None, input), write)
+                store(self, slot, strategy.decide(None, input), write)
             }
             Some(Slot::Packed(p)) => {
                 let state = self.unpack(*p);
-                let step = self.decide(state.as_ref(), input);
-                self.store(slot, step, write)
+                let step = strategy.decide(state.as_ref(), input);
+                store(self, slot, step, write)
             }
             None => {
-                let step = self.decide(None, input);
-                self.store(slot, step, write)
+                let step = strategy.decide(None, input);
+                store(self, slot, step, write)
             }
         }
     }
 
     fn metadata_slot(&self, slot: Option<&Slot>, input: &Input) -> Metadata {
+        let strategy = self.strategy();
         match slot {
-            Some(Slot::Boxed(any)) => self.metadata(any.downcast_ref::<S::State>(), input),
-            Some(Slot::Packed(p)) => self.metadata(self.unpack(*p).as_ref(), input),
-            None => self.metadata(None, input),
+            Some(Slot::Boxed(any)) => strategy.metadata(any.downcast_ref::<State<T>>(), input),
+            Some(Slot::Packed(p)) => strategy.metadata(self.unpack(*p).as_ref(), input),
+            None => strategy.metadata(None, input),
         }
     }
 
     fn decide_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<BytesStep, StateError> {
-        let state = self.read_state(state)?;
-        let step = self.decide(state.as_ref(), input);
+        let strategy = self.strategy();
+        let state = strategy.read_state(state)?;
+        let step = strategy.decide(state.as_ref(), input);
         let write = match step.write {
-            Some(w) => Some((serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?, w.ttl_us)),
+            Some(w) => Some((strategy.encode(&w.state)?, w.ttl_us)),
             None => None,
         };
         Ok(BytesStep { verdict: step.verdict, write })
     }
 
     fn metadata_bytes(&self, state: Option<&[u8]>, input: &Input) -> Result<Metadata, StateError> {
-        let state = self.read_state(state)?;
-        Ok(self.metadata(state.as_ref(), input))
+        let strategy = self.strategy();
+        let state = strategy.read_state(state)?;
+        Ok(strategy.metadata(state.as_ref(), input))
     }
 
     fn refund_bytes(
@@ -440,38 +476,27 @@ impl<S: Strategy> Erased for S {
         charged_at_us: u64,
         input: &Input,
     ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
-        let Some(state) = self.read_state(Some(state))? else {
-            return Ok(None);
-        };
-        match self.refund(&state, charged_at_us, input) {
-            Some(w) => {
-                let bytes = serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?;
-                Ok(Some((bytes, w.ttl_us)))
-            }
-            None => Ok(None),
-        }
+        self.amend_bytes(state, Amend::Refund { charged_at_us }, input)
     }
 
     fn amend_bytes(&self, state: &[u8], amend: Amend, input: &Input) -> Result<Option<(Vec<u8>, u64)>, StateError> {
-        let Some(state) = self.read_state(Some(state))? else {
+        let strategy = self.strategy();
+        let Some(state) = strategy.read_state(Some(state))? else {
             return Ok(None);
         };
-        match self.amended(&state, amend, input) {
-            Some(w) => {
-                let bytes = serde_json::to_vec(&w.state).map_err(|e| self.state_error("encode", e))?;
-                Ok(Some((bytes, w.ttl_us)))
-            }
+        match strategy.amended(&state, amend, input) {
+            Some(w) => Ok(Some((strategy.encode(&w.state)?, w.ttl_us))),
             None => Ok(None),
         }
     }
 
     fn amend_slot(&self, slot: &mut Option<Slot>, amend: Amend, input: &Input) -> Option<u64> {
         let state = match slot {
-            Some(Slot::Boxed(any)) => any.downcast_ref::<S::State>().cloned(),
+            Some(Slot::Boxed(any)) => any.downcast_ref::<State<T>>().cloned(),
             Some(Slot::Packed(p)) => self.unpack(*p),
             None => None,
         }?;
-        let w = self.amended(&state, amend, input)?;
+        let w = self.strategy().amended(&state, amend, input)?;
         *slot = Some(match self.pack(&w.state) {
             Some(p) => Slot::Packed(p),
             None => Slot::Boxed(Box::new(w.state)),
@@ -480,25 +505,35 @@ impl<S: Strategy> Erased for S {
     }
 }
 
-trait StoreExt: Strategy {
-    fn store(&self, slot: &mut Option<Slot>, step: Step<Self::State>, write: bool) -> (Verdict, Option<u64>) {
-        match step.write {
-            Some(w) if write => {
-                *slot = Some(match self.pack(&w.state) {
-                    Some(p) => Slot::Packed(p),
-                    None => Slot::Boxed(Box::new(w.state)),
-                });
-                (step.verdict, Some(w.ttl_us))
-            }
-            _ => (step.verdict, None),
+/// Stores what `step` wrote into `slot` (packed when it packs), if `write`.
+fn store<T: Storage>(
+    storage: &T,
+    slot: &mut Option<Slot>,
+    step: Step<State<T>>,
+    write: bool,
+) -> (Verdict, Option<u64>) {
+    match step.write {
+        Some(w) if write => {
+            *slot = Some(match storage.pack(&w.state) {
+                Some(p) => Slot::Packed(p),
+                None => Slot::Boxed(Box::new(w.state)),
+            });
+            (step.verdict, Some(w.ttl_us))
         }
+        _ => (step.verdict, None),
     }
+}
 
+trait StoreExt: Strategy {
     fn read_state(&self, bytes: Option<&[u8]>) -> Result<Option<Self::State>, StateError> {
         match bytes {
             None => Ok(None),
             Some(b) => serde_json::from_slice(b).map(Some).map_err(|e| self.state_error("decode", e)),
         }
+    }
+
+    fn encode(&self, state: &Self::State) -> Result<Vec<u8>, StateError> {
+        serde_json::to_vec(state).map_err(|e| self.state_error("encode", e))
     }
 
     fn state_error(&self, action: &'static str, source: serde_json::Error) -> StateError {
@@ -514,6 +549,25 @@ trait StoreExt: Strategy {
 }
 
 impl<S: Strategy> StoreExt for S {}
+
+/// The built-in `strategy` is, held with its native hooks; `None` for a custom strategy.
+fn known(strategy: &dyn Any) -> Option<Arc<dyn Erased>> {
+    fn as_known<K: Native>(strategy: &dyn Any) -> Option<Arc<dyn Erased>> {
+        strategy.downcast_ref::<K>().map(|k| Arc::new(Known(k.clone())) as Arc<dyn Erased>)
+    }
+    as_known::<FixedWindow>(strategy)
+        .or_else(|| as_known::<SlidingWindowCounter>(strategy))
+        .or_else(|| as_known::<SlidingWindowLog>(strategy))
+        .or_else(|| as_known::<TokenBucket>(strategy))
+        .or_else(|| as_known::<TokenBucketWithDebt>(strategy))
+        .or_else(|| as_known::<LeakyBucket>(strategy))
+        .or_else(|| as_known::<LeakyBucketWithQueue>(strategy))
+        .or_else(|| as_known::<Gcra>(strategy))
+        .or_else(|| as_known::<QuotaRollover>(strategy))
+        .or_else(|| as_known::<CostAwareTokenBucket>(strategy))
+        .or_else(|| as_known::<Concurrency>(strategy))
+        .or_else(|| as_known::<Reserved>(strategy))
+}
 
 /// A type-erased, cheaply clonable strategy: what throttles hold and backends receive.
 #[derive(Clone)]
@@ -544,7 +598,8 @@ impl StrategyHandle {
     pub fn new<S: Strategy>(strategy: S) -> Self {
         let name = safe_name(Strategy::name(&strategy));
         let name_hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
-        StrategyHandle { inner: Arc::new(strategy), name, name_hash }
+        let inner = known(&strategy).unwrap_or_else(|| Arc::new(Custom(strategy)));
+        StrategyHandle { inner, name, name_hash }
     }
 
     /// The strategy's name as used in keys: [`Strategy::name`] if it is 1 to 32 characters of
@@ -623,6 +678,51 @@ impl<S: Strategy> From<S> for StrategyHandle {
 /// Saturating conversion used by metadata.
 pub(crate) fn json_u64(v: u64) -> serde_json::Value {
     serde_json::Value::from(v)
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Mine;
+
+    impl Strategy for Mine {
+        type State = FixedWindowState;
+        fn name(&self) -> &str {
+            "mine"
+        }
+        fn decide(&self, state: Option<&FixedWindowState>, input: &Input) -> Step<FixedWindowState> {
+            FixedWindow.decide(state, input)
+        }
+    }
+
+    /// Every built-in is found when its handle is made, whichever way it is made; a custom
+    /// strategy with a built-in's state is not one.
+    #[test]
+    fn handles_know_the_built_ins() {
+        let cost_aware = CostAwareTokenBucket::builder().build().map(StrategyHandle::new);
+        let rollover = QuotaRollover::builder().max_rollover(2).build().map(StrategyHandle::new);
+        let built_ins = [
+            StrategyHandle::new(FixedWindow),
+            StrategyHandle::new(SlidingWindowCounter),
+            StrategyHandle::new(SlidingWindowLog),
+            StrategyHandle::new(TokenBucket::new()),
+            StrategyHandle::new(TokenBucketWithDebt::new(2)),
+            StrategyHandle::new(LeakyBucket),
+            StrategyHandle::new(LeakyBucketWithQueue::new(3)),
+            Gcra::new().into(),
+            StrategyHandle::new(Concurrency),
+            StrategyHandle::new(Reserved::new(10)),
+            cost_aware.expect("valid"),
+            rollover.expect("valid"),
+        ];
+        for h in &built_ins {
+            assert!(h.builtin().is_some(), "{h:?}");
+        }
+        assert_eq!(StrategyHandle::new(Mine).builtin(), None);
+        assert_eq!(StrategyHandle::new(FixedWindow).builtin(), Some(Builtin::FixedWindow));
+    }
 }
 
 #[cfg(test)]

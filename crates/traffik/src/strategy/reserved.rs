@@ -1,7 +1,8 @@
 //! One shared window of capacity L per key, of which each hit may fill only up to its priority
 //! level's ceiling: the strategy half of [`Priorities`](crate::priority::Priorities).
 
-use super::{Builtin, FixedWindow, FixedWindowState, Input, Metadata, Packed, Step, Strategy, Write, json_u64};
+use super::native::{Builtin, Native};
+use super::{FixedWindow, FixedWindowState, Input, Metadata, Packed, Step, Strategy, Write, json_u64};
 
 /// A fixed window of capacity L shared by every priority level of a key, where a hit is
 /// admitted iff `used + cost <= ceiling`: the ceiling is the limit of the hit's rate, which
@@ -61,9 +62,11 @@ impl Strategy for Reserved {
     fn refund(&self, state: &FixedWindowState, charged_at_us: u64, input: &Input) -> Option<Write<FixedWindowState>> {
         FixedWindow.refund(state, charged_at_us, input)
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::FixedWindow)
+impl Native for Reserved {
+    fn builtin(&self) -> Builtin {
+        Builtin::FixedWindow
     }
 
     #[inline]

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::fixed_window::{TIME_BITS, TIME_MASK, window_start};
+use super::native::{Builtin, Native};
 use super::params::ParamError;
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
+use super::{Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// How much unused quota may roll over: the smaller of an absolute cap and a percentage of the
 /// limit, and never more than the limit itself (rolled-over quota is spent first and never
@@ -219,9 +220,11 @@ impl Strategy for QuotaRollover {
         let state = QuotaRolloverState { used: s.used.saturating_sub(input.cost), ..*s };
         Some(Write { state, ttl_us: end.saturating_add(w).saturating_sub(now) })
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::QuotaRollover(self.spec))
+impl Native for QuotaRollover {
+    fn builtin(&self) -> Builtin {
+        Builtin::QuotaRollover(self.spec)
     }
 
     /// `[start | period >> 32 << 53, period << 32 | used << 16 | carried]`: starts below 2^53 µs,

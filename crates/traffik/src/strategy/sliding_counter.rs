@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::fixed_window::{TIME_BITS, TIME_MASK, window_start};
-use super::{Builtin, Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
+use super::native::{Builtin, Native};
+use super::{Input, Metadata, Packed, Step, Strategy, Verdict, Write, json_u64};
 
 /// Estimates the cost in the sliding window as `prev * (1 - elapsed / W) + cur` and admits iff
 /// `estimate + cost <= limit`. Since the estimate is never below `cur`, any epoch-aligned window
@@ -179,9 +180,11 @@ impl Strategy for SlidingWindowCounter {
         (end > input.clock_us())
             .then(|| Write { state: SlidingWindowCounterState { prev, cur, ..*s }, ttl_us: end - input.clock_us() })
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::SlidingWindowCounter)
+impl Native for SlidingWindowCounter {
+    fn builtin(&self) -> Builtin {
+        Builtin::SlidingWindowCounter
     }
 
     /// `[last | period_ms >> 16 << 53, prev << 40 | cur << 16 | period_ms & 0xffff]`: times

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builtin, Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
+use super::native::{Builtin, Native};
+use super::{Input, Metadata, Step, Strategy, Verdict, Write, json_u64};
 
 /// Exact sliding window: admits iff the cost admitted in `(now - W, now]` plus this cost is at
 /// most L. Stores one `(time, cost)` entry per distinct admission instant, so memory is
@@ -115,9 +116,11 @@ impl Strategy for SlidingWindowLog {
         let ttl_us = newest.saturating_add(s.period_us).saturating_sub(input.clock_us()).max(1);
         Some(Write { state: SlidingWindowLogState { period_us: s.period_us, entries }, ttl_us })
     }
+}
 
-    fn builtin(&self) -> Option<Builtin> {
-        Some(Builtin::SlidingWindowLog)
+impl Native for SlidingWindowLog {
+    fn builtin(&self) -> Builtin {
+        Builtin::SlidingWindowLog
     }
 }
 
