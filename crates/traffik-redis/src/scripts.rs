@@ -4,9 +4,16 @@
 //! Every strategy script takes the storage key as `KEYS[1]` and
 //! `ARGV = mode, now, min_ttl_ms, cost, <strategy parameters...>` where `mode` is `c` (consume),
 //! `p` (peek: writes nothing) or `s` (stat: peek, and also return `now` and the raw state), and
-//! an empty `now` means "read the server's `TIME`". It replies
-//! `{kind, remaining, wait_us, reset_us}` (`kind`: 0 admit, 1 delay, 2 deny, 3 never), and in
-//! stat mode `{kind, remaining, wait_us, reset_us, now, raw_state_or_nil}`.
+//! an empty `now` means "read the server's `TIME`". Replies:
+//!
+//! * `c` and `p`: `{kind, remaining, wait_us, reset_us, lease, at}` (`kind`: 0 admit, 1 delay,
+//!   2 deny, 3 never; `lease`: the concurrency script's new lease stamp, else 0; `at`: the
+//!   server's time the script decided at when it read `TIME`, 0 when the client sent `now`).
+//!   The backend turns `at` into `Verdict::at_us`, which names an admission for its refund: a
+//!   window strategy's refund must name the window on the clock that counted it.
+//! * `s`: `{kind, remaining, wait_us, reset_us, now, raw_state_or_nil}`.
+//!
+//! The concurrency script releases and renews leases too (its `op` argument, below).
 //!
 //! State is stored as a short string of decimal integers (microseconds and costs), written with
 //! `SET ... PX` so that the state and its time to live change in one command. Lua 5.1 numbers
@@ -15,9 +22,9 @@
 //! arithmetic is a line-by-line port of the Rust strategies in `traffik::strategy`, including
 //! the IEEE double operations of the sliding window counter in the same order.
 //!
-//! Each script is `PROLOGUE .. body .. EPILOGUE` (the two window scripts' bodies start with
-//! `WINDOW`) and runs on every decision, so it is written for the server's time: no closures on
-//! the common paths (the floor divisions are inlined), decimal strings become numbers through
+//! Each script is `PROLOGUE .. body .. WRITE .. REPLY` (the two window scripts' bodies start
+//! with `WINDOW`) and runs on every decision, so it is written for the server's time: no
+//! closures on the common paths (the floor divisions are inlined), decimal strings become numbers through
 //! arithmetic (`s * 1`: the same conversion as `tonumber`, without the function call), numbers
 //! are printed with `%d` (Redis' Lua prints it through a 64-bit C `long`: the same digits as
 //! `%.0f` for every integer below 2^63, at half the cost; the values written stay below 2^54),
@@ -33,10 +40,11 @@ use redis::Script;
 const PROLOGUE: &str = r#"
 local key = KEYS[1]
 local mode = ARGV[1]
-local now = ARGV[2]
+local now, at = ARGV[2], 0
 if now == '' then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
+  at = now
 else
   now = now * 1
 end
@@ -51,8 +59,8 @@ local state, ttl
 /// Declarations the concurrency script's body needs beyond the prologue's.
 const CONCURRENCY_HEAD: &str = "local lease, changed = 0, 0\n";
 
-/// Shared epilogue: writes the new state, if any, and replies.
-const EPILOGUE: &str = r#"
+/// Shared epilogue, first half: writes the new state, if any (decisions in consume mode).
+const WRITE: &str = r#"
 if state then
   -- ms = ceil(ttl / 1000), an exact floor division of integers below 2^53.
   local ms = math.floor((ttl + 999) / 1000)
@@ -68,10 +76,25 @@ if state then
   if ms > 1000000000000000 then ms = 1000000000000000 end
   redis.call('SET', key, state, 'PX', string.format('%d', ms))
 end
+"#;
+
+/// Shared epilogue, second half: the reply.
+const REPLY: &str = r#"
 if mode == 's' then
   return {kind, remaining, wait, reset, now, raw}
 end
-return {kind, remaining, wait, reset}
+return {kind, remaining, wait, reset, 0, at}
+"#;
+
+/// The concurrency script's reply: a decision carries its lease; a release or renewal replies
+/// whether anything changed.
+const CONCURRENCY_REPLY: &str = r#"
+if mode == 's' then
+  return {kind, remaining, wait, reset, now, raw}
+elseif op ~= '' then
+  return {changed}
+end
+return {kind, remaining, wait, reset, lease, at}
 "#;
 
 /// Shared head of the two window scripts: ARGV limit and period, and the start of the window
@@ -582,13 +605,16 @@ return {0, now, cur}
 /// member is decided on its current state with the bodies of the single scripts; the new states
 /// are written only in consume mode and only if every member admitted. Replies
 /// `{kind, remaining, wait_us, reset_us, lease}` per member, flattened (`lease`: a concurrency
-/// member's new lease stamp, else 0). A concurrency member (`cc`) takes `limit, period_us, '', 0`.
+/// member's new lease stamp, else 0), then `at`: the server's time when the script read it (0
+/// when the client sent `now`), the time every member decided at. A concurrency member (`cc`)
+/// takes `limit, period_us, '', 0`.
 const GROUP_HEAD: &str = r#"
 local gmode = ARGV[1]
-local now = ARGV[2]
+local now, at = ARGV[2], 0
 if now == '' then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
+  at = now
 else
   now = now * 1
 end
@@ -629,6 +655,7 @@ if all and gmode == 'c' then
     end
   end
 end
+out[5 * #KEYS + 1] = at
 return out
 "#;
 
@@ -694,17 +721,13 @@ pub(crate) struct Scripts {
 }
 
 /// The concurrency script: its replies carry the lease (decisions) or whether anything changed
-/// (releases and renewals), so the shared epilogue's last reply is replaced.
+/// (releases and renewals).
 fn concurrency_script() -> String {
-    let epilogue = EPILOGUE.replace(
-        "return {kind, remaining, wait, reset}\n",
-        "if op ~= '' then\n  return {changed}\nend\nreturn {kind, remaining, wait, reset, lease}\n",
-    );
-    [PROLOGUE, CONCURRENCY_HEAD, CONCURRENCY, &epilogue].concat()
+    [PROLOGUE, CONCURRENCY_HEAD, CONCURRENCY, WRITE, CONCURRENCY_REPLY].concat()
 }
 
 fn strategy_script(body: &[&str]) -> String {
-    [&[PROLOGUE][..], body, &[EPILOGUE]].concat().concat()
+    [&[PROLOGUE][..], body, &[WRITE, REPLY]].concat().concat()
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -745,7 +768,7 @@ mod tests {
     #[test]
     fn the_concurrency_script_replies_with_its_lease() {
         let script = concurrency_script();
-        assert!(script.contains("return {kind, remaining, wait, reset, lease}"));
+        assert!(script.contains("return {kind, remaining, wait, reset, lease, at}"));
         assert!(script.contains("return {changed}"));
     }
 }
