@@ -36,7 +36,7 @@ impl RedisBackend {
     }
 
     /// [`run_builtin`](Self::run_builtin) on the stored key `key` (a group member's).
-    async fn run_builtin_at(
+    pub(crate) async fn run_builtin_at(
         &self,
         builtin: Builtin,
         op: &Operation<'_>,
@@ -83,6 +83,9 @@ impl RedisBackend {
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
             }
+        }
+        if let ScriptMode::Refund { charged_at_us } = mode {
+            call.arg(charged_at_us);
         }
         match self.inner.conn.run(&call, self.inner.timeouts).await? {
             Value::Array(items) => Ok(items),

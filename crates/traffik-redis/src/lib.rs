@@ -222,6 +222,10 @@ enum ScriptMode {
     Consume,
     Peek,
     Stat,
+    /// Give back the cost of the admission charged at `charged_at_us` (below 2^53).
+    Refund {
+        charged_at_us: u64,
+    },
 }
 
 impl ScriptMode {
@@ -230,6 +234,7 @@ impl ScriptMode {
             ScriptMode::Consume => "c",
             ScriptMode::Peek => "p",
             ScriptMode::Stat => "s",
+            ScriptMode::Refund { .. } => "r",
         }
     }
 }
