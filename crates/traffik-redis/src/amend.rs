@@ -1,5 +1,6 @@
-//! Refunds and lease renewals ([`Amend`]): one script call for the concurrency strategy, the
-//! generic compare-and-swap path for custom strategies.
+//! Refunds and lease renewals ([`Amend`]): one script call for every built-in strategy (the
+//! strategy's own script, in refund mode `r`, or the concurrency script's release and renewal
+//! modes), the generic compare-and-swap path for custom strategies.
 
 use traffik::BackendError;
 use traffik::backend::{Amend, Operation};
@@ -8,12 +9,17 @@ use traffik::strategy::{Builtin, Input, MAX_SLOTS};
 use crate::conn::Call;
 use crate::decide::backoff;
 use crate::scripts::SCRIPTS;
-use crate::{KIND, MAX_COST, RedisBackend, state};
+use crate::{KIND, MAX_COST, RedisBackend, ScriptMode, state};
 
 impl RedisBackend {
     /// Applies `amend` to the key of `op` (under the group's tag for a group member's
-    /// admission). Built-ins other than the concurrency strategy have no refund script yet:
-    /// [`BackendError::Unsupported`].
+    /// admission; a member of a group with an empty tag is stored under its own key).
+    ///
+    /// Built-ins: a refund is one call of the strategy's script in refund mode (`Strategy::refund`
+    /// ported to Lua, on the server's time unless the backend uses the client's clock); a lease
+    /// is released or renewed by one call of the concurrency script. Only leases can be renewed:
+    /// renewing another built-in's admission changes nothing (`Ok(false)`, no call), as in
+    /// memory. Custom strategies: read, amend, compare-and-swap.
     pub(crate) async fn amend_impl(
         &self,
         op: Operation<'_>,
@@ -21,14 +27,48 @@ impl RedisBackend {
         tag: Option<&str>,
     ) -> Result<bool, BackendError> {
         self.check_open()?;
+        // An empty tag: a group decided on the throttles' own keys (as `decide_group` and
+        // `stat` read it).
         let key = match tag {
-            Some(tag) => self.group_storage_key(tag, op.key, op.strategy),
-            None => self.storage_key(op.key, op.strategy),
+            Some(tag) if !tag.is_empty() => self.group_storage_key(tag, op.key, op.strategy),
+            _ => self.storage_key(op.key, op.strategy),
         };
         match op.strategy.builtin() {
             Some(Builtin::Concurrency) => self.amend_leases(&key, &op, amend).await,
-            Some(_) => Err(BackendError::Unsupported { backend: KIND, what: "refunds of this built-in strategy" }),
+            Some(builtin) => self.refund_builtin(builtin, key, &op, amend).await,
             None => self.amend_generic(&key, &op, amend).await,
+        }
+    }
+
+    /// One call of a built-in's script in refund mode: `{changed}`.
+    async fn refund_builtin(
+        &self,
+        builtin: Builtin,
+        key: String,
+        op: &Operation<'_>,
+        amend: Amend,
+    ) -> Result<bool, BackendError> {
+        let charged_at_us = match amend {
+            Amend::Refund { charged_at_us } => charged_at_us,
+            // `Strategy::renew` is `None` for every built-in but the concurrency strategy.
+            Amend::Renew { .. } => return Ok(false),
+            _ => return Err(BackendError::Unsupported { backend: KIND, what: "this change to an admission" }),
+        };
+        let charged_at_us = if charged_at_us < MAX_COST {
+            charged_at_us
+        } else {
+            match builtin {
+                // The meters do not look at the admission's time.
+                Builtin::Meter(_) | Builtin::CostAware(_) => 0,
+                // No window, entry or state is that late (Lua numbers are doubles, and the
+                // scripts write nothing beyond 2^53): nothing to give back.
+                _ => return Ok(false),
+            }
+        };
+        let items = self.run_builtin_at(builtin, op, ScriptMode::Refund { charged_at_us }, key).await?;
+        match items.as_slice() {
+            [changed, ..] => Ok(state::int(changed)? == 1),
+            [] => Err(BackendError::command(KIND, "empty reply to a refund")),
         }
     }
 

@@ -36,7 +36,7 @@ impl RedisBackend {
     }
 
     /// [`run_builtin`](Self::run_builtin) on the stored key `key` (a group member's).
-    async fn run_builtin_at(
+    pub(crate) async fn run_builtin_at(
         &self,
         builtin: Builtin,
         op: &Operation<'_>,
@@ -83,6 +83,9 @@ impl RedisBackend {
             _ => {
                 call.arg(input.rate.limit()).arg(input.rate.period_us());
             }
+        }
+        if let ScriptMode::Refund { charged_at_us } = mode {
+            call.arg(charged_at_us);
         }
         match self.inner.conn.run(&call, self.inner.timeouts).await? {
             Value::Array(items) => Ok(items),
@@ -154,7 +157,7 @@ impl RedisBackend {
                     Mode::Peek => ScriptMode::Peek,
                 };
                 let items = self.run_builtin(b, &op, mode).await?;
-                state::verdict_with_lease(&items)
+                state::decision(&items)
             }
             None => self.decide_generic(&op).await,
         }
@@ -224,10 +227,15 @@ impl RedisBackend {
         }
         let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
         let items = state::items(&reply)?;
-        if items.len() != 5 * group.ops.len() {
+        // Five fields per member, then the server's time (0 in client-clock mode).
+        let (members, [at]) = items.split_at(items.len().saturating_sub(1)) else {
+            return Err(BackendError::command(KIND, "an empty group reply"));
+        };
+        if members.len() != 5 * group.ops.len() {
             return Err(BackendError::command(KIND, format!("a group reply of {} fields", items.len())));
         }
-        items.chunks_exact(5).map(state::verdict_with_lease).collect()
+        let at = state::int(at)?;
+        members.chunks_exact(5).map(|m| Ok(state::decision(m)?.decided_at(at))).collect()
     }
 
     /// A snapshot of `op`'s key; with a (non-empty) group tag, of the key a group decided
@@ -245,11 +253,13 @@ impl RedisBackend {
         match op.strategy.builtin() {
             Some(b) => {
                 let items = self.run_builtin_at(b, &op, ScriptMode::Stat, key).await?;
-                let verdict = state::verdict(&items)?;
                 let now = match items.get(4) {
                     Some(v) => state::int(v)?,
                     None => return Err(BackendError::command(KIND, "short stat reply")),
                 };
+                // On the server's clock, the stat names the time it was taken at, as decisions do.
+                let at = if self.inner.client_clock { 0 } else { now };
+                let verdict = state::verdict(&items)?.decided_at(at);
                 let raw = match items.get(5) {
                     Some(v) => state::bytes(v)?,
                     None => None,

@@ -144,10 +144,13 @@ pub use redis;
 
 /// The Lua script that runs a built-in strategy, e.g. to `SCRIPT LOAD` it ahead of time or to
 /// benchmark it raw. Its arguments are described in the crate's source (`scripts.rs`):
-/// `KEYS[1]` = storage key; `ARGV` = mode (`c`/`p`/`s`), now (empty = server `TIME`),
-/// min TTL in ms, cost, then `limit, period_us` or, for meters, `interval_us, capacity_us,
-/// queue_us, period_us` (quota with rollover: `limit, period_us, cap`; cost-aware token bucket:
-/// `interval_us, capacity_us, period_us, "reference_milli max_slowdown_milli window"`).
+/// `KEYS[1]` = storage key; `ARGV` = mode (`c`/`p`/`s`, or `r` to refund), now (empty =
+/// server `TIME`), min TTL in ms, cost, then `limit, period_us` or, for meters, `interval_us,
+/// capacity_us, queue_us, period_us` (quota with rollover: `limit, period_us, cap`; cost-aware
+/// token bucket: `interval_us, capacity_us, period_us, "reference_milli max_slowdown_milli
+/// window"`), and in refund mode the admission's time last. A decision replies
+/// `{kind, remaining, wait_us, reset_us, 0, at}` (`at`: the server's time when it read `TIME`,
+/// else 0), a refund `{changed}`.
 #[derive(Clone, Copy, Debug)]
 pub struct LuaScript {
     /// SHA1 digest, for `EVALSHA`.
@@ -222,6 +225,10 @@ enum ScriptMode {
     Consume,
     Peek,
     Stat,
+    /// Give back the cost of the admission charged at `charged_at_us` (below 2^53).
+    Refund {
+        charged_at_us: u64,
+    },
 }
 
 impl ScriptMode {
@@ -230,6 +237,7 @@ impl ScriptMode {
             ScriptMode::Consume => "c",
             ScriptMode::Peek => "p",
             ScriptMode::Stat => "s",
+            ScriptMode::Refund { .. } => "r",
         }
     }
 }

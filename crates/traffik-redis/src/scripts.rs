@@ -3,10 +3,24 @@
 //!
 //! Every strategy script takes the storage key as `KEYS[1]` and
 //! `ARGV = mode, now, min_ttl_ms, cost, <strategy parameters...>` where `mode` is `c` (consume),
-//! `p` (peek: writes nothing) or `s` (stat: peek, and also return `now` and the raw state), and
-//! an empty `now` means "read the server's `TIME`". It replies
-//! `{kind, remaining, wait_us, reset_us}` (`kind`: 0 admit, 1 delay, 2 deny, 3 never), and in
-//! stat mode `{kind, remaining, wait_us, reset_us, now, raw_state_or_nil}`.
+//! `p` (peek: writes nothing), `s` (stat: peek, and also return `now` and the raw state) or `r`
+//! (refund), and an empty `now` means "read the server's `TIME`". Replies:
+//!
+//! * `c` and `p`: `{kind, remaining, wait_us, reset_us, lease, at}` (`kind`: 0 admit, 1 delay,
+//!   2 deny, 3 never; `lease`: the concurrency script's new lease stamp, else 0; `at`: the
+//!   server's time the script decided at when it read `TIME`, 0 when the client sent `now`).
+//!   The backend turns `at` into `Verdict::at_us`, which names an admission for its refund: a
+//!   window strategy's refund must name the window on the clock that counted it.
+//! * `s`: `{kind, remaining, wait_us, reset_us, now, raw_state_or_nil}`.
+//! * `r` (every script but the concurrency one): one more ARGV after the strategy's
+//!   parameters, the admission's `charged_at_us`. The script runs the strategy's
+//!   `Strategy::refund`, line by line, on the stored state at `now`, writes the new state (with
+//!   its time to live, at least `min_ttl_ms`, as a decision's) only when the Rust refund would
+//!   return `Some`, and replies `{changed}` (1 or 0). The meters and the cost-aware bucket
+//!   ignore `charged_at_us`, as their Rust refunds do. The refund branch is the first thing a
+//!   script tests after its head: a decision pays one comparison for it (and one in the reply).
+//!
+//! The concurrency script releases and renews leases instead (its `op` argument, below).
 //!
 //! State is stored as a short string of decimal integers (microseconds and costs), written with
 //! `SET ... PX` so that the state and its time to live change in one command. Lua 5.1 numbers
@@ -15,13 +29,15 @@
 //! arithmetic is a line-by-line port of the Rust strategies in `traffik::strategy`, including
 //! the IEEE double operations of the sliding window counter in the same order.
 //!
-//! Each script is `PROLOGUE .. body .. EPILOGUE` (the two window scripts' bodies start with
-//! `WINDOW`) and runs on every decision, so it is written for the server's time: no closures on
-//! the common paths (the floor divisions are inlined), decimal strings become numbers through
-//! arithmetic (`s * 1`: the same conversion as `tonumber`, without the function call), numbers
-//! are printed with `%d` (Redis' Lua prints it through a 64-bit C `long`: the same digits as
-//! `%.0f` for every integer below 2^63, at half the cost; the values written stay below 2^54),
-//! and only consume mode builds a new state string. When a sliding log hit is appended, or
+//! Each script is `PROLOGUE .. head .. if mode == 'r' then refund else decision end .. WRITE ..
+//! REPLY` (the head of the window scripts is `WINDOW`; the others have none) and runs on every
+//! decision, so it is written for the server's time: no closures on the common paths (the
+//! floor divisions are inlined; the refunds, off the common path, use closures), decimal
+//! strings become numbers through arithmetic (`s * 1`: the same conversion as `tonumber`,
+//! without the function call), numbers are printed with `%d` (Redis' Lua prints it through a
+//! 64-bit C `long`: the same digits as `%.0f` for every integer below 2^63, at half the cost;
+//! the values written stay below 2^54), and only consume mode (and a refund that changes
+//! something) builds a new state string. When a sliding log hit is appended, or
 //! added to the newest entry, the text of the other live entries is kept as it is rather than
 //! printed again (the scripts always write it canonically, so the result is the same string).
 
@@ -33,10 +49,11 @@ use redis::Script;
 const PROLOGUE: &str = r#"
 local key = KEYS[1]
 local mode = ARGV[1]
-local now = ARGV[2]
+local now, at = ARGV[2], 0
 if now == '' then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
+  at = now
 else
   now = now * 1
 end
@@ -51,8 +68,9 @@ local state, ttl
 /// Declarations the concurrency script's body needs beyond the prologue's.
 const CONCURRENCY_HEAD: &str = "local lease, changed = 0, 0\n";
 
-/// Shared epilogue: writes the new state, if any, and replies.
-const EPILOGUE: &str = r#"
+/// Shared epilogue, first half: writes the new state, if any (decisions in consume mode, a
+/// refund that changed something).
+const WRITE: &str = r#"
 if state then
   -- ms = ceil(ttl / 1000), an exact floor division of integers below 2^53.
   local ms = math.floor((ttl + 999) / 1000)
@@ -68,10 +86,28 @@ if state then
   if ms > 1000000000000000 then ms = 1000000000000000 end
   redis.call('SET', key, state, 'PX', string.format('%d', ms))
 end
+"#;
+
+/// Shared epilogue, second half: the reply. A refund changed something iff it wrote a state.
+const REPLY: &str = r#"
 if mode == 's' then
   return {kind, remaining, wait, reset, now, raw}
+elseif mode == 'r' then
+  if state then return {1} end
+  return {0}
 end
-return {kind, remaining, wait, reset}
+return {kind, remaining, wait, reset, 0, at}
+"#;
+
+/// The concurrency script's reply: a decision carries its lease; a release or renewal replies
+/// whether anything changed.
+const CONCURRENCY_REPLY: &str = r#"
+if mode == 's' then
+  return {kind, remaining, wait, reset, now, raw}
+elseif op ~= '' then
+  return {changed}
+end
+return {kind, remaining, wait, reset, lease, at}
 "#;
 
 /// Shared head of the two window scripts: ARGV limit and period, and the start of the window
@@ -445,6 +481,167 @@ if inc <= cap then
 end
 "#;
 
+/// Shared head of the refunds of the window scripts (after [`WINDOW`]; in the refund branch, so
+/// that decisions do not build the closure): `wstart(x)`, the start of the window of length `w`
+/// that `x` falls in.
+const WINDOW_REFUND: &str = r#"
+local function wstart(x)
+  local q = math.floor(x / w)
+  local r = x - q * w
+  if r < 0 then
+    q = q - 1
+  elseif r >= w then
+    q = q + 1
+  end
+  return q * w
+end
+"#;
+
+/// Fixed window refund (after [`WINDOW`], [`WINDOW_REFUND`]): `FixedWindow::refund`. ARGV[7]:
+/// the admission's time. The cost comes off the usage iff it was counted under this period and
+/// the admission's window is the latest admission's, and that window has not ended.
+const FIXED_WINDOW_REFUND: &str = r#"
+if raw then
+  local sl, su, sp = string.match(raw, '^(%d+) (%d+) (%d+)$')
+  if sl and sp * 1 == w then
+    sl = sl * 1
+    local from = wstart(sl)
+    if wstart(ARGV[7] * 1) == from and from + w > now then
+      local used = su * 1 - cost
+      if used < 0 then used = 0 end
+      state, ttl = string.format('%d %d %d', sl, used, w), from + w - now
+    end
+  end
+end
+"#;
+
+/// Sliding window counter refund (after [`WINDOW`], [`WINDOW_REFUND`]):
+/// `SlidingWindowCounter::refund`. ARGV[7]: the admission's time. The cost comes off the latest
+/// admission's window or the one before, while the latest window's successor has not ended.
+const SLIDING_COUNTER_REFUND: &str = r#"
+if raw then
+  local a, b, c, d = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+  if a and d * 1 == w then
+    a = a * 1
+    local latest, charged = wstart(a), wstart(ARGV[7] * 1)
+    local prev, cur, counted = b * 1, c * 1, true
+    if charged == latest then
+      cur = cur - cost
+      if cur < 0 then cur = 0 end
+    elseif charged + w == latest then
+      prev = prev - cost
+      if prev < 0 then prev = 0 end
+    else
+      counted = false
+    end
+    if counted and latest + 2 * w > now then
+      state, ttl = string.format('%d %d %d %d', a, prev, cur, w), latest + 2 * w - now
+    end
+  end
+end
+"#;
+
+/// Quota with rollover refund (after [`WINDOW`], [`WINDOW_REFUND`]): `QuotaRollover::refund`.
+/// ARGV[8]: the admission's time. The cost comes off the usage iff it was counted under this
+/// period in the admission's window, and that window has not ended.
+const QUOTA_ROLLOVER_REFUND: &str = r#"
+if raw then
+  local ss, su, sc, sp = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+  if ss and sp * 1 == w then
+    ss = ss * 1
+    if wstart(ARGV[8] * 1) == ss and ss + w > now then
+      local used = su * 1 - cost
+      if used < 0 then used = 0 end
+      state, ttl = string.format('%d %d %d %d', ss, used, sc * 1, w), ss + 2 * w - now
+    end
+  end
+end
+"#;
+
+/// Sliding window log refund: `SlidingWindowLog::refund`. ARGV[7]: the admission's time. The
+/// cost comes off the first entry at exactly that time (dropped when nothing is left of it);
+/// every other entry is kept as it is, and the log keeps the period it was written under.
+const SLIDING_LOG_REFUND: &str = r#"
+if raw then
+  local pw, from = string.match(raw, '^(%d+)/()')
+  if pw then
+    pw = pw * 1
+    local charged = ARGV[7] * 1
+    local parts, k, found, newest = {}, 0, false, now
+    for t, c in string.gmatch(string.sub(raw, from), '(%d+):(%d+)') do
+      t, c = t * 1, c * 1
+      local keep = true
+      if not found and t == charged then
+        found = true
+        c = c - cost
+        keep = c > 0
+      end
+      if keep then
+        k = k + 1
+        parts[k] = string.format('%d:%d', t, c)
+        newest = t
+      end
+    end
+    if found then
+      state, ttl = string.format('%d/', pw) .. table.concat(parts, ' '), newest + pw - now
+      if ttl < 1 then ttl = 1 end
+    end
+  end
+end
+"#;
+
+/// Meter refund: the meters' `refund`. The theoretical arrival time moves back by `cost · T`,
+/// never before now; a meter already drained is left alone.
+const METER_REFUND: &str = r#"
+if raw and string.find(raw, '^%d+$') then
+  local tat = raw * 1
+  if tat > now then
+    tat = tat - cost * (ARGV[5] * 1)
+    if tat < now then tat = now end
+    ttl = tat - now
+    if ttl < 1 then ttl = 1 end
+    state = string.format('%d', tat)
+  end
+end
+"#;
+
+/// Cost-aware token bucket refund: `CostAwareTokenBucket::refund`. The theoretical arrival time
+/// moves back by what the cost took under the slowdown of the stored average (never before
+/// now), and the average goes back to the one before the latest admission.
+const COST_AWARE_REFUND: &str = r#"
+if raw then
+  local st, sa, sp = string.match(raw, '^(%d+) (%d+) (%d+)$')
+  if st then
+    st = st * 1
+    if st > now then
+      local function fdiv(a, b)
+        local q = math.floor(a / b)
+        local r = a - q * b
+        if r < 0 then
+          q = q - 1
+        elseif r >= b then
+          q = q + 1
+        end
+        return q
+      end
+      local t = ARGV[5] * 1
+      local ref, top = string.match(ARGV[8], '^(%d+) (%d+) %d+$')
+      ref, top = ref * 1, top * 1
+      local f = fdiv(sa * 1000, ref)
+      if f < 1000 then f = 1000 end
+      if f > top then f = top end
+      local q = fdiv(t, 1000)
+      local step = q * f + fdiv((t - q * 1000) * f + 999, 1000)
+      local tat = st - cost * step
+      if tat < now then tat = now end
+      ttl = tat - now
+      if ttl < 1 then ttl = 1 end
+      state = string.format('%d %d %d', tat, sp * 1, sp * 1)
+    end
+  end
+end
+"#;
+
 /// Concurrency (leases). Extra ARGV: slots N (at most `traffik::strategy::MAX_SLOTS`), lease
 /// time T in µs, `op` (empty: a decision; `r`: release, `n`: renew the lease stamped `ARGV[8]`).
 /// State: `"T/at:until:slots ..."`, the lease time the expiries were set under and the leases in
@@ -582,13 +779,17 @@ return {0, now, cur}
 /// member is decided on its current state with the bodies of the single scripts; the new states
 /// are written only in consume mode and only if every member admitted. Replies
 /// `{kind, remaining, wait_us, reset_us, lease}` per member, flattened (`lease`: a concurrency
-/// member's new lease stamp, else 0). A concurrency member (`cc`) takes `limit, period_us, '', 0`.
+/// member's new lease stamp, else 0), then `at`: the server's time when the script read it (0
+/// when the client sent `now`), the time every member decided at. A concurrency member (`cc`)
+/// takes `limit, period_us, '', 0`. Group members are refunded one by one, by their own
+/// scripts (on the keys the group wrote).
 const GROUP_HEAD: &str = r#"
 local gmode = ARGV[1]
-local now = ARGV[2]
+local now, at = ARGV[2], 0
 if now == '' then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
+  at = now
 else
   now = now * 1
 end
@@ -629,6 +830,7 @@ if all and gmode == 'c' then
     end
   end
 end
+out[5 * #KEYS + 1] = at
 return out
 "#;
 
@@ -694,26 +896,26 @@ pub(crate) struct Scripts {
 }
 
 /// The concurrency script: its replies carry the lease (decisions) or whether anything changed
-/// (releases and renewals), so the shared epilogue's last reply is replaced.
+/// (releases and renewals).
 fn concurrency_script() -> String {
-    let epilogue = EPILOGUE.replace(
-        "return {kind, remaining, wait, reset}\n",
-        "if op ~= '' then\n  return {changed}\nend\nreturn {kind, remaining, wait, reset, lease}\n",
-    );
-    [PROLOGUE, CONCURRENCY_HEAD, CONCURRENCY, &epilogue].concat()
+    [PROLOGUE, CONCURRENCY_HEAD, CONCURRENCY, WRITE, CONCURRENCY_REPLY].concat()
 }
 
-fn strategy_script(body: &[&str]) -> String {
-    [&[PROLOGUE][..], body, &[EPILOGUE]].concat().concat()
+/// A strategy's script: `head` (shared by both modes), then the refund (mode `r`) or the
+/// decision (every other mode), then the write and the reply.
+fn strategy_script(head: &[&str], refund: &[&str], decide: &str) -> String {
+    [&[PROLOGUE][..], head, &["if mode == 'r' then\n"], refund, &["else\n", decide, "end\n", WRITE, REPLY]]
+        .concat()
+        .concat()
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    fixed_window: Lua::new(strategy_script(&[WINDOW, FIXED_WINDOW])),
-    sliding_counter: Lua::new(strategy_script(&[WINDOW, SLIDING_COUNTER])),
-    sliding_log: Lua::new(strategy_script(&[SLIDING_LOG])),
-    meter: Lua::new(strategy_script(&[METER])),
-    quota_rollover: Lua::new(strategy_script(&[WINDOW, QUOTA_ROLLOVER])),
-    cost_aware: Lua::new(strategy_script(&[COST_AWARE])),
+    fixed_window: Lua::new(strategy_script(&[WINDOW], &[WINDOW_REFUND, FIXED_WINDOW_REFUND], FIXED_WINDOW)),
+    sliding_counter: Lua::new(strategy_script(&[WINDOW], &[WINDOW_REFUND, SLIDING_COUNTER_REFUND], SLIDING_COUNTER)),
+    sliding_log: Lua::new(strategy_script(&[], &[SLIDING_LOG_REFUND], SLIDING_LOG)),
+    meter: Lua::new(strategy_script(&[], &[METER_REFUND], METER)),
+    quota_rollover: Lua::new(strategy_script(&[WINDOW], &[WINDOW_REFUND, QUOTA_ROLLOVER_REFUND], QUOTA_ROLLOVER)),
+    cost_aware: Lua::new(strategy_script(&[], &[COST_AWARE_REFUND], COST_AWARE)),
     concurrency: Lua::new(concurrency_script()),
     group: Lua::new(group_script()),
     read: Lua::new(READ.to_owned()),
@@ -745,7 +947,20 @@ mod tests {
     #[test]
     fn the_concurrency_script_replies_with_its_lease() {
         let script = concurrency_script();
-        assert!(script.contains("return {kind, remaining, wait, reset, lease}"));
+        assert!(script.contains("return {kind, remaining, wait, reset, lease, at}"));
         assert!(script.contains("return {changed}"));
+    }
+
+    #[test]
+    fn decisions_skip_the_refund_branch_with_one_comparison() {
+        let script = strategy_script(&[WINDOW], &[WINDOW_REFUND, FIXED_WINDOW_REFUND], FIXED_WINDOW);
+        let branch = script.find("if mode == 'r' then").unwrap_or(usize::MAX);
+        let closure = script.find("local function wstart").unwrap_or(0);
+        let decision = script.find(FIXED_WINDOW).unwrap_or(0);
+        // The refund's closure is built inside its branch, before the decision's `else`.
+        assert!(branch < closure && closure < decision, "{script}");
+        assert!(script.contains("return {kind, remaining, wait, reset, 0, at}"));
+        // The group script decides only: no refund branch in it.
+        assert!(!group_script().contains("mode == 'r'"));
     }
 }

@@ -64,14 +64,21 @@ pub(crate) fn verdict(fields: &[Value]) -> Result<Verdict, BackendError> {
     Ok(Verdict { kind, remaining: int(remaining)?, wait_us: int(wait)?, reset_us: int(reset)?, lease_us: 0, at_us: 0 })
 }
 
-/// A verdict, with the lease stamp that follows it when the reply has one (the concurrency
-/// script's decisions).
-pub(crate) fn verdict_with_lease(fields: &[Value]) -> Result<Verdict, BackendError> {
+/// A decision's reply, `{kind, remaining, wait_us, reset_us, lease, at}`, to a verdict: with
+/// the lease stamp (the concurrency script's admissions; 0 otherwise) and the server's time
+/// when the script read it (0 in client-clock mode), as [`Verdict::at_us`]. A shorter reply
+/// (an older script) leaves them 0.
+pub(crate) fn decision(fields: &[Value]) -> Result<Verdict, BackendError> {
     let v = verdict(fields)?;
-    match fields.get(4) {
-        Some(lease) => Ok(v.with_lease(int(lease)?)),
-        None => Ok(v),
-    }
+    let lease = match fields.get(4) {
+        Some(lease) => int(lease)?,
+        None => 0,
+    };
+    let at = match fields.get(5) {
+        Some(at) => int(at)?,
+        None => 0,
+    };
+    Ok(v.with_lease(lease).decided_at(at))
 }
 
 fn numbers(raw: &str) -> Option<Vec<u64>> {

@@ -1,7 +1,8 @@
 //! Differential property test: for random schedules, the Lua script of every built-in strategy
 //! decides exactly what the Rust state machine decides, step by step (verdicts of hits, peeks
 //! and stats, and the metadata computed from the stored state), including schedules whose rate
-//! changes from one step to the next (state written under one rate, read under another).
+//! changes from one step to the next (state written under one rate, read under another), and
+//! the refunds of every built-in (the scripts' refund mode against `Strategy::refund`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -44,6 +45,20 @@ enum Action {
     Hit,
     Peek,
     Stat,
+    /// A refund of the step's cost, charged at that time.
+    Refund(Charge),
+}
+
+/// The time a refund names its admission by.
+#[derive(Clone, Debug)]
+enum Charge {
+    /// The input `now` of the `n`-th admission so far (modulo their number; `now` when there
+    /// is none): what `Decision::charged_at_us` is in client-clock mode.
+    Admission(usize),
+    /// `now` plus this many microseconds (a window or entry near, or no admission at all).
+    Near(i64),
+    /// Any time, beyond 2^53 (what Lua numbers hold exactly) included.
+    Any(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +170,62 @@ fn case_with(
         .prop_map(|(which, limit, period_ms, start, steps)| Case { which, limit, period_ms, start, steps })
 }
 
+thread_local! {
+    /// An admin connection, for the tests that check times to live.
+    static ADMIN: std::cell::RefCell<Option<redis::Connection>> = const { std::cell::RefCell::new(None) };
+}
+
+/// When the test set an [`ADMIN`] connection: `key`'s time to live is what a write of `ttl_us`
+/// sets (rounded up to ms, at least the backend's 600 s minimum), less the little time that
+/// passed since (at most one patient timeout's worth).
+fn expires_as_written(key: &str, ttl_us: u64) -> Result<(), String> {
+    ADMIN.with_borrow_mut(|admin| {
+        let Some(admin) = admin.as_mut() else { return Ok(()) };
+        let pttl: i64 = redis::cmd("PTTL").arg(key).query(admin).map_err(|e| e.to_string())?;
+        let expected = ttl_us.div_ceil(1000).max(600_000) as i64;
+        let slack = 2 * common::PATIENT.as_millis() as i64;
+        if pttl <= expected && pttl > expected - slack {
+            Ok(())
+        } else {
+            Err(format!("PTTL {pttl} ms, written with a time to live of {ttl_us} µs"))
+        }
+    })
+}
+
+/// Schedules of hits, peeks, stats, rate changes and refunds, for every built-in but the
+/// concurrency strategy (whose releases `compare_leases` checks).
+fn refund_case() -> impl proptest::strategy::Strategy<Value = Case> {
+    let which = which().prop_filter("leases are released by compare_leases", |w| !matches!(w, Which::Conc));
+    let start =
+        prop_oneof![0u64..10_000_000, 1_600_000_000_000_000u64..1_900_000_000_000_000, 0u64..4_000_000_000_000_000];
+    let charge = prop_oneof![
+        6 => (0usize..64).prop_map(Charge::Admission),
+        2 => (-3_000_000i64..3_000_000).prop_map(Charge::Near),
+        1 => prop_oneof![0u64..1 << 53, Just(1u64 << 53), Just(u64::MAX)].prop_map(Charge::Any),
+    ];
+    let step = (
+        prop_oneof![
+            4 => Just(0i64),
+            4 => 0i64..2_000,
+            3 => 0i64..200_000,
+            2 => 0i64..5_000_000,
+            1 => 0i64..200_000_000_000,
+            1 => -100_000i64..0,
+        ],
+        prop_oneof![8 => 1u64..=4, 2 => 1u64..=40, 1 => Just(u64::MAX), 1 => 1u64..=1_000_000],
+        prop_oneof![
+            6 => Just(Action::Hit),
+            1 => Just(Action::Peek),
+            1 => Just(Action::Stat),
+            4 => charge.prop_map(Action::Refund),
+        ],
+        prop_oneof![9 => Just(None), 1 => (limits(), periods()).prop_map(Some)],
+    )
+        .prop_map(|(delta, cost, action, new_rate)| Step { delta, cost, action, new_rate });
+    (which, limits(), periods(), start, prop::collection::vec(step, 1..60))
+        .prop_map(|(which, limit, period_ms, start, steps)| Case { which, limit, period_ms, start, steps })
+}
+
 static KEYS: AtomicU64 = AtomicU64::new(0);
 
 async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &Case) -> Result<(), TestCaseError> {
@@ -164,6 +235,7 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
         .part(&KEYS.fetch_add(1, Ordering::Relaxed).to_be_bytes())
         .build();
     let mut state: Option<S::State> = None;
+    let mut admissions: Vec<u64> = Vec::new();
     let mut now = case.start;
     for (i, step) in case.steps.iter().enumerate() {
         now = now.saturating_add_signed(step.delta);
@@ -173,12 +245,37 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
         let input = Input { now_us: now, rate, cost: step.cost };
         let rust = s.decide(state.as_ref(), &input);
         let mode = match step.action {
-            Action::Hit => Mode::Consume,
+            Action::Hit | Action::Refund(_) => Mode::Consume,
             _ => Mode::Peek,
         };
         let op = Operation { key: &key, strategy: &handle, input, mode };
         let ctx = || format!("step {i}: now {now}, {rate:?}, cost {}, {:?}, state {state:?}", step.cost, step.action);
-        match step.action {
+        match &step.action {
+            Action::Refund(charge) => {
+                let charged = match *charge {
+                    Charge::Admission(n) => admissions.get(n % admissions.len().max(1)).copied().unwrap_or(now),
+                    Charge::Near(d) => now.saturating_add_signed(d),
+                    Charge::Any(t) => t,
+                };
+                let ctx = format!("{}, charged at {charged}", ctx());
+                let refund = state.as_ref().and_then(|st| s.refund(st, charged, &input));
+                let amend = Amend::Refund { charged_at_us: charged };
+                let changed =
+                    backend.amend(op, amend, None).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx)))?;
+                prop_assert_eq!(changed, refund.is_some(), "refund; {}", ctx);
+                if let Some(w) = refund {
+                    expires_as_written(&backend.storage_key(&key, &handle), w.ttl_us)
+                        .map_err(|e| TestCaseError::fail(format!("{e}; {ctx}")))?;
+                    state = Some(w.state);
+                }
+                // What the refund left: a unit hit's verdict and the metadata of the state.
+                let probe = Input { cost: 1, ..input };
+                let op = Operation { key: &key, strategy: &handle, input: probe, mode: Mode::Peek };
+                let (v, meta) = backend.stat(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx)))?;
+                prop_assert_eq!(v, s.decide(state.as_ref(), &probe).verdict, "after the refund; {}", ctx);
+                prop_assert_eq!(meta, s.metadata(state.as_ref(), &probe), "metadata after the refund; {}", ctx);
+                continue;
+            }
             Action::Stat => {
                 let (v, meta) = backend.stat(op).await.map_err(|e| TestCaseError::fail(format!("{e}; {}", ctx())))?;
                 // A stat reports no lease stamp (nothing is taken).
@@ -192,6 +289,7 @@ async fn compare<S: RateStrategy + Clone>(s: S, backend: &RedisBackend, case: &C
         }
         if let (Action::Hit, Some(w)) = (&step.action, rust.write) {
             state = Some(w.state);
+            admissions.push(now);
         }
     }
     Ok(())
@@ -255,6 +353,24 @@ fn sliding_counter_boundaries_and_waits_match_to_the_microsecond() {
     let result = runner.run(&counter_case(), |c| rt.block_on(run(&backend, &c)));
     if let Err(e) = result {
         panic!("Lua and Rust disagree: {e}");
+    }
+}
+
+/// Refunds: for every built-in, the script's refund mode changes the state exactly when
+/// `Strategy::refund` does, and to the same state (every later verdict and metadata agree, and
+/// each refund is followed by a stat of what it left), whether it names an earlier admission, a
+/// time near now or any time at all, under rate changes and a lagging clock; and what it
+/// writes expires when the Rust refund says.
+#[test]
+fn lua_refunds_give_back_exactly_what_the_rust_strategies_do() {
+    let server = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let backend = common::client_clock(&server.url);
+    ADMIN.set(Some(common::admin(&server.url)));
+    let mut runner = TestRunner::new(Config { cases: 1200, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&refund_case(), |c| rt.block_on(run(&backend, &c)));
+    if let Err(e) = result {
+        panic!("Lua and Rust refunds disagree: {e}");
     }
 }
 

@@ -72,3 +72,9 @@ fn priorities_share_one_window_and_keep_every_reserve_on_redis() {
     let server = redis_server();
     check_priorities(|| common::shared(common::client_clock(&server.url)), &SuiteConfig { cases: 64, max_steps: 40 });
 }
+
+#[test]
+fn a_hit_refunded_through_a_throttle_leaves_no_trace_on_redis() {
+    let server = redis_server();
+    traffik_property_tests::check_backend_refunds(|| common::shared(common::client_clock(&server.url)), 300);
+}

@@ -83,10 +83,55 @@ fn the_sliding_log_text_is_rebuilt_exactly() {
     }
     // Peeks and denials leave the text alone.
     let reply = r.run(swl, &k, &["p", "2000000", "1", "4", "10", "1000000"]);
-    assert_eq!(reply, vec![0, 0, 0, 1_000_000]);
+    assert_eq!(reply, vec![0, 0, 0, 1_000_000, 0, 0]);
     let reply = r.run(swl, &k, &["c", "2000000", "1", "5", "10", "1000000"]);
-    assert_eq!(reply, vec![2, 4, 6, 1_000_000]);
+    assert_eq!(reply, vec![2, 4, 6, 1_000_000, 0, 0]);
     assert_eq!(r.get(&k).as_deref(), Some("1000000/1000006:3 1000008:2 2000000:1"));
+    // Refunds (mode `r`, the admission's time last): off the entry at exactly that time, which
+    // goes when nothing is left of it; a time with no entry changes nothing.
+    let refund = |cost: &'static str, at: &'static str| ["r", "2000001", "1", cost, "10", "1000000", at];
+    assert_eq!(r.run(swl, &k, &refund("1", "1000006")), vec![1]);
+    assert_eq!(r.get(&k).as_deref(), Some("1000000/1000006:2 1000008:2 2000000:1"));
+    assert_eq!(r.run(swl, &k, &refund("5", "1000006")), vec![1]);
+    assert_eq!(r.get(&k).as_deref(), Some("1000000/1000008:2 2000000:1"));
+    assert_eq!(r.run(swl, &k, &refund("1", "1000007")), vec![0]);
+    assert_eq!(r.run(swl, &k, &refund("2", "2000000")), vec![1]);
+    assert_eq!(r.run(swl, &k, &refund("2", "1000008")), vec![1]);
+    assert_eq!(r.get(&k).as_deref(), Some("1000000/"));
+    assert_eq!(r.run(swl, &k, &refund("1", "1000008")), vec![0]);
+}
+
+#[test]
+fn consume_replies_carry_the_servers_time_when_it_keeps_time() {
+    let server = redis_server();
+    let mut r = Raw::new(&server.url);
+    let k = r.key("at");
+    let time = |c: &mut redis::Connection| {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query(c).unwrap();
+        i64::try_from(s * 1_000_000 + us).unwrap()
+    };
+    let fw = Builtin::FixedWindow;
+    let before = time(&mut r.conn);
+    let reply = r.run(fw, &k, &["c", "", "60000", "1", "5", "60000000"]);
+    let after = time(&mut r.conn);
+    assert_eq!(reply[..5], [0, 4, 0, reply[3], 0]);
+    assert!((before..=after).contains(&reply[5]), "{before} <= {} <= {after}", reply[5]);
+    // The client's clock: no time of the server's.
+    let reply = r.run(fw, &k, &["c", "1000", "60000", "1", "5", "60000000"]);
+    assert_eq!(reply[5], 0);
+    // A refund named by the server's time of its admission gives the cost back. A window of
+    // 2^52 µs (about 143 years): the one now falls in lasts until 2112.
+    let w = "4503599627370496";
+    let _: () = redis::cmd("DEL").arg(&k).query(&mut r.conn).unwrap();
+    let reply = r.run(fw, &k, &["c", "", "60000", "1", "5", w]);
+    assert_eq!(reply[..2], [0, 4]);
+    let at = reply[5].to_string();
+    assert_eq!(r.run(fw, &k, &["r", "", "60000", "1", "5", w, &at]), vec![1]);
+    assert_eq!(r.run(fw, &k, &["p", "", "60000", "1", "5", w])[1], 4);
+    // Named by a time in another window: nothing to give back.
+    assert_eq!(r.run(fw, &k, &["c", "", "60000", "1", "5", w])[1], 4);
+    assert_eq!(r.run(fw, &k, &["r", "", "60000", "1", "5", w, w]), vec![0]);
+    let _: () = redis::cmd("DEL").arg(&k).query(&mut r.conn).unwrap();
 }
 
 #[test]
@@ -124,7 +169,7 @@ fn numbers_up_to_2_pow_53_are_stored_digit_for_digit() {
     let k = r.key("ttl");
     let hour = "3600000000";
     let reply = r.run(Builtin::Meter(MeterSpec::LeakyBucket), &k, &["c", "1000000", "1", "1", hour, hour, "0", hour]);
-    assert_eq!(reply, vec![0, 0, 0, 3_600_000_000]);
+    assert_eq!(reply, vec![0, 0, 0, 3_600_000_000, 0, 0]);
     let ttl = r.pttl(&k);
     assert!((3_540_000..=3_600_000).contains(&ttl), "PTTL {ttl}");
     let _: () = redis::cmd("DEL").arg(&k).query(&mut r.conn).unwrap();
