@@ -432,9 +432,12 @@ impl ThrottleGroup {
         if !ours || !matches!(decision.outcome, Outcome::Allowed | Outcome::Delayed) {
             return Ok(0);
         }
+        let Some(decider) = self.inner.members.first() else {
+            return Ok(0);
+        };
         let mut changed = 0;
         for (member, d) in self.inner.members.iter().zip(&decision.members) {
-            if member.refund_under(d, d.cost, Some(&self.inner.tag)).await? {
+            if member.refund_under(d, d.cost, Some((&self.inner.tag, decider))).await? {
                 changed += 1;
             }
         }

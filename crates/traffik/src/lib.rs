@@ -33,6 +33,7 @@
 //! | the limiter | [`Throttle`], built by [`Throttle::builder`] |
 //! | stacked limits, decided as one | [`ThrottleGroup`], [`GroupDecision`] |
 //! | deferred quota: charge a job once, at the end | [`Scope`], [`ScopeDecision`], [`ScopeError`] |
+//! | what a request really cost, once answered (refunds) | [`Throttle::refund`], [`Throttle::settle`], [`Settle`], [`Served`] |
 //! | when it applies | [`Rule`], [`ThrottleRegistry`] |
 //! | what the client sees | [`Decision`], [`Headers`], [`Reply`](reply::Reply) (429 and 503, for every integration) |
 //! | when the backend fails | [`ErrorPolicy`], [`CircuitBreaker`] |
@@ -117,6 +118,7 @@ mod registry;
 pub mod reply;
 pub mod rules;
 pub mod scope;
+pub mod settle;
 pub mod sources;
 pub mod stat;
 pub mod strategy;
@@ -166,6 +168,7 @@ pub use rate::{Rate, RateError, RateErrorKind};
 pub use registry::{GLOBAL_REGISTRY, Quotas, ThrottleRegistry};
 pub use rules::Rule;
 pub use scope::{Scope, ScopeDecision, ScopeError};
+pub use settle::{Served, Settle};
 pub use stat::{Snapshot, Stat};
 pub use strategy::StrategyHandle;
 pub use throttle::{Hit, Settlement, Throttle, ThrottleBuilder, context_backend, with_backend};

@@ -250,3 +250,27 @@ async fn the_draft_fields_list_every_member() {
     // The refusal charged nobody: 97 left of the hour, not the 96 an admission would leave.
     assert_eq!(refused.ietf_draft10()["ratelimit"], r#""burst";r=0;t=1, "sustained";r=97;t=2800"#);
 }
+
+/// A group decides on its first member's backend, whatever the others were built with: its
+/// refund gives every member's cost back there (it looked for the second member's state on
+/// that member's own backend, found none, and left its charge).
+#[tokio::test]
+async fn a_refund_gives_back_every_member_on_the_backend_the_group_decided_on() {
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let minute = throttle_on("refund-minute", "3/min", FixedWindow, InMemoryBackend::new(), &clock);
+    let hour = throttle_on("refund-hour", "10/h", FixedWindow, InMemoryBackend::new(), &clock);
+    let group = ThrottleGroup::new("refund", [minute, hour]).unwrap();
+    let client = view([192, 0, 2, 30]);
+    let decided = group.hit(&client).await.unwrap();
+    assert_eq!(group.refund(&decided).await.unwrap(), 2);
+    let left: Vec<_> =
+        group.stat(&client).await.unwrap().into_iter().map(|s| s.into_limited().map(|s| s.remaining)).collect();
+    assert_eq!(left, [Some(3), Some(10)]);
+    // A refused hit charged nothing: nothing to give back.
+    for _ in 0..3 {
+        let _ = group.hit(&client).await.unwrap();
+    }
+    let refused = group.hit(&client).await.unwrap();
+    assert!(refused.is_refused());
+    assert_eq!(group.refund(&refused).await.unwrap(), 0);
+}

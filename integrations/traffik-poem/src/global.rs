@@ -7,7 +7,7 @@ use poem::http::{HeaderMap, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use traffik::rules::PathPattern;
 use traffik::rules::Predicate;
-use traffik::{Context, Decision, Rule, Throttle};
+use traffik::{Context, Decision, Rule, Settle, Throttle};
 
 use crate::middleware::{allowed_headers, hold, record_shared};
 use crate::response::{add_missing, error_response, throttled_response};
@@ -43,13 +43,14 @@ pub struct MiddlewareThrottle {
     rule: Rule,
     cost: Option<u64>,
     per_path: bool,
+    settle: Option<Settle>,
 }
 
 impl MiddlewareThrottle {
     /// Applies `throttle` to every request (until narrowed).
     pub fn new(throttle: Throttle) -> Self {
         let uid = Arc::from(throttle.uid());
-        MiddlewareThrottle { throttle, uid, rule: Rule::gate(), cost: None, per_path: false }
+        MiddlewareThrottle { throttle, uid, rule: Rule::gate(), cost: None, per_path: false, settle: None }
     }
 
     /// Only paths matching this glob (`*` one segment, `**` any number; see
@@ -99,6 +100,15 @@ impl MiddlewareThrottle {
     #[must_use]
     pub fn per_path(mut self, yes: bool) -> Self {
         self.per_path = yes;
+        self
+    }
+
+    /// Settles each admission once the endpoint has answered (see [`PoemThrottle::settle`]).
+    ///
+    /// [`PoemThrottle::settle`]: crate::PoemThrottle::settle
+    #[must_use]
+    pub fn settle(mut self, rule: Settle) -> Self {
+        self.settle = Some(rule);
         self
     }
 
@@ -221,6 +231,8 @@ impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
         // Concurrency limits' permits, held until the endpoint has answered and released when
         // this future ends, however it ends (as the per-route middleware does).
         let mut permits = Vec::new();
+        // The admissions to settle once the endpoint has answered.
+        let mut settling = Vec::new();
         for mt in self.throttles.iter() {
             match run_one(mt, &req).await {
                 Step::Skip => {}
@@ -230,13 +242,22 @@ impl<E: Endpoint> Endpoint for ThrottleMiddlewareEndpoint<E> {
                     if let Some(h) = allowed_headers(&mt.throttle, &req, &decision) {
                         headers.get_or_insert_with(HeaderMap::new).extend(h);
                     }
+                    if let Some(rule) = mt.settle.as_ref().filter(|_| decision.is_charged()) {
+                        settling.push((mt, rule, decision.clone()));
+                    }
                     record_shared(&mut req, &mt.uid, decision);
                 }
             }
         }
-        let answer = self.inner.call(req).await;
+        let mut answer = self.inner.call(req).await.map(IntoResponse::into_response);
         drop(permits);
-        let mut resp = answer?.into_response();
+        if !settling.is_empty() {
+            let served = crate::settle::served_answer(&mut answer);
+            for (mt, rule, decision) in settling {
+                crate::settle::settle(rule, &mt.throttle, &decision, served).await;
+            }
+        }
+        let mut resp = answer?;
         if let Some(h) = headers {
             add_missing(resp.headers_mut(), h);
         }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use traffik::{Context, Decision, GroupDecision, Throttle, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, Settle, Throttle, ThrottleGroup};
 
 use crate::middleware::{allowed_headers, record_shared};
 use crate::response::{add_missing, error_response, throttled_response_with};
@@ -50,6 +50,7 @@ pub struct PoemGroup {
     uid: Arc<str>,
     members: Arc<[Arc<str>]>,
     context: Option<Arc<ContextFn>>,
+    settle: Option<Settle>,
 }
 
 type ContextFn = dyn Fn(&Request) -> Context + Send + Sync;
@@ -70,7 +71,7 @@ impl PoemGroup {
     /// Wraps a group.
     pub fn new(group: ThrottleGroup) -> Self {
         let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
-        PoemGroup { uid: Arc::from(group.uid()), members, group, context: None }
+        PoemGroup { uid: Arc::from(group.uid()), members, group, context: None, settle: None }
     }
 
     /// Builds the per-request [`Context`] every member sees (cost override, scope parts, typed
@@ -79,6 +80,19 @@ impl PoemGroup {
     #[must_use]
     pub fn context(mut self, f: impl Fn(&Request) -> Context + Send + Sync + 'static) -> Self {
         self.context = Some(Arc::new(f));
+        self
+    }
+
+    /// Settles each admission once the endpoint has answered, by refunds only: when `rule`'s
+    /// actual cost for the response is 0 ([`Settle::refund_server_errors`],
+    /// [`Settle::refund_when`]), every member's charge is given back
+    /// ([`ThrottleGroup::refund`]); any other actual cost keeps the charges
+    /// ([`Settle::apply_group`]). An error the endpoint returned counts with its status. The
+    /// response is never changed; a failure to refund is logged. A group with a member that
+    /// holds leases is not settled.
+    #[must_use]
+    pub fn settle(mut self, rule: Settle) -> Self {
+        self.settle = Some(rule);
         self
     }
 
@@ -172,9 +186,13 @@ impl<E: Endpoint> Endpoint for GroupEndpoint<E> {
         if let Some((_, decision)) = answer {
             req.extensions_mut().insert(decision.clone());
         }
-        let answered = self.inner.call(req).await;
+        let mut answered = self.inner.call(req).await.map(IntoResponse::into_response);
         drop(permit);
-        let mut resp = answered?.into_response();
+        if let Some(rule) = &g.settle {
+            let served = crate::settle::served_answer(&mut answered);
+            crate::settle::settle_group(rule, &g.group, &decided, served).await;
+        }
+        let mut resp = answered?;
         if let Some(h) = headers {
             add_missing(resp.headers_mut(), h);
         }

@@ -42,6 +42,7 @@
 //! | read the decision in a handler | `Data<&Decision>`, [`decisions`], [`is_throttled`] |
 //! | watch a limit before enforcing it | shadow mode: the throttle's `shadow`, or [`PoemThrottle::shadow`] |
 //! | shape the 429 | [`ThrottledHandler`] (stored in the throttle), [`Throttle::headers`] |
+//! | refund failures, charge by response size | [`PoemThrottle::settle`] with a [`Settle`](traffik::Settle) rule |
 //! | WebSocket messages | [`WsThrottle`] |
 //!
 //! [`Throttle::headers`]: traffik::Throttle::headers
@@ -70,6 +71,29 @@
 //!
 //! A [`ThrottledHandler`] set on the throttle replaces the 429 response.
 //!
+//! # Refunds after the response
+//!
+//! [`PoemThrottle::settle`] (also [`PoemGroup::settle`], [`MiddlewareThrottle::settle`]) takes
+//! a [`Settle`](traffik::Settle) rule, the core's, shared with `traffik-salvo`: once the
+//! endpoint has answered, the rule reads the response's status and body length and says what
+//! the request really cost, and the admission's charge is brought to it
+//! ([`Throttle::settle`](traffik::Throttle::settle)).
+//!
+//! | rule | actual cost |
+//! |---|---|
+//! | [`Settle::refund_server_errors`](traffik::Settle::refund_server_errors) | 0 for a 5xx, else the charge |
+//! | [`Settle::refund_when`](traffik::Settle::refund_when) | 0 when the predicate on the status holds, else the charge |
+//! | [`Settle::by_body_size`](traffik::Settle::by_body_size) | the body's length in units, rounded up; the charge when unknown |
+//! | [`Settle::new`](traffik::Settle::new) | any function of the response |
+//!
+//! * **Status**: the response's; an `Err` the endpoint returned counts with its status.
+//! * **Body length**: `Content-Length`, else the body's exact size (a streamed body's is
+//!   unknown).
+//! * **The response** is never changed (its limit headers describe the admission); a backend
+//!   failure while settling is logged at `warn` and the charge stands.
+//! * **Groups** are settled by refunds only; **concurrency limits** are not settled (the permit
+//!   is given back when the request ends anyway).
+//!
 //! # Identity and proxies
 //!
 //! The client is the socket peer ([`peer_addr`]; `None` for non-IP transports). Forwarding
@@ -94,6 +118,7 @@ mod load;
 mod middleware;
 mod quotas;
 mod response;
+mod settle;
 mod view;
 #[cfg(feature = "websocket")]
 mod ws;

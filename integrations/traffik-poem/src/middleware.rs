@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use poem::http::HeaderMap;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use traffik::{Context, Decision, Outcome, RequestView, Throttle};
+use traffik::{Context, Decision, Outcome, RequestView, Settle, Throttle};
 
 use crate::response::{add_missing, error_response, throttled_response};
 use crate::view::request_view;
@@ -20,6 +20,7 @@ struct Options {
     per_route: bool,
     shadow: bool,
     context: Option<Arc<ContextFn>>,
+    settle: Option<Settle>,
 }
 
 /// A [`Throttle`] usable as Poem middleware (a newtype: Poem's `Middleware` trait and
@@ -78,6 +79,7 @@ impl fmt::Debug for PoemThrottle {
             .field("per_path", &self.opts.per_path)
             .field("per_route", &self.opts.per_route)
             .field("shadow", &self.opts.shadow)
+            .field("settle", &self.opts.settle)
             .finish()
     }
 }
@@ -102,6 +104,7 @@ impl PoemThrottle {
                 per_route: false,
                 shadow: false,
                 context: None,
+                settle: None,
             }),
         }
     }
@@ -115,6 +118,7 @@ impl PoemThrottle {
             per_route: old.per_route,
             shadow: old.shadow,
             context: old.context.clone(),
+            settle: old.settle.clone(),
         };
         f(&mut next);
         self.opts = Arc::new(next);
@@ -200,6 +204,43 @@ impl PoemThrottle {
         self.with_opts(|o| o.context = Some(Arc::new(f)))
     }
 
+    /// Settles each admission once the endpoint has answered: `rule` says from the response
+    /// (its status; its body's length, from `Content-Length` or the body's exact size) what the
+    /// request really cost, and the charge is brought to it ([`Settle::apply`],
+    /// [`Throttle::settle`]): [`Settle::refund_server_errors`] gives a failed request's cost
+    /// back, [`Settle::by_body_size`] charges what was sent. An error the endpoint returned
+    /// counts with its status (and an unknown body). Settling never changes the response (its
+    /// limit headers describe the admission); a backend failure while settling is logged
+    /// (`warn`) and the charge stands. A throttle that holds leases
+    /// ([`Concurrency`](traffik::strategy::Concurrency)) is not settled: its permit is given
+    /// back when the request ends anyway.
+    ///
+    /// ```
+    /// use poem::{EndpointExt, Route, get, handler, http::StatusCode, test::TestClient};
+    /// use traffik::{rate, InMemoryBackend, Settle, Throttle, strategy::FixedWindow};
+    /// use traffik_poem::PoemThrottle;
+    ///
+    /// #[handler]
+    /// fn flaky() -> StatusCode { StatusCode::INTERNAL_SERVER_ERROR }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), traffik::Error> {
+    /// let throttle = Throttle::builder().uid("poem-doc-settle").rate(rate!("1/min"))
+    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).build()?;
+    /// let limit = PoemThrottle::new(throttle).settle(Settle::refund_server_errors());
+    /// let cli = TestClient::new(Route::new().at("/", get(flaky).with(limit)));
+    /// for _ in 0..3 {
+    ///     // Every failure is refunded: never a 429.
+    ///     cli.get("/").send().await.assert_status(StatusCode::INTERNAL_SERVER_ERROR);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn settle(self, rule: Settle) -> Self {
+        self.with_opts(|o| o.settle = Some(rule))
+    }
+
     /// The wrapped throttle.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
@@ -276,8 +317,14 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
         hold(&decision).await;
         let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
         let kept = matches!(headers, HeadersFor::AfterCall).then(|| decision.clone());
+        let settling = t.opts.settle.as_ref().filter(|_| decision.is_charged()).map(|rule| (rule, decision.clone()));
         record_shared(&mut req, &t.uid, decision);
-        let mut resp = self.inner.call(req).await?.into_response();
+        let mut answer = self.inner.call(req).await.map(IntoResponse::into_response);
+        if let Some((rule, charged)) = settling {
+            let served = crate::settle::served_answer(&mut answer);
+            crate::settle::settle(rule, &t.throttle, &charged, served).await;
+        }
+        let mut resp = answer?;
         headers.add_to(&t.throttle, kept.as_ref(), &mut resp);
         Ok(resp)
     }

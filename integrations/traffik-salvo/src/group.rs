@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use salvo::handler::Skipper;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use traffik::{Context, Decision, GroupDecision, ThrottleGroup};
+use traffik::{Context, Decision, GroupDecision, Settle, ThrottleGroup};
 
 use crate::depot::{ThrottleRecord, record};
 use crate::hoop::{delay, refuse, unavailable};
@@ -50,6 +50,7 @@ pub struct SalvoGroup {
     members: Arc<[Arc<str>]>,
     context: Option<ContextFn>,
     skipper: Option<Arc<dyn Skipper>>,
+    settle: Option<Settle>,
 }
 
 type ContextFn = Arc<dyn Fn(&Request, &Depot) -> Context + Send + Sync>;
@@ -70,7 +71,7 @@ impl SalvoGroup {
     /// Wraps a group.
     pub fn new(group: ThrottleGroup) -> Self {
         let members = group.members().iter().map(|m| Arc::from(m.uid())).collect();
-        SalvoGroup { group, members, context: None, skipper: None }
+        SalvoGroup { group, members, context: None, skipper: None, settle: None }
     }
 
     /// The wrapped group.
@@ -84,6 +85,19 @@ impl SalvoGroup {
     #[must_use]
     pub fn context(mut self, f: impl Fn(&Request, &Depot) -> Context + Send + Sync + 'static) -> Self {
         self.context = Some(Arc::new(f));
+        self
+    }
+
+    /// Settles each admission once the rest of the chain has answered, by refunds only: when
+    /// `rule`'s actual cost for the response is 0 ([`Settle::refund_server_errors`],
+    /// [`Settle::refund_when`]), every member's charge is given back
+    /// ([`ThrottleGroup::refund`]); any other actual cost keeps the charges
+    /// ([`Settle::apply_group`]). A status a handler set counts with it. The response is never
+    /// changed; a failure to refund is logged. A group with a member that holds leases is not
+    /// settled.
+    #[must_use]
+    pub fn settle(mut self, rule: Settle) -> Self {
+        self.settle = Some(rule);
         self
     }
 
@@ -152,6 +166,8 @@ impl Handler for SalvoGroup {
         };
         let answer = answering(&decided);
         let (refused, hold) = (decided.is_refused(), decided.hold());
+        // The admission to settle once the chain has answered (a group with leases is not settled).
+        let to_settle = self.settle.as_ref().filter(|_| !leased && !refused).map(|rule| (rule, decided.clone()));
         let mut binding = None;
         for (i, (uid, decision)) in self.members.iter().zip(decided.members).enumerate() {
             let entry = ThrottleRecord { uid: Arc::clone(uid), decision, stat: None };
@@ -178,6 +194,9 @@ impl Handler for SalvoGroup {
         if let Some(permit) = permit {
             ctrl.call_next(req, depot, res).await;
             drop(permit);
+        } else if let Some((rule, decided)) = to_settle {
+            ctrl.call_next(req, depot, res).await;
+            crate::settle::settle_group(rule, &self.group, &decided, crate::settle::served(res)).await;
         }
     }
 }

@@ -11,7 +11,7 @@ use salvo::http::{HeaderValue, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use traffik::lease::Permit;
 use traffik::reply::{Reply, ReplyBody};
-use traffik::{Context, Decision, Error, Outcome, Throttle};
+use traffik::{Context, Decision, Error, Outcome, Settle, Throttle};
 
 use crate::depot::{ThrottleRecord, record};
 use crate::permit::HeldPermit;
@@ -31,6 +31,7 @@ pub(crate) struct Options {
     skipper: Option<Arc<dyn Skipper>>,
     with_stat: bool,
     shadow: bool,
+    settle: Option<Settle>,
 }
 
 /// A [`Throttle`] as a Salvo [`Handler`]: use it as a hoop at any router level, stack several,
@@ -160,6 +161,45 @@ impl SalvoThrottle {
         self.edit(|o| o.shadow = yes)
     }
 
+    /// Settles each admission once the rest of the chain has answered: `rule` says from the
+    /// response (its status, `200` when none was set; its body's length, from `Content-Length`
+    /// or the body's exact size) what the request really cost, and the charge is brought to it
+    /// ([`Settle::apply`], [`Throttle::settle`]): [`Settle::refund_server_errors`] gives a
+    /// failed request's cost back, [`Settle::by_body_size`] charges what was sent. A status a
+    /// handler set counts with it; a body left for Salvo's catcher to write is of unknown
+    /// length. Settling never changes the response (its limit headers describe the admission);
+    /// a backend failure while settling is logged (`warn`) and the charge stands. A throttle
+    /// that holds leases ([`Concurrency`](traffik::strategy::Concurrency)) is not settled: its
+    /// permit is given back when the request ends anyway. [`apply`](Self::apply) ignores it.
+    ///
+    /// ```
+    /// use salvo::prelude::*;
+    /// use salvo::test::TestClient;
+    /// use traffik::{rate, InMemoryBackend, Settle, Throttle, strategy::FixedWindow};
+    /// use traffik_salvo::SalvoThrottle;
+    ///
+    /// #[handler]
+    /// async fn flaky(res: &mut Response) { res.status_code(StatusCode::INTERNAL_SERVER_ERROR); }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), traffik::Error> {
+    /// let throttle = Throttle::builder().uid("salvo-doc-settle").rate(rate!("1/min"))
+    ///     .backend(InMemoryBackend::new()).strategy(FixedWindow).build()?;
+    /// let limit = SalvoThrottle::new(throttle).settle(Settle::refund_server_errors());
+    /// let service = Service::new(Router::new().hoop(limit).get(flaky));
+    /// for _ in 0..3 {
+    ///     // Every failure is refunded: never a 429.
+    ///     let res = TestClient::get("http://127.0.0.1/").send(&service).await;
+    ///     assert_eq!(res.status_code, Some(StatusCode::INTERNAL_SERVER_ERROR));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn settle(self, rule: Settle) -> Self {
+        self.edit(|o| o.settle = Some(rule))
+    }
+
     /// The wrapped throttle.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
@@ -231,11 +271,11 @@ impl SalvoThrottle {
         ctrl: &mut FlowCtrl,
         given: Option<Context>,
     ) -> bool {
-        self.run_with(req, depot, res, ctrl, given, None).await
+        self.run_with(req, depot, res, ctrl, given, false).await.is_some()
     }
 
-    /// [`run`](Self::run); with `permit`, the throttle is [acquired](Throttle::acquire) and the
-    /// permit left there for the caller to hold.
+    /// [`run`](Self::run), `None` meaning stop; with `acquire`, the throttle is
+    /// [acquired](Throttle::acquire) and the permit handed to the caller to hold.
     pub(crate) async fn run_with(
         &self,
         req: &mut Request,
@@ -243,8 +283,10 @@ impl SalvoThrottle {
         res: &mut Response,
         ctrl: &mut FlowCtrl,
         given: Option<Context>,
-        permit: Option<&mut Option<Permit>>,
-    ) -> bool {
+        acquire: bool,
+    ) -> Option<Admitted> {
+        let mut admitted = Admitted::default();
+        let permit = acquire.then_some(&mut admitted.permit);
         let ctx = self.build_context(req, depot, given);
         let (decision, stat) = {
             let view = request_view(req);
@@ -267,7 +309,7 @@ impl SalvoThrottle {
                 Ok(d) => d,
                 Err(error) => {
                     unavailable(self.throttle.uid(), &error, res);
-                    return false;
+                    return None;
                 }
             };
             let stat = if self.opts.with_stat && !matches!(decision.outcome, Outcome::Skipped(_)) {
@@ -291,13 +333,34 @@ impl SalvoThrottle {
             if let Some(status) = self.opts.refusal_status {
                 res.status_code(status);
             }
-            return false;
+            return None;
         }
         let wait = decision.hold();
+        if self.opts.settle.is_some() && decision.is_charged() && !acquire {
+            admitted.to_settle = Some(decision.clone());
+        }
         record(depot, ThrottleRecord { uid, decision, stat });
         delay(wait).await;
-        true
+        Some(admitted)
     }
+
+    /// Settles `admitted`'s decision, if it has one to settle, by the hoop's rule, once the
+    /// chain has answered with `res`.
+    pub(crate) async fn settle_after(&self, admitted: &mut Admitted, res: &mut Response) {
+        if let (Some(rule), Some(decision)) = (&self.opts.settle, admitted.to_settle.take()) {
+            crate::settle::settle(rule, &self.throttle, &decision, crate::settle::served(res)).await;
+        }
+    }
+}
+
+/// What an admission leaves for the rest of a hoop's work.
+#[derive(Default)]
+pub(crate) struct Admitted {
+    /// The permit of a throttle that holds leases, when acquired.
+    pub(crate) permit: Option<Permit>,
+    /// The decision to settle once the chain has answered: the hoop has a
+    /// [`settle`](SalvoThrottle::settle) rule and the decision charged.
+    pub(crate) to_settle: Option<Decision>,
 }
 
 /// Answers a refusal of `throttle`: 429, `Retry-After` when a retry can help, then the
@@ -367,6 +430,7 @@ impl fmt::Debug for SalvoThrottle {
             .field("per_path", &self.opts.per_path)
             .field("with_stat", &self.opts.with_stat)
             .field("shadow", &self.opts.shadow)
+            .field("settle", &self.opts.settle)
             .finish()
     }
 }
@@ -389,13 +453,12 @@ impl Handler for SalvoThrottle {
             // A concurrency limit: the permit is held while the rest of the chain runs, and
             // released when this future ends, however it ends (the handlers answered, one
             // panicked, or the connection went away and the future was dropped).
-            let mut permit = None;
-            if !self.run_with(req, depot, res, ctrl, None, Some(&mut permit)).await {
+            let Some(admitted) = self.run_with(req, depot, res, ctrl, None, true).await else {
                 ctrl.skip_rest();
                 return;
-            }
+            };
             // The handlers may take it ([`take_permit`](crate::take_permit)) to keep it longer.
-            let held = permit.map(HeldPermit::new);
+            let held = admitted.permit.map(HeldPermit::new);
             if let Some(held) = &held {
                 depot.insert_typed(held.clone());
             }
@@ -403,8 +466,13 @@ impl Handler for SalvoThrottle {
             drop(held.and_then(|h| h.take()));
             return;
         }
-        if !self.run(req, depot, res, ctrl, None).await {
+        let Some(mut admitted) = self.run_with(req, depot, res, ctrl, None, false).await else {
             ctrl.skip_rest();
+            return;
+        };
+        if admitted.to_settle.is_some() {
+            ctrl.call_next(req, depot, res).await;
+            self.settle_after(&mut admitted, res).await;
         }
     }
 }

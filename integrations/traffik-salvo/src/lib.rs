@@ -71,6 +71,30 @@
 //! [`DepotExt`]; [`SalvoThrottle::with_stat`] adds a [`Stat`](traffik::Stat) snapshot at the
 //! price of one more backend call.
 //!
+//! ## Refunds after the response
+//!
+//! [`SalvoThrottle::settle`] (also [`SalvoGroup::settle`], [`MiddlewareThrottle::settle`]) takes
+//! a [`Settle`](traffik::Settle) rule, the core's, shared with `traffik-poem`: once the rest of
+//! the chain has answered, the rule reads the response's status and body length and says what
+//! the request really cost, and the admission's charge is brought to it
+//! ([`Throttle::settle`](traffik::Throttle::settle)).
+//!
+//! | rule | actual cost |
+//! |---|---|
+//! | [`Settle::refund_server_errors`](traffik::Settle::refund_server_errors) | 0 for a 5xx, else the charge |
+//! | [`Settle::refund_when`](traffik::Settle::refund_when) | 0 when the predicate on the status holds, else the charge |
+//! | [`Settle::by_body_size`](traffik::Settle::by_body_size) | the body's length in units, rounded up; the charge when unknown |
+//! | [`Settle::new`](traffik::Settle::new) | any function of the response |
+//!
+//! * **Status**: the response's (`200` when none was set); a status a handler set counts with
+//!   it.
+//! * **Body length**: `Content-Length`, else the body's exact size (a streamed body's is
+//!   unknown, as is a body left for Salvo's catcher to write).
+//! * **The response** is never changed (its limit headers describe the admission); a backend
+//!   failure while settling is logged at `warn` and the charge stands.
+//! * **Groups** are settled by refunds only; **concurrency limits** are not settled (the permit
+//!   is given back when the request ends anyway).
+//!
 //! ## Global throttling
 //!
 //! [`ThrottleMiddleware`] applies a list of [`MiddlewareThrottle`]s, each with optional method,
@@ -124,6 +148,7 @@ mod load;
 mod middleware;
 mod permit;
 mod quotas;
+mod settle;
 mod view;
 #[cfg(feature = "websocket")]
 mod ws;

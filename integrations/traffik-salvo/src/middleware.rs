@@ -8,7 +8,7 @@ use std::sync::Arc;
 use salvo::http::Method;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use traffik::rules::PathPattern;
-use traffik::{Error, Rule, Throttle};
+use traffik::{Error, Rule, Settle, Throttle};
 
 use crate::hoop::SalvoThrottle;
 
@@ -102,6 +102,14 @@ impl MiddlewareThrottle {
         self
     }
 
+    /// Settles each admission once the rest of the chain has answered (see
+    /// [`SalvoThrottle::settle`]).
+    #[must_use]
+    pub fn settle(mut self, rule: Settle) -> Self {
+        self.hoop = self.hoop.settle(rule);
+        self
+    }
+
     /// Charges each matching request `cost` instead of the throttle's own cost.
     #[must_use]
     pub fn cost(mut self, cost: u64) -> Self {
@@ -188,26 +196,28 @@ impl Handler for ThrottleMiddleware {
         // Concurrency limits' permits, held while the rest of the chain runs and released when
         // this future ends, however it ends (as the per-route hoop does).
         let mut permits = Vec::new();
+        // The admissions to settle once the chain has answered.
+        let mut settling = Vec::new();
         for entry in self.entries.iter() {
             if !entry.matches(req, depot).await {
                 continue;
             }
-            let admitted = if entry.hoop.throttle().holds_leases() {
-                let mut permit = None;
-                let admitted = entry.hoop.run_with(req, depot, res, ctrl, None, Some(&mut permit)).await;
-                permits.extend(permit);
-                admitted
-            } else {
-                entry.hoop.run(req, depot, res, ctrl, None).await
-            };
-            if !admitted {
+            let leased = entry.hoop.throttle().holds_leases();
+            let Some(mut admitted) = entry.hoop.run_with(req, depot, res, ctrl, None, leased).await else {
                 ctrl.skip_rest();
                 return;
+            };
+            permits.extend(admitted.permit.take());
+            if admitted.to_settle.is_some() {
+                settling.push((entry, admitted));
             }
         }
-        if !permits.is_empty() {
+        if !permits.is_empty() || !settling.is_empty() {
             ctrl.call_next(req, depot, res).await;
             drop(permits);
+            for (entry, mut admitted) in settling {
+                entry.hoop.settle_after(&mut admitted, res).await;
+            }
         }
     }
 }

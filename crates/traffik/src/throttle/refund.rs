@@ -66,14 +66,27 @@ impl Throttle {
         self.refund_under(decision, cost, None).await
     }
 
-    /// [`refund_cost`](Self::refund_cost) of a decision made under a group's `tag`.
-    pub(crate) async fn refund_under(&self, decision: &Decision, cost: u64, tag: Option<&str>) -> Result<bool, Error> {
+    /// [`refund_cost`](Self::refund_cost); for a group member's decision, `group` is the
+    /// group's tag and the member whose backend the group decided on (its first).
+    pub(crate) async fn refund_under(
+        &self,
+        decision: &Decision,
+        cost: u64,
+        group: Option<(&str, &Throttle)>,
+    ) -> Result<bool, Error> {
         let cost = cost.min(decision.cost);
         let (true, Some(key), Some(rate)) = (decision.is_charged() && cost > 0, &decision.key, decision.rate) else {
             return Ok(false);
         };
         let config = self.inner.config.load_full();
-        let Some(backend) = self.charged_backend(&config, decision)? else {
+        let (tag, charged) = match group {
+            None => (None, self.charged_backend(&config, decision)?),
+            Some((tag, decider)) => {
+                let decider_config = decider.inner.config.load_full();
+                (Some(tag), decider.charged_backend(&decider_config, decision)?)
+            }
+        };
+        let Some(backend) = charged else {
             return Ok(false);
         };
         let input = Input { now_us: self.inner.clock.now_us(), rate, cost };

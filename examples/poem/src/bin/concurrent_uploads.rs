@@ -5,10 +5,15 @@
 //! with a `Retry-After` of the earliest lease expiry; a finished (or aborted) upload frees its
 //! slot at once. (A `ThrottleGroup` of the two decides them as one, with a 429.)
 //!
+//! An upload that fails on the server's side (the store fails: `500`) is refunded from the
+//! hourly quota once the response is ready (`settle(Settle::refund_server_errors())`): users
+//! are not charged for the service's failures. Its slot is freed like any other.
+//!
 //! Run: `cargo run -p traffik-poem-examples --bin concurrent_uploads`, then try the printed curl
 //! lines from other terminals.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use poem::http::StatusCode;
@@ -17,7 +22,7 @@ use poem::web::Data;
 use poem::{Body, Endpoint, EndpointExt, Route, Server, handler, post};
 use tokio::sync::{Semaphore, mpsc};
 use traffik::strategy::{Concurrency, FixedWindow};
-use traffik::{Clock, Identity, InMemoryBackend, RequestView, SystemClock, Throttle, rate};
+use traffik::{Clock, Identity, InMemoryBackend, RequestView, Settle, SystemClock, Throttle, rate};
 use traffik_poem::PoemThrottle;
 
 const ADDR: &str = "127.0.0.1:3000";
@@ -32,13 +37,17 @@ fn user(req: &RequestView<'_>) -> Identity {
 }
 
 /// Where uploads are "stored": slowly, so that uploads overlap when tried by hand; in tests, an
-/// upload says it has started and waits for the test to let it finish.
+/// upload says it has started and waits for the test to let it finish, or the store fails
+/// while it is down.
 #[derive(Clone)]
 enum Store {
     Slow(Duration),
     /// The tests' store.
     #[cfg_attr(not(test), allow(dead_code))]
     Gated(mpsc::UnboundedSender<()>, Arc<Semaphore>),
+    /// The tests' store that fails while the flag is set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Failing(Arc<AtomicBool>),
 }
 
 #[handler]
@@ -50,6 +59,11 @@ async fn upload(body: Body, store: Data<&Store>) -> poem::Result<String> {
             let _ = started.send(());
             if let Ok(permit) = go.acquire().await {
                 permit.forget();
+            }
+        }
+        Store::Failing(down) => {
+            if down.load(Ordering::SeqCst) {
+                return Err(poem::Error::from_string("the store failed", StatusCode::INTERNAL_SERVER_ERROR));
             }
         }
     }
@@ -74,9 +88,10 @@ fn app(clock: impl Clock + Clone, store: Store) -> Result<impl Endpoint, traffik
         .identifier(user)
         .clock(clock)
         .build()?;
-    // The outermost middleware runs first: the slot, then the hourly quota.
+    // The outermost middleware runs first: the slot, then the hourly quota, which gives a
+    // failed upload's charge back once the response is ready.
     let uploads = post(upload)
-        .with(PoemThrottle::new(hourly))
+        .with(PoemThrottle::new(hourly).settle(Settle::refund_server_errors()))
         .with(PoemThrottle::new(in_flight).refusal_status(StatusCode::SERVICE_UNAVAILABLE))
         .data(store);
     Ok(Route::new().at("/upload", uploads))
@@ -123,5 +138,27 @@ mod tests {
         go.add_permits(2);
         send("alice").await.assert_text("stored 4 bytes\n").await;
         send("bob").await.assert_status_is_ok();
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_does_not_consume_the_hourly_quota() {
+        let down = Arc::new(AtomicBool::new(true));
+        let store = Store::Failing(Arc::clone(&down));
+        // Time stands still: the hour never ends during the test.
+        let cli = TestClient::new(app(traffik::ManualClock::new(1_700_000_000_000_000), store).unwrap());
+        let send = || cli.post("/upload").header("x-user", "alice").body("data").send();
+        // More failures than the hour allows uploads: each is refunded, none is refused.
+        for _ in 0..40 {
+            send().await.assert_status(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        // The store is back: the whole hourly quota is still there, and then it is spent.
+        down.store(false, Ordering::SeqCst);
+        for _ in 0..30 {
+            send().await.assert_status_is_ok();
+        }
+        send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        // Failures after the quota is spent are refused before they reach the store.
+        down.store(true, Ordering::SeqCst);
+        send().await.assert_status(StatusCode::TOO_MANY_REQUESTS);
     }
 }
