@@ -58,8 +58,9 @@ impl RedisBackend {
             charged_at_us
         } else {
             match builtin {
-                // The meters do not look at the admission's time.
-                Builtin::Meter(_) | Builtin::CostAware(_) => 0,
+                // The meters only bound what they give back by the admission's time: one that
+                // late still holds everything it took.
+                Builtin::Meter(_) | Builtin::CostAware(_) => MAX_COST - 1,
                 // No window, entry or state is that late (Lua numbers are doubles, and the
                 // scripts write nothing beyond 2^53): nothing to give back.
                 _ => return Ok(false),

@@ -591,12 +591,17 @@ end
 "#;
 
 /// Meter refund: the meters' `refund`. The theoretical arrival time moves back by `cost · T`,
-/// never before now; a meter already drained is left alone.
+/// never before now and never by more than the admission can still hold (it was charged at
+/// the last ARGV; its cells end at most capacity plus queue after that); a meter already
+/// drained is left alone.
 const METER_REFUND: &str = r#"
 if raw and string.find(raw, '^%d+$') then
   local tat = raw * 1
-  if tat > now then
-    tat = tat - cost * (ARGV[5] * 1)
+  local held = ARGV[#ARGV] + ARGV[6] + ARGV[7] - now
+  local give = cost * (ARGV[5] * 1)
+  if held < give then give = held end
+  if tat > now and give > 0 then
+    tat = tat - give
     if tat < now then tat = now end
     ttl = tat - now
     if ttl < 1 then ttl = 1 end
@@ -607,7 +612,8 @@ end
 
 /// Cost-aware token bucket refund: `CostAwareTokenBucket::refund`. The theoretical arrival time
 /// moves back by what the cost took under the slowdown of the stored average (never before
-/// now), and the average goes back to the one before the latest admission.
+/// now, never by more than four capacities after the admission's time, the last ARGV), and the
+/// average goes back to the one before the latest admission.
 const COST_AWARE_REFUND: &str = r#"
 if raw then
   local st, sa, sp = string.match(raw, '^(%d+) (%d+) (%d+)$')
@@ -632,11 +638,16 @@ if raw then
       if f > top then f = top end
       local q = fdiv(t, 1000)
       local step = q * f + fdiv((t - q * 1000) * f + 999, 1000)
-      local tat = st - cost * step
-      if tat < now then tat = now end
-      ttl = tat - now
-      if ttl < 1 then ttl = 1 end
-      state = string.format('%d %d %d', tat, sp * 1, sp * 1)
+      local give = cost * step
+      local held = ARGV[#ARGV] + ARGV[6] * 4 - now
+      if held < give then give = held end
+      if give > 0 then
+        local tat = st - give
+        if tat < now then tat = now end
+        ttl = tat - now
+        if ttl < 1 then ttl = 1 end
+        state = string.format('%d %d %d', tat, sp * 1, sp * 1)
+      end
     end
   end
 end

@@ -272,14 +272,24 @@ impl Strategy for CostAwareTokenBucket {
         m
     }
 
-    fn refund(&self, s: &CostAwareState, _charged_at_us: u64, input: &Input) -> Option<Write<CostAwareState>> {
+    /// As the meters (never more than the admission charged at `charged_at_us` can still hold:
+    /// at most four capacities, the slowest refill, after it was charged), with the slowed
+    /// refill of the stored average; the average goes back to the one before the latest
+    /// admission.
+    fn refund(&self, s: &CostAwareState, charged_at_us: u64, input: &Input) -> Option<Write<CostAwareState>> {
         let now = input.clock_us();
         if s.tat <= now {
             return None;
         }
         let p = self.params(input);
+        let span = p.capacity_us.saturating_mul(MAX_SLOWDOWN_MILLI / MILLI);
+        let held = charged_at_us.saturating_add(span).saturating_sub(now);
         let charge = input.cost.saturating_mul(slowed_interval(p.interval_us, self.spec.slowdown_milli(s.avg_milli)));
-        let tat = s.tat.saturating_sub(charge).max(now);
+        let give = charge.min(held);
+        if give == 0 {
+            return None;
+        }
+        let tat = s.tat.saturating_sub(give).max(now);
         let state = CostAwareState { tat, avg_milli: s.prev_avg_milli, prev_avg_milli: s.prev_avg_milli };
         Some(Write { state, ttl_us: (tat - now).max(1) })
     }

@@ -142,13 +142,21 @@ pub(crate) fn decide(p: MeterParams, state: Option<&MeterState>, now: u64, cost:
     Step::unchanged(Verdict::deny(units(p.capacity_us.saturating_sub(level), t), wait, level))
 }
 
-/// Gives back `cost · T`: the theoretical arrival time moves back, never before now.
-fn refund(p: MeterParams, s: &MeterState, input: &Input) -> Option<Write<MeterState>> {
+/// Gives back `cost · T`: the theoretical arrival time moves back, never before now, and by no
+/// more than the admission charged at `charged_at` can still hold: its cells end at most a
+/// full meter (capacity and queue) after it was charged, and drain first, so an admission
+/// refunded that late gives back nothing (later admissions keep what they took).
+fn refund(p: MeterParams, s: &MeterState, charged_at: u64, input: &Input) -> Option<Write<MeterState>> {
     let now = input.clock_us();
     if s.tat <= now {
         return None;
     }
-    let tat = s.tat.saturating_sub(input.cost.saturating_mul(p.interval_us)).max(now);
+    let held = charged_at.saturating_add(p.capacity_us.saturating_add(p.queue_us)).saturating_sub(now);
+    let give = input.cost.saturating_mul(p.interval_us).min(held);
+    if give == 0 {
+        return None;
+    }
+    let tat = s.tat.saturating_sub(give).max(now);
     Some(Write { state: MeterState { tat }, ttl_us: (tat - now).max(1) })
 }
 
@@ -202,8 +210,8 @@ macro_rules! meter_strategy {
                 m
             }
 
-            fn refund(&self, s: &MeterState, _charged_at_us: u64, input: &Input) -> Option<Write<MeterState>> {
-                refund(self.spec().params(&input.rate), s, input)
+            fn refund(&self, s: &MeterState, charged_at_us: u64, input: &Input) -> Option<Write<MeterState>> {
+                refund(self.spec().params(&input.rate), s, charged_at_us, input)
             }
         }
 
@@ -409,6 +417,34 @@ mod tests {
 
     fn p(spec: MeterSpec, r: Rate) -> MeterParams {
         spec.params(&r)
+    }
+
+    /// A refund gives back no more than its admission still holds: an old admission whose
+    /// cells have drained gives nothing back, whatever later admissions took.
+    #[test]
+    fn a_late_refund_takes_nothing_from_later_admissions() {
+        let r = rate!("4/s");
+        let bucket = TokenBucket::new();
+        let t0 = 1_000_000_000;
+        let hit = |s: Option<&MeterState>, now: u64| {
+            bucket.decide(s, &Input { now_us: now, rate: r, cost: 1 }).write.map(|w| w.state)
+        };
+        let old = hit(None, t0).unwrap();
+        // Two seconds later (the bucket refills in one), four more hits empty it.
+        let mut s = old;
+        for _ in 0..4 {
+            s = hit(Some(&s), t0 + 2_000_000).unwrap();
+        }
+        let later = Input { now_us: t0 + 2_000_000, rate: r, cost: 1 };
+        assert_eq!(bucket.refund(&s, t0, &later), None, "the old admission holds nothing any more");
+        // The latest admission gives its token back.
+        let back = bucket.refund(&s, t0 + 2_000_000, &later).unwrap();
+        assert_eq!(back.state.tat, s.tat - 250_000);
+        // 900 ms after the admission that filled the bucket, its cells (the last 250 ms of a
+        // one-second bucket) are still held for 100 ms: that is all it gives back.
+        let partly = Input { now_us: t0 + 2_000_000 + 900_000, rate: r, cost: 1 };
+        let w = bucket.refund(&s, t0 + 2_000_000, &partly).unwrap();
+        assert_eq!(w.state.tat, s.tat - 100_000, "only what it still holds: 100 ms of its 250");
     }
 
     /// Unit-cost hits admitted at one instant from an empty meter.
