@@ -559,7 +559,8 @@ end
 "#;
 
 /// Sliding window log refund: `SlidingWindowLog::refund`. ARGV[7]: the admission's time. The
-/// cost comes off the first entry at exactly that time (dropped when nothing is left of it);
+/// cost comes off the first entry at exactly that time that still counts (within the shorter
+/// of the current period and the log's own), dropped when nothing is left of it;
 /// every other entry is kept as it is, and the log keeps the period it was written under.
 const SLIDING_LOG_REFUND: &str = r#"
 if raw then
@@ -567,11 +568,13 @@ if raw then
   if pw then
     pw = pw * 1
     local charged = ARGV[7] * 1
+    local hz = ARGV[6] * 1
+    if pw < hz then hz = pw end
     local parts, k, found, newest = {}, 0, false, now
     for t, c in string.gmatch(string.sub(raw, from), '(%d+):(%d+)') do
       t, c = t * 1, c * 1
       local keep = true
-      if not found and t == charged then
+      if not found and t == charged and t + hz > now then
         found = true
         c = c - cost
         keep = c > 0

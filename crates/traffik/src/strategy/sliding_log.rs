@@ -106,7 +106,11 @@ impl Strategy for SlidingWindowLog {
     }
 
     fn refund(&self, s: &Self::State, charged_at_us: u64, input: &Input) -> Option<Write<Self::State>> {
-        let at = s.entries.iter().position(|&(t, _)| t == charged_at_us)?;
+        // Only an entry that still counts gives anything back (one past the window is kept
+        // until it is pruned, but counts for nothing).
+        let horizon = input.rate.period_us().min(s.period_us);
+        let now = input.clock_us();
+        let at = s.entries.iter().position(|&(t, _)| t == charged_at_us && t.saturating_add(horizon) > now)?;
         let mut entries = s.entries.clone();
         entries[at].1 = entries[at].1.saturating_sub(input.cost);
         if entries[at].1 == 0 {
@@ -129,6 +133,18 @@ mod tests {
     use super::*;
     use crate::rate;
     use crate::strategy::VerdictKind;
+
+    /// An entry that no longer counts gives nothing back (refunding it changes nothing), one
+    /// that does gives its cost back.
+    #[test]
+    fn only_an_entry_that_still_counts_is_refunded() {
+        let s = SlidingWindowLogState { period_us: 1_000_000, entries: vec![(100_000, 2), (600_000, 1)] };
+        let input = |now_us| Input { now_us, rate: rate!("3/s"), cost: 1 };
+        assert_eq!(SlidingWindowLog.refund(&s, 100_000, &input(1_100_000)), None, "past the window");
+        let w = SlidingWindowLog.refund(&s, 100_000, &input(1_099_999)).unwrap();
+        assert_eq!(w.state.entries, vec![(100_000, 1), (600_000, 1)]);
+        assert_eq!(SlidingWindowLog.refund(&s, 100_001, &input(200_000)), None, "no such admission");
+    }
 
     #[test]
     fn entries_count_within_the_shorter_of_the_two_periods() {
