@@ -1,14 +1,16 @@
 //! A backend written only against the documented [`Backend`] contract, as a user would write
 //! one for a store traffik does not ship: decisions through
 //! [`StrategyHandle::decide_bytes`](traffik::StrategyHandle::decide_bytes), refunds and lease
-//! renewals through [`StrategyHandle::amend_bytes`](traffik::StrategyHandle::amend_bytes), each
-//! under one lock (its atomic step). Times to live are ignored: state is kept until reset,
-//! which the contract allows (a strategy never relies on state expiring).
+//! renewals through [`StrategyHandle::amend_bytes`](traffik::StrategyHandle::amend_bytes), and
+//! groups (all-or-nothing, for [`ThrottleGroup`](traffik::ThrottleGroup)s and deferred
+//! [`Scope`](traffik::Scope)s) by deciding every member before writing any, each under one
+//! lock (its atomic step). Times to live are ignored: state is kept until reset, which the
+//! contract allows (a strategy never relies on state expiring).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use traffik::backend::{Amend, BoxFuture, Mode, Operation};
+use traffik::backend::{Amend, BoxFuture, GroupOperation, Mode, Operation};
 use traffik::strategy::{Metadata, Verdict};
 use traffik::{Backend, BackendError};
 
@@ -55,6 +57,29 @@ impl Backend for ContractBackend {
                 store.insert(key, bytes);
             }
             Ok(step.verdict)
+        })
+    }
+
+    /// Every member decided on the state as it is (a key that appears twice sees its earlier
+    /// write), written only if every member is admitted.
+    fn decide_group<'a>(&'a self, group: GroupOperation<'a>) -> BoxFuture<'a, Result<Vec<Verdict>, BackendError>> {
+        Box::pin(async move {
+            let mut store = self.store();
+            let mut pending: HashMap<String, Vec<u8>> = HashMap::new();
+            let mut verdicts = Vec::with_capacity(group.ops.len());
+            for op in group.ops {
+                let key = Self::key(op);
+                let current = pending.get(&key).or_else(|| store.get(&key)).map(Vec::as_slice);
+                let step = op.strategy.decide_bytes(current, &op.input).map_err(state_error)?;
+                if let (Mode::Consume, Some((bytes, _ttl))) = (op.mode, step.write) {
+                    pending.insert(key, bytes);
+                }
+                verdicts.push(step.verdict);
+            }
+            if verdicts.iter().all(Verdict::is_admitted) {
+                store.extend(pending);
+            }
+            Ok(verdicts)
         })
     }
 
