@@ -1,26 +1,26 @@
 //! [`Scope`]: deferred quota. Costs are queued on one or more throttles while work runs and
 //! charged at the end, all or nothing, as one group decision.
 
-use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
-use smallvec::SmallVec;
 
-use crate::backend::{Backend, GroupOperation, InMemoryBackend, Mode, Operation, SharedBackend};
+use crate::backend::{Backend, Mode, Operation, SharedBackend};
 use crate::context::Context;
-use crate::decision::{Decision, Outcome, Skip, Source};
-use crate::error::{BackendError, Error};
 use crate::identity::RequestView;
 use crate::key::Key;
 use crate::policy::Retry;
 use crate::rate::Rate;
 use crate::stat::{Snapshot, Stat};
-use crate::strategy::{Input, Verdict};
-use crate::throttle::{Config, Prepared, Ready, Throttle, bounded, time_left};
+use crate::strategy::Input;
+use crate::throttle::{Config, Prepared, Ready, Throttle, bounded};
+
+mod apply;
+mod outcome;
+
+use apply::{check_backend, decide, operations};
+pub use outcome::{Applied, Charge, EntryInfo, Queued, RunError, ScopeDecision, ScopeError, ScopeState};
 
 /// Deferred quota: costs queued on throttles while work runs, charged at the end as one
 /// all-or-nothing decision, or not at all.
@@ -81,9 +81,10 @@ use crate::throttle::{Config, Prepared, Ready, Throttle, bounded, time_left};
 /// two in-memory backends are the same only if they share their store): an entry on another
 /// is refused when it is added ([`ScopeError::OtherBackend`]). A scope with one key works on
 /// any backend; more keys need [`Backend::decide_group`] (the in-memory, Redis and Memcached
-/// backends have it; see [`GroupOperation::tag`] for what a custom backend must do). On Redis
-/// Cluster the keys of one decision must share a hash slot, which a throttle's own keys do only
-/// for one key: apply a scope of several keys on a standalone server.
+/// backends have it; see [`GroupOperation::tag`](crate::backend::GroupOperation::tag) for what
+/// a custom backend must do). On Redis Cluster the keys of one decision must share a hash slot,
+/// which a throttle's own keys do only for one key: apply a scope of several keys on a
+/// standalone server.
 ///
 /// # Applying, cancelling, dropping
 ///
@@ -160,204 +161,6 @@ struct Entry {
     key: Key,
     rate: Rate,
     cost: u64,
-}
-
-/// Where a scope is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScopeState {
-    /// Taking entries.
-    Open,
-    /// [`Scope::apply`] is charging the entries.
-    Applying,
-    /// Charged: every entry was admitted.
-    Applied,
-    /// Cancelled: nothing was charged.
-    Cancelled,
-    /// A child scope whose entries joined its parent's.
-    Merged,
-}
-
-impl std::fmt::Display for ScopeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ScopeState::Open => "open",
-            ScopeState::Applying => "being applied",
-            ScopeState::Applied => "applied",
-            ScopeState::Cancelled => "cancelled",
-            ScopeState::Merged => "merged into its parent",
-        })
-    }
-}
-
-/// What [`Scope::add`] did with a cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Queued {
-    /// Queued as a new entry.
-    Added,
-    /// Added to the previous entry (same throttle and key): its cost is now `total`.
-    Aggregated {
-        /// The entry's cost so far.
-        total: u64,
-    },
-    /// The throttle does not limit this request: nothing was queued.
-    Skipped(Skip),
-}
-
-/// One queued entry, as [`Scope::entries`] lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EntryInfo {
-    /// The throttle's uid.
-    pub throttle: String,
-    /// The storage key (the throttle's own).
-    pub key: Key,
-    /// The rate resolved when the entry was queued.
-    pub rate: Rate,
-    /// The entry's cost (summed over the consecutive identical costs it aggregates).
-    pub cost: u64,
-}
-
-/// What applying (or checking) a scope decided: one decision per key charged.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[must_use]
-pub struct ScopeDecision {
-    /// Allowed only if every entry was admitted; otherwise what the binding entry answered.
-    pub outcome: Outcome,
-    /// The binding entry's wait: the longest among the refused entries, so that applying again
-    /// after it passes every one of them.
-    #[serde(with = "crate::decision::millis")]
-    pub wait: Duration,
-    /// One charge per key, in the order the keys were first queued. When the scope was
-    /// refused, nothing was consumed: the entries that would have been admitted say what they
-    /// would have answered.
-    pub charges: Vec<Charge>,
-    /// The charge whose answer binds (a cost that never fits, else the longest wait, else the
-    /// fewest hits left); `None` for an empty scope.
-    pub binding: Option<usize>,
-}
-
-/// One key's part of a [`ScopeDecision`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Charge {
-    /// The throttle's uid.
-    pub throttle: String,
-    /// Its decision for the summed cost of the key's entries.
-    pub decision: Decision,
-}
-
-impl ScopeDecision {
-    /// Whether every entry was admitted (a delay counts as admitted: a deferred charge holds
-    /// nothing).
-    pub fn is_allowed(&self) -> bool {
-        matches!(self.outcome, Outcome::Allowed | Outcome::Delayed | Outcome::Skipped(_))
-    }
-
-    /// Whether the scope was refused.
-    pub fn is_throttled(&self) -> bool {
-        matches!(self.outcome, Outcome::Throttled | Outcome::Never)
-    }
-
-    /// The binding charge.
-    pub fn binding_charge(&self) -> Option<&Charge> {
-        self.charges.get(self.binding?)
-    }
-
-    /// When refused: whole seconds to wait before applying again, rounded up (`None` when the
-    /// cost can never fit, or when not refused).
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        (self.outcome == Outcome::Throttled).then(|| crate::decision::ceil_secs(self.wait))
-    }
-}
-
-/// What [`Scope::apply`] did.
-#[derive(Clone, Debug, PartialEq)]
-#[must_use]
-pub enum Applied {
-    /// A root scope: every entry was charged (an empty scope charges nothing and is admitted).
-    Charged(ScopeDecision),
-    /// A child scope: its entries joined its parent's, to be charged with them.
-    Merged,
-}
-
-/// Why a scope could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ScopeError {
-    /// The scope (or, when merging a child, its parent) is no longer open.
-    #[error("the scope is {0}")]
-    Closed(ScopeState),
-    /// The scope was refused: nothing was charged (the scope stays open).
-    #[error("{}", refused(.0))]
-    Refused(Box<ScopeDecision>),
-    /// The backend failed on every attempt: nothing was charged (the scope stays open).
-    #[error("the scope's backend failed after {attempts} attempt(s): {source}")]
-    Backend {
-        /// Calls made (1 when no retry was allowed).
-        attempts: u32,
-        /// The last error.
-        #[source]
-        source: BackendError,
-    },
-    /// An entry's throttle uses another backend than the scope's earlier entries.
-    #[error("throttle `{throttle}` uses a {backend} backend, but the scope's entries are on a {scope_backend} backend")]
-    OtherBackend {
-        /// The throttle whose entry was refused.
-        throttle: String,
-        /// Its backend's kind.
-        backend: &'static str,
-        /// The kind of the scope's backend.
-        scope_backend: &'static str,
-    },
-    /// The throttle could not prepare the entry (its backend comes from the context and none
-    /// is in scope).
-    #[error(transparent)]
-    Throttle(#[from] Error),
-}
-
-/// The message of [`ScopeError::Refused`].
-fn refused(d: &ScopeDecision) -> String {
-    let by = d.binding_charge().map_or("a throttle", |c| c.throttle.as_str());
-    match d.retry_after_secs() {
-        Some(secs) => format!("the scope was refused by `{by}`: retry after {secs} s"),
-        None => format!("the scope was refused by `{by}`: its cost can never fit"),
-    }
-}
-
-impl ScopeError {
-    /// The decision, when the scope was refused.
-    pub fn refusal(&self) -> Option<&ScopeDecision> {
-        match self {
-            ScopeError::Refused(d) => Some(d),
-            _ => None,
-        }
-    }
-}
-
-/// Why [`Scope::run`] or [`Scope::run_with`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError<T, E> {
-    /// The work failed. The scope was cancelled, or (when the predicate of
-    /// [`run_with`](Scope::run_with) chose so) applied.
-    #[error("the work failed: {0}")]
-    Work(E),
-    /// The work succeeded but applying the scope failed (refused, backend error): nothing was
-    /// charged, the scope stays open, and the work's output is here.
-    #[error("the work succeeded but the scope was not applied: {error}")]
-    Apply {
-        /// The work's output.
-        output: T,
-        /// Why the scope was not applied.
-        #[source]
-        error: ScopeError,
-    },
-    /// The work failed, the predicate chose to apply the scope, and applying failed too.
-    #[error("the work failed ({work}) and the scope was not applied: {apply}")]
-    Both {
-        /// The work's error.
-        work: E,
-        /// Why the scope was not applied.
-        apply: ScopeError,
-    },
 }
 
 impl Default for Scope {
@@ -724,176 +527,4 @@ fn merge(child: &mut State, parent: &ScopeInner) -> Result<(), ScopeError> {
     }
     child.status = ScopeState::Merged;
     Ok(())
-}
-
-/// Refuses an entry on another backend than `scope`'s.
-fn check_backend(entry: &Entry, scope: &SharedBackend) -> Result<(), ScopeError> {
-    if same_backend(&entry.backend, scope) {
-        Ok(())
-    } else {
-        Err(ScopeError::OtherBackend {
-            throttle: entry.throttle.uid().to_owned(),
-            backend: entry.backend.kind(),
-            scope_backend: scope.kind(),
-        })
-    }
-}
-
-/// One backend: the same value, the same in-memory store, or (other backends, whose clones
-/// share their connections) the same type, kind and namespace.
-fn same_backend(a: &SharedBackend, b: &SharedBackend) -> bool {
-    if std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)) {
-        return true;
-    }
-    let (x, y): (&dyn Any, &dyn Any) = (&**a, &**b);
-    let memory = |v: &dyn Any| {
-        v.downcast_ref::<InMemoryBackend>()
-            .cloned()
-            .or_else(|| v.downcast_ref::<Arc<InMemoryBackend>>().map(|m| (**m).clone()))
-    };
-    match (memory(x), memory(y)) {
-        (Some(m), Some(n)) => m.same_store(&n),
-        (None, None) => x.type_id() == y.type_id() && a.kind() == b.kind() && a.namespace() == b.namespace(),
-        _ => false,
-    }
-}
-
-/// One backend operation: the first entry on its key, and the key's summed cost.
-struct Op {
-    entry: usize,
-    cost: u64,
-}
-
-/// The scope's operations: one per key (and strategy), in the order of first appearance. A
-/// backend decides a key once per group, so its entries are summed.
-fn operations(entries: &[Entry]) -> SmallVec<[Op; 4]> {
-    let mut ops: SmallVec<[Op; 4]> = SmallVec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let same = |o: &&mut Op| {
-            let first = &entries[o.entry];
-            first.key == e.key && first.config.strategy.name() == e.config.strategy.name()
-        };
-        match ops.iter_mut().find(|o| same(o)) {
-            Some(op) => op.cost = op.cost.saturating_add(e.cost),
-            None => ops.push(Op { entry: i, cost: e.cost }),
-        }
-    }
-    ops
-}
-
-/// Decides the entries as one (consuming or peeking), with the retries `policies` allow.
-async fn decide(entries: &[Entry], policies: &[Retry], mode: Mode) -> Result<ScopeDecision, ScopeError> {
-    let Some(first) = entries.first() else {
-        return Ok(concluded(Vec::new()));
-    };
-    let ops = operations(entries);
-    let inputs: SmallVec<[Input; 4]> = ops
-        .iter()
-        .map(|op| {
-            let e = &entries[op.entry];
-            Input { now_us: e.throttle.inner.clock.now_us(), rate: e.rate, cost: op.cost }
-        })
-        .collect();
-    let operations: SmallVec<[Operation<'_>; 4]> = ops
-        .iter()
-        .zip(&inputs)
-        .map(|(op, &input)| {
-            let e = &entries[op.entry];
-            Operation { key: &e.key, strategy: &e.config.strategy, input, mode }
-        })
-        .collect();
-    let backend = &first.backend;
-    let timeout = ops.iter().map(|op| entries[op.entry].config.timeout).max().unwrap_or(Duration::from_secs(1));
-    let verdicts = call_retrying(backend.as_ref(), &operations, timeout, policies).await?;
-    if verdicts.len() != ops.len() {
-        let source =
-            BackendError::command(backend.kind(), format!("{} verdicts for {} keys", verdicts.len(), ops.len()));
-        return Err(ScopeError::Backend { attempts: 1, source });
-    }
-    let charges = ops
-        .iter()
-        .zip(inputs)
-        .zip(verdicts)
-        .map(|((op, input), verdict)| {
-            let e = &entries[op.entry];
-            let decision = e.config.decision(verdict, e.key.clone(), &input, Source::Backend, false);
-            Charge { throttle: e.throttle.uid().to_owned(), decision }
-        })
-        .collect();
-    Ok(concluded(charges))
-}
-
-/// The scope's outcome and binding charge.
-fn concluded(charges: Vec<Charge>) -> ScopeDecision {
-    let decisions: Vec<Decision> = charges.iter().map(|c| c.decision.clone()).collect();
-    let binding = crate::group::binding_of(&decisions);
-    let (outcome, wait) = match binding.and_then(|b| charges.get(b)) {
-        Some(c) => (c.decision.outcome, c.decision.wait),
-        None => (Outcome::Allowed, Duration::ZERO),
-    };
-    ScopeDecision { outcome, wait, charges, binding }
-}
-
-/// One call for every operation (a single decision for one key, else the backend's group
-/// decision on the throttles' own keys), retried after errors while a policy allows.
-async fn call_retrying(
-    backend: &dyn Backend,
-    ops: &[Operation<'_>],
-    timeout: Duration,
-    policies: &[Retry],
-) -> Result<Vec<Verdict>, ScopeError> {
-    let mut error = match call(backend, ops, timeout).await {
-        Ok(v) => return Ok(v),
-        Err(e) => e,
-    };
-    let mut attempts = 1u32;
-    // Without a Tokio runtime there is no timer to pause with.
-    if policies.is_empty() || tokio::runtime::Handle::try_current().is_err() {
-        return Err(ScopeError::Backend { attempts, source: error });
-    }
-    let failed_at = tokio::time::Instant::now();
-    let mut retries = 0u32;
-    loop {
-        // The longest pause among the settings that allow another attempt, and the most time
-        // any of them leaves for it.
-        let mut next: Option<(Duration, Duration)> = None;
-        for p in policies {
-            if retries >= p.max_retries_count() || !p.accepts(&error) {
-                continue;
-            }
-            let pause = p.delay_for(retries);
-            let Some(left) = time_left(failed_at.checked_add(p.deadline_span()), pause) else {
-                continue;
-            };
-            next = Some(match next {
-                Some((pa, le)) => (pa.max(pause), le.max(left)),
-                None => (pause, left),
-            });
-        }
-        let Some((pause, left)) = next else {
-            return Err(ScopeError::Backend { attempts, source: error });
-        };
-        tokio::time::sleep(pause).await;
-        retries += 1;
-        attempts += 1;
-        match call(backend, ops, timeout.min(left)).await {
-            Ok(v) => return Ok(v),
-            Err(e) => error = e,
-        }
-    }
-}
-
-async fn call(backend: &dyn Backend, ops: &[Operation<'_>], timeout: Duration) -> Result<Vec<Verdict>, BackendError> {
-    if let [op] = ops {
-        if let Some(answer) = backend.decide_now(op) {
-            return answer.map(|v| vec![v]);
-        }
-        return bounded(backend.kind(), timeout, backend.decide(*op)).await.map(|v| vec![v]);
-    }
-    // The throttles' own keys: an empty tag (see `GroupOperation::tag`).
-    let group = GroupOperation { tag: "", ops };
-    if let Some(answer) = backend.decide_group_now(group) {
-        return answer;
-    }
-    bounded(backend.kind(), timeout, backend.decide_group(group)).await
 }
