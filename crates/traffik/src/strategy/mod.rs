@@ -232,7 +232,8 @@ impl<S> Step<S> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Packed(pub(crate) [u64; 2]);
 
-pub use native::{Builtin, MAX_SPAN_US, MeterParams, MeterSpec};
+pub use meter::{MAX_SPAN_US, MeterParams, MeterSpec};
+pub use native::Builtin;
 
 /// A rate-limiting algorithm as a pure state machine. See the [module docs](self).
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {

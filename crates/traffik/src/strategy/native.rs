@@ -8,10 +8,9 @@
 //! [`StrategyHandle::amend_bytes`](super::StrategyHandle::amend_bytes). Nothing here is needed
 //! to write a strategy.
 
-use super::{CostAwareSpec, Packed, RolloverSpec, Strategy, meter};
+use super::{CostAwareSpec, Packed, RolloverSpec, Strategy};
 
-pub use super::concurrency::MAX_SLOTS;
-pub use super::meter::{MAX_SPAN_US, MeterParams, MeterSpec};
+pub use super::{MAX_SLOTS, MAX_SPAN_US, MeterParams, MeterSpec};
 
 /// The built-in strategies and their parameters, so backends can run native implementations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +25,7 @@ pub enum Builtin {
     SlidingWindowLog,
     /// Any of the meter family (token buckets, leaky buckets, GCRA), reduced to its capacity and
     /// queue, both in units of the rate's emission interval or microseconds.
-    Meter(meter::MeterSpec),
+    Meter(MeterSpec),
     /// [`QuotaRollover`](super::QuotaRollover) with its cap.
     QuotaRollover(RolloverSpec),
     /// [`CostAwareTokenBucket`](super::CostAwareTokenBucket) with its parameters.
