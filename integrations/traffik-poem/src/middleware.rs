@@ -317,12 +317,14 @@ impl<E: Endpoint> Endpoint for ThrottleEndpoint<E> {
         hold(&decision).await;
         let headers = HeadersFor::admitted(&t.throttle, &req, &decision);
         let kept = matches!(headers, HeadersFor::AfterCall).then(|| decision.clone());
-        let settling = t.opts.settle.as_ref().filter(|_| decision.is_charged()).map(|rule| (rule, decision.clone()));
+        // Boxed, as the settling below: the endpoint's future carries one word for it when no rule is set.
+        let settling =
+            t.opts.settle.as_ref().filter(|_| decision.is_charged()).map(|rule| (rule, Box::new(decision.clone())));
         record_shared(&mut req, &t.uid, decision);
         let mut answer = self.inner.call(req).await.map(IntoResponse::into_response);
         if let Some((rule, charged)) = settling {
             let served = crate::settle::served_answer(&mut answer);
-            crate::settle::settle(rule, &t.throttle, &charged, served).await;
+            Box::pin(crate::settle::settle(rule, &t.throttle, &charged, served)).await;
         }
         let mut resp = answer?;
         headers.add_to(&t.throttle, kept.as_ref(), &mut resp);

@@ -298,7 +298,7 @@ impl SalvoThrottle {
                     };
                     acquired.map(|p| {
                         let d = p.decision().clone();
-                        *slot = Some(p);
+                        *slot = Some(Box::new(p));
                         d
                     })
                 }
@@ -337,7 +337,7 @@ impl SalvoThrottle {
         }
         let wait = decision.hold();
         if self.opts.settle.is_some() && decision.is_charged() && !acquire {
-            admitted.to_settle = Some(decision.clone());
+            admitted.to_settle = Some(Box::new(decision.clone()));
         }
         record(depot, ThrottleRecord { uid, decision, stat });
         delay(wait).await;
@@ -356,11 +356,13 @@ impl SalvoThrottle {
 /// What an admission leaves for the rest of a hoop's work.
 #[derive(Default)]
 pub(crate) struct Admitted {
-    /// The permit of a throttle that holds leases, when acquired.
-    pub(crate) permit: Option<Permit>,
+    /// The permit of a throttle that holds leases, when acquired. Boxed, as the decision
+    /// below, so that what every request's future carries stays two words.
+    pub(crate) permit: Option<Box<Permit>>,
     /// The decision to settle once the chain has answered: the hoop has a
-    /// [`settle`](SalvoThrottle::settle) rule and the decision charged.
-    pub(crate) to_settle: Option<Decision>,
+    /// [`settle`](SalvoThrottle::settle) rule and the decision charged. Boxed: the hoop's
+    /// future carries this word on every request, the decision only when there is a rule.
+    pub(crate) to_settle: Option<Box<Decision>>,
 }
 
 /// Answers a refusal of `throttle`: 429, `Retry-After` when a retry can help, then the
@@ -453,17 +455,22 @@ impl Handler for SalvoThrottle {
             // A concurrency limit: the permit is held while the rest of the chain runs, and
             // released when this future ends, however it ends (the handlers answered, one
             // panicked, or the connection went away and the future was dropped).
-            let Some(admitted) = self.run_with(req, depot, res, ctrl, None, true).await else {
-                ctrl.skip_rest();
-                return;
-            };
-            // The handlers may take it ([`take_permit`](crate::take_permit)) to keep it longer.
-            let held = admitted.permit.map(HeldPermit::new);
-            if let Some(held) = &held {
-                depot.insert_typed(held.clone());
-            }
-            ctrl.call_next(req, depot, res).await;
-            drop(held.and_then(|h| h.take()));
+            // Boxed, as settling below: the common path's future stays small.
+            Box::pin(async {
+                let Some(admitted) = self.run_with(req, depot, res, ctrl, None, true).await else {
+                    ctrl.skip_rest();
+                    return;
+                };
+                // The handlers may take it ([`take_permit`](crate::take_permit)) to keep it
+                // longer.
+                let held = admitted.permit.map(|p| HeldPermit::new(*p));
+                if let Some(held) = &held {
+                    depot.insert_typed(held.clone());
+                }
+                ctrl.call_next(req, depot, res).await;
+                drop(held.and_then(|h| h.take()));
+            })
+            .await;
             return;
         }
         let Some(mut admitted) = self.run_with(req, depot, res, ctrl, None, false).await else {
@@ -471,8 +478,13 @@ impl Handler for SalvoThrottle {
             return;
         };
         if admitted.to_settle.is_some() {
-            ctrl.call_next(req, depot, res).await;
-            self.settle_after(&mut admitted, res).await;
+            // Boxed: the settling futures are large, and would otherwise make every request's
+            // future (moved whole into the handler's box) larger.
+            Box::pin(async {
+                ctrl.call_next(req, depot, res).await;
+                self.settle_after(&mut admitted, res).await;
+            })
+            .await;
         }
     }
 }

@@ -207,7 +207,7 @@ impl Handler for ThrottleMiddleware {
                 ctrl.skip_rest();
                 return;
             };
-            permits.extend(admitted.permit.take());
+            permits.extend(admitted.permit.take().map(|p| *p));
             if admitted.to_settle.is_some() {
                 settling.push((entry, admitted));
             }
