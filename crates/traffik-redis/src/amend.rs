@@ -115,17 +115,9 @@ impl RedisBackend {
             let mut call = Call::script(&SCRIPTS.cas, key);
             call.arg(self.now_arg(&op.input)).arg("1").arg(bytes).arg(new).arg(self.ttl_ms(ttl_us));
             let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
-            match state::items(&reply)? {
-                [ok] if state::int(ok)? == 1 => return Ok(true),
-                [_, n, cur, ..] => {
-                    now = state::int(n)?;
-                    current = state::bytes(cur)?;
-                }
-                [_, n] => {
-                    now = state::int(n)?;
-                    current = None;
-                }
-                _ => return Err(BackendError::command(KIND, "bad compare-and-swap reply")),
+            match state::swap(&reply)? {
+                state::Swap::Done => return Ok(true),
+                state::Swap::Retry(n, cur) => (now, current) = (n, cur),
             }
             attempt += 1;
             if attempt >= self.inner.cas_attempts {

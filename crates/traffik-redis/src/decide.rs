@@ -125,19 +125,9 @@ impl RedisBackend {
             };
             call.arg(bytes).arg(self.ttl_ms(ttl_us));
             let reply = self.inner.conn.run(&call, self.inner.timeouts).await?;
-            let items = state::items(&reply)?;
-            match items {
-                [ok] if state::int(ok)? == 1 => return Ok(step.verdict),
-                [_, n, cur, ..] => {
-                    now = state::int(n)?;
-                    current = state::bytes(cur)?;
-                }
-                [_, n] => {
-                    // A nil at the end of a Lua table is dropped: the key is absent.
-                    now = state::int(n)?;
-                    current = None;
-                }
-                _ => return Err(BackendError::command(KIND, "bad compare-and-swap reply")),
+            match state::swap(&reply)? {
+                state::Swap::Done => return Ok(step.verdict),
+                state::Swap::Retry(n, cur) => (now, current) = (n, cur),
             }
             attempt += 1;
             if attempt >= self.inner.cas_attempts {

@@ -137,6 +137,24 @@ pub(crate) fn state_json(builtin: Builtin, raw: Option<&[u8]>) -> Option<Vec<u8>
     json.ok()
 }
 
+/// What a compare-and-swap script call answered: swapped, or the state to try again on (the
+/// server's time and the current state, `None` when the key is absent).
+pub(crate) enum Swap {
+    Done,
+    Retry(u64, Option<Vec<u8>>),
+}
+
+/// Reads the `cas` script's reply: `{1}` when it swapped, else `{0, now, current}` (a nil at
+/// the end of a Lua table is dropped: `{0, now}` means the key is absent).
+pub(crate) fn swap(reply: &Value) -> Result<Swap, BackendError> {
+    match items(reply)? {
+        [ok] if int(ok)? == 1 => Ok(Swap::Done),
+        [_, n, cur, ..] => Ok(Swap::Retry(int(n)?, bytes(cur)?)),
+        [_, n] => Ok(Swap::Retry(int(n)?, None)),
+        _ => Err(BackendError::command(KIND, "bad compare-and-swap reply")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

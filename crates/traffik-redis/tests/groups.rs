@@ -36,16 +36,6 @@ fn view(i: u8) -> RequestView<'static> {
     RequestView::empty().peer(Some(SocketAddr::from(([192, 0, 2, i], 4000))))
 }
 
-fn calls(c: &mut redis::Connection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-    info.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(&format!("cmdstat_{name}:"))?;
-            rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_two_member_group_costs_one_evalsha_per_decision() {
     let server = common::private_server();
@@ -68,9 +58,9 @@ fn a_two_member_group_costs_one_evalsha_per_decision() {
         }
     });
     assert!(admitted > 0 && admitted < 40, "{admitted} admitted");
-    assert_eq!(calls(&mut admin, "evalsha"), 40, "one script call per group decision");
-    assert_eq!(calls(&mut admin, "get"), 80, "two members read in each script");
-    assert_eq!(calls(&mut admin, "set"), 2 * admitted, "both members written iff the group admits");
+    assert_eq!(common::calls(&mut admin, "evalsha"), 40, "one script call per group decision");
+    assert_eq!(common::calls(&mut admin, "get"), 80, "two members read in each script");
+    assert_eq!(common::calls(&mut admin, "set"), 2 * admitted, "both members written iff the group admits");
 }
 
 #[test]

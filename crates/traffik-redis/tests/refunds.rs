@@ -231,16 +231,6 @@ fn a_groups_refund_on_the_servers_clock_restores_every_member() {
     panic!("a minute turned during each of five runs");
 }
 
-fn calls(c: &mut redis::Connection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-    info.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(&format!("cmdstat_{name}:"))?;
-            rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_refund_is_one_evalsha_for_every_built_in() {
     let server = common::private_server();
@@ -269,9 +259,9 @@ fn a_refund_is_one_evalsha_for_every_built_in() {
         assert!(first.is_allowed() && first.charged_at_us > PAST_US, "{name}: on the server's clock");
         let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut admin).unwrap();
         assert!(rt.block_on(t.refund(&first)).unwrap(), "{name}: refunded");
-        assert_eq!(calls(&mut admin, "evalsha"), 1, "{name}: one script call");
-        assert_eq!(calls(&mut admin, "eval"), 0, "{name}: the script was loaded by the hit");
-        assert_eq!(calls(&mut admin, "set"), 1, "{name}: the state written once, in the script");
+        assert_eq!(common::calls(&mut admin, "evalsha"), 1, "{name}: one script call");
+        assert_eq!(common::calls(&mut admin, "eval"), 0, "{name}: the script was loaded by the hit");
+        assert_eq!(common::calls(&mut admin, "set"), 1, "{name}: the state written once, in the script");
         // Back to a full quota: what a fresh key says.
         let after = rt.block_on(t.check(&req)).unwrap();
         let fresh = rt.block_on(t.check(&view(200))).unwrap();
@@ -282,7 +272,7 @@ fn a_refund_is_one_evalsha_for_every_built_in() {
         let op = Operation { key: &key, strategy: &s, input: Input { now_us: 0, rate, cost: 1 }, mode: Mode::Consume };
         let renewed = rt.block_on(backend.amend(op, Amend::Renew { charged_at_us: first.charged_at_us }, None));
         assert!(!renewed.unwrap(), "{name}");
-        assert_eq!(calls(&mut admin, "evalsha"), 0, "{name}: a renewal of a non-lease makes no call");
+        assert_eq!(common::calls(&mut admin, "evalsha"), 0, "{name}: a renewal of a non-lease makes no call");
     }
 }
 

@@ -49,16 +49,6 @@ async fn used(t: &Throttle, req: &RequestView<'_>) -> u64 {
     }
 }
 
-fn calls(c: &mut redis::Connection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-    info.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(&format!("cmdstat_{name}:"))?;
-            rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_scope_is_one_script_on_the_throttles_own_keys() {
     let server = common::private_server();
@@ -91,7 +81,7 @@ fn a_scope_is_one_script_on_the_throttles_own_keys() {
         }
         let Applied::Charged(d) = scope.apply().await.unwrap() else { panic!("a root scope charges") };
         assert!(d.is_allowed() && d.charges.len() == 4);
-        assert_eq!(calls(&mut admin, "evalsha"), 1, "one script for the whole scope");
+        assert_eq!(common::calls(&mut admin, "evalsha"), 1, "one script for the whole scope");
         // The throttles' own hits and snapshots read what the scope wrote.
         for t in &throttles {
             assert_eq!(used(t, &req).await, 3, "{}", t.uid());

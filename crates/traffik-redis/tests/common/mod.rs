@@ -121,3 +121,14 @@ pub fn run_id() -> u64 {
         t ^ u64::from(std::process::id()).rotate_left(32)
     })
 }
+
+/// How many times the server has run command `name` (INFO commandstats), 0 if never.
+pub fn calls(c: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(&format!("cmdstat_{name}:"))?;
+            rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()
+        })
+        .unwrap_or(0)
+}
